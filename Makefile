@@ -1,0 +1,28 @@
+# make run: set up .venv (if missing) and run the embedded default cycle.
+# make test: set up .venv (if missing) and run the whole test suite (what CI runs).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch/torchvision pinned to the wheels on our machines' disk (DEVELOPERS.md); a bare `torch` would download GBs.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cpu,test]' -c constraints.txt $(TORCH_PIN)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m ray_al.cycle $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,276 @@
+"""Experiment configuration: frozen dataclasses per section, YAML files and `section.key=value` overrides.
+
+Unknown sections or keys and values of the wrong type are `ConfigError`s that name the key and list the
+valid ones, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message says which and what is valid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the pool and the test split come from."""
+
+    dataset: str = "digits"  # digits | cifar10 | parquet | folder
+    pool: str = ""  # pool URI (parquet file/dir or image folder; local or s3://); cifar10: train.parquet or a folder
+    test: str = ""  # test split URI; empty: digits/cifar10 use their own test split
+    pool_size: int = 0  # 0 = whole pool; otherwise a seeded subsample (CPU-sized runs)
+    test_size: int = 0  # 0 = whole test split
+    image_size: int = 0  # 0 = the dataset's own (digits 8, cifar10 32)
+    channels: int = 0  # 0 = the dataset's own (digits 1, cifar10 3)
+    num_classes: int = 0  # 0 = infer from the labels
+    on_corrupt: str = "skip"  # skip (report ids, leave them out) | error
+    s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for MinIO / moto; empty = AWS
+    s3_region: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "small_cnn"  # small_cnn | lenet | resnet18 | vgg16_bn | wrn28_2
+    dropout: float = 0.0  # before the classifier; > 0 enables MC-dropout committees
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "none"  # SSL method: none | moby | barlow_twins | simsiam | mocov2 | simclr | rotnet
+    mode: str = "joint"  # joint | pretrain | frozen
+    epochs: int = 15
+    batch_size: int = 64
+    unlabeled_batch_size: int = 64  # SSL batch over labeled + unlabeled images (joint mode)
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the epochs where lr drops 10x
+    ssl_weight: float = 1.0  # lambda_c: weight of the SSL loss in the joint objective
+    ssl_options: dict = field(default_factory=dict)  # method-specific (temperature, queue_size, ...)
+    pretrain_epochs: int = 10  # pretrain mode: SSL epochs over the whole pool, once per run
+    finetune: bool = False  # pretrain mode: train the encoder too (else a linear head on frozen features)
+    checkpoint: str = ""  # frozen mode: a checkpoint of a pre-trained encoder
+    num_workers: int = 1  # Ray Train workers (DDP when > 1)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    max_failures: int = 2  # Ray Train FailureConfig: worker losses survived per round
+    sync_bn: bool = True  # SyncBatchNorm when num_workers > 1
+    seed_offset: int = 0
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 256
+    actors: int = 1  # actor pool size (max); min is 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    dtype: str = "float32"  # float32 | bfloat16 inference
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    method: str = "kcenter"
+    shards: int = 1  # k-center shards; > 1 runs Ray actors
+    prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
+    prefilter_factor: int = 4
+    committee: str = "mc_dropout"  # committee methods: mc_dropout | heads
+    committee_size: int = 5
+
+
+@dataclass(frozen=True)
+class ALConfig:
+    rounds: int = 5  # selection rounds after the initial set
+    initial_size: int = 50
+    budget: int = 50  # labels queried per round
+    seed: int = 0
+    oracle: str = "simulated"  # simulated | file
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"  # run directory, local or s3://
+    overwrite: bool = False  # start over in an existing run directory
+    ray_num_cpus: int = 0  # local Ray only: 0 = all cores
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    al: ALConfig = field(default_factory=ALConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return {s.name: _plain(dataclasses.asdict(getattr(self, s.name))) for s in dataclasses.fields(self)}
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Check/convert `value` to the field's declared type; ConfigError names `where` otherwise."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise TypeError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise TypeError
+            return "" if value is None else str(value)
+        if origin is tuple:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            (inner, _ellipsis) = typing.get_args(hint)
+            return tuple(_coerce(where, v, inner) for v in items)
+        if hint is dict or origin is dict:
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"config key '{where}': {value!r} is not a valid {getattr(hint, '__name__', hint)}.")
+
+
+def _build_section(name: str, values: dict) -> Any:
+    cls = SECTIONS[name]
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(
+                f"unknown config key '{name}.{key}'.{_suggest(key, valid)} "
+                f"Valid keys in '{name}': {', '.join(valid)}."
+            )
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict | None) -> Config:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("a config file must be a mapping of sections (data, model, train, ...).")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section '{section}'.{_suggest(section, list(SECTIONS))} "
+                f"Valid sections: {', '.join(SECTIONS)}."
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {values!r}.")
+    return Config(**{name: _build_section(name, raw.get(name) or {}) for name in SECTIONS})
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value parsed as YAML, so 3 -> int and [1,2] -> list)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. al.rounds=3.")
+    dotted, value_text = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = yaml.safe_load(value_text) if value_text != "" else ""
+    except yaml.YAMLError:
+        value = value_text
+    if "." in key:  # nested dict option: train.ssl_options.temperature=0.1
+        key, sub = key.split(".", 1)
+        value = {sub: value}
+    return section, key, value
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' not found. The shipped configs are in configs/.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must be a mapping of sections, got {type(raw).__name__}.")
+    raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        sect = raw.setdefault(section, {})
+        if not isinstance(sect, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping.")
+        if isinstance(value, dict) and isinstance(sect.get(key), dict):
+            sect[key] = {**sect[key], **value}
+        else:
+            sect[key] = value
+    return from_dict(raw)
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """A copy of cfg with some keys of some sections changed: replace(cfg, al={"rounds": 2})."""
+    new = {}
+    for name, values in sections.items():
+        current = dataclasses.asdict(getattr(cfg, name))
+        current.update(values)
+        new[name] = _build_section(name, current)
+    return dataclasses.replace(cfg, **new)
+
+
+def smoke(cfg: Config) -> Config:
+    """Shrink everything to seconds: tiny pool, one epoch, two rounds (CI runs every entry point so)."""
+    return replace(
+        cfg,
+        data={"pool_size": min(cfg.data.pool_size or 400, 400), "test_size": min(cfg.data.test_size or 200, 200)},
+        train={"epochs": 1, "pretrain_epochs": 1, "batch_size": min(cfg.train.batch_size, 32),
+               "unlabeled_batch_size": min(cfg.train.unlabeled_batch_size, 32)},
+        embed={"batch_size": min(cfg.embed.batch_size, 128)},
+        al={"rounds": 2, "initial_size": min(cfg.al.initial_size, 20), "budget": min(cfg.al.budget, 20)},
+    )
+
+
+def describe() -> str:
+    """Every section and key with its default, for --help and the README."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        section = cls()
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(section):
+            lines.append(f"  {f.name} = {_plain(getattr(section, f.name))!r}")
+    return "\n".join(lines)
+
