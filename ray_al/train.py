@@ -91,8 +91,10 @@ def train_loop_per_worker(config: dict) -> None:
             p.requires_grad_(False)
         for p in learner.classifier.parameters():
             p.requires_grad_(True)
-    if world > 1 and config["sync_bn"]:
-        learner = torch.nn.SyncBatchNorm.convert_sync_batchnorm(learner)
+    if world > 1 and config["sync_bn"]:  # global-batch BN (works on gloo/CPU, unlike torch's SyncBatchNorm)
+        from ray_al.models import convert_sync_batchnorm
+
+        learner = convert_sync_batchnorm(learner)
     objective = ray.train.torch.prepare_model(trainloop.JointObjective(learner))
     learner = (objective.module if hasattr(objective, "module") else objective).learner
     device = ray.train.torch.get_device()
@@ -119,8 +121,11 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
-    bar = tqdm(total=config["epochs"], desc=config["desc"], initial=start_epoch) if rank == 0 else None
+    bar = tqdm(total=config["epochs"], desc=config["desc"]) if rank == 0 else None
+    if bar is not None and start_epoch:
+        bar.update(start_epoch)
     for epoch in range(start_epoch, config["epochs"]):
+        torch.manual_seed(config["seed"] * 7919 + epoch)  # dropout etc.: same after a resume
         metrics = trainloop.train_epoch(
             objective, learner, optimizer, scheduler, data, epoch=epoch, epochs=config["epochs"],
             seed=config["seed"], rank=rank, batch_size=config["batch_size"],
@@ -149,3 +154,85 @@ def _max_across_ranks(value: int, device) -> int:
     t = torch.tensor([value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def fit(
+    cfg: Config,
+    spec: PoolSpec,
+    *,
+    labeled_ids: np.ndarray,
+    labeled_labels: np.ndarray,
+    storage_uri: str,
+    name: str,
+    seed: int,
+    epochs: int,
+    use_ce: bool = True,
+    use_ssl: bool | None = None,
+    ssl_on_pool: bool = True,
+    head_only: bool = False,
+    init_state: dict | None = None,
+    method: str | None = None,
+    desc: str = "train",
+) -> TrainOutcome:
+    """Train with Ray Train's TorchTrainer. Rerunning with the same storage_uri/name resumes from the last
+    epoch checkpoint (Ray Train restores the run's checkpoint snapshot)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ray_al.data.reader import decoded, pool_columns, read_split
+
+    method = cfg.train.method if method is None else method
+    use_ssl = (method != "none") if use_ssl is None else use_ssl
+    datasets = {}
+    if use_ce:
+        datasets["labeled"] = decoded(read_split(spec.pool_uri, columns=pool_columns(spec), include_ids=labeled_ids),
+                                      spec, cfg.data.on_corrupt)
+    has_unlabeled = use_ssl and ssl_on_pool
+    if has_unlabeled:
+        datasets["unlabeled"] = decoded(read_split(spec.pool_uri, columns=pool_columns(spec),
+                                                   exclude_ids=labeled_ids if use_ce else None),
+                                        spec, cfg.data.on_corrupt)
+    order = np.argsort(labeled_ids, kind="stable")
+    config = {
+        "learner": learner_kwargs(cfg, spec, method), "seed": seed, "epochs": epochs,
+        "batch_size": cfg.train.batch_size, "unlabeled_batch_size": cfg.train.unlabeled_batch_size,
+        "lr": cfg.train.lr, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
+        "milestones": list(cfg.train.milestones), "ssl_weight": cfg.train.ssl_weight,
+        "use_ce": use_ce, "use_ssl": use_ssl, "has_unlabeled": has_unlabeled, "head_only": head_only,
+        "sync_bn": cfg.train.sync_bn, "desc": desc,
+        "labeled_ids": labeled_ids[order].tolist(), "labeled_labels": labeled_labels[order].tolist(),
+        "init_state": state_to_bytes(init_state) if init_state is not None else None,
+    }
+    fs, path = _storage(storage_uri)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=max(1, cfg.train.num_workers), use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            placement_strategy="SPREAD" if cfg.train.num_workers > 1 else "PACK",
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run '{name}' finished without a checkpoint; see the worker logs above.")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return TrainOutcome(state_dict=state["model"], metrics=metrics, seconds=time.perf_counter() - started)
+
+
+def _storage(uri: str):
+    """Ray Train storage: (filesystem, path). Local paths must be absolute; S3 keeps our endpoint."""
+    from ray_al import io
+
+    if io.is_s3(uri):
+        return io.pyarrow_fs(uri)
+    return None, os.path.abspath(uri)

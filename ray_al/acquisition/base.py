@@ -1,0 +1,445 @@
+"""Shared types of the acquisition functions: the pool view, validation, `top_k` and the registry.
+
+Pure module: numpy/scipy only, never `import ray`.
+
+Conventions every strategy follows:
+- Positions returned by `select` index into `view.ids` and come in selection order (best first).
+- Score-based strategies return a score per candidate, higher = query first, and are turned into a
+  selection by the one shared `top_k` (ties broken by ascending id, so the result does not depend
+  on the row order Ray Data happened to produce).
+- Randomised strategies work in the canonical order of the ids (sorted ascending) before drawing
+  from `np.random.default_rng(seed)`, for the same reason: same ids + same seed = same picks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+import numpy as np
+
+# Row sums of `probs` may differ from 1 by at most this much (float32 softmax is ~1e-6 off;
+# bfloat16 probabilities are not, so compute the softmax in float32).
+PROB_SUM_ATOL = 1e-3
+# Tolerance on the [0, 1] range check of single probabilities.
+PROB_RANGE_ATOL = 1e-6
+# How many offending ids an error message lists before it only gives the count.
+MAX_IDS_IN_ERROR = 5
+
+POOL_FIELDS = (
+    "probs",
+    "embeddings",
+    "committee_probs",
+    "labeled_embeddings",
+    "labeled_labels",
+    "labeled_probs",
+)
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no truth value: compare/hash by identity
+class PoolView:
+    """What a strategy sees of one round: the unlabeled candidates and, for some, the labeled set.
+
+    ids:                (n,) int64 or str pool ids of the UNLABELED candidates (unique)
+    probs:              (n, C) float class probabilities (softmax output; rows sum to 1)
+    embeddings:         (n, d) penultimate features
+    committee_probs:    (m, n, C) probabilities of m committee members (heads / seeds / MC-dropout passes)
+    labeled_embeddings: (L, d) features of the labeled set
+    labeled_labels:     (L,) true labels of the labeled set
+    labeled_probs:      (L, C) model predictions on the labeled set
+    """
+
+    ids: np.ndarray
+    probs: np.ndarray
+    embeddings: np.ndarray | None = None
+    committee_probs: np.ndarray | None = None
+    labeled_embeddings: np.ndarray | None = None
+    labeled_labels: np.ndarray | None = None
+    labeled_probs: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(np.shape(self.ids)[0])
+
+    def subset(self, positions: np.ndarray) -> "PoolView":
+        """The view restricted to candidates `positions` (labeled fields unchanged)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            ids=np.asarray(self.ids)[pos],
+            probs=np.asarray(self.probs)[pos],
+            embeddings=None if self.embeddings is None else np.asarray(self.embeddings)[pos],
+            committee_probs=(
+                None if self.committee_probs is None else np.asarray(self.committee_probs)[:, pos]
+            ),
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# ids: sort keys and error messages
+# ----------------------------------------------------------------------------------------------
+
+
+def id_sort_keys(ids: Any) -> np.ndarray:
+    """`ids` as a 1-D array numpy can sort: int64 for integer ids, unicode for string ids.
+
+    Object arrays (what pyarrow/pandas give for strings) are converted; mixed int/str ids are an
+    error because they have no order we could tie-break on.
+    """
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be a 1-D array of pool ids, got shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind in "US":
+        return arr
+    if arr.dtype.kind == "O":
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in arr):
+            return arr.astype(np.int64)
+        if all(isinstance(x, str) for x in arr):
+            return arr.astype(str)
+        bad = sorted({type(x).__name__ for x in arr} - {"int", "str"})
+        raise ValueError(
+            f"ids must be all int64 or all str; got a mix including {bad}. "
+            "Fix the pool's `id` column so it has one type."
+        )
+    raise ValueError(f"ids must be int64 or str, got dtype {arr.dtype}; cast the pool's `id` column.")
+
+
+def canonical_order(ids: Any) -> np.ndarray:
+    """Positions that sort the ids ascending (stable); randomised strategies draw in this order."""
+    return np.argsort(id_sort_keys(ids), kind="stable")
+
+
+def describe_ids(ids: np.ndarray, mask: np.ndarray) -> str:
+    """'[3, 7, 9] (3 in all)' for the ids where `mask` holds, listing at most MAX_IDS_IN_ERROR."""
+    bad = np.asarray(ids)[np.asarray(mask, dtype=bool)]
+    shown = ", ".join(repr(x.item() if hasattr(x, "item") else x) for x in bad[:MAX_IDS_IN_ERROR])
+    more = ", ..." if bad.shape[0] > MAX_IDS_IN_ERROR else ""
+    return f"[{shown}{more}] ({bad.shape[0]} in all)"
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+
+def check_probabilities(probs: Any, ids: Any, field: str = "probs") -> np.ndarray:
+    """`probs` (n, C) as float64, or ValueError naming the ids whose rows are not probabilities.
+
+    A row is bad when it holds NaN/inf, a value outside [0, 1], or sums to 1 +- PROB_SUM_ATOL.
+    """
+    p = np.asarray(probs)
+    ids = np.asarray(ids)
+    if p.ndim != 2 or p.shape[0] != ids.shape[0]:
+        raise ValueError(
+            f"{field} must have shape (n, C) with n = len(ids) = {ids.shape[0]}, got {p.shape}"
+        )
+    if p.shape[1] < 2:
+        raise ValueError(f"{field} has {p.shape[1]} class column(s); a classifier needs at least 2.")
+    if p.dtype.kind not in "fiu":
+        raise ValueError(f"{field} must be a float array, got dtype {p.dtype}")
+    p = p.astype(np.float64, copy=False)
+    nonfinite = ~np.isfinite(p).all(axis=1)
+    out_of_range = ~nonfinite & ((p < -PROB_RANGE_ATOL) | (p > 1 + PROB_RANGE_ATOL)).any(axis=1)
+    with np.errstate(invalid="ignore"):
+        bad_sum = ~nonfinite & ~out_of_range & (np.abs(p.sum(axis=1) - 1.0) > PROB_SUM_ATOL)
+    problems = []
+    if nonfinite.any():
+        problems.append(f"NaN/inf values for ids {describe_ids(ids, nonfinite)}")
+    if out_of_range.any():
+        problems.append(f"values outside [0, 1] for ids {describe_ids(ids, out_of_range)}")
+    if bad_sum.any():
+        problems.append(
+            f"rows not summing to 1 (+-{PROB_SUM_ATOL}) for ids {describe_ids(ids, bad_sum)}"
+        )
+    if problems:
+        raise ValueError(
+            f"{field} are not valid class probabilities: " + "; ".join(problems) + ". "
+            "Check that the model output went through a float32 softmax (not raw logits or "
+            "bfloat16 probabilities) and that inference did not produce NaN, then re-run the embed step."
+        )
+    return p
+
+
+def _check_finite_matrix(x: Any, rows: int, field: str, ids: Any | None = None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[0] != rows:
+        raise ValueError(f"{field} must have shape ({rows}, d), got {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{field} must be a float array, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        where = (
+            f"ids {describe_ids(ids, bad)}"
+            if ids is not None
+            else f"rows {describe_ids(np.arange(rows), bad)}"
+        )
+        raise ValueError(
+            f"{field} contain NaN/inf for {where}; re-run the embed step (check for a diverged model)."
+        )
+    return arr
+
+
+def validate_view(view: PoolView, fields: Iterable[str]) -> None:
+    """Check the ids, `probs` and every field in `fields` that the strategy reads.
+
+    Raises ValueError saying which field is wrong, for which ids, and what to do.
+    """
+    if not isinstance(view, PoolView):
+        raise TypeError(f"expected a PoolView, got {type(view).__name__}")
+    ids = id_sort_keys(view.ids)
+    n = ids.shape[0]
+    sorted_ids = np.sort(ids, kind="stable")
+    dup = sorted_ids[1:] == sorted_ids[:-1]
+    if dup.any():
+        dup_ids = np.unique(sorted_ids[1:][dup])
+        raise ValueError(
+            f"pool ids must be unique; duplicated ids {describe_ids(dup_ids, np.ones(dup_ids.shape[0], bool))}. "
+            "Deduplicate the unlabeled candidates before selection."
+        )
+    probs = check_probabilities(view.probs, view.ids)
+    n_classes = probs.shape[1]
+    fields = set(fields)
+    if "embeddings" in fields:
+        emb = _check_finite_matrix(view.embeddings, n, "embeddings", view.ids)
+        d = emb.shape[1]
+    else:
+        d = None
+    if "committee_probs" in fields:
+        cp = np.asarray(view.committee_probs)
+        if cp.ndim != 3 or cp.shape[1:] != (n, n_classes) or cp.shape[0] < 1:
+            raise ValueError(
+                f"committee_probs must have shape (m, n, C) = (m, {n}, {n_classes}) with m >= 1, "
+                f"got {cp.shape}"
+            )
+        for member in range(cp.shape[0]):
+            check_probabilities(cp[member], view.ids, field=f"committee_probs[{member}]")
+    if fields & {"labeled_embeddings", "labeled_labels", "labeled_probs"}:
+        _validate_labeled(view, fields, n_classes, d)
+
+
+def _validate_labeled(view: PoolView, fields: set[str], n_classes: int, d: int | None) -> None:
+    lengths = {}
+    if "labeled_embeddings" in fields:
+        le = np.asarray(view.labeled_embeddings)
+        if le.ndim != 2 or (d is not None and le.shape[1] != d):
+            raise ValueError(
+                f"labeled_embeddings must have shape (L, {d if d is not None else 'd'}) like the "
+                f"pool embeddings, got {le.shape}"
+            )
+        _check_finite_matrix(le, le.shape[0], "labeled_embeddings")
+        lengths["labeled_embeddings"] = le.shape[0]
+    if "labeled_labels" in fields:
+        ll = np.asarray(view.labeled_labels)
+        if ll.ndim != 1 or ll.dtype.kind not in "iu":
+            raise ValueError(
+                f"labeled_labels must be a 1-D integer array, got shape {ll.shape} dtype {ll.dtype}"
+            )
+        bad = (ll < 0) | (ll >= n_classes)
+        if bad.any():
+            raise ValueError(
+                f"labeled_labels outside the {n_classes} classes of probs at rows "
+                f"{describe_ids(np.arange(ll.shape[0]), bad)}; check the ledger's class set."
+            )
+        lengths["labeled_labels"] = ll.shape[0]
+    if "labeled_probs" in fields:
+        lp = np.asarray(view.labeled_probs)
+        if lp.ndim != 2 or lp.shape[1] != n_classes:
+            raise ValueError(f"labeled_probs must have shape (L, {n_classes}), got {lp.shape}")
+        check_probabilities(lp, np.arange(lp.shape[0]), field="labeled_probs (rows of the labeled set)")
+        lengths["labeled_probs"] = lp.shape[0]
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"labeled fields disagree on the labeled-set size L: {lengths}")
+
+
+def check_k(k: Any, n: int) -> int:
+    """k as an int in [0, n], or a ValueError that says what to change."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer number of points to query, got {k!r}")
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k > n:
+        raise ValueError(
+            f"asked for k={k} points but the pool has only n={n} unlabeled candidates; "
+            "lower the query budget or add images to the pool."
+        )
+    return k
+
+
+# ----------------------------------------------------------------------------------------------
+# top_k
+# ----------------------------------------------------------------------------------------------
+
+
+def top_k(scores: Any, ids: Any, k: int) -> np.ndarray:
+    """Positions of the k highest scores, highest first; equal scores in ascending id order.
+
+    O(n) to find the candidates (argpartition-like threshold), then sorts only those tied with or
+    above the k-th value, so it stays cheap for n in the millions and small k.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    keys = id_sort_keys(ids)
+    if s.ndim != 1 or s.shape[0] != keys.shape[0]:
+        raise ValueError(f"scores must have shape (n,) = ({keys.shape[0]},), got {s.shape}")
+    n = s.shape[0]
+    k = check_k(k, n)
+    nan = np.isnan(s)
+    if nan.any():
+        raise ValueError(
+            f"scores are NaN for ids {describe_ids(ids, nan)}; the inputs of the score were invalid."
+        )
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k < n:
+        kth = np.partition(s, n - k)[n - k]  # k-th largest value
+        cand = np.flatnonzero(s >= kth)  # every point tied with it competes for the last places
+    else:
+        cand = np.arange(n)
+    order = np.lexsort((keys[cand], -s[cand]))  # last key is primary: score desc, then id asc
+    return cand[order[:k]].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------
+
+# options every diversity strategy accepts: uncertainty pre-filter, see hybrid.py
+PREFILTER_OPTIONS = frozenset({"prefilter", "prefilter_factor", "prefilter_options"})
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One registered acquisition function.
+
+    kind == "score":  fn(view, **options) -> (n,) scores, higher = query first; select = top_k.
+    kind == "select": fn(view, k, seed, **options) -> (k,) positions in selection order.
+    required: PoolView fields it cannot run without; optional: fields it uses when present.
+    """
+
+    name: str
+    kind: Literal["score", "select"]
+    fn: Callable[..., np.ndarray]
+    required: frozenset[str] = frozenset({"probs"})
+    optional: frozenset[str] = frozenset()
+    options: frozenset[str] = frozenset()
+    summary: str = ""
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return self.required | self.optional
+
+
+class UnknownAcquisitionError(KeyError, ValueError):
+    """An acquisition name that is not registered (a KeyError for mappings, a ValueError for callers)."""
+
+    def __str__(self) -> str:  # KeyError would repr-quote the message
+        return str(self.args[0])
+
+
+class _Registry(dict):
+    def __missing__(self, name: str) -> Strategy:
+        raise UnknownAcquisitionError(
+            f"unknown acquisition method {name!r}; valid names: {', '.join(sorted(self))}. "
+            "Set select.method to one of them."
+        )
+
+
+# name -> Strategy; filled by the strategy modules when ray_al.acquisition is imported
+ACQUISITIONS: dict[str, Strategy] = _Registry()
+
+
+def register(strategy: Strategy) -> Strategy:
+    if strategy.name in ACQUISITIONS:
+        raise ValueError(f"acquisition {strategy.name!r} registered twice")
+    unknown = strategy.fields - set(POOL_FIELDS)
+    if unknown:
+        raise ValueError(f"{strategy.name}: unknown PoolView fields {sorted(unknown)}")
+    ACQUISITIONS[strategy.name] = strategy
+    return strategy
+
+
+def get(method: str) -> Strategy:
+    """The registered strategy, or an error listing the valid names."""
+    return ACQUISITIONS[method]
+
+
+def _check_options(strategy: Strategy, options: Mapping[str, Any]) -> None:
+    unknown = set(options) - strategy.options
+    if unknown:
+        valid = ", ".join(sorted(strategy.options)) or "none"
+        raise ValueError(
+            f"acquisition {strategy.name!r} got unknown option(s) {sorted(unknown)}; valid options: {valid}"
+        )
+
+
+def _fields_used(strategy: Strategy, view: PoolView, options: Mapping[str, Any]) -> set[str]:
+    """Fields to validate: the required ones plus the optional ones that are present."""
+    fields = set(strategy.required)
+    fields |= {f for f in strategy.optional if getattr(view, f) is not None}
+    return fields
+
+
+def _check_required(strategy: Strategy, view: PoolView) -> None:
+    missing = sorted(f for f in strategy.required if getattr(view, f) is None)
+    if missing:
+        raise ValueError(
+            f"acquisition {strategy.name!r} needs PoolView field(s) {missing}, which are None. "
+            f"Compute them in the embed step (see ray_al.acquisition.needs({strategy.name!r}))."
+        )
+
+
+def needs(method: str, *, optional: bool = True, **options: Any) -> set[str]:
+    """PoolView fields `method` reads (the embed step computes these).
+
+    optional=True (default) includes fields used when present (e.g. committee_probs for
+    variation_ratio, labeled_embeddings for kcenter); optional=False gives only the required ones.
+    A `prefilter=NAME` option adds the needs of the pre-filter score.
+    """
+    strategy = get(method)
+    out = set(strategy.required | (strategy.optional if optional else frozenset()))
+    if options.get("prefilter"):
+        out |= needs(options["prefilter"], optional=optional)
+    return out
+
+
+def score(method: str, view: PoolView, **options: Any) -> np.ndarray:
+    """(n,) scores of a score-based method, higher = query first."""
+    strategy = get(method)
+    if strategy.kind != "score":
+        score_based = sorted(n for n, s in ACQUISITIONS.items() if s.kind == "score")
+        raise ValueError(
+            f"acquisition {method!r} selects a set and has no per-point score; "
+            f"score-based methods: {', '.join(score_based)}"
+        )
+    _check_options(strategy, options)
+    _check_required(strategy, view)
+    validate_view(view, _fields_used(strategy, view, options))
+    s = np.asarray(strategy.fn(view, **options), dtype=np.float64)
+    assert s.shape == (view.n,), (method, s.shape)
+    return s
+
+
+def select(method: str, view: PoolView, k: int, seed: int = 0, **options: Any) -> np.ndarray:
+    """(k,) int64 positions into view.ids, in selection order (best first)."""
+    strategy = get(method)
+    _check_options(strategy, options)
+    _check_required(strategy, view)
+    k = check_k(k, view.n)
+    if options.get("prefilter"):
+        from ray_al.acquisition.hybrid import prefiltered_select  # hybrid imports this module
+
+        return prefiltered_select(method, view, k, seed, **options)
+    if "prefilter" in strategy.options:  # prefilter=None: plain run, the other prefilter keys unused
+        options = {key: v for key, v in options.items() if key not in PREFILTER_OPTIONS}
+    if strategy.kind == "score":
+        return top_k(score(method, view, **options), view.ids, k)
+    validate_view(view, _fields_used(strategy, view, options))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    pos = np.asarray(strategy.fn(view, k, int(seed), **options), dtype=np.int64)
+    if pos.shape != (k,) or np.unique(pos).shape[0] != k:
+        raise RuntimeError(f"acquisition {method!r} returned {pos.shape} positions, expected {k} distinct")
+    return pos

@@ -1,0 +1,29 @@
+"""Entropy sampling (Shannon 1948; as an AL baseline e.g. Settles 2010): query the most uncertain prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ray_al.acquisition.base import PoolView, Strategy, register
+
+
+def entropy_scores(probs: np.ndarray) -> np.ndarray:
+    """(n, C) probabilities -> (n,) H(p) = -sum_c p_c log p_c in nats, with 0 log 0 = 0."""
+    p = np.asarray(probs, dtype=np.float64)  # (n, C)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(p), 0.0)  # (n, C)
+    return -plogp.sum(axis=1)
+
+
+def _score(view: PoolView) -> np.ndarray:
+    return entropy_scores(view.probs)
+
+
+STRATEGY = register(
+    Strategy(
+        name="entropy",
+        kind="score",
+        fn=_score,
+        summary="predictive entropy of the class probabilities",
+    )
+)

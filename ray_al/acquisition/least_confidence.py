@@ -1,0 +1,26 @@
+"""Least-confidence sampling (Lewis & Gale 1994; Culotta & McCallum 2005): query the lowest top-1 probability."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ray_al.acquisition.base import PoolView, Strategy, register
+
+
+def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
+    """(n, C) probabilities -> (n,) 1 - max_c p_c."""
+    return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
+
+
+def _score(view: PoolView) -> np.ndarray:
+    return least_confidence_scores(view.probs)
+
+
+STRATEGY = register(
+    Strategy(
+        name="least_confidence",
+        kind="score",
+        fn=_score,
+        summary="1 - max class probability",
+    )
+)

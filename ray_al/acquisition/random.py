@@ -1,0 +1,24 @@
+"""Uniform random sampling: the baseline every AL paper compares to."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ray_al.acquisition.base import PoolView, Strategy, canonical_order, register
+
+
+def random_select(view: PoolView, k: int, seed: int) -> np.ndarray:
+    """k distinct positions drawn uniformly; depends on the set of ids and the seed, not the row order."""
+    canon = canonical_order(view.ids)  # (n,) positions sorted by id
+    rng = np.random.default_rng(seed)
+    return canon[rng.permutation(canon.shape[0])[:k]]
+
+
+STRATEGY = register(
+    Strategy(
+        name="random",
+        kind="select",
+        fn=random_select,
+        summary="uniform random (seeded)",
+    )
+)

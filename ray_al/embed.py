@@ -1,0 +1,149 @@
+"""Streaming embedding with Ray Data: decode -> learner in an actor pool -> Parquet shards per split.
+
+Output (DESIGN.md contract): RUN_DIR/rounds/NNNN/embeddings/split=<unlabeled|labeled|test>/*.parquet with
+`id`, `embedding` (float32 list), `probs` (float32 list), `corrupt`, and `committee` (members x classes,
+flattened) when a committee method needs it; test rows keep `label`. The weights travel once through the
+object store; each actor fetches them when it starts.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ray_al import io
+from ray_al.data.images import decode_batch
+from ray_al.data.pool import PoolSpec
+
+SPLITS = ("unlabeled", "labeled", "test")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    batch_size: int = 256
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    dtype: str = "float32"
+    committee_size: int = 0  # > 0: MC-dropout passes stored in `committee`
+    committee_dropout: float = 0.25
+    on_corrupt: str = "skip"
+
+
+def _fixed_list(matrix: np.ndarray) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1] if matrix.ndim == 2 else 1)
+
+
+class Embedder:
+    """Ray Data callable class: holds the learner; one instance per actor."""
+
+    def __init__(self, weights_box: list, learner_kwargs: dict, spec: dict, options: dict):
+        import ray
+        import torch
+
+        from ray_al.train import build_learner, state_from_bytes
+
+        self.torch = torch
+        self.options = EmbedOptions(**options)
+        self.spec = PoolSpec.from_dict(spec)
+        self.device = "cuda" if self.options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        self.learner = build_learner(learner_kwargs)
+        self.learner.load_state_dict(state_from_bytes(ray.get(weights_box[0])))
+        self.learner.to(self.device).eval()
+        self.dtype = torch.bfloat16 if self.options.dtype == "bfloat16" else torch.float32
+
+    def __call__(self, batch: dict) -> pa.Table:
+        torch = self.torch
+        split = batch.pop("split")
+        decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
+                               read_uri=io.read_bytes)
+        x = torch.from_numpy(decoded["pixels"]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        with torch.no_grad(), torch.autocast(device_type=self.device, dtype=self.dtype,
+                                             enabled=self.dtype != torch.float32):
+            logits, feats = self.learner(x)
+            committee = self._mc_dropout(feats, decoded["id"]) if self.options.committee_size else None
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        columns = {
+            "id": pa.array(decoded["id"]),
+            "split": pa.array(split),
+            "embedding": _fixed_list(feats.float().cpu().numpy()),
+            "probs": _fixed_list(probs),
+            "corrupt": pa.array(decoded["corrupt"]),
+        }
+        if committee is not None:
+            columns["committee"] = _fixed_list(committee.reshape(len(probs), -1))
+        if "label" in decoded:  # test rows only; the union gives other splits a null label
+            columns["label"] = pa.array([None if v is None or v != v else int(v) for v in decoded["label"]],
+                                        pa.int64())
+        return pa.table(columns)
+
+    def _mc_dropout(self, feats, ids) -> np.ndarray:
+        """(B, members, C) class probabilities from dropout on the features, seeded by the batch ids so a
+        rerun gives the same committee whatever the batching."""
+        torch = self.torch
+        p = self.learner.dropout.p or self.options.committee_dropout
+        seed = zlib.crc32(",".join(map(str, ids[:4])).encode())
+        gen = torch.Generator(device=feats.device).manual_seed(seed)
+        out = []
+        for _ in range(self.options.committee_size):
+            mask = (torch.rand(feats.shape, generator=gen, device=feats.device) >= p).to(feats.dtype) / (1 - p)
+            logits = self.learner.classifier(feats * mask)
+            out.append(torch.softmax(logits.float(), dim=1))
+        return torch.stack(out, dim=1).cpu().numpy()
+
+
+def _tag(table: pa.Table, split: str) -> pa.Table:
+    return table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
+
+
+def embed_splits(datasets: dict, weights: bytes, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions,
+                 out_uri: str) -> str:
+    """Embed several Ray Datasets (name -> dataset of raw pool rows) in one actor pool into out_uri."""
+    import ray
+
+    tagged = [ds.map_batches(_tag, fn_kwargs={"split": name}, batch_format="pyarrow", zero_copy_batch=True)
+              for name, ds in datasets.items()]
+    union = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    weights_box = [ray.put(weights)]  # boxed so Ray passes the ref, not the bytes, to each actor
+    out = union.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"weights_box": weights_box, "learner_kwargs": learner_kwargs,
+                               "spec": spec.to_dict(), "options": options.__dict__},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.actors)),
+        batch_size=int(options.batch_size),
+        batch_format="numpy",
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor or None,
+    )
+    if io.exists(out_uri):  # a rerun after a crash: start the directory afresh (write_parquet appends)
+        io.remove_tree(out_uri)
+    fs, path = io.pyarrow_fs(out_uri)
+    out.write_parquet(path, filesystem=fs, partition_cols=["split"])
+    return out_uri
+
+
+def read_embeddings(out_uri: str, split: str, columns: list[str] | None = None) -> pa.Table:
+    """One split of a round's embeddings as a table (empty table if the split had no rows)."""
+    uri = io.join(out_uri, f"split={split}")
+    if not io.exists(uri):
+        return pa.table({"id": pa.array([], pa.int64())})
+    return io.read_parquet(uri, columns=columns)
+
+
+def split_files(out_uri: str, split: str) -> list[str]:
+    uri = io.join(out_uri, f"split={split}")
+    if not io.exists(uri):
+        return []
+    return sorted(io.join(uri, name) for name in io.listdir(uri) if name.endswith(".parquet"))
+
+
+def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column -> (n, width) float32."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    width = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else len(arr[0])
+    return np.asarray(arr.flatten(), dtype=np.float32).reshape(len(arr), width)

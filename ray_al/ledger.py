@@ -1,0 +1,364 @@
+"""The labeled set: one row per labeled id (``id``, ``label``, ``round``, ``source``).
+
+A :class:`Ledger` is immutable: :meth:`Ledger.add` validates a batch and returns a new ledger, and
+:meth:`Ledger.commit` writes the whole ledger to a *new* file ``RUN_DIR/ledger/ledger-<version>.parquet``
+and then atomically replaces ``RUN_DIR/ledger/MANIFEST.json`` ({version, file, rows, sha256}). A
+file is never edited in place, so a crash between the two writes leaves a stray parquet that no
+manifest names: :meth:`Ledger.load` ignores it and returns the previous committed state.
+Older versions are kept (they are small) as an audit trail.
+"""
+from __future__ import annotations
+
+import hashlib
+import io as _pyio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ray_al import io
+
+__all__ = ["Ledger", "LedgerError", "SOURCES", "ID_TYPES", "name_rows", "normalize_id_type"]
+
+SOURCES = ("initial", "query", "import")
+ID_TYPES = {"int64": pa.int64(), "string": pa.string()}
+LEDGER_DIR = "ledger"
+MANIFEST = "MANIFEST.json"
+
+
+class LedgerError(ValueError):
+    """A batch of labels (or a stored ledger) is invalid; the message names the rows and what to do."""
+
+
+def name_rows(values: Iterable[Any], limit: int = 10, *, raw: bool = False) -> str:
+    """'[a, b, c]' or '[a, ..., j] and 5 more (15 in all)': keeps error messages short.
+
+    Strings are quoted (they are ids) unless ``raw`` (they are already descriptions).
+    """
+    values = list(values)
+    head = ", ".join(repr(v) if isinstance(v, str) and not raw else str(v) for v in values[:limit])
+    if len(values) > limit:
+        return f"[{head}] and {len(values) - limit} more ({len(values)} in all)"
+    return f"[{head}]"
+
+
+def normalize_id_type(id_type: Any) -> str | None:
+    """'int64' | 'string' from a name, a pyarrow type or a python type; None stays None (undecided)."""
+    if id_type is None:
+        return None
+    if id_type in (int, np.int64) or (isinstance(id_type, pa.DataType) and pa.types.is_integer(id_type)):
+        return "int64"
+    if id_type is str or (isinstance(id_type, pa.DataType)
+                          and (pa.types.is_string(id_type) or pa.types.is_large_string(id_type))):
+        return "string"
+    name = str(id_type).lower()
+    if name in ("int", "int64", "integer"):
+        return "int64"
+    if name in ("str", "string", "large_string", "utf8"):
+        return "string"
+    raise LedgerError(f"unsupported id type {id_type!r}: pool ids must be int64 or string")
+
+
+def _schema(id_type: str | None) -> pa.Schema:
+    return pa.schema([("id", ID_TYPES[id_type or "int64"]), ("label", pa.int64()),
+                      ("round", pa.int64()), ("source", pa.string())])
+
+
+def _uri(run_dir: Any) -> str:
+    """Accept a URI/path or anything with a ``.uri`` (a RunDir)."""
+    return getattr(run_dir, "uri", None) or os.fspath(run_dir)
+
+
+def _as_id_array(ids: Any, id_type: str | None) -> tuple[pa.Array, str]:
+    """Convert ids to a typed pyarrow array, inferring the type when the ledger has none yet."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if isinstance(ids, (list, tuple)):
+        # inspect python values directly: np.asarray([1, "a"]) would silently turn 1 into "1"
+        kinds = {type(v) for v in ids}
+        if not ids:
+            ids = pa.array([], ID_TYPES[id_type or "int64"])
+        elif kinds <= {int, np.int64, np.int32}:
+            ids = pa.array([int(v) for v in ids], pa.int64())
+        elif kinds <= {str}:
+            ids = pa.array(list(ids), pa.string())
+        else:
+            raise LedgerError(f"ids must all be integers or all be strings, got types "
+                              f"{sorted(k.__name__ for k in kinds)}: check the id column of your pool")
+    if not isinstance(ids, pa.Array):
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            arr = arr.reshape(-1)
+        if arr.dtype.kind in "iu":
+            ids = pa.array(arr.astype(np.int64), pa.int64())
+        elif arr.dtype.kind in "UO" or arr.size == 0:
+            vals = arr.tolist()
+            kinds = {type(v) for v in vals}
+            if kinds <= {int, np.int64} and vals:
+                ids = pa.array(vals, pa.int64())
+            elif kinds <= {str}:
+                ids = pa.array(vals, pa.string())
+            else:
+                raise LedgerError(f"ids must all be integers or all be strings, got types "
+                                  f"{sorted(k.__name__ for k in kinds)}: check the id column of your pool")
+        else:
+            raise LedgerError(f"ids must be integers or strings, got dtype {arr.dtype}: "
+                              "check the id column of your pool")
+    got = normalize_id_type(ids.type) if (pa.types.is_integer(ids.type) or pa.types.is_string(ids.type)
+                                          or pa.types.is_large_string(ids.type)) else None
+    if got is None and len(ids) == 0:
+        got = id_type or "int64"
+    if got is None:
+        raise LedgerError(f"ids must be integers or strings, got {ids.type}: check the pool's id column")
+    if id_type is not None and len(ids) and got != id_type:
+        raise LedgerError(f"this ledger holds {id_type} ids but the batch has {got} ids "
+                          f"(e.g. {name_rows(ids.to_pylist(), 3)}): ids must keep one type for a whole run")
+    id_type = id_type or got
+    if ids.null_count:
+        pos = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))
+        raise LedgerError(f"{ids.null_count} ids are null at batch positions {name_rows(pos.tolist())}: "
+                          "every labeled row needs an id")
+    return ids.cast(ID_TYPES[id_type]), id_type
+
+
+def _as_labels(labels: Any, n: int, num_classes: int) -> np.ndarray:
+    if isinstance(labels, (pa.Array, pa.ChunkedArray)):
+        labels = labels.to_numpy(zero_copy_only=False)
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if len(arr) != n:
+        raise LedgerError(f"got {n} ids but {len(arr)} labels: pass one label per id")
+    if arr.dtype.kind in "iu":
+        out = arr.astype(np.int64)
+    elif arr.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                       for v in arr.tolist()):
+        out = np.asarray(arr.tolist(), dtype=np.int64)
+    else:
+        bad = [i for i, v in enumerate(arr.tolist())
+               if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_))]
+        raise LedgerError(
+            f"labels must be integers in range({num_classes}); got dtype {arr.dtype} with non-integer "
+            f"values at batch positions {name_rows(bad or range(len(arr)))} "
+            f"(e.g. {name_rows([arr.tolist()[i] for i in bad[:3]] if bad else arr.tolist()[:3], 3)}). "
+            "Map class names to their index first.")
+    return out
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Immutable labeled set. ``version`` is the committed manifest version it derives from (0: none)."""
+
+    _table: pa.Table
+    id_type: str | None = None
+    version: int = 0
+    _meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def empty(cls, id_type: Any = None) -> "Ledger":
+        """An empty ledger; ``id_type`` ('int64' | 'string'), or None to take it from the first batch."""
+        id_type = normalize_id_type(id_type)
+        return cls(_schema(id_type).empty_table(), id_type, 0)
+
+    @classmethod
+    def load(cls, run_dir: Any, id_type: Any = None) -> "Ledger":
+        """The committed ledger of ``run_dir`` (a URI or RunDir); empty if nothing was committed yet.
+
+        Only the file named by the manifest is read, and its sha256 and row count are checked: a
+        parquet written by a commit that died before its manifest swap is ignored.
+        ``id_type`` for an empty ledger defaults to ``run.json``'s ``id_type`` when present.
+        """
+        root = _uri(run_dir)
+        manifest_uri = io.join(root, LEDGER_DIR, MANIFEST)
+        if not io.exists(manifest_uri):
+            if id_type is None and io.exists(io.join(root, "run.json")):
+                id_type = io.read_json(io.join(root, "run.json")).get("id_type")
+            return cls.empty(id_type)
+        manifest = io.read_json(manifest_uri)
+        try:
+            version, fname = int(manifest["version"]), str(manifest["file"])
+            rows, sha = int(manifest["rows"]), str(manifest["sha256"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LedgerError(f"{manifest_uri} is malformed ({e!r}); restore it from a backup or point it "
+                              f"at the last good ledger-*.parquet in {io.join(root, LEDGER_DIR)}") from e
+        data_uri = io.join(root, LEDGER_DIR, fname)
+        data = io.read_bytes(data_uri)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha:
+            raise LedgerError(
+                f"ledger file {data_uri} does not match its manifest (sha256 {digest[:12]}... != "
+                f"{sha[:12]}...): the file was changed or damaged after commit. Earlier versions are kept "
+                f"in {io.join(root, LEDGER_DIR)}; point MANIFEST.json at the last good one.")
+        table = pq.read_table(pa.BufferReader(data))
+        if table.num_rows != rows:
+            raise LedgerError(f"ledger file {data_uri} has {table.num_rows} rows, manifest says {rows}")
+        missing = {"id", "label", "round", "source"} - set(table.column_names)
+        if missing:
+            raise LedgerError(f"ledger file {data_uri} lacks columns {sorted(missing)}")
+        id_t = normalize_id_type(table.schema.field("id").type)
+        table = table.select(["id", "label", "round", "source"]).cast(_schema(id_t))
+        return cls(table, id_t, version, {"manifest": manifest})
+
+    # ------------------------------------------------------------------ views
+    @property
+    def table(self) -> pa.Table:
+        return self._table
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 array, or an object array of str for string ids."""
+        return self._table.column("id").to_numpy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._table.column("label").to_numpy().astype(np.int64, copy=False)
+
+    @property
+    def rounds(self) -> np.ndarray:
+        return self._table.column("round").to_numpy().astype(np.int64, copy=False)
+
+    @property
+    def sources(self) -> np.ndarray:
+        return self._table.column("source").to_numpy()
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def labels_by_id(self) -> dict:
+        return dict(zip(self._table.column("id").to_pylist(), self._table.column("label").to_pylist()))
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Boolean mask: which of ``ids`` are labeled."""
+        arr, _ = _as_id_array(ids, self.id_type)
+        if len(self) == 0 or len(arr) == 0:
+            return np.zeros(len(arr), dtype=bool)
+        return pc.is_in(arr, value_set=self._table.column("id").combine_chunks()).to_numpy(
+            zero_copy_only=False)
+
+    def up_to_round(self, r: int) -> "Ledger":
+        """Rows with ``round <= r`` (what the run knew after round ``r``), same base version."""
+        mask = pc.less_equal(self._table.column("round"), pa.scalar(int(r), pa.int64()))
+        return Ledger(self._table.filter(mask), self.id_type, self.version, self._meta)
+
+    def counts(self) -> dict[str, Any]:
+        """Small summary for status output: rows per source and per round."""
+        by_source: dict[str, int] = {}
+        by_round: dict[int, int] = {}
+        for s, r in zip(self._table.column("source").to_pylist(), self._table.column("round").to_pylist()):
+            by_source[s] = by_source.get(s, 0) + 1
+            by_round[r] = by_round.get(r, 0) + 1
+        return {"rows": len(self), "by_source": by_source, "by_round": dict(sorted(by_round.items()))}
+
+    # ------------------------------------------------------------------ changes
+    def add(self, ids: Any, labels: Any, round: int, source: str, *, num_classes: int,
+            pool_ids: set | None = None) -> "Ledger":
+        """A new ledger with this batch appended, after validating it as a whole.
+
+        Rejected (``LedgerError`` naming the rows): ids duplicated within the batch, ids already
+        labeled, labels that are not integers in ``range(num_classes)``, ids absent from ``pool_ids``.
+        """
+        if source not in SOURCES:
+            raise LedgerError(f"source must be one of {list(SOURCES)}, got {source!r}")
+        if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0:
+            raise LedgerError(f"round must be a non-negative integer, got {round!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise LedgerError(f"num_classes must be a positive integer, got {num_classes!r}")
+        id_arr, id_type = _as_id_array(ids, self.id_type)
+        n = len(id_arr)
+        lab = _as_labels(labels, n, int(num_classes))
+        id_list = id_arr.to_pylist()
+        problems: list[str] = []
+
+        # duplicates inside the batch
+        seen: dict[Any, list[int]] = {}
+        for i, v in enumerate(id_list):
+            seen.setdefault(v, []).append(i)
+        dups = {v: p for v, p in seen.items() if len(p) > 1}
+        if dups:
+            desc = [f"{v!r} at positions {p}" for v, p in list(dups.items())[:10]]
+            problems.append(f"{len(dups)} ids appear more than once in the batch: {'; '.join(desc)}"
+                            + (f" and {len(dups) - 10} more" if len(dups) > 10 else "")
+                            + ". Keep one answer per id.")
+        # already labeled
+        if len(self) and n:
+            already = pc.is_in(id_arr, value_set=self._table.column("id").combine_chunks()).to_numpy(
+                zero_copy_only=False)
+            if already.any():
+                bad = [id_list[i] for i in np.flatnonzero(already)]
+                problems.append(f"{len(bad)} ids are already labeled: {name_rows(bad)}. "
+                                "A label is never overwritten: drop them from the batch.")
+        # label range
+        out_of_range = np.flatnonzero((lab < 0) | (lab >= num_classes))
+        if out_of_range.size:
+            desc = [f"{id_list[i]!r}->{int(lab[i])}" for i in out_of_range]
+            problems.append(f"{out_of_range.size} labels are outside range({num_classes}) (id->label): "
+                            f"{name_rows(desc, raw=True)}. Labels are class indices 0..{num_classes - 1}.")
+        # pool membership
+        if pool_ids is not None:
+            missing = [v for v in id_list if v not in pool_ids]
+            if missing:
+                problems.append(f"{len(missing)} ids are not in the pool: {name_rows(missing)}. "
+                                "Check that the labels belong to this run's pool.")
+        if problems:
+            raise LedgerError(f"rejected {n} labels for round {round} ({source}): " + " ".join(problems))
+
+        batch = pa.table({"id": id_arr, "label": pa.array(lab, pa.int64()),
+                          "round": pa.array(np.full(n, int(round), np.int64), pa.int64()),
+                          "source": pa.array([source] * n, pa.string())}, schema=_schema(id_type))
+        base = self._table.cast(_schema(id_type)) if self.id_type is None else self._table
+        return Ledger(pa.concat_tables([base, batch]), id_type, self.version, self._meta)
+
+    def without_round(self, r: int, sources: tuple[str, ...] = ("query", "import")) -> "Ledger":
+        """Rows except those of round ``r`` from ``sources`` (same base version; files are untouched).
+
+        For redoing a label step after a crash between the ledger commit and the step marker: start
+        from ``Ledger.load(run).without_round(r)`` and add the round's answers again. Initial labels
+        (source 'initial') are kept by default.
+        """
+        drop = pc.and_(pc.equal(self._table.column("round"), pa.scalar(int(r), pa.int64())),
+                       pc.is_in(self._table.column("source"), value_set=pa.array(list(sources), pa.string())))
+        return Ledger(self._table.filter(pc.invert(drop)), self.id_type, self.version, self._meta)
+
+    def commit(self, run_dir: Any) -> "Ledger":
+        """Write this ledger as a new version; returns it with its new ``version``.
+
+        Refuses if another commit landed since this ledger was loaded (its base version is stale),
+        so two writers cannot silently drop each other's labels.
+        """
+        root = _uri(run_dir)
+        ldir = io.join(root, LEDGER_DIR)
+        io.makedirs(ldir)
+        manifest_uri = io.join(ldir, MANIFEST)
+        on_disk = int(io.read_json(manifest_uri)["version"]) if io.exists(manifest_uri) else 0
+        if on_disk != self.version:
+            raise LedgerError(
+                f"the ledger in {root} is at version {on_disk} but this ledger was derived from version "
+                f"{self.version}: another process committed labels meanwhile. Reload with Ledger.load() "
+                "and apply the batch again.")
+        version = on_disk + 1
+        fname = f"ledger-{version:06d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(self._table, sink)
+        data = sink.getvalue().to_pybytes()
+        # 1) the data file (a new name, never an existing committed one) ...
+        io.write_bytes_atomic(io.join(ldir, fname), data)
+        # 2) ... then the manifest swap, which is the commit point.
+        manifest = {"version": version, "file": fname, "rows": len(self),
+                    "sha256": hashlib.sha256(data).hexdigest(), "id_type": self.id_type,
+                    "committed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        io.write_json_atomic(manifest_uri, manifest)
+        return Ledger(self._table, self.id_type, version, {"manifest": manifest})
+
+    def to_csv(self, path: str) -> None:
+        """Write ``id,label,round,source`` as CSV (local path or s3://) for people to read."""
+        buf = _pyio.BytesIO()
+        pacsv.write_csv(self._table, buf)
+        io.write_bytes_atomic(path, buf.getvalue())

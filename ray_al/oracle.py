@@ -1,0 +1,284 @@
+"""Oracles: where the labels of a query batch come from.
+
+* :class:`SimulatedOracle` answers from the pool's ``label`` column (benchmarks, tests).
+* The file oracle is a round trip through people: :func:`export_queries` writes the pending batch as a
+  CSV (``id,uri,label`` with ``label`` left blank), annotators fill in ``label`` (a class index or a
+  class name), and :func:`import_labels` validates the whole file and commits it to the ledger. It
+  is exposed as ``python -m ray_al.label export|import|status``.
+
+Labels of round ``r``'s queries are stored with ``round = r``.
+"""
+from __future__ import annotations
+
+import csv
+import io as _pyio
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_al import io
+from ray_al.ledger import Ledger, LedgerError, name_rows
+from ray_al.rundir import RunDir
+
+__all__ = ["SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
+           "load_image_bytes", "pending_round"]
+
+
+class OracleError(ValueError):
+    """An oracle cannot answer (no labels, no pending queries, no images to show)."""
+
+
+class LabelImportError(LedgerError):
+    """A labels file was rejected; the message names the CSV lines and what to do."""
+
+
+# ----------------------------------------------------------------------------- simulated
+class SimulatedOracle:
+    """Answers queries with the pool's ground-truth labels (``labels_by_id``: id -> int label)."""
+
+    def __init__(self, labels_by_id: dict):
+        self.labels_by_id = labels_by_id
+
+    @classmethod
+    def from_table(cls, table: pa.Table, id_column: str = "id", label_column: str = "label") -> "SimulatedOracle":
+        """Build from a pool table; rows with a null label are left out (asking for them is an error)."""
+        if label_column not in table.column_names:
+            raise OracleError(f"the pool has no {label_column!r} column (columns: {table.column_names}), so a "
+                              "simulated oracle cannot answer. Use al.oracle=file to label with annotators "
+                              "(python -m ray_al.label export / import).")
+        ids = table.column(id_column).to_pylist()
+        labels = table.column(label_column).to_pylist()
+        return cls({i: int(l) for i, l in zip(ids, labels) if l is not None})
+
+    def answer(self, ids: Any) -> np.ndarray:
+        """int64 labels for ``ids`` in the same order."""
+        if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+            ids = ids.to_pylist()
+        ids = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
+        missing = [i for i in ids if i not in self.labels_by_id]
+        if missing:
+            raise OracleError(
+                f"the simulated oracle has no label for {len(missing)} queried ids {name_rows(missing)}: "
+                "the pool has no `label` column or these rows have none. Use al.oracle=file to label "
+                "them with annotators (python -m ray_al.label export / import).")
+        return np.asarray([self.labels_by_id[i] for i in ids], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- file oracle
+def _rundir(run: Any) -> RunDir:
+    return run if isinstance(run, RunDir) else RunDir.open(str(run))
+
+
+def pending_round(run: RunDir) -> int:
+    r = run.pending_query_round()
+    if r is None:
+        committed = run.committed_rounds()
+        raise OracleError(
+            f"{run.uri} has no pending query batch (no round with a finished selection awaiting labels; "
+            f"committed rounds: {committed or 'none'}). Run `python -m ray_al.cycle --config ... "
+            "al.oracle=file` (or --resume) until it stops for labels, then export.")
+    return r
+
+
+def _image_ext(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return ".gif"
+    if data[:2] == b"BM":
+        return ".bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return ".bin"
+
+
+def _safe_name(v: Any) -> str:
+    # ids become file names: keep them readable but never let them escape the folder
+    return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(v)).lstrip(".") or "_"
+
+
+def load_image_bytes(pool: dict, ids: list) -> dict:
+    """id -> encoded image bytes for ``ids``, reading only those rows from the pool Parquet.
+
+    ``pool`` is run.json's ``pool`` entry: {"uri", "id_column", "image_column", ...}.
+    """
+    uri = pool.get("uri")
+    id_col = pool.get("id_column", "id")
+    img_col = pool.get("image_column", "image")
+    if not uri:
+        raise OracleError("run.json records no pool URI, so image bytes cannot be exported; the queries "
+                          "have no image paths either. Export without --images-dir to get the ids only.")
+    import pyarrow.dataset as pads  # imported here: it pulls in pandas, slow for the other commands
+
+    fs, path = io.pyarrow_fs(uri)
+    try:
+        ds = pads.dataset(path, filesystem=fs, format="parquet")
+    except OSError as e:
+        raise io._translate(uri, e) from e
+    if img_col not in ds.schema.names:
+        raise OracleError(f"the pool {uri} has no {img_col!r} column (columns: {ds.schema.names}); "
+                          "nothing to write to --images-dir")
+    value_set = pa.array(ids, ds.schema.field(id_col).type)
+    table = ds.to_table(columns=[id_col, img_col], filter=pc.field(id_col).isin(value_set))
+    return dict(zip(table.column(id_col).to_pylist(), table.column(img_col).to_pylist()))
+
+
+def export_queries(run: Any, out: str, image_bytes_by_id: dict | None = None,
+                   images_dir: str | None = None) -> int:
+    """Write the pending query batch to CSV ``out`` (``id,uri,label``, label blank); returns the row count.
+
+    Queries without a URI (pools that store image bytes) get their image written to
+    ``images_dir/<id>.<png|jpg|...>`` when ``images_dir`` and ``image_bytes_by_id`` are given, and that
+    path goes in the ``uri`` column.
+    """
+    rd = _rundir(run)
+    r = pending_round(rd)
+    q = rd.read_queries(r)
+    ids = q.column("id").to_pylist()
+    uris = q.column("uri").to_pylist()
+    if images_dir is not None:
+        need = [i for i, u in zip(ids, uris) if u is None]
+        if need:
+            if image_bytes_by_id is None:
+                raise OracleError("the queries have no image URIs and no image bytes were given")
+            lacking = [i for i in need if image_bytes_by_id.get(i) is None]
+            if lacking:
+                raise OracleError(f"no image bytes for {len(lacking)} queried ids {name_rows(lacking)}: "
+                                  "check the pool recorded in run.json")
+            io.makedirs(images_dir)
+            for k, (i, u) in enumerate(zip(ids, uris)):
+                if u is None:
+                    data = image_bytes_by_id[i]
+                    target = io.join(images_dir, _safe_name(i) + _image_ext(data))
+                    io.write_bytes_atomic(target, data)
+                    uris[k] = target if io.is_s3(target) else os.path.abspath(target)
+    buf = _pyio.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "uri", "label"])
+    for i, u in zip(ids, uris):
+        w.writerow([i, u or "", ""])
+    io.write_text_atomic(out, buf.getvalue())
+    return len(ids)
+
+
+def _parse_label(raw: str, num_classes: int, class_names: list[str] | None) -> int | None:
+    """Class index for ``raw`` (an int or a class name, case-insensitive fallback); None if invalid."""
+    s = raw.strip()
+    try:
+        v = int(s)
+    except ValueError:
+        v = None
+    if v is not None:
+        return v if 0 <= v < num_classes else None
+    if class_names:
+        if s in class_names:
+            return class_names.index(s)
+        lower = [c.lower() for c in class_names]
+        if s.lower() in lower and lower.count(s.lower()) == 1:
+            return lower.index(s.lower())
+    return None
+
+
+def import_labels(run: Any, labels_csv: str, *, allow_partial: bool = False) -> Ledger:
+    """Validate a labels CSV (``id,label``) against the pending query batch and commit it.
+
+    Rejected as a whole (nothing is written) when: a line's id is not in the pending batch, an id
+    appears twice, a label is neither an index in ``range(num_classes)`` nor a class name, or some
+    queried ids have no answer (unless ``allow_partial``). Blank labels count as unanswered. Then the
+    labels are added to the ledger (source 'import', round = the pending round), the ledger is
+    committed and the round's ``label`` step is marked done.
+    """
+    rd = _rundir(run)
+    r = pending_round(rd)
+    num_classes, class_names = rd.num_classes, rd.class_names
+    queries = rd.read_queries(r)
+    qids = queries.column("id").to_pylist()
+    qset = set(qids)
+    is_int = rd.id_type == "int64"
+
+    text = io.read_text(labels_csv)
+    reader = csv.reader(_pyio.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise LabelImportError(f"{labels_csv} is empty: expected a header line with columns id,label") from None
+    if "id" not in header or "label" not in header:
+        raise LabelImportError(f"{labels_csv} needs columns 'id' and 'label' in its header line, found "
+                               f"{header}. Start from the file written by `python -m ray_al.label export`.")
+    ci, cl = header.index("id"), header.index("label")
+
+    bad_id, unknown, bad_label, dup_lines = [], [], [], []
+    first_line: dict[Any, int] = {}
+    answers: dict[Any, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        raw_id = row[ci].strip() if ci < len(row) else ""
+        raw_label = row[cl].strip() if cl < len(row) else ""
+        try:
+            key: Any = int(raw_id) if is_int else raw_id
+        except ValueError:
+            bad_id.append(f"line {line}: {raw_id!r}")
+            continue
+        if key not in qset:
+            unknown.append((line, key))
+            continue
+        if key in first_line:
+            dup_lines.append(f"line {line}: {key!r} (first on line {first_line[key]})")
+            continue
+        first_line[key] = line
+        if raw_label == "":
+            continue  # unanswered
+        v = _parse_label(raw_label, num_classes, class_names)
+        if v is None:
+            bad_label.append(f"line {line}: id {key!r} label {raw_label!r}")
+            continue
+        answers[key] = v
+
+    problems = []
+    if bad_id:
+        problems.append(f"{len(bad_id)} ids are not integers like this run's ids: "
+                        f"{name_rows(bad_id, raw=True)}.")
+    if unknown:
+        already = Ledger.load(rd).contains([k for _, k in unknown])
+        note = f" ({int(already.sum())} of them are already labeled)" if already.any() else ""
+        problems.append(f"{len(unknown)} ids are not in the pending query batch of round {r}{note}: "
+                        f"{name_rows([f'line {n}: {k!r}' for n, k in unknown], raw=True)}. "
+                        "Only ids from the exported queries can be labeled.")
+    if dup_lines:
+        problems.append(f"{len(dup_lines)} ids appear more than once: {name_rows(dup_lines, raw=True)}. "
+                        "Keep one answer per id.")
+    if bad_label:
+        allowed = f"an integer 0..{num_classes - 1}"
+        if class_names:
+            allowed += f" or a class name {name_rows(class_names, 20)}"
+        problems.append(f"{len(bad_label)} labels are outside the class set: "
+                        f"{name_rows(bad_label, raw=True)}. "
+                        f"A label must be {allowed}.")
+    unanswered = [i for i in qids if i not in answers]
+    if unanswered and not allow_partial and not problems:
+        problems.append(f"{len(unanswered)} of the {len(qids)} queried ids have no label: "
+                        f"{name_rows(unanswered)}. Fill them in, or pass --allow-partial to import "
+                        "what is there (the rest stay unlabeled).")
+    if not problems and not answers:
+        problems.append("the file answers none of the queried ids")
+    if problems:
+        raise LabelImportError(f"rejected {labels_csv} (nothing was imported): " + " ".join(problems))
+
+    # A previous import of this round may have committed the ledger and died before its step marker:
+    # start without that round's answers so re-importing is safe instead of "already labeled".
+    # Ledger `round` = the first training round that uses the label: queries of round r train round r+1.
+    ledger = Ledger.load(rd).without_round(r + 1)
+    ids = list(answers)
+    labels = [answers[i] for i in ids]
+    ledger = ledger.add(ids, labels, r + 1, "import", num_classes=num_classes).commit(rd)
+    rd.mark_done(r, "label", {"source": "import", "file": str(labels_csv), "rows": len(ids),
+                              "unanswered": len(unanswered), "ledger_version": ledger.version})
+    return ledger
+

@@ -1,0 +1,297 @@
+"""k-center over Ray shard actors: each actor loads its own embedding Parquet files, the pure exact
+driver (`ray_al.select.kcenter.exact_greedy`) runs in the caller and talks to them.
+
+Ray plumbing only; the selection logic is in kcenter.py. The caller owns `ray.init()`.
+
+- Global order: the sorted file list, then the row within a file. Each shard gets a contiguous run of
+  files (balanced by row count from the Parquet footers), so the selection and its tie-breaking equal
+  single-process `kcenter_greedy` over the concatenation of the sorted files.
+- Placement: actors are created with scheduling_strategy="SPREAD" so shards land on different nodes.
+- Faults: actors have `max_restarts`; a restarted actor reloads its files in `__init__` and answers
+  the next step with `NeedsResync`; the driver then re-applies every center picked so far, and the
+  selection completes identically (the picks depend only on exact values, not on shard history).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import ray
+
+from ray_al.select.kcenter import (
+    DEFAULT_CHUNK_ROWS,
+    MAX_NAMED_ROWS,
+    KCenterShard,
+    ShardGroup,
+    exact_greedy,
+)
+
+_SHARE_BYTES = 1 << 20  # broadcast arrays larger than this through one ray.put instead of per call
+
+
+# ----------------------------------------------------------------------------------------------
+# loading (runs inside the actors)
+
+
+def load_embeddings(
+    files: Sequence[str],
+    filesystem: Any = None,
+    id_column: str = "id",
+    embedding_column: str = "embedding",
+    include_ids: Sequence | None = None,
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(ids (n,), embeddings (n, d) float32, d or None) of `files` in order; rows outside include_ids dropped.
+
+    `embedding` may be a fixed-size list<float> or a list<float> whose rows all have the same length.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ids_parts, x_parts, dims = [], [], {}
+    keep = None if include_ids is None else set(include_ids)
+    for f in files:
+        try:
+            t = pq.read_table(f, columns=[id_column, embedding_column], filesystem=filesystem)
+        except (KeyError, pa.ArrowInvalid) as e:
+            raise ValueError(f"{f}: cannot read columns {id_column!r} and {embedding_column!r}: {e}") from e
+        col, ids_col = t.column(embedding_column), t.column(id_column)
+        typ = col.type
+        if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+            raise ValueError(f"{f}: column {embedding_column!r} must be a (fixed-size) list of floats, got {typ}")
+        if ids_col.null_count:
+            raise ValueError(f"{f}: column {id_column!r} has {ids_col.null_count} null ids")
+        ids = ids_col.to_numpy()
+        arr = col.combine_chunks()
+        if arr.null_count:
+            bad = ids[np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))][:MAX_NAMED_ROWS]
+            raise ValueError(f"{f}: {arr.null_count} rows have a null {embedding_column!r}, e.g. ids {bad.tolist()}")
+        if pa.types.is_fixed_size_list(typ):
+            d = typ.list_size
+        elif len(arr):
+            lens = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            if (lens != lens[0]).any():
+                raise ValueError(f"{f}: rows of {embedding_column!r} have different lengths "
+                                 f"({sorted(set(lens.tolist()))[:5]}); all embeddings must have one dimension")
+            d = int(lens[0])
+        else:
+            d = None
+        if len(arr):
+            x = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), d)
+        else:
+            x = np.empty((0, d or 0), np.float32)
+        if d is not None:
+            dims[f] = d
+        if keep is not None:
+            mask = np.fromiter((i in keep for i in ids.tolist()), bool, len(ids))
+            ids, x = ids[mask], x[mask]
+        ids_parts.append(ids)
+        x_parts.append(x)
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"embedding dimensions differ between files: {dims}")
+    d = next(iter(dims.values()), None)
+    nonempty = [x for x in x_parts if len(x)]
+    x = np.concatenate(nonempty) if len(nonempty) > 1 else (nonempty[0] if nonempty else np.empty((0, d or 0), np.float32))
+    ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64)
+    return ids, np.ascontiguousarray(x, np.float32), d
+
+
+class ShardActor:
+    """A KCenterShard over its files. Load errors are reported by `info()` (a raising __init__ would be
+    retried by Ray's restarts and hide the message)."""
+
+    def __init__(self, files: Sequence[str], filesystem: Any, id_column: str, embedding_column: str,
+                 include_ids: Sequence | None, storage: str, use_gpu: bool | None, chunk_rows: int) -> None:
+        self.files = list(files)
+        self.incarnation = uuid.uuid4().hex  # changes on every (re)start
+        self.error = None
+        try:
+            self.ids, x, _ = load_embeddings(self.files, filesystem, id_column, embedding_column, include_ids)
+            self.shard = KCenterShard(x, ids=self.ids, storage=storage, use_gpu=use_gpu, chunk_rows=chunk_rows)
+        except (ValueError, OSError) as e:
+            self.error = f"{type(e).__name__}: {e}"
+            self.ids = np.empty(0, np.int64)
+            self.shard = KCenterShard(np.empty((0, 1), np.float32), storage=storage, use_gpu=False)
+
+    def info(self) -> dict:
+        out = self.shard.info()  # an empty shard reports d=None: it never decides the pool's dimension
+        out.update(error=self.error, node_id=ray.get_runtime_context().get_node_id(), pid=os.getpid(),
+                   incarnation=self.incarnation)
+        return out
+
+    def vectors(self, local_idx: np.ndarray) -> np.ndarray:
+        return self.shard.vectors(local_idx)
+
+    def prepare(self, *args: Any) -> int:
+        return self.shard.prepare(*args)
+
+    def step(self, *args: Any) -> Any:
+        return self.shard.step(*args)
+
+    def find(self, wanted: Sequence) -> np.ndarray:
+        """Local rows whose id is in `wanted`."""
+        s = set(wanted)
+        return np.flatnonzero(np.fromiter((i in s for i in self.ids.tolist()), bool, len(self.ids)))
+
+    def ids_of(self, local_idx: np.ndarray) -> list:
+        return self.ids[np.asarray(local_idx, np.int64)].tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# the group the driver talks to
+
+
+class RayShardGroup:
+    """Shard actors; `call` issues one call per actor at once and waits for all (one round trip)."""
+
+    def __init__(self, handles: list, names: list[str], retries: int = 4) -> None:
+        self.handles, self.names, self.retries = handles, names, retries
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def describe(self, i: int) -> str:
+        return self.names[i]
+
+    def _share(self, args: Sequence[tuple]) -> list[tuple]:
+        """Put big arrays that every shard receives (the same object) into the object store once."""
+        args = [list(a) for a in args]
+        if len(args) > 1:
+            for j, v in enumerate(args[0]):
+                if isinstance(v, np.ndarray) and v.nbytes > _SHARE_BYTES and all(a[j] is v for a in args):
+                    ref = ray.put(v)
+                    for a in args:
+                        a[j] = ref
+        return [tuple(a) for a in args]
+
+    def call(self, method: str, args: Sequence[tuple]) -> list:
+        args = self._share(args)
+        refs = [getattr(h, method).remote(*a) for h, a in zip(self.handles, args)]
+        return [self._get(i, method, args[i], ref) for i, ref in enumerate(refs)]
+
+    def call_one(self, i: int, method: str, *args: Any) -> Any:
+        return self._get(i, method, args, getattr(self.handles[i], method).remote(*args))
+
+    def _get(self, i: int, method: str, args: tuple, ref: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError as e:  # died / restarting: a restarted actor asks to resync
+                if attempt == self.retries:
+                    raise RuntimeError(f"{self.describe(i)}: `{method}` failed {attempt + 1} times; the actor "
+                                       "keeps dying (out of memory? unreadable files?)") from e
+                time.sleep(min(2.0, 0.25 * 2**attempt))
+                ref = getattr(self.handles[i], method).remote(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def partition_files(files: Sequence[str], shards: int, filesystem: Any = None) -> list[list[str]]:
+    """Sorted files cut into <= `shards` contiguous runs of near-equal row counts (from Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(files)
+    rows = np.array([pq.read_metadata(f, filesystem=filesystem).num_rows for f in files], np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(rows)])  # (F + 1,)
+    total = cum[-1]
+    cuts = [0]
+    for s in range(1, shards):
+        target = total * s / shards
+        b = int(np.argmin(np.abs(cum - target)))
+        cuts.append(max(cuts[-1], b))
+    cuts.append(len(files))
+    parts = [files[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    return [p for p in parts if p]
+
+
+def kcenter_select_distributed(
+    files: Sequence[str],
+    k: int | None,
+    *,
+    labeled_features: np.ndarray | None = None,
+    shards: int,
+    seed: int = 0,
+    filesystem: Any = None,
+    id_column: str = "id",
+    embedding_column: str = "embedding",
+    labeled_ids: Sequence | None = None,
+    include_ids: Sequence | None = None,
+    storage: str = "float32",
+    use_gpu: bool | None = None,
+    batch: int | None = None,
+    num_cpus_per_shard: float = 1,
+    num_gpus_per_shard: float = 0,
+    max_restarts: int = 3,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    on_pass: Callable[[int, ShardGroup], None] | None = None,
+) -> tuple[list, dict]:
+    """Exact k-center greedy over the round's embedding Parquet with `shards` Ray actors.
+
+    Returns (pool ids in pick order, stats: passes, round_trips, seconds, nodes, resyncs, ...).
+    files: Parquet paths (local or URIs for `filesystem`, a pyarrow or fsspec filesystem) with
+    `id_column` and `embedding_column`. labeled_features (m, d): the labeled set's embeddings (centers).
+    labeled_ids: ids in the files that are already labeled (centers, never picked; ids not found are
+    ignored and counted in stats["labeled_ids_missing"]). include_ids: only these ids form the pool
+    (e.g. an uncertainty pre-filter). k=None orders the whole pool (zero-shot).
+    Same picks as `kcenter_greedy` over the concatenated sorted files (ties to the lowest global index).
+    """
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised: call ray.init() first (the caller owns the connection)")
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    files = sorted(str(f) for f in files)
+    if not files:
+        raise ValueError("no embedding files given")
+    t0 = time.perf_counter()
+    parts = partition_files(files, shards, filesystem)
+    actor_cls = ray.remote(ShardActor)
+    handles = [
+        actor_cls.options(
+            num_cpus=num_cpus_per_shard, num_gpus=num_gpus_per_shard, max_restarts=max_restarts,
+            max_task_retries=max_restarts, scheduling_strategy="SPREAD",
+        ).remote(part, filesystem, id_column, embedding_column, include_ids, storage, use_gpu, chunk_rows)
+        for part in parts
+    ]
+    names = [f"shard {i} ({len(p)} files: {p[0]} .. {p[-1]})" for i, p in enumerate(parts)]
+    group = RayShardGroup(handles, names, retries=max_restarts + 1)
+    try:
+        infos = group.call("info", [()] * len(handles))
+        errors = [f"{names[i]}: {inf['error']}" for i, inf in enumerate(infos) if inf["error"]]
+        if errors:
+            raise ValueError("cannot load embeddings: " + "; ".join(errors))
+        extra_trips = 1
+        labeled = None
+        missing = 0
+        if labeled_ids is not None and len(labeled_ids):
+            wanted = list(dict.fromkeys(labeled_ids))
+            found = group.call("find", [(wanted,)] * len(handles))
+            extra_trips += 1
+            offsets = np.cumsum([0] + [inf["n"] for inf in infos])
+            labeled = np.concatenate([f + o for f, o in zip(found, offsets[:-1])]).astype(np.int64)
+            missing = len(wanted) - labeled.size
+        picks, stats = exact_greedy(group, k, labeled=labeled, labeled_features=labeled_features, seed=seed,
+                                    batch=batch, on_pass=on_pass)
+        sizes = [inf["n"] for inf in infos]
+        offsets = np.cumsum([0] + sizes)
+        own = np.searchsorted(offsets, picks, side="right") - 1
+        ids_parts = group.call("ids_of", [(picks[own == s] - offsets[s],) for s in range(len(handles))])
+        extra_trips += 1
+        ids: list = [None] * picks.size
+        for s, part_ids in enumerate(ids_parts):
+            for pos, v in zip(np.flatnonzero(own == s), part_ids):
+                ids[pos] = v
+    finally:
+        for h in handles:
+            ray.kill(h)
+    stats["round_trips"] += extra_trips
+    stats.update(
+        seconds=time.perf_counter() - t0, shards=len(handles), nodes=[inf["node_id"] for inf in infos],
+        rows_per_shard=sizes, files_per_shard=[len(p) for p in parts], labeled_ids_missing=missing,
+    )
+    return ids, stats

@@ -1,0 +1,655 @@
+"""Exact k-center greedy (CoreSet; Sener & Savarese, ICLR 2018) that scales to sharded pools.
+
+Pure module: numpy + faiss only, never `import ray` (a test enforces it).
+
+The textbook greedy: with min-distances D[i] = min over centers c of ||x_i - c||^2, pick
+argmax D, make it a center, update D, repeat k times. It reads all n x d features once per pick.
+Here (DESIGN.md, "k-center at scale"):
+
+- `KCenterShard` holds one shard of the pool. Its initial min-distances to the labeled set come from a
+  chunked nearest-center search (faiss), never an n x |L| matrix: memory O(n + chunk).
+  Each round it applies many new centers in ONE pass over its features (batched update) and reports
+  its top-B candidates with their exact values, plus an upper bound for all its other points.
+- `exact_greedy` (the driver) runs greedy steps on the gathered candidates, updating their values with
+  every center it picks, while the picked value is strictly above every shard's bound; then it sends
+  the new centers to every shard in one batched update. Same selection as plain greedy, with far fewer
+  passes over the features and round trips. The driver talks to any group of objects with the
+  shard interface (in-process `LocalShardGroup` here, Ray actors in `distributed.py`).
+
+Exactness and ties. The value of point i is V[i] = min over centers of fl32(dist64(x_i, c)), where
+dist64 is the squared L2 distance of the stored float32 vectors computed in float64 with a fixed
+summation order (`exact_sqdist_pairs`) and fl32 rounds it to float32. The greedy picks max V, ties
+(exact float32 equality, e.g. duplicate points) to the lowest global index. V is a pure function
+of the two vectors, so the selection does not depend on sharding, batching or BLAS. The bulk work
+still runs in float32 faiss/BLAS: those distances (D, "approximate") are within a proven error bound
+E of the exact ones (`error_bound`), so D only decides which points are candidates and the
+bounds; every comparison that decides a pick uses exact V. Near-ties closer than float32 resolution
+are ties (lowest index wins), exactly as the brute-force float64 reference rounded to float32 does.
+
+With `storage="float16"` the features are stored (and distances computed) in float16: the selection is
+exact for the float16-rounded features.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+_U32 = 2.0**-24  # unit roundoff of float32
+DEFAULT_CHUNK_ROWS = 65536  # rows per faiss call: bounds temporaries (and fp16->fp32 copies) to ~chunk x d
+MIN_BATCH = 64  # smallest number of candidates a shard reports per round
+MAX_BATCH = 2048  # default cap; a shard blocked by ties or near-ties still doubles past it
+MAX_NAMED_ROWS = 10  # how many offending rows an error message lists
+
+
+# ----------------------------------------------------------------------------------------------
+# distances
+
+
+def error_bound(d: int, max_norm: float) -> float:
+    """Upper bound on |float32 squared L2 - exact| for vectors of norm <= max_norm, any summation order.
+
+    fl(|x|^2 + |c|^2 - 2 x.c) is off by at most (gamma_d + 3u)(|x| + |c|)^2 with gamma_d = d u/(1 - d u)
+    (Higham, Accuracy and Stability, 3.1); a factor 2 of slack covers faiss' clamping of negatives to 0.
+    """
+    gamma = d * _U32 / (1.0 - d * _U32)
+    return 2.0 * (gamma + 3.0 * _U32) * (2.0 * float(max_norm)) ** 2
+
+
+def exact_sqdist_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(P,) float32: fl32 of sum_j (a[p, j] - b[p, j])^2 computed in float64 for row pairs (a[p], b[p]).
+
+    A fixed pairwise tree over the columns makes the result a pure function of the two rows (no
+    dependence on P or on BLAS blocking): the same pair always gives the same bits.
+    """
+    sq = a.astype(np.float64) - b.astype(np.float64)  # (P, d)
+    sq *= sq
+    width = 1 << max(0, (sq.shape[1] - 1).bit_length())
+    if width != sq.shape[1]:
+        sq = np.concatenate([sq, np.zeros((sq.shape[0], width - sq.shape[1]))], axis=1)  # (P, width)
+    while width > 1:
+        width //= 2
+        sq = sq[:, :width] + sq[:, width:]
+    return sq[:, 0].astype(np.float32)
+
+
+def _sqnorms32(x: np.ndarray) -> np.ndarray:
+    """(n,) float32 squared norms of float32 rows."""
+    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+
+
+def exact_min_sqdist(
+    rows: np.ndarray, centers: np.ndarray, err: float, prev: np.ndarray | None = None
+) -> np.ndarray:
+    """(P,) float32 exact values min(prev[p], min_c fl32(dist64(rows[p], c))) for rows (P, d), centers (M, d).
+
+    Float32 GEMM screens the pairs; only pairs within 2*err of a row's float32 minimum (and below
+    prev + err) can hold the exact minimum, and only those are computed exactly.
+    """
+    P, M = rows.shape[0], centers.shape[0]
+    out = np.full(P, np.inf, np.float32) if prev is None else np.array(prev, np.float32)  # (P,)
+    if P == 0 or M == 0:
+        return out
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    centers = np.ascontiguousarray(centers, dtype=np.float32)
+    rr = _sqnorms32(rows)  # (P,)
+    cc = _sqnorms32(centers)  # (M,)
+    step = max(1, (1 << 22) // P)  # centers per screening block: <= 4M float32 temporaries
+    run_min = np.full(P, np.inf, np.float32)  # (P,)
+    prs, pcs, pds = [], [], []
+    for s in range(0, M, step):
+        d32 = rows @ centers[s : s + step].T  # (P, m)
+        d32 *= -2.0
+        d32 += rr[:, None]
+        d32 += cc[None, s : s + step]
+        np.minimum(run_min, d32.min(axis=1), out=run_min)
+        lim = np.minimum(run_min.astype(np.float64) + 2 * err, out.astype(np.float64) + err)  # (P,)
+        pr, pc = np.nonzero(d32 <= lim[:, None])
+        prs.append(pr)
+        pcs.append(pc + s)
+        pds.append(d32[pr, pc])
+    pr, pc, pd = np.concatenate(prs), np.concatenate(pcs), np.concatenate(pds)
+    lim = np.minimum(run_min.astype(np.float64) + 2 * err, out.astype(np.float64) + err)
+    keep = pd <= lim[pr]
+    pr, pc = pr[keep], pc[keep]
+    if pr.size:
+        np.minimum.at(out, pr, exact_sqdist_pairs(rows[pr], centers[pc]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# faiss backend
+
+
+_GPU_RES: Any = None
+
+
+def resolve_use_gpu(use_gpu: bool | None) -> bool:
+    """None: faiss GPU when faiss sees a GPU, CPU otherwise."""
+    import faiss
+
+    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu is None:
+        return n_gpus > 0
+    if use_gpu and n_gpus == 0:
+        raise ValueError(
+            "use_gpu=True but faiss sees no GPU (faiss-cpu build or no CUDA device); "
+            "install the `gpu` extra (faiss-gpu-cu12) on GPU nodes or pass use_gpu=None/False"
+        )
+    return bool(use_gpu)
+
+
+def _knn1(xq: np.ndarray, xb: np.ndarray, use_gpu: bool) -> np.ndarray:
+    """(nq,) float32 squared L2 from each query row to its nearest row of xb (faiss, float32)."""
+    import faiss
+
+    global _GPU_RES
+    if use_gpu:
+        if _GPU_RES is None:
+            _GPU_RES = faiss.StandardGpuResources()
+        dist, _ = faiss.knn_gpu(_GPU_RES, xq, xb, 1)
+    else:
+        dist, _ = faiss.knn(xq, xb, 1)
+    return dist[:, 0]
+
+
+_CHECKED_BACKENDS: set[bool] = set()
+
+
+def _check_backend(use_gpu: bool) -> None:
+    """Once per process: the backend's float32 distances must respect `error_bound` (e.g. no TF32)."""
+    if use_gpu in _CHECKED_BACKENDS:
+        return
+    rng = np.random.default_rng(0)
+    xq = rng.standard_normal((300, 96), dtype=np.float32) + 3.0
+    xb = rng.standard_normal((40, 96), dtype=np.float32) + 3.0
+    got = _knn1(xq, xb, use_gpu).astype(np.float64)
+    want = ((xq[:, None, :].astype(np.float64) - xb[None].astype(np.float64)) ** 2).sum(-1).min(1)
+    norm = float(max(np.linalg.norm(xq, axis=1).max(), np.linalg.norm(xb, axis=1).max()))
+    worst = float(np.abs(got - want).max())
+    if not worst <= error_bound(96, norm) / 2:
+        raise RuntimeError(
+            f"faiss {'GPU' if use_gpu else 'CPU'} distances are off by {worst:.3g}, more than float32 "
+            "allows: reduced-precision math (TF32/fp16) is on; disable it for exact k-center"
+        )
+    _CHECKED_BACKENDS.add(use_gpu)
+
+
+# ----------------------------------------------------------------------------------------------
+# one shard
+
+
+@dataclass(frozen=True)
+class NeedsResync:
+    """A shard's answer when its state is not the one the driver expects (e.g. a restarted actor)."""
+
+    have: int
+    want: int
+
+
+def nonfinite_scan(x: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, float]:
+    """(bad local rows, max row norm) in one chunked pass; a row is bad if its squared norm is not finite
+    in float32 (NaN, inf, or values so large that float32 distances overflow)."""
+    bad, max_sq = [], 0.0
+    for s in range(0, x.shape[0], chunk_rows):
+        xc = np.asarray(x[s : s + chunk_rows], dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = _sqnorms32(xc)  # (chunk,)
+        ok = np.isfinite(sq)
+        if not ok.all():
+            bad.append(np.flatnonzero(~ok) + s)
+        if ok.any():
+            max_sq = max(max_sq, float(sq[ok].max()))
+    rows = np.concatenate(bad) if bad else np.empty(0, np.int64)
+    return rows, math.sqrt(max_sq) * (1 + 1e-5)  # float32 norms are off by ~d*u relative
+
+
+class KCenterShard:
+    """One shard: features (n, d) float32 (kept as a view when possible) or float16, its min-distances.
+
+    ids: names of the rows for error messages (an int = global index of row 0, or an (n,) array of ids).
+    State: `version` = how many picked centers it has applied (-1 before `prepare`).
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        *,
+        ids: int | np.ndarray = 0,
+        storage: str = "float32",
+        use_gpu: bool | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> None:
+        x = np.asarray(features)
+        if x.ndim != 2:
+            raise ValueError(f"features must be a 2-D (n, d) array, got shape {x.shape}")
+        if storage not in ("float32", "float16"):
+            raise ValueError(f"storage must be 'float32' or 'float16', got {storage!r}")
+        self._x = np.ascontiguousarray(x, dtype=np.float32 if storage == "float32" else np.float16)
+        self.n, self.d = self._x.shape
+        self._ids = ids
+        self._chunk = int(chunk_rows)
+        self._gpu = resolve_use_gpu(use_gpu)
+        bad, self.max_norm = nonfinite_scan(self._x, self._chunk)
+        self._bad = bad
+        self.version = -1
+        self.offset = 0
+        self._err = 0.0
+        self._dmin = np.empty(0, np.float32)
+        self._centers = np.empty((0, self.d), np.float32)
+        self._m = 0  # number of valid rows in self._centers (it grows by doubling)
+        self._alive = 0
+
+    # -- helpers
+    def _rows32(self, s: int, e: int) -> np.ndarray:
+        return np.ascontiguousarray(self._x[s:e], dtype=np.float32)
+
+    def _names(self, local: np.ndarray) -> list:
+        if isinstance(self._ids, (int, np.integer)):
+            return [int(self._ids) + int(i) for i in local]
+        return [v.item() if hasattr(v, "item") else v for v in np.asarray(self._ids)[local]]
+
+    def _push_centers(self, c: np.ndarray) -> None:
+        need = self._m + c.shape[0]
+        if need > self._centers.shape[0]:
+            grown = np.empty((max(need, 2 * self._centers.shape[0], 64), self.d), np.float32)
+            grown[: self._m] = self._centers[: self._m]
+            self._centers = grown
+        self._centers[self._m : need] = c
+        self._m = need
+
+    def _apply(self, centers: np.ndarray) -> None:
+        """Batched update: one pass over the features for all `centers` (c, d)."""
+        if centers.shape[0] == 0 or self.n == 0:
+            return
+        xb = np.ascontiguousarray(centers, dtype=np.float32)
+        for s in range(0, self.n, self._chunk):
+            e = min(self.n, s + self._chunk)
+            dist = _knn1(self._rows32(s, e), xb, self._gpu)  # (e - s,)
+            np.minimum(self._dmin[s:e], dist, out=self._dmin[s:e])  # done rows stay -inf
+
+    def _mark_done(self, global_idx: np.ndarray) -> None:
+        loc = np.asarray(global_idx, np.int64) - self.offset
+        loc = loc[(loc >= 0) & (loc < self.n)]
+        if loc.size:
+            newly = self._dmin[loc] != -np.inf
+            self._alive -= int(np.count_nonzero(newly))
+            self._dmin[loc] = -np.inf
+            self._vexact[loc] = np.nan
+
+    # -- the shard interface used by the driver
+    def info(self) -> dict:
+        bad = self._bad
+        return {
+            "n": self.n,
+            "d": self.d if self.n else None,
+            "max_norm": self.max_norm,
+            "nonfinite_count": int(bad.size),
+            "nonfinite": self._names(bad[:MAX_NAMED_ROWS]),
+        }
+
+    def vectors(self, local_idx: np.ndarray) -> np.ndarray:
+        """(m, d) float32 stored vectors of local rows."""
+        return np.asarray(self._x[np.asarray(local_idx, np.int64)], dtype=np.float32)
+
+    def prepare(
+        self, n_expected: int, offset: int, centers: np.ndarray, excluded: np.ndarray, version: int, err: float
+    ) -> int:
+        """(Re)initialise: min-distances to `centers` (M, d) by chunked nearest-center search (one pass),
+        `excluded` global indices (labeled / already picked) done, state = `version`. Returns n."""
+        if self.n != n_expected:
+            raise ValueError(f"shard has {self.n} rows, expected {n_expected}: its input changed under the run")
+        self.version = int(version)
+        if self.n == 0:  # an empty shard only tracks the version
+            return 0
+        if self._bad.size:
+            raise ValueError(f"shard has {self._bad.size} non-finite rows, e.g. {self._names(self._bad[:3])}")
+        _check_backend(self._gpu)
+        self.offset, self._err = int(offset), float(err)
+        self._m = 0
+        self._push_centers(np.asarray(centers, np.float32).reshape(-1, self.d))
+        self._dmin = np.full(self.n, np.inf, np.float32)  # (n,)
+        self._vexact = np.full(self.n, np.nan, np.float32)  # cached exact values of past candidates
+        self._vcount = np.zeros(self.n, np.int32)  # how many centers each cached value covers
+        self._alive = self.n
+        self._apply(self._centers[: self._m])
+        self._mark_done(excluded)
+        return self.n
+
+    def step(self, version: int, new_centers: np.ndarray, new_global: np.ndarray, batch: int) -> Any:
+        """Apply the driver's new picks (one pass), then report the top-`batch` candidates.
+
+        Returns NeedsResync if this shard is not at `version`; else a dict with global `idx` (B,) int64,
+        exact values `v` (B,) float32, vectors `x` (B, d) float32, `bound` (float: every other live
+        point's exact value is <= bound; -inf if none) and `alive` (live points left).
+        """
+        if version != self.version or self.version < 0:
+            return NeedsResync(have=self.version, want=version)
+        if self.n == 0:
+            self.version += len(new_global)
+            return self._candidates(0)
+        new_centers = np.asarray(new_centers, np.float32).reshape(-1, self.d)
+        if new_centers.shape[0]:
+            self._apply(new_centers)
+            self._push_centers(new_centers)
+            self._mark_done(new_global)
+            self.version += new_centers.shape[0]
+        return self._candidates(int(batch))
+
+    def _candidates(self, batch: int) -> dict:
+        empty = {"idx": np.empty(0, np.int64), "v": np.empty(0, np.float32),
+                 "x": np.empty((0, self.d), np.float32), "bound": -math.inf, "alive": self._alive}
+        if self._alive == 0:
+            return empty
+        if batch >= self._alive:
+            cand = np.flatnonzero(self._dmin != -np.inf)  # every live row: nothing left to bound
+            bound = -math.inf
+        else:
+            part = np.argpartition(self._dmin, self.n - batch - 1)  # (n,): top batch+1 at the end
+            cand = part[self.n - batch :]
+            b = float(self._dmin[part[self.n - batch - 1]]) + self._err  # >= any other live exact value
+            b32 = np.float32(b)
+            bound = float(b32 if float(b32) >= b else np.nextafter(b32, np.float32(np.inf)))
+        cand.sort()
+        v = self._exact_values(cand)
+        return {"idx": cand + self.offset, "v": v, "x": self.vectors(cand), "bound": bound, "alive": self._alive}
+
+    def _exact_values(self, cand: np.ndarray) -> np.ndarray:
+        """(B,) exact values of local rows `cand`, reusing cached values (only newer centers are added)."""
+        v = self._vexact[cand]
+        cnt = self._vcount[cand]
+        cnt[np.isnan(v)] = 0
+        for c0 in np.unique(cnt):
+            if c0 == self._m:
+                continue
+            sel = np.flatnonzero(cnt == c0)
+            prev = None if c0 == 0 else v[sel]
+            v[sel] = exact_min_sqdist(self.vectors(cand[sel]), self._centers[c0 : self._m], self._err, prev)
+        self._vexact[cand] = v
+        self._vcount[cand] = self._m
+        return v
+
+
+# ----------------------------------------------------------------------------------------------
+# shard groups and the driver
+
+
+class ShardGroup(Protocol):
+    """What the driver needs: call a method on every shard (in parallel where possible) or on one."""
+
+    def __len__(self) -> int: ...
+
+    def call(self, method: str, args: Sequence[tuple]) -> list: ...
+
+    def call_one(self, i: int, method: str, *args: Any) -> Any: ...
+
+    def describe(self, i: int) -> str: ...
+
+
+class LocalShardGroup:
+    """In-process shards, called one after the other."""
+
+    def __init__(self, shards: Sequence[KCenterShard], names: Sequence[str] | None = None) -> None:
+        self.shards = list(shards)
+        self.names = list(names) if names is not None else [f"shard {i}" for i in range(len(self.shards))]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def call(self, method: str, args: Sequence[tuple]) -> list:
+        return [getattr(s, method)(*a) for s, a in zip(self.shards, args)]
+
+    def call_one(self, i: int, method: str, *args: Any) -> Any:
+        return getattr(self.shards[i], method)(*args)
+
+    def describe(self, i: int) -> str:
+        return self.names[i]
+
+
+def _default_batch(remaining: int, n_shards: int) -> int:
+    # Enough candidates per shard for the rest of the selection in one or two rounds, capped so the
+    # per-round exact values (batch x centers x d) stay cheap next to the pass over the features.
+    return int(min(MAX_BATCH, max(MIN_BATCH, math.ceil(1.25 * remaining / max(1, n_shards)) + 8)))
+
+
+def _argmax_lowest(v: np.ndarray, idx: np.ndarray) -> int:
+    """Position of max v, ties to the lowest idx."""
+    top = np.flatnonzero(v == v.max())
+    return int(top[np.argmin(idx[top])]) if top.size > 1 else int(top[0])
+
+
+def exact_greedy(
+    group: ShardGroup,
+    k: int | None,
+    *,
+    labeled: np.ndarray | None = None,
+    labeled_features: np.ndarray | None = None,
+    seed: int = 0,
+    batch: int | None = None,
+    on_pass: Callable[[int, ShardGroup], None] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Exact batched k-center greedy over `group`; returns ((k,) global indices in pick order, stats).
+
+    Global index = shard order, then row (shard i's rows follow shard i-1's). labeled: global indices
+    already labeled (centers, never picked); labeled_features (m, d): extra centers outside the pool.
+    k=None: the whole unlabeled pool (a full ordering). No centers at all: the first pick is
+    `np.random.default_rng(seed).integers(N)`. batch: candidates per shard per round (default adapts
+    to what is left; doubles for a shard whose bound blocks progress). on_pass(round, group) is called
+    after every round's greedy steps (tests kill actors there).
+    """
+    t0 = time.perf_counter()
+    n_sh = len(group)
+    stats: dict[str, Any] = {"round_trips": 0, "passes": 0, "resyncs": 0, "rounds": 0, "steps_per_round": []}
+
+    def call(method: str, args: Sequence[tuple]) -> list:
+        stats["round_trips"] += 1
+        return group.call(method, args)
+
+    infos = call("info", [()] * n_sh)
+    bad = [(i, inf) for i, inf in enumerate(infos) if inf["nonfinite_count"]]
+    if bad:
+        parts = [f"{group.describe(i)}: {inf['nonfinite_count']} rows, e.g. {inf['nonfinite']}" for i, inf in bad]
+        raise ValueError("features contain NaN or inf (or values whose squared norm overflows float32) in "
+                         + "; ".join(parts) + ". Drop or fix these rows before k-center selection")
+    dims = {i: inf["d"] for i, inf in enumerate(infos) if inf["d"] is not None}
+    if len(set(dims.values())) > 1:
+        desc = ", ".join(f"{group.describe(i)} has d={dim}" for i, dim in dims.items())
+        raise ValueError(f"shards disagree on the embedding dimension: {desc}; all embeddings must come "
+                         "from the same model")
+    sizes = [int(inf["n"]) for inf in infos]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (S + 1,)
+    N = int(offsets[-1])
+    d = next(iter(dims.values()), None)
+
+    lf = None
+    if labeled_features is not None:
+        lf = np.ascontiguousarray(labeled_features, dtype=np.float32)
+        if lf.ndim != 2:
+            raise ValueError(f"labeled_features must be 2-D (m, d), got shape {lf.shape}")
+        if lf.shape[0] and d is not None and lf.shape[1] != d:
+            raise ValueError(f"labeled_features have d={lf.shape[1]} but the pool's features have d={d}")
+        badl, lf_norm = nonfinite_scan(lf)
+        if badl.size:
+            raise ValueError(f"labeled_features contain NaN or inf in rows {badl[:MAX_NAMED_ROWS].tolist()}")
+    lab_in = np.asarray(labeled if labeled is not None else [], dtype=None).ravel()
+    if lab_in.size and lab_in.dtype.kind not in "iu":
+        raise ValueError(f"labeled must be integer indices into the pool, got dtype {lab_in.dtype}")
+    lab = np.unique(lab_in.astype(np.int64))
+    if lab.size and (lab[0] < 0 or lab[-1] >= N):
+        raise ValueError(f"labeled indices must lie in [0, {N}); got {lab[(lab < 0) | (lab >= N)][:MAX_NAMED_ROWS].tolist()}")
+    unlabeled = N - lab.size
+    if k is None:
+        k = unlabeled
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k > unlabeled:
+        raise ValueError(f"k={k} is larger than the unlabeled pool ({unlabeled} of {N} points); "
+                         "ask for at most the pool size")
+    if k == 0:
+        stats["seconds"] = time.perf_counter() - t0
+        return np.empty(0, np.int64), stats
+
+    def owner(g: np.ndarray) -> np.ndarray:
+        return np.searchsorted(offsets, g, side="right") - 1
+
+    def fetch(g: np.ndarray) -> np.ndarray:
+        """(len(g), d) stored vectors of global indices g (one round trip)."""
+        own = owner(g)
+        args = [(g[own == s] - offsets[s],) for s in range(n_sh)]
+        got = call("vectors", args)
+        out = np.empty((g.size, d), np.float32)
+        for s in range(n_sh):
+            if got[s].shape[0]:
+                out[own == s] = got[s]
+        return out
+
+    centers0 = [lf] if lf is not None and lf.shape[0] else []
+    if lab.size:
+        centers0.append(fetch(lab))
+    centers0 = np.concatenate(centers0) if centers0 else np.empty((0, d), np.float32)
+    max_norm = max([inf["max_norm"] for inf in infos] + ([lf_norm] if lf is not None and lf.shape[0] else []))
+    err = error_bound(d, max_norm)
+    stats["error_bound"] = err
+
+    picked: list[int] = []
+    picked_x: list[np.ndarray] = []
+    new_idx: list[int] = []
+    new_x: list[np.ndarray] = []
+    if centers0.shape[0] == 0:  # cold start: a seeded first center
+        g0 = int(np.random.default_rng(seed).integers(N))
+        v0 = fetch(np.array([g0]))[0]
+        picked, picked_x, new_idx, new_x = [g0], [v0], [g0], [v0]
+
+    call("prepare", [(sizes[s], int(offsets[s]), centers0, lab, 0, err) for s in range(n_sh)])
+    stats["passes"] += 1 + (centers0.shape[0] > 0)  # the load-time scan (finite check, norms) + the init
+    batches = [batch or _default_batch(k - len(picked), n_sh)] * n_sh
+
+    def resync(s: int) -> dict:
+        stats["resyncs"] += 1
+        stats["passes"] += 2  # the restarted shard reloads (scan) and re-initialises (one pass each)
+        stats["round_trips"] += 2
+        allc = np.concatenate([centers0, np.stack(picked_x)]) if picked_x else centers0
+        excl = np.concatenate([lab, np.asarray(picked, np.int64)])
+        group.call_one(s, "prepare", sizes[s], int(offsets[s]), allc, excl, len(picked), err)
+        r = group.call_one(s, "step", len(picked), np.empty((0, d), np.float32), np.empty(0, np.int64), batches[s])
+        if isinstance(r, NeedsResync):
+            raise RuntimeError(f"{group.describe(s)} lost its state again right after a resync ({r})")
+        return r
+
+    while len(picked) < k:
+        version = len(picked) - len(new_idx)
+        nx = np.stack(new_x) if new_x else np.empty((0, d), np.float32)
+        ni = np.asarray(new_idx, np.int64)
+        if batch is None:
+            batches = [max(b, _default_batch(k - len(picked), n_sh)) for b in batches]
+        res = call("step", [(version, nx, ni, batches[s]) for s in range(n_sh)])
+        if new_idx:
+            stats["passes"] += 1
+        res = [resync(s) if isinstance(r, NeedsResync) else r for s, r in enumerate(res)]
+        stats["rounds"] += 1
+
+        # greedy steps on the gathered candidates while they provably beat every other point
+        idx = np.concatenate([r["idx"] for r in res])  # (P,)
+        v = np.concatenate([r["v"] for r in res])  # (P,)
+        xs = np.concatenate([r["x"] for r in res if r["x"].shape[0]] or [np.empty((0, d), np.float32)])  # (P, d)
+        bounds = [r["bound"] for r in res]
+        top_bound = max(bounds)
+        new_idx, new_x = [], []
+        best = -np.inf
+        while len(picked) < k and idx.size:
+            j = _argmax_lowest(v, idx)
+            best = v[j]
+            if best == -np.inf or not best > top_bound:
+                break
+            picked.append(int(idx[j]))
+            picked_x.append(xs[j].copy())
+            new_idx.append(int(idx[j]))
+            new_x.append(xs[j].copy())
+            v[j] = -np.inf
+            live = np.flatnonzero(v != -np.inf)
+            if live.size:
+                v[live] = exact_min_sqdist(xs[live], xs[j : j + 1], err, v[live])
+        stats["steps_per_round"].append(len(new_idx))
+        if len(picked) >= k:
+            break
+        if not new_idx:
+            if top_bound == -math.inf:
+                raise RuntimeError("k-center ran out of points before picking k (shards lost rows?)")
+            # a tie or a near-tie (within the float32 error bound) straddles a shard's cut: widen it
+            batches = [b * 2 if bd >= best else b for b, bd in zip(batches, bounds)]
+        if on_pass is not None:
+            on_pass(stats["rounds"], group)
+
+    stats["seconds"] = time.perf_counter() - t0
+    stats["batch"] = batches
+    return np.asarray(picked, np.int64), stats
+
+
+# ----------------------------------------------------------------------------------------------
+# public single-process API
+
+
+def split_rows(n: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) row ranges of `shards` near-equal shards."""
+    cuts = np.linspace(0, n, shards + 1).round().astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def kcenter_greedy(
+    features: np.ndarray,
+    k: int,
+    labeled: np.ndarray | Sequence[int] | None = None,
+    seed: int = 0,
+    *,
+    labeled_features: np.ndarray | None = None,
+    return_stats: bool = False,
+    shards: int = 1,
+    batch: int | None = None,
+    storage: str = "float32",
+    use_gpu: bool | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    on_pass: Callable[[int, ShardGroup], None] | None = None,
+) -> np.ndarray | tuple[np.ndarray, dict]:
+    """k-center greedy (CoreSet, Sener & Savarese 2018): (k,) int64 indices into `features` in pick order.
+
+    features: (n, d) pool embeddings; float32 C-contiguous input is used in place (no copy).
+    labeled: indices into `features` that are already centers (never picked).
+    labeled_features: (m, d) extra centers not in the pool (the labeled set embedded separately).
+    seed: cold start (no centers at all) picks `np.random.default_rng(seed).integers(n)` first.
+    shards: split the pool into this many in-process shards (same selection; exercises the driver).
+    storage: "float32" or "float16" (half the memory; exact for the float16-rounded features).
+    use_gpu: faiss GPU if True, CPU if False, GPU when faiss sees one if None.
+    The selection is exactly the plain greedy's on exact distances (ties to the lowest index); see the
+    module docstring. return_stats adds a dict: passes over the features, round_trips, seconds, ...
+    """
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D (n, d) array, got shape {x.shape}")
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    parts = [
+        KCenterShard(x[a:b], ids=a, storage=storage, use_gpu=use_gpu, chunk_rows=chunk_rows)
+        for a, b in split_rows(x.shape[0], shards)
+    ]
+    group = LocalShardGroup(parts, [f"rows {a}..{b - 1}" for a, b in split_rows(x.shape[0], shards)])
+    picks, stats = exact_greedy(
+        group, k, labeled=None if labeled is None else np.asarray(labeled), labeled_features=labeled_features,
+        seed=seed, batch=batch, on_pass=on_pass,
+    )
+    return (picks, stats) if return_stats else picks
+
+
+def zero_shot_order(
+    features: np.ndarray,
+    seed: int = 0,
+    labeled_features: np.ndarray | None = None,
+    **kwargs: Any,
+) -> np.ndarray:
+    """(n,) k-center ordering of the whole pool (zero-shot selection: every budget is a prefix)."""
+    return kcenter_greedy(features, np.asarray(features).shape[0], None, seed,
+                          labeled_features=labeled_features, **kwargs)
