@@ -260,7 +260,7 @@ def smoke(cfg: Config) -> Config:
         train={"epochs": 1, "pretrain_epochs": 1, "batch_size": min(cfg.train.batch_size, 32),
                "unlabeled_batch_size": min(cfg.train.unlabeled_batch_size, 32)},
         embed={"batch_size": min(cfg.embed.batch_size, 128)},
-        al={"rounds": 2, "initial_size": min(cfg.al.initial_size, 20), "budget": min(cfg.al.budget, 20)},
+        al={"rounds": min(cfg.al.rounds, 2), "initial_size": min(cfg.al.initial_size, 20), "budget": min(cfg.al.budget, 20)},
     )
 
 

@@ -7,7 +7,7 @@ resumes (`--resume RUN_DIR`) at the first step without a marker, so no label is 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,11 +87,8 @@ class Cycle:
         from ray_al.oracle import SimulatedOracle
 
         if not hasattr(self, "_oracle"):
-            if not self.spec.has_labels:
-                raise LedgerError("the pool has no `label` column, so al.oracle=simulated cannot answer; use "
-                                  "al.oracle=file and label with python -m ray_al.label export/import.")
             ids, labels = read_labels(self.spec.pool_uri)
-            self._oracle = SimulatedOracle(dict(zip(ids.tolist(), labels.tolist())))
+            self._oracle = SimulatedOracle({i: int(y) for i, y in zip(ids, labels) if y is not None})
         return self._oracle
 
     def _model_uri(self, r: int) -> str:
@@ -99,19 +96,24 @@ class Cycle:
 
     # ----------------------------------------------------------------- steps
     def initial_set(self) -> None:
+        """A seeded random seed set. With al.oracle=file it is drawn among the pool rows whose `label` is
+        already known (null = unlabeled), so a real pool needs only its seed labels filled in."""
         ledger = self.ledger()
         if len(ledger):
             return
-        from ray_al.data.pool import read_ids
-
-        ids = np.sort(read_ids(self.spec.pool_uri))
-        chosen = ids[np.sort(np.random.default_rng(self.seed).choice(len(ids), self.cfg.al.initial_size, replace=False))]
-        if self.cfg.al.oracle == "simulated":
-            labels = self.oracle().answer(chosen)
-            ledger.add(chosen, labels, 0, "initial", num_classes=self.spec.num_classes).commit(self.run.uri)
-        else:
-            raise ConfigError("al.oracle=file needs an initial labeled set: import one with "
-                              "python -m ray_al.label import RUN_DIR labels.csv before the first round.")
+        if not self.spec.has_labels:
+            raise ConfigError(
+                "the pool has no `label` column, so there is no seed set to start from: add a `label` column "
+                f"holding the labels you already have (null elsewhere), at least al.initial_size="
+                f"{self.cfg.al.initial_size} of them, and use al.oracle=file for the rest.")
+        known = np.asarray(sorted(self.oracle().labels_by_id))
+        if len(known) < self.cfg.al.initial_size:
+            raise BudgetError(f"al.initial_size={self.cfg.al.initial_size} but only {len(known)} pool rows have a "
+                              "label; lower al.initial_size or label more seed images.")
+        rng = np.random.default_rng(self.seed)
+        chosen = known[np.sort(rng.choice(len(known), self.cfg.al.initial_size, replace=False))]
+        labels = self.oracle().answer(chosen)
+        ledger.add(chosen, labels, 0, "initial", num_classes=self.spec.num_classes).commit(self.run.uri)
 
     def pretrained_state(self) -> dict | None:
         """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
@@ -395,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         Cycle(cfg, run, spec, log=lambda m: print(m, flush=True)).run_all()
         finish(run)
         return 0
-    except (ConfigError, PoolError, BudgetError, LedgerError, RunDirError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as exc:
+        # Our user-facing errors are ValueErrors that say what to do; RAY_AL_DEBUG=1 shows the traceback.
+        if os.environ.get("RAY_AL_DEBUG"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

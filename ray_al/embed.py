@@ -48,6 +48,8 @@ class Embedder:
 
         self.torch = torch
         self.options = EmbedOptions(**options)
+        # One torch thread per CPU Ray gave this actor: more threads only fight the other actors for cores.
+        torch.set_num_threads(max(1, int(self.options.cpus_per_actor)))
         self.spec = PoolSpec.from_dict(spec)
         self.device = "cuda" if self.options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
         self.learner = build_learner(learner_kwargs)
@@ -81,18 +83,42 @@ class Embedder:
         return pa.table(columns)
 
     def _mc_dropout(self, feats, ids) -> np.ndarray:
-        """(B, members, C) class probabilities from dropout on the features, seeded by the batch ids so a
-        rerun gives the same committee whatever the batching."""
+        """(B, members, C) class probabilities from dropout on the features. Each row's masks are a hash of
+        its id, member and feature index, so an id gets the same committee whatever batch Ray Data puts it
+        in (reruns and resumed rounds agree)."""
         torch = self.torch
         p = self.learner.dropout.p or self.options.committee_dropout
-        seed = zlib.crc32(",".join(map(str, ids[:4])).encode())
-        gen = torch.Generator(device=feats.device).manual_seed(seed)
-        out = []
-        for _ in range(self.options.committee_size):
-            mask = (torch.rand(feats.shape, generator=gen, device=feats.device) >= p).to(feats.dtype) / (1 - p)
-            logits = self.learner.classifier(feats * mask)
-            out.append(torch.softmax(logits.float(), dim=1))
-        return torch.stack(out, dim=1).cpu().numpy()
+        u = _hash_uniform(ids, self.options.committee_size, feats.shape[1])  # (B, members, D) in [0, 1)
+        mask = torch.from_numpy((u >= p).astype(np.float32) / (1.0 - p)).to(feats.device)  # (B, members, D)
+        logits = self.learner.classifier(feats[:, None, :] * mask)  # (B, members, C)
+        return torch.softmax(logits.float(), dim=2).cpu().numpy()
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a cheap, well-mixed counter hash."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _row_keys(ids) -> np.ndarray:
+    """(B,) uint64 key per id: integer ids as they are, other ids (strings) by a 64-bit checksum."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64).view(np.uint64)
+    data = [str(i).encode() for i in ids]
+    return np.asarray([zlib.crc32(d) | (zlib.adler32(d) << 32) for d in data], dtype=np.uint64)
+
+
+def _hash_uniform(ids, members: int, width: int) -> np.ndarray:
+    """(B, members, width) float32 uniforms in [0, 1), a pure function of (id, member, index)."""
+    counters = np.arange(members * width, dtype=np.uint64).reshape(1, members, width)
+    z = _splitmix64(_splitmix64(_row_keys(ids))[:, None, None] + counters)  # (B, members, width)
+    return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
 def _tag(table: pa.Table, split: str) -> pa.Table:

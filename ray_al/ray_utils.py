@@ -22,18 +22,24 @@ def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     kwargs: dict = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
     if quiet:
         kwargs["logging_level"] = logging.WARNING
-    joining = bool(os.environ.get("RAY_ADDRESS"))
+    # RAY_ADDRESS=local (tests) forces a fresh local instance even if a `ray start` cluster is around.
+    joining = os.environ.get("RAY_ADDRESS", "local") != "local"
     if num_cpus and not joining:
         kwargs["num_cpus"] = num_cpus
-    if not joining:
-        kwargs["include_dashboard"] = False
+    # Keep the dashboard: Ray Train's placement-group cleaner queries the State API it serves, and
+    # without it removes the training workers' placement group mid-run.
     ray.init(**kwargs)
+    quiet_logs()
 
 
-def data_context_quiet() -> None:
-    """Ray Data progress bars: one line per operator is plenty in a terminal."""
-    import ray
+def quiet_logs() -> None:
+    """Progress bars in a terminal; in logs (CI, `ray job logs`) Ray Data's per-second status dumps
+    and Ray Train's per-checkpoint lines bury the round table, so keep warnings only."""
+    import sys
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.enable_operator_progress_bars = False
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not sys.stdout.isatty():
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False

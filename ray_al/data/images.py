@@ -65,8 +65,9 @@ def decode_batch(
             pixels[i] = decode_one(bytes(data), image_size, channels)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             if on_corrupt == "error":
+                record_id = ids[i].item() if hasattr(ids[i], "item") else ids[i]
                 raise CorruptImageError(
-                    f"pool record id={ids[i]!r}: image cannot be decoded ({exc}). Fix or remove it, or set "
+                    f"pool record id={record_id!r}: image cannot be decoded ({exc}). Fix or remove it, or set "
                     "data.on_corrupt=skip to leave such records out (they are reported by id)."
                 ) from exc
             corrupt[i] = True

@@ -90,10 +90,10 @@ def check_pool(uri: str, what: str = "pool") -> tuple[pa.Schema, int, str]:
     return ds.schema, len(ids), image_column
 
 
-def read_labels(uri: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) of a pool with a `label` column."""
+def read_labels(uri: str) -> tuple[list, list]:
+    """(ids, labels) of a pool with a `label` column; a null label (unknown) comes back as None."""
     table = _dataset(uri).to_table(columns=["id", "label"])
-    return table.column("id").to_numpy(zero_copy_only=False), table.column("label").to_numpy(zero_copy_only=False)
+    return table.column("id").to_pylist(), table.column("label").to_pylist()
 
 
 def read_ids(uri: str) -> np.ndarray:
@@ -183,7 +183,7 @@ def prepare(cfg: DataConfig, run_dir: str, seed: int) -> PoolSpec:
     num_classes = cfg.num_classes or (len(names) if names else 0)
     if not num_classes:
         _, test_labels = read_labels(test_uri)
-        num_classes = int(test_labels.max()) + 1
+        num_classes = int(max(y for y in test_labels if y is not None)) + 1
     names = list(names) if names else [str(i) for i in range(num_classes)]
     return PoolSpec(
         pool_uri=pool_uri, test_uri=test_uri, num_classes=num_classes, class_names=tuple(names),

@@ -17,7 +17,10 @@ def _select_ids(table: pa.Table, ids_ref, keep: bool) -> pa.Table:
     import ray
 
     ids = _cached(ids_ref, ray.get)
-    mask = pc.is_in(table.column("id"), value_set=ids)
+    column = table.column("id")
+    if ids.type != column.type:  # an empty id list arrives as float64; int32 vs int64 pools, etc.
+        ids = ids.cast(column.type)
+    mask = pc.is_in(column, value_set=ids)
     return table.filter(mask if keep else pc.invert(mask))
 
 

@@ -1,0 +1,46 @@
+"""Shared test set-up: a local Ray per test module, the moto S3 server fixture, small data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Local clusters use token auth by default (Ray >= 2.59); tests talk to their own cluster only.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# Every Ray the tests start (fixtures and `python -m ray_al...` subprocesses) is their own local one,
+# never a cluster some other process left running on this machine.
+os.environ["RAY_ADDRESS"] = "local"
+
+pytest_plugins = ["tests.s3server"]
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CIFAR10 = SHARED / "datasets" / "cifar10"
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """A 2-CPU local Ray for one test module (modules that build multi-node clusters shut it down).
+
+    Ray workers inherit the environment at start-up, so the test S3 endpoint is exported first."""
+    import ray
+
+    from ray_al.ray_utils import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["RAY_AL_S3_ENDPOINT"] = s3_server.endpoint
+    os.environ.setdefault("AWS_REGION", s3_server.region)
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cifar_parquet() -> Path:
+    if not (CIFAR10 / "train.parquet").is_file():
+        raise FileNotFoundError(f"CIFAR-10 Parquet expected at {CIFAR10} (../shared beside the repo)")
+    return CIFAR10

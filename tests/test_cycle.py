@@ -1,0 +1,134 @@
+"""The whole loop as users run it: `python -m ray_al.cycle` in a subprocess on a local Ray.
+
+One uninterrupted run is the reference; a second run with the same seed is SIGKILLed in the middle of a
+round and resumed, and must end with the same ledger. The file oracle loop (export, import, resume) runs
+on the same config. Sizes are the smoke test's, so each cycle takes a minute or two on 2 cores.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ray_al.ledger import Ledger
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--smoke-test", "al.rounds=1", "al.initial_size=20", "al.budget=15"]
+
+
+def cycle(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray_al.cycle", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ledger_rows(run_dir: Path) -> list[tuple]:
+    table = Ledger.load(str(run_dir)).table
+    return sorted(zip(*(table.column(c).to_pylist() for c in ("id", "label", "round", "source"))))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cycle") / "reference"
+    proc = cycle(*SMOKE, f"run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_end_to_end_writes_table_results_plot_and_ledger(reference_run):
+    run_dir, proc = reference_run
+    assert "round   labels  accuracy" in proc.stdout
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1] and [r["labels"] for r in rows] == [20, 35]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert set(rows[0]["seconds"]) == {"train", "embed", "select", "label"}
+    assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ledger = ledger_rows(run_dir)
+    assert len(ledger) == 35 and len({r[0] for r in ledger}) == 35
+    assert sum(1 for r in ledger if r[3] == "initial") == 20 and sum(1 for r in ledger if r[2] == 1) == 15
+    # the simulated oracle answered with the pool's true labels
+    pool = pq.read_table(run_dir / "data" / "pool.parquet", columns=["id", "label"]).to_pydict()
+    truth = dict(zip(pool["id"], pool["label"]))
+    assert all(truth[i] == y for i, y, _, _ in ledger)
+    # the queried ids were unlabeled before (queries.parquet of round 0 = ledger round 1)
+    queried = pq.read_table(run_dir / "rounds" / "0000" / "queries.parquet").column("id").to_pylist()
+    assert sorted(queried) == sorted(r[0] for r in ledger if r[2] == 1)
+    # rerunning a finished run changes nothing and reprints the table
+    again = cycle(*SMOKE, f"run.dir={run_dir}")
+    assert again.returncode == 0 and "round   labels  accuracy" in again.stdout
+    assert ledger_rows(run_dir) == ledger
+
+
+def test_sigkill_mid_round_then_resume_gives_the_same_ledger(reference_run, tmp_path):
+    reference_dir, _ = reference_run
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ray_al.cycle", *SMOKE, f"run.dir={run_dir}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = run_dir / "rounds" / "0000" / "steps" / "train.json"  # round 0 trained, now embedding
+    deadline = time.time() + 400
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the cycle never finished training round 0"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "rounds" / "0000" / "MANIFEST.json").exists()
+    resumed = cycle("--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert ledger_rows(run_dir) == ledger_rows(reference_dir)
+    ref = [json.loads(x) for x in (reference_dir / "results.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["labels"], r["accuracy"]) for r in got] == \
+           [(r["round"], r["labels"], r["accuracy"]) for r in ref]
+
+
+def test_file_oracle_export_import_resume(reference_run, tmp_path):
+    reference_dir, _ = reference_run
+    run_dir = tmp_path / "annotators"
+    first = cycle(*SMOKE, "al.oracle=file", f"run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "await labels" in first.stdout and "python -m ray_al.label export" in first.stdout
+    queries = tmp_path / "queries.csv"
+    label = [sys.executable, "-m", "ray_al.label"]
+    out = subprocess.run([*label, "export", str(run_dir), "--out", str(queries), "--images-dir",
+                          str(tmp_path / "images")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(queries.open()))
+    assert len(rows) == 15 and all(Path(r["uri"]).is_file() for r in rows)
+    pool = pq.read_table(run_dir / "data" / "pool.parquet", columns=["id", "label"]).to_pydict()
+    truth = dict(zip(pool["id"], pool["label"]))
+    answers = tmp_path / "labels.csv"
+    # a file naming an id that was never queried is refused, and nothing is imported
+    with answers.open("w") as f:
+        f.write("id,label\n" + "".join(f"{r['id']},{truth[int(r['id'])]}\n" for r in rows) + "999999,1\n")
+    bad = subprocess.run([*label, "import", str(run_dir), str(answers)], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "999999" in bad.stderr and len(ledger_rows(run_dir)) == 20
+    with answers.open("w") as f:
+        f.write("id,label\n" + "".join(f"{r['id']},{truth[int(r['id'])]}\n" for r in rows))
+    ok = subprocess.run([*label, "import", str(run_dir), str(answers)], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    resumed = cycle("--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # annotators who answer like the simulated oracle give the same labeled set (source aside)
+    strip = lambda rows: [(i, y, r) for i, y, r, _ in rows]  # noqa: E731
+    assert strip(ledger_rows(run_dir)) == strip(ledger_rows(reference_dir))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["al.budgett=3"], "unknown config key 'al.budgett'"),
+    (["data.dataset=parquet", "data.pool=/nonexistent/pool.parquet", "data.test=/nonexistent/t.parquet"],
+     "/nonexistent/pool.parquet"),
+    (["al.budget=5000"], "the labelling plan needs"),
+    (["select.method=entropyy"], "entropy"),
+])
+def test_bad_input_is_refused_with_exit_2(tmp_path, args, message):
+    proc = cycle(*args, f"run.dir={tmp_path / 'run'}", timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "ledger").exists()

@@ -1,0 +1,112 @@
+"""Pool contract checks, decoding, built-in datasets, and ingest of a real image folder (local and S3)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_al import io
+from ray_al.config import DataConfig
+from ray_al.data import builtin
+from ray_al.data.images import CorruptImageError, decode_batch, decode_one
+from ray_al.data.ingest import ingest, list_image_folder, read_classes
+from ray_al.data.pool import PoolError, check_pool, prepare
+
+
+def _cifar_rows(cifar_parquet, n=40):
+    return pq.read_table(cifar_parquet / "test.parquet").slice(0, n)
+
+
+def _image_folder(root, table):
+    for row in table.to_pylist():
+        d = root / row["label_name"]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / row["path"].rsplit("/", 1)[-1]).write_bytes(row["image"])
+    return root
+
+
+def test_digits_builtin_is_a_valid_pool(tmp_path):
+    pool, test, names = builtin.digits(seed=0)
+    assert pool.num_rows + test.num_rows == 1797 and len(names) == 10
+    assert set(pool.column("id").to_pylist()).isdisjoint(test.column("id").to_pylist())
+    img = decode_one(pool.column("image")[0].as_py(), 8, 1)
+    assert img.shape == (8, 8, 1) and img.dtype == np.uint8 and img.max() > 100
+
+
+def test_prepare_cifar10_subsample(tmp_path, cifar_parquet):
+    spec = prepare(DataConfig(dataset="cifar10", pool=str(cifar_parquet), pool_size=300, test_size=100),
+                   str(tmp_path / "run"), seed=3)
+    assert (spec.pool_rows, spec.num_classes, spec.image_size, spec.channels) == (300, 10, 32, 3)
+    assert spec.class_names[0] == "airplane" and spec.has_labels
+    ids = pq.read_table(spec.pool_uri).column("id").to_pylist()
+    assert len(set(ids)) == 300
+
+
+def test_pool_without_id_is_refused(tmp_path):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"image": [b"x"], "label": [1]}), path)
+    with pytest.raises(PoolError, match=r"no `id` column.*columns: image, label"):
+        check_pool(str(path))
+
+
+def test_duplicate_ids_are_refused_and_named(tmp_path):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 2, 3, 3], "image": [b"x"] * 5}), path)
+    with pytest.raises(PoolError, match=r"2 duplicate ids \(e.g. 2, 3\)"):
+        check_pool(str(path))
+
+
+def test_missing_pool_path_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        prepare(DataConfig(dataset="parquet", pool=str(tmp_path / "nope.parquet"), test=str(tmp_path / "t")),
+                str(tmp_path / "run"), seed=0)
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 train split not found"):
+        prepare(DataConfig(dataset="cifar10", pool=str(tmp_path / "empty")), str(tmp_path / "run2"), seed=0)
+
+
+def test_corrupt_image_is_reported_by_id_or_raises(cifar_parquet):
+    rows = _cifar_rows(cifar_parquet, 3)
+    images = rows.column("image").to_pylist()
+    batch = {"id": np.array([10, 11, 12]), "image": np.array([images[0], b"not a jpeg", images[2]], dtype=object)}
+    out = decode_batch(dict(batch), 32, 3, "skip")
+    assert out["corrupt"].tolist() == [False, True, False] and out["pixels"].shape == (3, 32, 32, 3)
+    with pytest.raises(CorruptImageError, match="id=11"):
+        decode_batch(dict(batch), 32, 3, "error")
+
+
+def test_list_image_folder_refuses_flat_and_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list_image_folder(str(tmp_path / "none"))
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="class sub-folder"):
+        list_image_folder(str(tmp_path / "flat"))
+
+
+def test_ingest_real_image_folder_keeps_bytes_and_labels(tmp_path, cifar_parquet, ray_local):
+    rows = _cifar_rows(cifar_parquet, 40)
+    src = _image_folder(tmp_path / "folder", rows)
+    summary = ingest(str(src), str(tmp_path / "pool"))
+    assert summary["images"] == 40
+    table = io.read_parquet(str(tmp_path / "pool"))
+    check_pool(str(tmp_path / "pool"))
+    classes = read_classes(str(tmp_path / "pool"))
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows.to_pylist()}
+    for rec in table.to_pylist():
+        original = by_name[rec["id"].split("/", 1)[1]]
+        assert rec["image"] == original["image"]
+        assert classes[rec["label"]] == original["label_name"] == rec["id"].split("/", 1)[0]
+    with pytest.raises(FileExistsError, match="not empty"):
+        ingest(str(src), str(tmp_path / "pool"))
+
+
+def test_ingest_from_s3_folder(tmp_path, cifar_parquet, s3, ray_local):
+    rows = _cifar_rows(cifar_parquet, 12)
+    for row in rows.to_pylist():
+        io.write_bytes_atomic(s3.uri("imgs", row["label_name"], row["path"].rsplit("/", 1)[-1]), row["image"])
+    ingest(s3.uri("imgs"), s3.uri("pool"))
+    table = io.read_parquet(s3.uri("pool"))
+    assert table.num_rows == 12 and set(table.column("image").to_pylist()) == set(rows.column("image").to_pylist())
+    with pytest.raises(FileNotFoundError):
+        ingest(s3.uri("no-such-prefix"), str(tmp_path / "p"))
