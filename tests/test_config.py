@@ -54,4 +54,4 @@ def test_readme_documents_every_config_key():
     missing = [f"{section}.{key}" for section, cls in config.SECTIONS.items()
                for key in cls.__dataclass_fields__ if f"`{section}.{key}`" not in readme]
     assert not missing, f"README's config table lacks {missing}"
-    assert readme.index("make run") < 400 and readme.index("make test") < 400
+    assert readme.index("make run") < 600 and readme.index("make test") < 600  # the two commands open it

@@ -43,6 +43,7 @@ _U32 = 2.0**-24  # unit roundoff of float32
 DEFAULT_CHUNK_ROWS = 65536  # rows per faiss call: bounds temporaries (and fp16->fp32 copies) to ~chunk x d
 MIN_BATCH = 64  # smallest number of candidates a shard reports per round
 MAX_BATCH = 2048  # default cap; a shard blocked by ties or near-ties still doubles past it
+PREFETCH = 128  # exact values computed per batch in the driver (one (PREFETCH x centers) GEMM)
 MAX_NAMED_ROWS = 10  # how many offending rows an error message lists
 
 
@@ -83,7 +84,11 @@ def _sqnorms32(x: np.ndarray) -> np.ndarray:
 
 
 def exact_min_sqdist(
-    rows: np.ndarray, centers: np.ndarray, err: float, prev: np.ndarray | None = None
+    rows: np.ndarray,
+    centers: np.ndarray,
+    err: float,
+    prev: np.ndarray | None = None,
+    centers_sq: np.ndarray | None = None,
 ) -> np.ndarray:
     """(P,) float32 exact values min(prev[p], min_c fl32(dist64(rows[p], c))) for rows (P, d), centers (M, d).
 
@@ -97,7 +102,7 @@ def exact_min_sqdist(
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     centers = np.ascontiguousarray(centers, dtype=np.float32)
     rr = _sqnorms32(rows)  # (P,)
-    cc = _sqnorms32(centers)  # (M,)
+    cc = _sqnorms32(centers) if centers_sq is None else centers_sq  # (M,)
     step = max(1, (1 << 22) // P)  # centers per screening block: <= 4M float32 temporaries
     run_min = np.full(P, np.inf, np.float32)  # (P,)
     prs, pcs, pds = [], [], []
@@ -212,7 +217,8 @@ class KCenterShard:
     """One shard: features (n, d) float32 (kept as a view when possible) or float16, its min-distances.
 
     ids: names of the rows for error messages (an int = global index of row 0, or an (n,) array of ids).
-    State: `version` = how many picked centers it has applied (-1 before `prepare`).
+    State: `version` = how many picked centers it has applied (-1 before `prepare`). The shard keeps
+    only float32 min-distances (n,); exact values are the driver's business (it holds every center).
     """
 
     def __init__(
@@ -234,14 +240,11 @@ class KCenterShard:
         self._ids = ids
         self._chunk = int(chunk_rows)
         self._gpu = resolve_use_gpu(use_gpu)
-        bad, self.max_norm = nonfinite_scan(self._x, self._chunk)
-        self._bad = bad
+        self._bad, self.max_norm = nonfinite_scan(self._x, self._chunk)
         self.version = -1
         self.offset = 0
         self._err = 0.0
-        self._dmin = np.empty(0, np.float32)
-        self._centers = np.empty((0, self.d), np.float32)
-        self._m = 0  # number of valid rows in self._centers (it grows by doubling)
+        self._dmin = np.empty(0, np.float32)  # (n,) float32 min-distances; -inf = labeled or picked
         self._alive = 0
 
     # -- helpers
@@ -253,15 +256,6 @@ class KCenterShard:
             return [int(self._ids) + int(i) for i in local]
         return [v.item() if hasattr(v, "item") else v for v in np.asarray(self._ids)[local]]
 
-    def _push_centers(self, c: np.ndarray) -> None:
-        need = self._m + c.shape[0]
-        if need > self._centers.shape[0]:
-            grown = np.empty((max(need, 2 * self._centers.shape[0], 64), self.d), np.float32)
-            grown[: self._m] = self._centers[: self._m]
-            self._centers = grown
-        self._centers[self._m : need] = c
-        self._m = need
-
     def _apply(self, centers: np.ndarray) -> None:
         """Batched update: one pass over the features for all `centers` (c, d)."""
         if centers.shape[0] == 0 or self.n == 0:
@@ -269,27 +263,24 @@ class KCenterShard:
         xb = np.ascontiguousarray(centers, dtype=np.float32)
         for s in range(0, self.n, self._chunk):
             e = min(self.n, s + self._chunk)
-            dist = _knn1(self._rows32(s, e), xb, self._gpu)  # (e - s,)
+            dist = _knn1(self._rows32(s, e), xb, self._gpu)  # (e - s,) nearest-center search
             np.minimum(self._dmin[s:e], dist, out=self._dmin[s:e])  # done rows stay -inf
 
     def _mark_done(self, global_idx: np.ndarray) -> None:
         loc = np.asarray(global_idx, np.int64) - self.offset
         loc = loc[(loc >= 0) & (loc < self.n)]
         if loc.size:
-            newly = self._dmin[loc] != -np.inf
-            self._alive -= int(np.count_nonzero(newly))
+            self._alive -= int(np.count_nonzero(self._dmin[loc] != -np.inf))
             self._dmin[loc] = -np.inf
-            self._vexact[loc] = np.nan
 
     # -- the shard interface used by the driver
     def info(self) -> dict:
-        bad = self._bad
         return {
             "n": self.n,
-            "d": self.d if self.n else None,
+            "d": self.d if self.n else None,  # an empty shard never decides the pool's dimension
             "max_norm": self.max_norm,
-            "nonfinite_count": int(bad.size),
-            "nonfinite": self._names(bad[:MAX_NAMED_ROWS]),
+            "nonfinite_count": int(self._bad.size),
+            "nonfinite": self._names(self._bad[:MAX_NAMED_ROWS]),
         }
 
     def vectors(self, local_idx: np.ndarray) -> np.ndarray:
@@ -299,8 +290,9 @@ class KCenterShard:
     def prepare(
         self, n_expected: int, offset: int, centers: np.ndarray, excluded: np.ndarray, version: int, err: float
     ) -> int:
-        """(Re)initialise: min-distances to `centers` (M, d) by chunked nearest-center search (one pass),
-        `excluded` global indices (labeled / already picked) done, state = `version`. Returns n."""
+        """(Re)initialise: min-distances to `centers` (M, d) by chunked nearest-center search (one pass,
+        memory O(n + chunk), never n x M), `excluded` global indices (labeled / picked) done, state =
+        `version`. Returns n."""
         if self.n != n_expected:
             raise ValueError(f"shard has {self.n} rows, expected {n_expected}: its input changed under the run")
         self.version = int(version)
@@ -310,13 +302,9 @@ class KCenterShard:
             raise ValueError(f"shard has {self._bad.size} non-finite rows, e.g. {self._names(self._bad[:3])}")
         _check_backend(self._gpu)
         self.offset, self._err = int(offset), float(err)
-        self._m = 0
-        self._push_centers(np.asarray(centers, np.float32).reshape(-1, self.d))
-        self._dmin = np.full(self.n, np.inf, np.float32)  # (n,)
-        self._vexact = np.full(self.n, np.nan, np.float32)  # cached exact values of past candidates
-        self._vcount = np.zeros(self.n, np.int32)  # how many centers each cached value covers
+        self._dmin = np.full(self.n, np.inf, np.float32)
         self._alive = self.n
-        self._apply(self._centers[: self._m])
+        self._apply(np.asarray(centers, np.float32).reshape(-1, self.d))
         self._mark_done(excluded)
         return self.n
 
@@ -324,8 +312,8 @@ class KCenterShard:
         """Apply the driver's new picks (one pass), then report the top-`batch` candidates.
 
         Returns NeedsResync if this shard is not at `version`; else a dict with global `idx` (B,) int64,
-        exact values `v` (B,) float32, vectors `x` (B, d) float32, `bound` (float: every other live
-        point's exact value is <= bound; -inf if none) and `alive` (live points left).
+        float32 min-distances `a` (B,) (within err of exact), vectors `x` (B, d) float32, `bound`
+        (every other live point's exact value is <= bound; -inf if none) and `alive` (live points left).
         """
         if version != self.version or self.version < 0:
             return NeedsResync(have=self.version, want=version)
@@ -335,43 +323,25 @@ class KCenterShard:
         new_centers = np.asarray(new_centers, np.float32).reshape(-1, self.d)
         if new_centers.shape[0]:
             self._apply(new_centers)
-            self._push_centers(new_centers)
             self._mark_done(new_global)
             self.version += new_centers.shape[0]
         return self._candidates(int(batch))
 
     def _candidates(self, batch: int) -> dict:
-        empty = {"idx": np.empty(0, np.int64), "v": np.empty(0, np.float32),
-                 "x": np.empty((0, self.d), np.float32), "bound": -math.inf, "alive": self._alive}
         if self._alive == 0:
-            return empty
+            return {"idx": np.empty(0, np.int64), "a": np.empty(0, np.float32),
+                    "x": np.empty((0, self.d), np.float32), "bound": -math.inf, "alive": 0}
         if batch >= self._alive:
             cand = np.flatnonzero(self._dmin != -np.inf)  # every live row: nothing left to bound
             bound = -math.inf
         else:
             part = np.argpartition(self._dmin, self.n - batch - 1)  # (n,): top batch+1 at the end
-            cand = part[self.n - batch :]
+            cand = np.sort(part[self.n - batch :])
             b = float(self._dmin[part[self.n - batch - 1]]) + self._err  # >= any other live exact value
             b32 = np.float32(b)
             bound = float(b32 if float(b32) >= b else np.nextafter(b32, np.float32(np.inf)))
-        cand.sort()
-        v = self._exact_values(cand)
-        return {"idx": cand + self.offset, "v": v, "x": self.vectors(cand), "bound": bound, "alive": self._alive}
-
-    def _exact_values(self, cand: np.ndarray) -> np.ndarray:
-        """(B,) exact values of local rows `cand`, reusing cached values (only newer centers are added)."""
-        v = self._vexact[cand]
-        cnt = self._vcount[cand]
-        cnt[np.isnan(v)] = 0
-        for c0 in np.unique(cnt):
-            if c0 == self._m:
-                continue
-            sel = np.flatnonzero(cnt == c0)
-            prev = None if c0 == 0 else v[sel]
-            v[sel] = exact_min_sqdist(self.vectors(cand[sel]), self._centers[c0 : self._m], self._err, prev)
-        self._vexact[cand] = v
-        self._vcount[cand] = self._m
-        return v
+        return {"idx": cand + self.offset, "a": self._dmin[cand], "x": self.vectors(cand), "bound": bound,
+                "alive": self._alive}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,10 +386,84 @@ def _default_batch(remaining: int, n_shards: int) -> int:
     return int(min(MAX_BATCH, max(MIN_BATCH, math.ceil(1.25 * remaining / max(1, n_shards)) + 8)))
 
 
+class _Centers:
+    """Every center so far (labeled, then picks in order) as a growing (M, d) float32 array."""
+
+    def __init__(self, first: np.ndarray, d: int) -> None:
+        self.buf = np.empty((max(64, 2 * first.shape[0]), d), np.float32)  # (capacity, d)
+        self.sq = np.empty(self.buf.shape[0], np.float32)  # (capacity,) squared norms
+        self.m = 0
+        self.push(first)
+
+    def push(self, c: np.ndarray) -> None:
+        c = c.reshape(-1, self.buf.shape[1])
+        if self.m + c.shape[0] > self.buf.shape[0]:
+            cap = 2 * (self.m + c.shape[0])
+            buf, sq = np.empty((cap, self.buf.shape[1]), np.float32), np.empty(cap, np.float32)
+            buf[: self.m], sq[: self.m] = self.buf[: self.m], self.sq[: self.m]
+            self.buf, self.sq = buf, sq
+        self.buf[self.m : self.m + c.shape[0]] = c
+        self.sq[self.m : self.m + c.shape[0]] = _sqnorms32(c)
+        self.m += c.shape[0]
+
+    @property
+    def all(self) -> np.ndarray:
+        return self.buf[: self.m]
+
+    def exact(self, rows: np.ndarray, err: float) -> np.ndarray:
+        """(P,) exact values of rows (P, d) against every center."""
+        return exact_min_sqdist(rows, self.all, err, centers_sq=self.sq[: self.m])
+
+
 def _argmax_lowest(v: np.ndarray, idx: np.ndarray) -> int:
     """Position of max v, ties to the lowest idx."""
     top = np.flatnonzero(v == v.max())
     return int(top[np.argmin(idx[top])]) if top.size > 1 else int(top[0])
+
+
+def _greedy_round(res: list[dict], budget: int, cent: _Centers, err: float, d: int) -> list[int]:
+    """Greedy steps on the shards' candidates while the pick provably beats every other point.
+
+    a: float32 values (within err of exact); e: exact values, computed (against every center) only
+    for contenders, i.e. candidates within 2*err of the float32 max, then kept exact. Picks are pushed
+    onto `cent`; returns their global indices.
+    """
+    idx = np.concatenate([r["idx"] for r in res])  # (P,)
+    a = np.concatenate([r["a"] for r in res]).astype(np.float32)  # (P,)
+    xs = np.concatenate([r["x"] for r in res if r["x"].shape[0]] or [np.empty((0, d), np.float32)])  # (P, d)
+    xs_sq = _sqnorms32(xs)  # (P,)
+    e = np.full(idx.size, np.nan, np.float32)  # (P,) exact values, NaN = not computed yet
+    top_bound = max(r["bound"] for r in res)
+    picks: list[int] = []
+    while len(picks) < budget and idx.size:
+        top = float(a.max())
+        if top == -np.inf:
+            break
+        cont = np.flatnonzero(a >= top - 2 * err)  # every candidate that may hold the exact max
+        if np.isnan(e[cont]).any():
+            # exact values for the contenders and, in the same GEMM, the next candidates in line
+            # (they are likely the next contenders; their values then stay exact through the updates)
+            todo = np.flatnonzero(np.isnan(e) & (a != -np.inf))
+            if todo.size > PREFETCH:
+                todo = np.union1d(todo[np.argpartition(-a[todo], PREFETCH - 1)[:PREFETCH]],
+                                  cont[np.isnan(e[cont])])
+            e[todo] = cent.exact(xs[todo], err)
+        j = int(cont[_argmax_lowest(e[cont], idx[cont])])
+        if not e[j] > top_bound:  # a point outside the candidates may be as far: next round
+            break
+        picks.append(int(idx[j]))
+        c = xs[j].copy()
+        cent.push(c)
+        a[j] = e[j] = -np.inf
+        d32 = xs @ c  # (P,) float32 distances to the new center
+        d32 *= -2.0
+        d32 += xs_sq
+        d32 += float(c @ c)
+        np.minimum(a, d32, out=a)
+        rows = np.flatnonzero(d32 <= e + err)  # exact values that the new center may lower (NaN/-inf: no)
+        if rows.size:
+            e[rows] = np.minimum(e[rows], exact_sqdist_pairs(xs[rows], c[None, :]))
+    return picks
 
 
 def exact_greedy(
@@ -452,9 +496,12 @@ def exact_greedy(
     infos = call("info", [()] * n_sh)
     bad = [(i, inf) for i, inf in enumerate(infos) if inf["nonfinite_count"]]
     if bad:
-        parts = [f"{group.describe(i)}: {inf['nonfinite_count']} rows, e.g. {inf['nonfinite']}" for i, inf in bad]
-        raise ValueError("features contain NaN or inf (or values whose squared norm overflows float32) in "
-                         + "; ".join(parts) + ". Drop or fix these rows before k-center selection")
+        total = sum(inf["nonfinite_count"] for _, inf in bad)
+        names = [r for _, inf in bad for r in inf["nonfinite"]][:MAX_NAMED_ROWS]
+        where = "; ".join(f"{group.describe(i)}: {inf['nonfinite_count']}" for i, inf in bad)
+        raise ValueError(f"features contain NaN or inf (or values whose squared norm overflows float32) in "
+                         f"{total} rows: {names}{' ...' if total > len(names) else ''} (by shard: {where}). "
+                         "Drop or fix these rows before k-center selection")
     dims = {i: inf["d"] for i, inf in enumerate(infos) if inf["d"] is not None}
     if len(set(dims.values())) > 1:
         desc = ", ".join(f"{group.describe(i)} has d={dim}" for i, dim in dims.items())
@@ -517,13 +564,12 @@ def exact_greedy(
     stats["error_bound"] = err
 
     picked: list[int] = []
-    picked_x: list[np.ndarray] = []
     new_idx: list[int] = []
-    new_x: list[np.ndarray] = []
+    cent = _Centers(centers0, d)  # the driver holds every center: it computes all exact values
     if centers0.shape[0] == 0:  # cold start: a seeded first center
         g0 = int(np.random.default_rng(seed).integers(N))
-        v0 = fetch(np.array([g0]))[0]
-        picked, picked_x, new_idx, new_x = [g0], [v0], [g0], [v0]
+        picked, new_idx = [g0], [g0]
+        cent.push(fetch(np.array([g0])))
 
     call("prepare", [(sizes[s], int(offsets[s]), centers0, lab, 0, err) for s in range(n_sh)])
     stats["passes"] += 1 + (centers0.shape[0] > 0)  # the load-time scan (finite check, norms) + the init
@@ -533,9 +579,8 @@ def exact_greedy(
         stats["resyncs"] += 1
         stats["passes"] += 2  # the restarted shard reloads (scan) and re-initialises (one pass each)
         stats["round_trips"] += 2
-        allc = np.concatenate([centers0, np.stack(picked_x)]) if picked_x else centers0
         excl = np.concatenate([lab, np.asarray(picked, np.int64)])
-        group.call_one(s, "prepare", sizes[s], int(offsets[s]), allc, excl, len(picked), err)
+        group.call_one(s, "prepare", sizes[s], int(offsets[s]), cent.all, excl, len(picked), err)
         r = group.call_one(s, "step", len(picked), np.empty((0, d), np.float32), np.empty(0, np.int64), batches[s])
         if isinstance(r, NeedsResync):
             raise RuntimeError(f"{group.describe(s)} lost its state again right after a resync ({r})")
@@ -543,7 +588,7 @@ def exact_greedy(
 
     while len(picked) < k:
         version = len(picked) - len(new_idx)
-        nx = np.stack(new_x) if new_x else np.empty((0, d), np.float32)
+        nx = cent.all[cent.m - len(new_idx) :]  # (c, d) this round's picks
         ni = np.asarray(new_idx, np.int64)
         if batch is None:
             batches = [max(b, _default_batch(k - len(picked), n_sh)) for b in batches]
@@ -552,36 +597,18 @@ def exact_greedy(
             stats["passes"] += 1
         res = [resync(s) if isinstance(r, NeedsResync) else r for s, r in enumerate(res)]
         stats["rounds"] += 1
-
-        # greedy steps on the gathered candidates while they provably beat every other point
-        idx = np.concatenate([r["idx"] for r in res])  # (P,)
-        v = np.concatenate([r["v"] for r in res])  # (P,)
-        xs = np.concatenate([r["x"] for r in res if r["x"].shape[0]] or [np.empty((0, d), np.float32)])  # (P, d)
-        bounds = [r["bound"] for r in res]
-        top_bound = max(bounds)
-        new_idx, new_x = [], []
-        best = -np.inf
-        while len(picked) < k and idx.size:
-            j = _argmax_lowest(v, idx)
-            best = v[j]
-            if best == -np.inf or not best > top_bound:
-                break
-            picked.append(int(idx[j]))
-            picked_x.append(xs[j].copy())
-            new_idx.append(int(idx[j]))
-            new_x.append(xs[j].copy())
-            v[j] = -np.inf
-            live = np.flatnonzero(v != -np.inf)
-            if live.size:
-                v[live] = exact_min_sqdist(xs[live], xs[j : j + 1], err, v[live])
+        new_idx = _greedy_round(res, k - len(picked), cent, err, d)
+        picked += new_idx
         stats["steps_per_round"].append(len(new_idx))
         if len(picked) >= k:
             break
         if not new_idx:
-            if top_bound == -math.inf:
+            bounds = [r["bound"] for r in res]
+            if max(bounds) == -math.inf:
                 raise RuntimeError("k-center ran out of points before picking k (shards lost rows?)")
-            # a tie or a near-tie (within the float32 error bound) straddles a shard's cut: widen it
-            batches = [b * 2 if bd >= best else b for b, bd in zip(batches, bounds)]
+            # a tie or near-tie (within the float32 error bound) straddles a shard's cut: widen that cut
+            top = max(float(np.max(r["a"])) for r in res if r["a"].size)
+            batches = [b * 2 if bd >= top - 2 * err else b for b, bd in zip(batches, bounds)]
         if on_pass is not None:
             on_pass(stats["rounds"], group)
 
