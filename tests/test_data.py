@@ -110,3 +110,17 @@ def test_ingest_from_s3_folder(tmp_path, cifar_parquet, s3, ray_local):
     assert table.num_rows == 12 and set(table.column("image").to_pylist()) == set(rows.column("image").to_pylist())
     with pytest.raises(FileNotFoundError):
         ingest(s3.uri("no-such-prefix"), str(tmp_path / "p"))
+
+
+def test_ingest_cli(tmp_path, cifar_parquet):
+    import subprocess
+    import sys
+
+    src = _image_folder(tmp_path / "folder", _cifar_rows(cifar_parquet, 10))
+    proc = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(src), str(tmp_path / "pool")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ingested 10 images" in proc.stdout and io.read_parquet(str(tmp_path / "pool")).num_rows == 10
+    bad = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(tmp_path / "missing"),
+                          str(tmp_path / "p2")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not found" in bad.stderr

@@ -1,0 +1,38 @@
+"""`python -m ray_al.data ingest SRC DEST`: an image folder with class sub-folders -> a pool Parquet.
+
+SRC and DEST are local paths or s3:// URIs (set --s3-endpoint for MinIO/moto). Ids are the image paths
+relative to SRC; labels are the class sub-folders in alphabetical order (saved in DEST/_classes.json).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ray_al import io
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ray_al.data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ing = sub.add_parser("ingest", help="image folder -> pool Parquet (id, image, label, label_name, path)")
+    ing.add_argument("src", help="folder with one sub-folder per class (local or s3://)")
+    ing.add_argument("dest", help="output directory for the Parquet files (local or s3://)")
+    ing.add_argument("--overwrite", action="store_true", help="replace a non-empty DEST")
+    ing.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (MinIO, moto, ...)")
+    ing.add_argument("--s3-region", default=None)
+    args = parser.parse_args(argv)
+    io.configure_s3(args.s3_endpoint, args.s3_region)
+    from ray_al.data.ingest import ingest
+
+    try:
+        summary = ingest(args.src, args.dest, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ingested {summary['images']} images of {len(summary['classes'])} classes "
+          f"({', '.join(summary['classes'][:10])}{' ...' if len(summary['classes']) > 10 else ''}) into {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
