@@ -83,6 +83,7 @@ class SelectConfig:
     prefilter_factor: int = 4
     committee: str = "mc_dropout"  # committee methods: mc_dropout | heads
     committee_size: int = 5
+    zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
 
 
 @dataclass(frozen=True)

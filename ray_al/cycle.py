@@ -215,6 +215,8 @@ class Cycle:
                               "lower al.budget or al.rounds.")
         lab = read_embeddings(emb_uri, "labeled")
         lab_emb = matrix(lab.column("embedding")) if lab.num_rows else None
+        if cfg.select.zero_shot:
+            return self._zero_shot_prefix(unl, lab_emb, ledger, k)
         if cfg.select.method == "kcenter" and cfg.select.shards > 1 and not cfg.select.prefilter:
             from ray_al.select import kcenter_select_distributed
 
@@ -240,6 +242,21 @@ class Cycle:
             options = {"prefilter": cfg.select.prefilter, "prefilter_factor": cfg.select.prefilter_factor}
         positions = acquisition.select(cfg.select.method, view, k, seed=self.seed * 1000 + r, **options)
         return view.ids[positions].tolist()
+
+    def _zero_shot_prefix(self, unl: pa.Table, lab_emb, ledger: Ledger, k: int) -> list:
+        """Zero-shot AL: order the pool once by k-center on the first round's features (the seed set as
+        centers) and save it; every round takes the next k ids of that order, so budgets are prefixes."""
+        from ray_al.embed import matrix
+        from ray_al.select import zero_shot_order
+
+        uri = self.run.path("zero_shot_order.parquet")
+        if not io.exists(uri):
+            ids = np.asarray(unl.column("id").to_pylist())
+            order = zero_shot_order(matrix(unl.column("embedding")), seed=self.seed, labeled_features=lab_emb)
+            io.write_parquet_atomic(uri, pa.table({"id": pa.array(ids[order]), "rank": pa.array(np.arange(len(order)))}))
+        ordered = io.read_parquet(uri).column("id").to_pylist()
+        labeled = set(ledger.ids.tolist())
+        return [i for i in ordered if i not in labeled][:k]
 
     def _uris(self, ids: list) -> list:
         if self.spec.image_column != "path":
