@@ -254,13 +254,14 @@ def replace(cfg: Config, **sections: dict) -> Config:
 
 
 def smoke(cfg: Config) -> Config:
-    """Shrink everything to seconds: tiny pool, one epoch, two rounds (CI runs every entry point so)."""
+    """Shrink everything to seconds: tiny pool, one epoch, two rounds, CPU only (CI runs every entry point
+    so, on machines without GPUs, where a GPU request would wait forever)."""
     return replace(
         cfg,
+        embed={"batch_size": min(cfg.embed.batch_size, 128), "gpus_per_actor": 0.0},
         data={"pool_size": min(cfg.data.pool_size or 400, 400), "test_size": min(cfg.data.test_size or 200, 200)},
         train={"epochs": 1, "pretrain_epochs": 1, "batch_size": min(cfg.train.batch_size, 32),
-               "unlabeled_batch_size": min(cfg.train.unlabeled_batch_size, 32)},
-        embed={"batch_size": min(cfg.embed.batch_size, 128)},
+               "unlabeled_batch_size": min(cfg.train.unlabeled_batch_size, 32), "use_gpu": False},
         al={"rounds": min(cfg.al.rounds, 2), "initial_size": min(cfg.al.initial_size, 20), "budget": min(cfg.al.budget, 20)},
     )
 

@@ -1,0 +1,171 @@
+"""ray_al.sweep: the sweep file format (no Ray), the summary maths against numpy, and one real Ray Tune
+sweep of two trials whose Ray Train / Ray Data stages run inside the trials, then --resume."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ray_al import config
+from ray_al.config import ConfigError
+from ray_al.sweep import combinations, load_spec, main, summarize, trial_config, trial_name, trial_run_dir
+
+
+def write_sweep(tmp_path: Path, sweep: dict, base) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep, "base": base}, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- the file format
+def test_grid_points_become_trial_configs_with_their_own_run_dirs(tmp_path):
+    (tmp_path / "base.yaml").write_text("al: {rounds: 3, initial_size: 30}\ntrain: {epochs: 4}\n")
+    path = write_sweep(tmp_path, {"name": "s", "dir": str(tmp_path / "out"),
+                                  "grid": {"select.method": ["random", "kcenter"], "al.budget": [10, 20],
+                                           "train.ssl_options.temperature": [0.1]}},
+                       "base.yaml")  # relative to the sweep file
+    spec = load_spec(path, overrides=["train.epochs=2"])
+    points = combinations(spec["grid"])
+    assert len(points) == 4 and points[0] == {"select.method": "random", "al.budget": 10,
+                                              "train.ssl_options.temperature": 0.1}
+    cfgs = [trial_config(spec, p) for p in points]
+    assert [(c.select.method, c.al.budget) for c in cfgs] == [("random", 10), ("random", 20), ("kcenter", 10),
+                                                              ("kcenter", 20)]
+    assert all(c.al.rounds == 3 and c.train.epochs == 2 and c.train.ssl_options == {"temperature": 0.1}
+               for c in cfgs)  # base + command-line override + nested grid key
+    dirs = [c.run.dir for c in cfgs]
+    assert len(set(dirs)) == 4 and all(d.startswith(str(tmp_path / "out" / "trials")) for d in dirs)
+    assert dirs[0] == trial_run_dir(spec, points[0]) and trial_name(points[0]) in dirs[0]
+    assert trial_name({"select.method": "random", "al.seed": 1}) == "select.method=random_al.seed=1"
+
+
+def test_smoke_test_shrinks_every_trial(tmp_path):
+    path = write_sweep(tmp_path, {"grid": {"al.seed": [0, 1]}}, {"al": {"budget": 50, "rounds": 6}})
+    spec = load_spec(path, smoke=True)
+    cfg = trial_config(spec, {"al.seed": 1})
+    assert cfg == config.replace(config.smoke(config.from_dict({"al": {"budget": 50, "rounds": 6, "seed": 1}})),
+                                 run={"dir": cfg.run.dir})
+    assert spec["dir"].endswith("-smoke")  # default dir: never mixed with the full sweep's trials
+
+
+@pytest.mark.parametrize("sweep, base, match", [
+    ({"grid": {"select.methd": ["random"]}}, {}, "select.methd"),  # unknown key, named
+    ({"grid": {"select.method": ["nope"]}}, {}, "nope"),  # unknown acquisition, named
+    ({"grid": {"al.budget": [10, 10]}}, {}, "repeats a value"),
+    ({"grid": {"al.budget": []}}, {}, "non-empty list"),
+    ({"grid": {}}, {}, "sweep.grid must map"),
+    ({"grid": {"al.seed": [0]}, "max_concurent_trials": 2}, {}, "sweep.max_concurent_trials"),
+    ({"grid": {"al.seed": [0]}}, {"al": {"oracle": "file"}}, "al.oracle=simulated"),
+    ({"grid": {"al.seed": [0]}}, {"run": {"overwrite": True}}, "run.overwrite"),
+    ({"grid": {"al.seed": [0]}}, "missing.yaml", "base config 'missing.yaml' not found"),
+])
+def test_bad_sweep_files_fail_before_tune_with_a_clear_error(tmp_path, sweep, base, match):
+    with pytest.raises(ConfigError, match=match):
+        load_spec(write_sweep(tmp_path, sweep, base))
+
+
+def test_summary_matches_numpy(tmp_path):
+    grid = {"select.method": ["a", "b"], "al.seed": [0, 1]}
+    rng = np.random.default_rng(0)
+    rows, acc = [], {}
+    for method in ("a", "b"):
+        for seed in (0, 1):
+            labels = np.array([10, 20, 40])
+            accuracy = np.sort(rng.uniform(0.2, 0.9, 3))
+            acc[(method, seed)] = (labels, accuracy)
+            rows += [{"trial": f"{method}{seed}", "select.method": method, "al.seed": seed, "round": r,
+                      "labels": int(labels[r]), "accuracy": float(accuracy[r])} for r in range(3)]
+    per_trial, per_setting = summarize(rows, grid)
+    assert len(per_trial) == 4 and len(per_setting) == 2
+    for s in per_setting:
+        runs = [acc[(s["select.method"], seed)] for seed in (0, 1)]
+        aucs = [np.trapezoid(a, x) / (x[-1] - x[0]) for x, a in runs]
+        finals = [a[-1] for _, a in runs]
+        assert s["seeds"] == 2 and s["final_labels"] == 40
+        assert s["final_accuracy_mean"] == pytest.approx(np.mean(finals))
+        assert s["final_accuracy_std"] == pytest.approx(np.std(finals))
+        assert s["auc_mean"] == pytest.approx(np.mean(aucs)) and s["auc_std"] == pytest.approx(np.std(aucs))
+
+
+# ----------------------------------------------------------------------------- a real Tune sweep
+def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of one TensorBoard event file (TFRecord framing + tensorboardX's Event proto)."""
+    from tensorboardX.proto import event_pb2
+
+    data, i, out = path.read_bytes(), 0, {}
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+@pytest.fixture()
+def fresh_ray():
+    import ray
+
+    if ray.is_initialized():  # another module's Ray: the sweep starts its own (RAY_ADDRESS=local)
+        ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tune_sweep_reports_every_round_and_writes_tables_plot_and_tensorboard(tmp_path, fresh_ray, capsys):
+    out = tmp_path / "sweep"
+    path = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "max_failures": 0,
+                                  "grid": {"select.method": ["random", "entropy"]}},
+                       {"data": {"dataset": "digits", "pool_size": 200, "test_size": 100},
+                        "train": {"epochs": 1, "batch_size": 32},
+                        "embed": {"batch_size": 128},
+                        "al": {"initial_size": 10, "budget": 10, "rounds": 1}})
+    assert main(["--config", str(path)]) == 0
+
+    # one row per (trial, round), read back from the trials' run directories
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["select.method"], r["round"], r["labels"]) for r in rows) == [
+        ("entropy", 0, 10), ("entropy", 1, 20), ("random", 0, 10), ("random", 1, 20)]
+    assert all(r["select"] == r["select.method"] and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    table = pq.read_table(out / "results.parquet")
+    assert table.num_rows == 4 and {"trial", "round", "labels", "accuracy", "seconds_train"} <= set(table.column_names)
+    # each trial's rounds went through its own run directory and ledger
+    for method in ("random", "entropy"):
+        run = out / "trials" / f"select.method={method}"
+        assert [json.loads(ln)["labels"] for ln in (run / "results.jsonl").read_text().splitlines()] == [10, 20]
+    csv_lines = (out / "summary.csv").read_text().splitlines()
+    header = csv_lines[0].split(",")
+    summary = {c[0]: dict(zip(header, c)) for c in (line.split(",") for line in csv_lines[1:])}
+    for method in ("random", "entropy"):
+        last = max((r for r in rows if r["select.method"] == method), key=lambda r: r["round"])
+        assert float(summary[method]["final_accuracy_mean"]) == pytest.approx(last["accuracy"])
+    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean +- std over seeds" in capsys.readouterr().out
+
+    # Tune's TensorBoard files hold the same accuracies, one step per round
+    events = sorted((out / "tune" / "tiny").glob("select.method=*/events.out.tfevents.*"))
+    assert {e.parent.name for e in events} == {"select.method=random", "select.method=entropy"}
+    for event_file in events:
+        method = event_file.parent.name.split("=", 1)[1]
+        logged = [v for _, v in tensorboard_scalars(event_file)["ray/tune/accuracy"]]
+        expected = [r["accuracy"] for r in sorted((r for r in rows if r["select.method"] == method),
+                                                  key=lambda r: r["round"])]
+        assert logged == pytest.approx(expected, abs=1e-6)
+
+    # starting the same sweep again is refused; --resume restores it (Tuner.restore) without rerunning rounds
+    assert main(["--config", str(path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    mtime = (out / "trials" / "select.method=random" / "rounds" / "0001" / "MANIFEST.json").stat().st_mtime
+    assert main(["--config", str(path), "--resume"]) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    assert (out / "trials" / "select.method=random" / "rounds" / "0001" / "MANIFEST.json").stat().st_mtime == mtime
+    # a changed sweep file is not resumed silently
+    changed = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "grid": {"select.method": ["random"]}}, {})
+    assert main(["--config", str(changed), "--resume"]) == 2
