@@ -306,7 +306,7 @@ class Cycle:
                              f"  python -m ray_al.label import {self.run.uri} labels.csv\n"
                              f"  python -m ray_al.cycle --resume {self.run.uri}")
                     return self.run.results()
-                seconds["label"] = self.run.step_payload(r, "label")["seconds"]
+                seconds["label"] = self.run.step_payload(r, "label").get("seconds", 0.0)  # an import has no timing
             row = {"round": r, "labels": len(ledger), "accuracy": embedded["accuracy"], "seconds": seconds,
                    "method": cfg.train.method, "mode": cfg.train.mode, "select": cfg.select.method,
                    "budget": cfg.al.budget, "seed": cfg.al.seed, "dataset": cfg.data.dataset,
