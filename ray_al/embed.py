@@ -18,6 +18,7 @@ from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
 
 SPLITS = ("unlabeled", "labeled", "test")
+_ROWS_PER_BLOCK_IN_BATCHES = 4  # blocks handed to the actors: a few batches each, so every actor gets work
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,10 @@ def embed_splits(datasets: dict, weights: bytes, learner_kwargs: dict, spec: Poo
     tagged = [ds.map_batches(_tag, fn_kwargs={"split": name}, batch_format="pyarrow", zero_copy_batch=True)
               for name, ds in datasets.items()]
     union = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    # A Parquet read yields blocks of up to 128 MiB (a whole CIFAR-sized file is one block), and an actor
+    # takes whole blocks: without this, one actor embeds the whole pool while the others idle. Streaming
+    # (no shuffle, no barrier): big blocks are cut into pieces of a few batches.
+    union = union.repartition(target_num_rows_per_block=_ROWS_PER_BLOCK_IN_BATCHES * int(options.batch_size))
     weights_box = [ray.put(weights)]  # boxed so Ray passes the ref, not the bytes, to each actor
     out = union.map_batches(
         Embedder,

@@ -168,6 +168,19 @@ def _max_across_ranks(value: int, device) -> int:
     return int(t.item())
 
 
+def _reduce_metrics(metrics: dict, device) -> dict:
+    """Losses averaged over ranks (each rank's are means over its equal share), images summed."""
+    import torch.distributed as dist
+
+    keys = ["loss", "ce", "ssl", "images"]
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    world = dist.get_world_size()
+    out = {k: float(v) / world for k, v in zip(keys[:3], t.tolist()[:3])}
+    out["images"] = int(round(t[3].item()))
+    return {**metrics, **out}
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Runs in every Ray Train worker: load the data, train, report metrics + a checkpoint each epoch.
     Returns (rank 0's becomes Result.return_value) this attempt's per-epoch history and the placement."""
@@ -231,7 +244,7 @@ def train_loop_per_worker(config: dict) -> dict:
         bar.update(start_epoch)
     history = []
     for epoch in range(start_epoch, config["epochs"]):
-        torch.manual_seed(config["seed"] * 7919 + epoch)  # dropout etc.: same after a resume
+        torch.manual_seed((config["seed"] * 7919 + epoch) * 1009 + rank)  # dropout: same after a resume
         started = time.perf_counter()
         metrics = trainloop.train_epoch(
             objective, learner, optimizer, scheduler, data, epoch=epoch, epochs=config["epochs"],
@@ -240,7 +253,9 @@ def train_loop_per_worker(config: dict) -> dict:
             use_ssl=config["use_ssl"], use_ce=config["use_ce"], n_steps=n_steps, device=device,
             world=world, ssl_global=ssl_global, on_step=_fault_hook(config, epoch, rank),
         )
-        metrics.update(epoch=epoch, start_epoch=start_epoch, steps=n_steps,
+        if world > 1:
+            metrics = _reduce_metrics(metrics, device)
+        metrics.update(epoch=epoch, start_epoch=start_epoch, steps=n_steps, threads=torch.get_num_threads(),
                        train_seconds=time.perf_counter() - started)
         if bar is not None:
             bar.update(1)

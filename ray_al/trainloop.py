@@ -94,14 +94,19 @@ class TrainTensors:
         if key not in self._ssl_cache:
             lx, lk = (self.labeled_x, self.labeled_keys) if ssl_global else (self.labeled_x[rank::world],
                                                                              self.labeled_keys[rank::world])
+            parts = [(x, k) for x, k in ((lx, lk), (self.unlabeled_x, self.unlabeled_keys)) if len(x)]
+            if not parts:
+                raise ValueError("no images for self-supervised training on this worker")
             self._ssl_cache.clear()
-            self._ssl_cache[key] = (torch.cat([lx, self.unlabeled_x]), torch.cat([lk, self.unlabeled_keys]))
+            self._ssl_cache[key] = (torch.cat([x for x, _ in parts]), torch.cat([k for _, k in parts]))
         return self._ssl_cache[key]
 
 
 def to_model_input(pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]; models normalise internally."""
-    return pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]; models normalise internally. Contiguous NCHW: a
+    permuted (channels-last) input gives conv weight gradients strides that DDP's buckets do not expect."""
+    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=torch.contiguous_format).float().div_(255.0)
 
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float, total_steps: int,

@@ -9,22 +9,24 @@ Here (DESIGN.md, "k-center at scale"):
 - `KCenterShard` holds one shard of the pool. Its initial min-distances to the labeled set come from a
   chunked nearest-center search (faiss), never an n x |L| matrix: memory O(n + chunk).
   Each round it applies many new centers in ONE pass over its features (batched update) and reports
-  its top-B candidates with their exact values, plus an upper bound for all its other points.
+  its top-B candidates (float32 values and vectors), plus an upper bound for all its other points.
 - `exact_greedy` (the driver) runs greedy steps on the gathered candidates, updating their values with
   every center it picks, while the picked value is strictly above every shard's bound; then it sends
   the new centers to every shard in one batched update. Same selection as plain greedy, with far fewer
   passes over the features and round trips. The driver talks to any group of objects with the
-  shard interface (in-process `LocalShardGroup` here, Ray actors in `distributed.py`).
+  shard interface (in-process `LocalShardGroup` here, Ray actors in `distributed.py`); a shard that
+  lost its state (a restarted actor) answers `NeedsResync` and gets every center so far re-applied.
 
 Exactness and ties. The value of point i is V[i] = min over centers of fl32(dist64(x_i, c)), where
 dist64 is the squared L2 distance of the stored float32 vectors computed in float64 with a fixed
 summation order (`exact_sqdist_pairs`) and fl32 rounds it to float32. The greedy picks max V, ties
-(exact float32 equality, e.g. duplicate points) to the lowest global index. V is a pure function
-of the two vectors, so the selection does not depend on sharding, batching or BLAS. The bulk work
-still runs in float32 faiss/BLAS: those distances (D, "approximate") are within a proven error bound
-E of the exact ones (`error_bound`), so D only decides which points are candidates and the
-bounds; every comparison that decides a pick uses exact V. Near-ties closer than float32 resolution
-are ties (lowest index wins), exactly as the brute-force float64 reference rounded to float32 does.
+(float32 equality, e.g. duplicate points) to the lowest global index. V is a pure function of the
+vectors, so the selection does not depend on sharding, batching or BLAS. The bulk work runs in float32
+faiss/BLAS: those values are within a proven bound `err` of V (`error_bound`), so they only decide
+which points are candidates, the shards' bounds and which candidates are contenders (within 2*err of
+the float32 max); the driver, which holds every center, computes exact V for the contenders and every
+pick is decided on exact V. Near-ties closer than float32 resolution are ties (lowest index wins),
+as in the brute-force float64 reference rounded to float32 the tests use.
 
 With `storage="float16"` the features are stored (and distances computed) in float16: the selection is
 exact for the float16-rounded features.
@@ -43,6 +45,7 @@ _U32 = 2.0**-24  # unit roundoff of float32
 DEFAULT_CHUNK_ROWS = 65536  # rows per faiss call: bounds temporaries (and fp16->fp32 copies) to ~chunk x d
 MIN_BATCH = 64  # smallest number of candidates a shard reports per round
 MAX_BATCH = 2048  # default cap; a shard blocked by ties or near-ties still doubles past it
+CPU_TASK_ROWS = 16384  # rows per CPU worker task (load balance between threads)
 PREFETCH = 128  # exact values computed per batch in the driver (one (PREFETCH x centers) GEMM)
 MAX_NAMED_ROWS = 10  # how many offending rows an error message lists
 
@@ -162,6 +165,49 @@ def _knn1(xq: np.ndarray, xb: np.ndarray, use_gpu: bool) -> np.ndarray:
     return dist[:, 0]
 
 
+_POOL: Any = None  # (threads, ThreadPoolExecutor) for CPU chunks
+
+
+def _cpu_pool(threads: int) -> Any:
+    """Worker threads that each run single-threaded faiss on whole chunks: no OpenMP barrier per
+    4096-row block, so a core stolen by another process slows one chunk instead of every block."""
+    global _POOL
+    if _POOL is None or _POOL[0] != threads:
+        import faiss
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = (threads, ThreadPoolExecutor(threads, initializer=faiss.omp_set_num_threads, initargs=(1,)))
+    return _POOL[1]
+
+
+def update_min_sqdist(
+    x: np.ndarray, centers: np.ndarray, dmin: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    use_gpu: bool = False,
+) -> None:
+    """In place dmin = min(dmin, float32 squared L2 to the nearest of `centers` (M, d)) for x (n, d):
+    one pass over x in chunks (nearest-center search), memory O(chunk), never an n x M matrix."""
+    import faiss
+
+    n = x.shape[0]
+    xb = np.ascontiguousarray(centers, dtype=np.float32)
+    if n == 0 or xb.shape[0] == 0:
+        return
+    threads = 1 if use_gpu else max(1, faiss.omp_get_max_threads())
+    rows = chunk_rows if threads == 1 else min(chunk_rows, CPU_TASK_ROWS)
+
+    def work(s: int) -> None:
+        e = min(n, s + rows)
+        dist = _knn1(np.ascontiguousarray(x[s:e], dtype=np.float32), xb, use_gpu)  # (e - s,)
+        np.minimum(dmin[s:e], dist, out=dmin[s:e])  # -inf (done) rows stay -inf
+
+    starts = range(0, n, rows)
+    if threads == 1 or len(starts) == 1:
+        for s in starts:
+            work(s)
+    else:
+        list(_cpu_pool(threads).map(work, starts))
+
+
 _CHECKED_BACKENDS: set[bool] = set()
 
 
@@ -248,9 +294,6 @@ class KCenterShard:
         self._alive = 0
 
     # -- helpers
-    def _rows32(self, s: int, e: int) -> np.ndarray:
-        return np.ascontiguousarray(self._x[s:e], dtype=np.float32)
-
     def _names(self, local: np.ndarray) -> list:
         if isinstance(self._ids, (int, np.integer)):
             return [int(self._ids) + int(i) for i in local]
@@ -258,13 +301,7 @@ class KCenterShard:
 
     def _apply(self, centers: np.ndarray) -> None:
         """Batched update: one pass over the features for all `centers` (c, d)."""
-        if centers.shape[0] == 0 or self.n == 0:
-            return
-        xb = np.ascontiguousarray(centers, dtype=np.float32)
-        for s in range(0, self.n, self._chunk):
-            e = min(self.n, s + self._chunk)
-            dist = _knn1(self._rows32(s, e), xb, self._gpu)  # (e - s,) nearest-center search
-            np.minimum(self._dmin[s:e], dist, out=self._dmin[s:e])  # done rows stay -inf
+        update_min_sqdist(self._x, centers, self._dmin, self._chunk, self._gpu)
 
     def _mark_done(self, global_idx: np.ndarray) -> None:
         loc = np.asarray(global_idx, np.int64) - self.offset

@@ -1,0 +1,210 @@
+"""The training loop (plain PyTorch, no Ray) and `ray_al.train.fit` through Ray Train for every SSL method.
+
+Full `python -m ray_al.cycle --smoke-test` runs per method take minutes each (Ray Train start-up per round);
+here each method is one TorchTrainer run on a tiny digits pool, in one module-scoped local Ray.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ray_al import config as config_mod
+from ray_al import trainloop as tl
+from ray_al.config import ConfigError
+from ray_al.models import JointLearner
+from ray_al.ssl import METHODS
+
+SSL_METHODS = sorted(METHODS)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- pure loop
+
+
+def test_ids_to_keys_are_stable_and_distinct() -> None:
+    ints = np.array([5, 1, 2**40, -3], dtype=np.int64)
+    k = tl.ids_to_keys(ints)
+    assert k.dtype == np.int64 and len(set(k.tolist())) == 4
+    assert np.array_equal(k, tl.ids_to_keys(ints.copy()))
+    assert np.array_equal(tl.ids_to_keys(ints[[1, 0]]), k[[1, 0]])  # a key depends on the id only
+    s = tl.ids_to_keys(np.array(["a/1.png", "b/2.png", "a/1.png"], dtype=object))
+    assert s[0] == s[2] != s[1]
+    # blake2b of the utf-8 id, little-endian signed: an independent recomputation
+    import hashlib
+
+    ref = int.from_bytes(hashlib.blake2b(b"b/2.png", digest_size=8).digest(), "little", signed=True)
+    assert s[1] == ref
+
+
+def test_view_seeds_depend_on_sample_epoch_and_step_only() -> None:
+    keys = torch.from_numpy(tl.ids_to_keys(np.arange(6)))
+    a = tl.view_seeds(keys, seed=3, epoch=1, step=2)
+    assert torch.equal(tl.view_seeds(keys[3:], 3, 1, 2), a[3:])  # same sample, any batch
+    assert not torch.equal(tl.view_seeds(keys, 3, 2, 2), a)
+    assert not torch.equal(tl.view_seeds(keys, 3, 1, 3), a)
+    assert not torch.equal(tl.view_seeds(keys, 4, 1, 2), a)
+
+
+@pytest.mark.parametrize("n,batch,world", [(16, 4, 2), (37, 5, 3), (5, 4, 2)])
+def test_global_batches_are_the_one_worker_batches_split_by_rank(n: int, batch: int, world: int) -> None:
+    one = tl._cycling_batches(n, batch * world, tl.epoch_generator(7, 1, 0))
+    ranks = [tl._cycling_batches(n, batch, tl.epoch_generator(7, 1, 0), world, r) for r in range(world)]
+    for _ in range(5):
+        whole = next(one)
+        parts = [next(it) for it in ranks]
+        assert torch.equal(torch.cat(parts), whole)
+        if n >= batch * world:
+            assert all(len(p) == batch for p in parts)
+
+
+def test_steps_per_epoch() -> None:
+    assert tl.steps_per_epoch(100, 0, 32, 64, ssl=False) == 4
+    assert tl.steps_per_epoch(100, 1000, 32, 64, ssl=True) == math.ceil(1000 / 64)
+    assert tl.steps_per_epoch(100, 1000, 32, 64, ssl=True, world=2) == math.ceil(1000 / 128)
+    assert tl.steps_per_epoch(100, 500, 32, 64, ssl=True, world=2, ssl_global=False) == math.ceil(500 / 64)
+    assert tl.steps_per_epoch(0, 300, 32, 64, ssl=True, ce=False) == 5
+
+
+def _digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images[:n] / 16 * 255).astype(np.uint8)[..., None])  # (n, 8, 8, 1)
+    return x, torch.from_numpy(d.target[:n].astype(np.int64))
+
+
+def _run(method: str, epochs: int, seed: int = 0, ssl_options: dict | None = None) -> tuple[JointLearner, dict]:
+    x, y = _digits(96)
+    torch.manual_seed(seed)
+    learner = JointLearner("small_cnn", 10, 1, 8, (0.3,), (0.36,), ssl=method,
+                           ssl_options=ssl_options if method != "none" else None)
+    data = tl.TrainTensors(x[:24], y[:24], x[24:], torch.from_numpy(tl.ids_to_keys(np.arange(24))),
+                           torch.from_numpy(tl.ids_to_keys(np.arange(24, 96))))
+    n = tl.steps_per_epoch(24, 96, 8, 16, method != "none")
+    obj = tl.JointObjective(learner)
+    opt, sched = tl.make_optimizer(learner.trainable_parameters(), 0.05, 0.9, 5e-4, n * epochs, (0.6, 0.8))
+    m = {}
+    for e in range(epochs):
+        m = tl.train_epoch(obj, learner, opt, sched, data, epoch=e, epochs=epochs, seed=seed, rank=0, batch_size=8,
+                           unlabeled_batch_size=16, ssl_weight=1.0, use_ssl=method != "none", n_steps=n)
+    return learner, m
+
+
+def test_train_epoch_is_deterministic_and_learns() -> None:
+    a, ma = _run("moby", 2, ssl_options={"flip": False, "queue_size": 64})
+    b, mb = _run("moby", 2, ssl_options={"flip": False, "queue_size": 64})
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert ma == mb and ma["ssl"] > 0 and ma["images"] == 6 * (8 + 16)
+    c, _ = _run("moby", 2, seed=1, ssl_options={"flip": False, "queue_size": 64})
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+
+
+def test_ssl_defaults() -> None:
+    from ray_al.data.pool import PoolSpec
+    from ray_al.train import learner_kwargs, ssl_defaults
+
+    grey = PoolSpec("p", "t", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
+    rgb = PoolSpec("p", "t", 10, tuple("0123456789"), 32, 3, (0.5,) * 3, (0.25,) * 3, "image", "int64", 100, True)
+    assert ssl_defaults("none", grey) == {}
+    assert ssl_defaults("moby", grey) == {"flip": False} and ssl_defaults("moby", rgb) == {}
+    assert ssl_defaults("barlow_twins", rgb) == {"scale": 1 / 32}
+    cfg = config_mod.load(None, ["train.method=barlow_twins", "train.ssl_options.scale=0.5"])
+    assert learner_kwargs(cfg, grey)["ssl_options"] == {"flip": False, "scale": 0.5}  # explicit options win
+    JointLearner(**learner_kwargs(cfg, grey))  # every default is a valid option of the method
+
+
+def test_sizes_are_checked_before_ray_train_starts() -> None:
+    from ray_al.train import _check_sizes
+
+    with pytest.raises(ConfigError, match="labeled images cannot feed train.num_workers=4"):
+        _check_sizes(7, 100, 4, 8, use_ce=True, use_ssl=False)
+    with pytest.raises(ConfigError, match="batch_size=1"):
+        _check_sizes(100, 100, 1, 1, use_ce=True, use_ssl=False)
+    with pytest.raises(ConfigError, match="self-supervised"):
+        _check_sizes(0, 3, 2, 8, use_ce=False, use_ssl=True)
+    _check_sizes(8, 8, 4, 2, use_ce=True, use_ssl=True)
+
+
+# ----------------------------------------------------------------------------- through Ray Train
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tmp_path_factory):
+    from ray_al.data.pool import prepare, read_labels
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = config_mod.load(None, ["data.pool_size=64", "data.test_size=10"])
+    spec = prepare(cfg.data, str(root), seed=0)
+    ids, labels = read_labels(spec.pool_uri)
+    order = np.argsort(ids)[:16]
+    return spec, np.asarray(ids)[order], np.asarray(labels)[order], root
+
+
+def _cfg(method: str, **train) -> config_mod.Config:
+    overrides = [f"train.method={method}", "train.batch_size=8", "train.unlabeled_batch_size=16"]
+    if method in ("moby", "mocov2"):
+        overrides.append("train.ssl_options.queue_size=64")  # small queues: cheaper steps
+    cfg = config_mod.load(None, overrides)
+    return config_mod.replace(cfg, train=train) if train else cfg
+
+
+def _fresh(spec, method: str) -> dict:
+    from ray_al.train import build_learner, learner_kwargs
+
+    torch.manual_seed(0)
+    return build_learner(learner_kwargs(_cfg(method), spec)).state_dict()
+
+
+@pytest.mark.parametrize("method", ["none"] + SSL_METHODS)
+def test_fit_joint_every_method(pool, method: str) -> None:
+    from ray_al.train import build_learner, fit, learner_kwargs
+
+    spec, ids, labels, root = pool
+    cfg = _cfg(method)
+    out = fit(cfg, spec, labeled_ids=ids, labeled_labels=labels, storage_uri=str(root / "ray_train"),
+              name=f"joint_{method}", seed=0, epochs=1, progress=False)
+    assert out.metrics["epoch"] == 0 and out.metrics["start_epoch"] == 0 and len(out.history) == 1
+    assert math.isfinite(out.metrics["loss"]) and out.metrics["ce"] > 0
+    if method == "none":
+        assert out.metrics["ssl"] == 0.0 and out.metrics["steps"] == 2  # 16 labeled / batch 8
+    else:
+        assert out.metrics["ssl"] != 0.0 and out.metrics["steps"] == 4  # 64 pool images / SSL batch 16
+    assert len(out.nodes) == 1
+    learner = build_learner(learner_kwargs(cfg, spec))
+    learner.load_state_dict(out.state_dict)  # strict: the weights fit the embed stage's learner
+    init = _fresh(spec, method)
+    assert not torch.equal(out.state_dict["classifier.weight"], init["classifier.weight"])
+
+
+def test_fit_pretrain_then_linear_head(pool) -> None:
+    """pretrain mode: SSL only on the whole pool (no CE), then a head-only round on frozen features."""
+    from ray_al.train import fit
+
+    spec, ids, labels, root = pool
+    cfg = _cfg("simsiam")
+    pre = fit(cfg, spec, labeled_ids=np.zeros(0, np.int64), labeled_labels=np.zeros(0, np.int64),
+              storage_uri=str(root / "ray_train"), name="pretrain", seed=0, epochs=1, use_ce=False, use_ssl=True,
+              progress=False)
+    init = _fresh(spec, "simsiam")
+    assert pre.metrics["ce"] == 0.0 and pre.metrics["ssl"] != 0.0
+    assert torch.equal(pre.state_dict["classifier.weight"], init["classifier.weight"])  # no CE: untouched
+    enc = [k for k in init if k.startswith("encoder.") and k.endswith("weight")]
+    assert any(not torch.equal(pre.state_dict[k], init[k]) for k in enc)
+    head = fit(cfg, spec, labeled_ids=ids, labeled_labels=labels, storage_uri=str(root / "ray_train"),
+               name="head", seed=1, epochs=1, use_ssl=False, head_only=True, init_state=pre.state_dict,
+               progress=False)
+    assert head.metrics["ssl"] == 0.0
+    for k in enc:  # frozen features
+        assert torch.equal(head.state_dict[k], pre.state_dict[k]), k
+    assert not torch.equal(head.state_dict["classifier.weight"], pre.state_dict["classifier.weight"])
