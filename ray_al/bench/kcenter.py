@@ -238,12 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
         ("memory-bandwidth floor (k x one read)", floor_s, a.k, "-", "-"),
     ]
     print(f"n={a.n} d={a.d} k={a.k} labeled={a.labeled} shards={a.shards} data={a.data} storage={a.storage} "
-          f"(data generated in {t_data:.1f}s; one streaming read of {feat_bytes / 2**20:.0f} MiB: {read_s * 1e3:.1f} ms)")
+          f"(data generated in {t_data:.1f}s; one streaming read of {feat_bytes / 2**20:.0f} MiB: "
+          f"{read_s * 1e3:.1f} ms)")
     print(f"{'method':<52}{'seconds':>10}{'passes':>8}{'trips':>7}{'peak mem':>11}")
     for name, sec, passes, trips, peak in rows:
         print(f"{name:<52}{sec:>10.2f}{passes:>8}{trips!s:>7}{peak:>11}")
     print(f"identical selection: {identical}{' (on the first %d picks)' % ref_steps if extrapolated else ''}; "
-          f"speed-up vs plain greedy {ref_s / st['seconds']:.1f}x, vs its bandwidth floor {floor_s / st['seconds']:.1f}x; "
+          f"speed-up vs plain greedy {ref_s / st['seconds']:.1f}x, "
+          f"vs its bandwidth floor {floor_s / st['seconds']:.1f}x; "
           f"peak memory {mem.peak / feat_bytes:.2f}x the feature matrix; rounds {st['rounds']}, "
           f"steps per round {st['steps_per_round'][:12]}{'...' if len(st['steps_per_round']) > 12 else ''}")
     print(f"CPU seconds (all threads): ours {ours_cpu:.1f}, plain greedy {ref_cpu:.1f}"

@@ -95,7 +95,10 @@ def load_embeddings(
         raise ValueError(f"embedding dimensions differ between files: {dims}")
     d = next(iter(dims.values()), None)
     nonempty = [x for x in x_parts if len(x)]
-    x = np.concatenate(nonempty) if len(nonempty) > 1 else (nonempty[0] if nonempty else np.empty((0, d or 0), np.float32))
+    if len(nonempty) > 1:
+        x = np.concatenate(nonempty)
+    else:
+        x = nonempty[0] if nonempty else np.empty((0, d or 0), np.float32)
     ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64)
     return ids, np.ascontiguousarray(x, np.float32), d
 

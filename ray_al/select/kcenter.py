@@ -256,7 +256,8 @@ def nonfinite_scan(x: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple
         if ok.any():
             max_sq = max(max_sq, float(sq[ok].max()))
     rows = np.concatenate(bad) if bad else np.empty(0, np.int64)
-    return rows, math.sqrt(max_sq) * (1 + 1e-5)  # float32 norms are off by ~d*u relative
+    d = x.shape[1] if x.ndim == 2 else 1
+    return rows, math.sqrt(max_sq) * (1 + d * _U32 + 1e-7)  # float32 squared norms are off by <= d*u relative
 
 
 class KCenterShard:
@@ -564,7 +565,8 @@ def exact_greedy(
         raise ValueError(f"labeled must be integer indices into the pool, got dtype {lab_in.dtype}")
     lab = np.unique(lab_in.astype(np.int64))
     if lab.size and (lab[0] < 0 or lab[-1] >= N):
-        raise ValueError(f"labeled indices must lie in [0, {N}); got {lab[(lab < 0) | (lab >= N)][:MAX_NAMED_ROWS].tolist()}")
+        out_of_range = lab[(lab < 0) | (lab >= N)][:MAX_NAMED_ROWS].tolist()
+        raise ValueError(f"labeled indices must lie in [0, {N}); got {out_of_range}")
     unlabeled = N - lab.size
     if k is None:
         k = unlabeled
