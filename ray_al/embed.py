@@ -126,6 +126,17 @@ def _tag(table: pa.Table, split: str) -> pa.Table:
     return table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
 
 
+def _check_cpus(options: EmbedOptions, cluster_cpus: float) -> None:
+    """Ray Data's listing/read/write tasks need a whole CPU each: an actor that takes every CPU of the
+    cluster leaves them none, and the embedding would hang (seen: 1 actor x 2 CPUs on a 2-CPU Ray)."""
+    if options.gpus_per_actor == 0 and cluster_cpus and options.cpus_per_actor >= cluster_cpus:
+        raise ValueError(
+            f"embed.cpus_per_actor={options.cpus_per_actor:g} takes all {cluster_cpus:g} CPUs of this Ray cluster, "
+            "leaving none for Ray Data's read and write tasks: the embedding would hang. Give each actor fewer "
+            f"CPUs (at most {max(cluster_cpus - 1, 1):g}); several 1-CPU actors (embed.actors) use the cores as well."
+        )
+
+
 def embed_splits(datasets: dict, weights: bytes, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions,
                  out_uri: str) -> str:
     """Embed several Ray Datasets (name -> dataset of raw pool rows) in one actor pool into out_uri."""
@@ -138,6 +149,7 @@ def embed_splits(datasets: dict, weights: bytes, learner_kwargs: dict, spec: Poo
     # takes whole blocks: without this, one actor embeds the whole pool while the others idle. Streaming
     # (no shuffle, no barrier): big blocks are cut into pieces of a few batches.
     union = union.repartition(target_num_rows_per_block=_ROWS_PER_BLOCK_IN_BATCHES * int(options.batch_size))
+    _check_cpus(options, ray.cluster_resources().get("CPU", 0.0))
     weights_box = [ray.put(weights)]  # boxed so Ray passes the ref, not the bytes, to each actor
     out = union.map_batches(
         Embedder,

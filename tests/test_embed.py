@@ -506,3 +506,13 @@ def test_memory_stays_bounded_on_a_pool_ten_times_larger(ray_local, tmp_path, mo
     assert peaks["10x"]["actor_hwm"] < 1500 and peaks["10x"]["task_hwm"] < 1000, f"({summary} MiB)"
     assert peaks["10x"]["driver_hwm"] < peaks["1x"]["driver_hwm"] + 64, f"({summary} MiB)"
     print(summary)
+
+
+def test_an_actor_taking_every_cpu_is_refused_before_it_hangs():
+    from ray_al.embed import _check_cpus
+
+    with pytest.raises(ValueError, match="cpus_per_actor=2 takes all 2 CPUs"):
+        _check_cpus(EmbedOptions(cpus_per_actor=2.0), 2.0)
+    _check_cpus(EmbedOptions(cpus_per_actor=1.0, actors=2), 2.0)  # Ray Data scales the pool around its I/O
+    _check_cpus(EmbedOptions(cpus_per_actor=1.0, gpus_per_actor=1.0), 1.0)  # GPU actors: their CPU is no issue
+    _check_cpus(EmbedOptions(cpus_per_actor=4.0), 0.0)  # autoscaling from zero: nothing known yet
