@@ -99,6 +99,7 @@ def test_supervised_two_workers_equal_one_worker_with_twice_the_batch(pool, clus
     assert two.metrics["steps"] == one.metrics["steps"] == 1
     init = _initial(pool, "none")
     assert not torch.allclose(two.state_dict["classifier.weight"], init["classifier.weight"], atol=1e-3)
+    # measured: max |diff| 1e-7; 9e-3 with per-worker BN statistics (train.sync_bn=false)
     _assert_same_state(two.state_dict, one.state_dict, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(two.metrics["ce"], one.metrics["ce"], rtol=1e-5, atol=1e-6)
 
@@ -113,7 +114,8 @@ def test_moby_two_workers_equal_one_worker_with_twice_the_batch(pool, cluster, m
     # the queues took gathered keys from both workers (and wrapped around), the key encoder moved by EMA
     assert not torch.allclose(two.state_dict["ssl.queue1.keys"], init["ssl.queue1.keys"])
     assert int(two.state_dict["ssl.steps"]) == 4
-    _assert_same_state(two.state_dict, one.state_dict, rtol=1e-4, atol=1e-5)
+    # measured: max |diff| 4e-6 after 4 steps; 0.33 if the pool is Ray-Data-split instead (other batches)
+    _assert_same_state(two.state_dict, one.state_dict, rtol=1e-4, atol=3e-5)
     torch.testing.assert_close(two.metrics["ssl"], one.metrics["ssl"], rtol=1e-4, atol=1e-5)
 
 
