@@ -62,6 +62,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     max_failures: int = 2  # Ray Train FailureConfig: worker losses survived per round
+    checkpoint_every_s: float = 10.0  # epoch checkpoints at most this often (0 = every epoch); the last always
     sync_bn: bool = True  # SyncBatchNorm when num_workers > 1
     seed_offset: int = 0
 

@@ -1,8 +1,11 @@
 """Ray Train plumbing: `train_loop_per_worker` and the `TorchTrainer` that runs it.
 
 The loop itself is ray_al.trainloop (plain PyTorch); this module only moves data into workers, wraps the
-model for DDP, and checkpoints every epoch through `ray.train.report` so a lost worker (FailureConfig) or
-a killed cycle resumes from the last epoch.
+model for DDP, and checkpoints at the end of epochs through `ray.train.report` so a lost worker
+(FailureConfig) or a killed cycle resumes from the last checkpointed epoch. An epoch checkpoint costs ~2 s
+(save, report, the controller's copy), which is 100x a digits epoch: `train.checkpoint_every_s` skips
+epoch checkpoints younger than that (0 = every epoch); epochs longer than it checkpoint every time, and
+the last epoch always does.
 
 Data placement (`sharding`):
 * the labeled set is replicated to every worker (it is small) and sliced per global batch, so CE batches
@@ -19,6 +22,7 @@ import io as _pyio
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -168,6 +172,16 @@ def _max_across_ranks(value: int, device) -> int:
     return int(t.item())
 
 
+def _checkpoint_due(last: float, every_s: float, last_epoch: bool, world: int, device) -> bool:
+    """Rank 0's clock decides for all ranks: ray.train.report is collective, so all must agree."""
+    due = last_epoch or time.monotonic() - last >= every_s
+    if world > 1:
+        flag = torch.tensor([int(due)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
+
+
 def _reduce_metrics(metrics: dict, device) -> dict:
     """Losses averaged over ranks (each rank's are means over its equal share), images summed."""
     import torch.distributed as dist
@@ -192,6 +206,12 @@ def train_loop_per_worker(config: dict) -> dict:
     from ray_al import trainloop
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per checkpoint
+    try:  # Train v2 logs every report at INFO under a logger named by its file path
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     nodes = _all_gather_strings(ray.get_runtime_context().get_node_id(), world)
@@ -243,6 +263,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if bar is not None and start_epoch:
         bar.update(start_epoch)
     history = []
+    last_checkpoint = time.monotonic()
     for epoch in range(start_epoch, config["epochs"]):
         torch.manual_seed((config["seed"] * 7919 + epoch) * 1009 + rank)  # dropout: same after a resume
         started = time.perf_counter()
@@ -261,17 +282,21 @@ def train_loop_per_worker(config: dict) -> dict:
             bar.update(1)
             bar.set_description(f"{config['desc']} loss {metrics['loss']:.3f}")
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                torch.save({"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch},
-                           os.path.join(tmp, CHECKPOINT_FILE))
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+        if _checkpoint_due(last_checkpoint, config["checkpoint_every_s"], epoch == config["epochs"] - 1,
+                           world, device):
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    torch.save({"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch": epoch},
+                               os.path.join(tmp, CHECKPOINT_FILE))
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)
+            last_checkpoint = time.monotonic()
         history.append({**metrics, "report_seconds": time.perf_counter() - started})
     if bar is not None:
         bar.close()
+        sys.stdout.flush()  # the close travels as a stdout line; unflushed, the driver redraws a dead bar
     return {"history": history, "nodes": nodes, "start_epoch": start_epoch}
 
 
@@ -359,7 +384,8 @@ def fit(
         "lr": cfg.train.lr, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
         "milestones": list(cfg.train.milestones), "ssl_weight": cfg.train.ssl_weight,
         "use_ce": use_ce, "use_ssl": use_ssl, "has_unlabeled": has_unlabeled, "head_only": head_only,
-        "sync_bn": cfg.train.sync_bn, "desc": desc, "sharding": sharding, "progress": progress,
+        "sync_bn": cfg.train.sync_bn, "checkpoint_every_s": cfg.train.checkpoint_every_s, "desc": desc,
+        "sharding": sharding, "progress": progress,
         "labeled_ids": labeled_ids[order].tolist(), "labeled_labels": np.asarray(labeled_labels)[order].tolist(),
         "init_state": state_to_bytes(init_state) if init_state is not None else None,
         "fault_injection": fault_injection,
