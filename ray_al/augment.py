@@ -302,8 +302,12 @@ def _random_blur(x: Tensor, rng: RandomSource, p: float, sigma: tuple[float, flo
 # ----------------------------------------------------------------------------- pipelines
 
 
-def _params(params: AugmentParams | None) -> AugmentParams:
-    return params if params is not None else AugmentParams()
+def _prepare(
+    x: Tensor, generator: "torch.Generator | RandomSource | None", params: AugmentParams | None, seeds: Tensor | None
+) -> tuple[AugmentParams, RandomSource]:
+    """A pipeline's common start: check the batch, default the parameters, one random source."""
+    _check(x)
+    return (params if params is not None else AugmentParams()), RandomSource.of(x, generator, seeds)
 
 
 def weak(
@@ -313,9 +317,7 @@ def weak(
     seeds: Tensor | None = None,
 ) -> Tensor:
     """Random crop with zero padding + horizontal flip (if ``params.flip``)."""
-    _check(x)
-    p = _params(params)
-    rng = RandomSource.of(x, generator, seeds)
+    p, rng = _prepare(x, generator, params, seeds)
     pad = p.pad if p.pad is not None else max(1, min(x.shape[2], x.shape[3]) // 8)
     y = _pad_crop(x, rng.uniform(2), pad)
     flip = rng.bernoulli(0.5)
@@ -336,9 +338,7 @@ def strong(
     seeds: Tensor | None = None,
 ) -> Tensor:
     """MoCo-v2 set: resized crop, flip, colour jitter (p=0.8), grayscale (p=0.2), blur (p=0.5)."""
-    _check(x)
-    p = _params(params)
-    rng = RandomSource.of(x, generator, seeds)
+    p, rng = _prepare(x, generator, params, seeds)
     y = _crop_jitter_gray(x, rng, p, p.jitter)
     y = _random_blur(y, rng, p.blur_p, p.blur_sigma)
     return solarize(y, rng.bernoulli(p.solarize_p))
@@ -354,9 +354,7 @@ def byol(
     """BYOL view 1 (blur p=1, no solarize) or view 2 (blur p=0.1, solarize p=0.2); jitter (0.4,0.4,0.2,0.1)."""
     if view not in (1, 2):
         raise ValueError(f"byol view must be 1 or 2, got {view}")
-    _check(x)
-    p = _params(params)
-    rng = RandomSource.of(x, generator, seeds)
+    p, rng = _prepare(x, generator, params, seeds)
     jitter = (p.jitter[0], p.jitter[1], p.jitter[2] / 2.0, p.jitter[3])  # BYOL halves saturation
     y = _crop_jitter_gray(x, rng, p, jitter)
     y = _random_blur(y, rng, 1.0 if view == 1 else 0.1, p.blur_sigma)

@@ -39,6 +39,18 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (modules opt in with `pytest.mark.usefixtures`): tiny models and
+    tensors gain nothing from threads on a 2-core box, only contention."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def cifar_parquet() -> Path:
     if not (CIFAR10 / "train.parquet").is_file():

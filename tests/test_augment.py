@@ -9,12 +9,7 @@ import torch
 from ray_al import augment as A
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a 2-core box
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(c: int, s: int, b: int = 12, seed: int = 0) -> torch.Tensor:

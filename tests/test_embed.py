@@ -19,6 +19,7 @@ import torch
 
 from ray_al import io
 from ray_al.acquisition import check_probabilities
+from ray_al.bench.embed import descendants
 from ray_al.data.images import decode_one, encode_png
 from ray_al.data.pool import PoolSpec
 from ray_al.data.reader import pool_columns, read_split
@@ -365,25 +366,6 @@ def _title(pid: int) -> str:
         return f.read().replace(b"\0", b" ").decode(errors="replace")
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (this test's Ray: GCS, raylet and the workers the raylet starts)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _reset_peak(pid: int) -> None:
     try:  # writing 5 resets the kernel's peak-RSS mark (VmHWM) to the current RSS
         with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -408,7 +390,7 @@ class PeakWatch:
         self.me = os.getpid()
         self.seen: dict[int, dict[str, float]] = {}
         self.actors: set[int] = set()
-        for pid in [self.me, *_descendants(self.me)]:
+        for pid in [self.me, *descendants(self.me)]:
             _reset_peak(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -419,7 +401,7 @@ class PeakWatch:
         pids, listed = [], 0.0
         while not self._stop.is_set():
             if time.monotonic() - listed > 0.25:
-                pids, listed = _descendants(self.me), time.monotonic()
+                pids, listed = descendants(self.me), time.monotonic()
             self._sample([self.me, *pids])
             time.sleep(0.05)
 
@@ -443,7 +425,7 @@ class PeakWatch:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample([self.me, *_descendants(self.me)])
+        self._sample([self.me, *descendants(self.me)])
 
     def peaks(self) -> dict[str, dict[str, float]]:
         """{"driver"|"actor"|"task": {"anon"|"shm"|"hwm": largest over the processes of that kind}}."""

@@ -22,12 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 FEATURE_DIMS = {"resnet18": 512, "vgg16_bn": 512, "lenet": 84, "wrn28_2": 128, "small_cnn": 128}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_backbone_table_is_complete() -> None:

@@ -92,7 +92,8 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (a local Ray's GCS, raylet and the workers the raylet starts)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -126,7 +127,7 @@ class CpuMeter:
 
     def _sample(self, first: bool = False) -> None:
         me = os.getpid()
-        for pid in [me, *_descendants(me)]:
+        for pid in [me, *descendants(me)]:
             try:
                 cpu = _proc_cpu(pid)
             except (OSError, IndexError, ValueError):

@@ -19,12 +19,10 @@ the one-worker gradient (``base.exact_global_loss``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ray_al.ssl.base import SSLMethod, Views, exact_global_loss, gather_with_local_grad, mlp
+from ray_al.ssl.base import SSLMethod, Views, exact_global_loss, gather_with_local_grad, projector_stack
 
 
 def batch_standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
@@ -51,25 +49,10 @@ class BarlowTwins(SSLMethod):
     name = "barlow_twins"
     view_kind = "byol"
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        feature_dim: int,
-        image_size: int,
-        channels: int,
-        proj_dim: int = 512,
-        proj_layers: int = 3,
-        lambd: float = 5e-3,
-        scale: float = 1.0,
-        flip: bool = True,
-        augment: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(encoder, feature_dim, image_size, channels, flip=flip, augment=augment)
-        if proj_layers < 1:
-            raise ValueError(f"proj_layers must be >= 1, got {proj_layers}")
+    def setup(self, proj_dim: int = 512, proj_layers: int = 3, lambd: float = 5e-3, scale: float = 1.0) -> None:
         self.lambd = float(lambd)
         self.scale = float(scale)
-        self.projector = mlp([feature_dim] + [proj_dim] * proj_layers)  # Linear-BN-ReLU x (L-1), Linear
+        self.projector = projector_stack(self.feature_dim, proj_dim, proj_layers)  # Linear-BN-ReLU x (L-1), Linear
 
     def embed(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim)
         return self.projector(self.encoder(v))

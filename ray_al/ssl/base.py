@@ -1,4 +1,4 @@
-"""Shared parts of the SSL methods: the base class, key queues, InfoNCE, EMA, DDP helpers.
+"""Shared parts of the SSL methods: the base classes, heads, key queues, InfoNCE, EMA, DDP helpers.
 
 Pure torch (never imports ray). Distributed behaviour follows ``torch.distributed`` when it is
 initialised (as inside a Ray Train worker) and is a no-op otherwise.
@@ -31,6 +31,7 @@ Views = tuple[Tensor, Tensor]
 
 __all__ = [
     "SSLMethod",
+    "MomentumContrast",
     "KeyQueue",
     "info_nce",
     "cosine_momentum",
@@ -40,7 +41,10 @@ __all__ = [
     "gather_with_local_grad",
     "exact_global_loss",
     "mlp",
+    "projector_stack",
+    "projection_head",
     "frozen_copy",
+    "check_momentum",
 ]
 
 
@@ -111,12 +115,31 @@ def mlp(dims: list[int], bn: bool = True, last_bn: bool = False, last_relu: bool
     return nn.Sequential(*layers)
 
 
+def projector_stack(in_dim: int, out_dim: int, layers: int, **mlp_options: Any) -> nn.Sequential:
+    """``layers`` Linear layers in_dim -> out_dim -> ... -> out_dim (Barlow Twins, SimSiam projectors)."""
+    if layers < 1:
+        raise ValueError(f"proj_layers must be >= 1, got {layers}")  # named as the methods' option
+    return mlp([in_dim] + [out_dim] * layers, **mlp_options)
+
+
+def projection_head(in_dim: int, hidden_dim: int | None, out_dim: int) -> nn.Sequential:
+    """Linear-ReLU-Linear without BN, hidden width ``in_dim`` unless given (SimCLR, MoCo-v2 heads)."""
+    return mlp([in_dim, hidden_dim or in_dim, out_dim], bn=False)
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """Deep copy whose parameters take no gradient (momentum / key branch)."""
     m = copy.deepcopy(module)
     for p in m.parameters():
         p.requires_grad_(False)
     return m
+
+
+def check_momentum(momentum: float) -> float:
+    """The EMA momentum as a float, refused outside [0, 1]."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return float(momentum)
 
 
 def cosine_momentum(base: float, progress: float) -> float:
@@ -182,10 +205,12 @@ class SSLMethod(nn.Module):
     The encoder is *not* a registered submodule: its owner (``JointLearner``) registers it once, so
     state dicts and DDP see each parameter once. Heads, momentum copies and queues are submodules.
 
-    Subclasses set ``name`` and ``view_kind`` and implement ``_loss(views)``. ``loss`` makes the
-    views (``ray_al.augment``) unless ``views`` are passed, e.g. precomputed identical views when
-    comparing 2 workers x b with 1 worker x 2b. ``seeds`` (one int per sample) make the views a
-    function of the sample alone, so a batch split across workers gets the same views.
+    Subclasses set ``name`` and ``view_kind`` and implement ``setup(**options)``, which builds the
+    heads and whose keyword parameters are the method's options besides ``flip`` and ``augment``, and
+    ``_loss(views)``. ``loss`` makes the views (``ray_al.augment``) unless ``views`` are passed, e.g.
+    precomputed identical views when comparing 2 workers x b with 1 worker x 2b. ``seeds`` (one int
+    per sample) make the views a function of the sample alone, so a batch split across workers gets
+    the same views.
     """
 
     name: ClassVar[str] = ""
@@ -197,8 +222,10 @@ class SSLMethod(nn.Module):
         feature_dim: int,
         image_size: int,
         channels: int,
+        *,
         flip: bool = True,
         augment: dict[str, Any] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         object.__setattr__(self, "_encoder", encoder)  # bypass nn.Module registration on purpose
@@ -206,6 +233,10 @@ class SSLMethod(nn.Module):
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.aug = AugmentParams.from_options(flip=flip, augment=augment)
+        self.setup(**options)
+
+    def setup(self) -> None:
+        """Build the method's heads, queues and buffers; subclasses take their options here."""
 
     @property
     def encoder(self) -> nn.Module:
@@ -213,9 +244,9 @@ class SSLMethod(nn.Module):
 
     @classmethod
     def options(cls) -> list[str]:
-        """Keyword options accepted by ``build`` for this method."""
-        skip = {"self", "encoder", "feature_dim", "image_size", "channels"}
-        return [p for p in inspect.signature(cls.__init__).parameters if p not in skip]
+        """Keyword options accepted by ``build`` for this method: those of ``setup``, then the views'."""
+        own = [p for p in inspect.signature(cls.setup).parameters if p != "self"]
+        return [*own, "flip", "augment"]
 
     def make_views(self, x: Tensor, generator: torch.Generator | None = None, seeds: Tensor | None = None) -> Views:
         return augment.make_views(self.view_kind, x, generator=generator, params=self.aug, seeds=seeds)
@@ -242,3 +273,44 @@ class SSLMethod(nn.Module):
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, image_size={self.image_size}, channels={self.channels}"
+
+
+class MomentumContrast(SSLMethod):
+    """Base of MoCo-v2 and MoBY: unit-norm queries from the encoder and ``query_heads``, unit-norm keys
+    from a key branch of frozen copies (``encoder_k`` and ``<head>_k`` for each of ``key_heads``) that
+    follows the query branch by EMA, contrasted by InfoNCE at ``temperature``.
+
+    A subclass's ``setup`` calls ``init_contrast`` first and ``init_key_branch`` once its heads exist;
+    the order in which it registers submodules is the order of the checkpoint's keys.
+    """
+
+    query_heads: ClassVar[tuple[str, ...]] = ()  # attribute names, applied in order after the encoder
+    key_heads: ClassVar[tuple[str, ...]] = ()  # query heads that the key branch copies
+
+    def init_contrast(self, temperature: float, momentum: float) -> None:
+        self.base_momentum = check_momentum(momentum)
+        self.temperature = float(temperature)
+
+    def init_key_branch(self) -> None:
+        self.encoder_k = frozen_copy(self.encoder)
+        for head in self.key_heads:
+            setattr(self, f"{head}_k", frozen_copy(getattr(self, head)))
+
+    def query(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim), unit norm
+        h = self.encoder(v)
+        for head in self.query_heads:
+            h = getattr(self, head)(h)
+        return F.normalize(h, dim=1)
+
+    @torch.no_grad()
+    def key(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim), unit norm, no grad
+        h = self.encoder_k(v)
+        for head in self.key_heads:
+            h = getattr(self, f"{head}_k")(h)
+        return F.normalize(h, dim=1)
+
+    @torch.no_grad()
+    def ema_key_branch(self, momentum: float) -> None:
+        ema_update(self.encoder_k, self.encoder, momentum)
+        for head in self.key_heads:
+            ema_update(getattr(self, f"{head}_k"), getattr(self, head), momentum)

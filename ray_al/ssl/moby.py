@@ -23,56 +23,34 @@ see ``SSLMethod.loss(views=..., seeds=...)``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ray_al import augment
-from ray_al.ssl.base import (
-    KeyQueue,
-    SSLMethod,
-    Views,
-    concat_all_gather,
-    cosine_momentum,
-    ema_update,
-    frozen_copy,
-    info_nce,
-    mlp,
-)
+from ray_al.ssl.base import KeyQueue, MomentumContrast, Views, concat_all_gather, cosine_momentum, info_nce, mlp
 
 
-class MoBY(SSLMethod):
+class MoBY(MomentumContrast):
     """MoBYv2AL contrastive head. See the module docstring for the paper defaults."""
 
     name = "moby"
     view_kind = "weak_strong"
+    query_heads = ("projector", "predictor")
+    key_heads = ("projector",)  # the predictor is query-only (MoBY)
 
-    def __init__(
+    def setup(
         self,
-        encoder: nn.Module,
-        feature_dim: int,
-        image_size: int,
-        channels: int,
         proj_dim: int = 256,
         queue_size: int = 4096,
         temperature: float = 0.2,
         momentum: float = 0.99,
         alternate_views: bool = True,
-        flip: bool = True,
-        augment: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, feature_dim, image_size, channels, flip=flip, augment=augment)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.temperature = float(temperature)
-        self.base_momentum = float(momentum)
+        self.init_contrast(temperature, momentum)
         self.alternate_views = bool(alternate_views)
-        self.projector = mlp([feature_dim, proj_dim], last_bn=True, last_relu=True)  # Linear-BN-ReLU
+        self.projector = mlp([self.feature_dim, proj_dim], last_bn=True, last_relu=True)  # Linear-BN-ReLU
         self.predictor = mlp([proj_dim, proj_dim], last_bn=True, last_relu=True)
-        self.encoder_k = frozen_copy(encoder)
-        self.projector_k = frozen_copy(self.projector)
+        self.init_key_branch()  # encoder_k, projector_k
         self.queue1 = KeyQueue(queue_size, proj_dim)  # keys of view 1
         self.queue2 = KeyQueue(queue_size, proj_dim)  # keys of view 2
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -85,13 +63,6 @@ class MoBY(SSLMethod):
         if self.alternate_views and int(self.steps) % 2 == 1:
             return s, w
         return w, s
-
-    def query(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim), unit norm
-        return F.normalize(self.predictor(self.projector(self.encoder(v))), dim=1)
-
-    @torch.no_grad()
-    def key(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim), unit norm, no grad
-        return F.normalize(self.projector_k(self.encoder_k(v)), dim=1)
 
     def _loss(self, views: Views) -> Tensor:
         v1, v2 = views
@@ -109,7 +80,6 @@ class MoBY(SSLMethod):
     def on_step_end(self, progress: float) -> None:
         """EMA of the key branch with momentum m = cosine_momentum(0.99, progress) (MoBY schedule)."""
         m = cosine_momentum(self.base_momentum, progress)
-        ema_update(self.encoder_k, self.encoder, m)
-        ema_update(self.projector_k, self.projector, m)
+        self.ema_key_branch(m)
         self.momentum.fill_(m)
         self.steps += 1

@@ -13,37 +13,21 @@ in train mode on its own batch (global BN statistics once BN is converted to syn
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ray_al.ssl.base import (
-    KeyQueue,
-    SSLMethod,
-    Views,
-    concat_all_gather,
-    cosine_momentum,
-    ema_update,
-    frozen_copy,
-    info_nce,
-    mlp,
-)
+from ray_al.ssl.base import KeyQueue, MomentumContrast, Views, concat_all_gather, cosine_momentum, info_nce, projection_head
 
 
-class MoCoV2(SSLMethod):
+class MoCoV2(MomentumContrast):
     """MoCo-v2: query encoder + MLP head, momentum key encoder + head, one queue."""
 
     name = "mocov2"
     view_kind = "strong"
+    query_heads = key_heads = ("head",)
 
-    def __init__(
+    def setup(
         self,
-        encoder: nn.Module,
-        feature_dim: int,
-        image_size: int,
-        channels: int,
         proj_dim: int = 128,
         hidden_dim: int | None = None,
         queue_size: int = 4096,
@@ -51,27 +35,13 @@ class MoCoV2(SSLMethod):
         momentum: float = 0.999,
         cosine: bool = False,
         symmetric: bool = False,
-        flip: bool = True,
-        augment: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, feature_dim, image_size, channels, flip=flip, augment=augment)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.temperature = float(temperature)
-        self.base_momentum = float(momentum)
+        self.init_contrast(temperature, momentum)
         self.cosine = bool(cosine)
         self.symmetric = bool(symmetric)
-        self.head = mlp([feature_dim, hidden_dim or feature_dim, proj_dim], bn=False)  # Linear-ReLU-Linear
-        self.encoder_k = frozen_copy(encoder)
-        self.head_k = frozen_copy(self.head)
+        self.head = projection_head(self.feature_dim, hidden_dim, proj_dim)
+        self.init_key_branch()  # encoder_k, head_k
         self.queue = KeyQueue(queue_size, proj_dim)
-
-    def query(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim), unit norm
-        return F.normalize(self.head(self.encoder(v)), dim=1)
-
-    @torch.no_grad()
-    def key(self, v: Tensor) -> Tensor:  # (B, C, H, W) -> (B, proj_dim), unit norm
-        return F.normalize(self.head_k(self.encoder_k(v)), dim=1)
 
     def _loss(self, views: Views) -> Tensor:
         v1, v2 = views
@@ -88,5 +58,4 @@ class MoCoV2(SSLMethod):
     @torch.no_grad()
     def on_step_end(self, progress: float) -> None:
         m = cosine_momentum(self.base_momentum, progress) if self.cosine else self.base_momentum
-        ema_update(self.encoder_k, self.encoder, m)
-        ema_update(self.head_k, self.head, m)
+        self.ema_key_branch(m)

@@ -12,11 +12,9 @@ Per-sample loss: under DDP only global BN statistics are needed for equivalence.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ray_al import augment
 from ray_al.ssl.base import SSLMethod, Views, mlp
@@ -33,20 +31,9 @@ class RotNet(SSLMethod):
     name = "rotnet"
     view_kind = "rotations"
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        feature_dim: int,
-        image_size: int,
-        channels: int,
-        hidden_dim: int = 0,
-        weak_first: bool = False,
-        flip: bool = True,
-        augment: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(encoder, feature_dim, image_size, channels, flip=flip, augment=augment)
+    def setup(self, hidden_dim: int = 0, weak_first: bool = False) -> None:
         self.weak_first = bool(weak_first)
-        dims = [feature_dim, hidden_dim, 4] if hidden_dim > 0 else [feature_dim, 4]
+        dims = [self.feature_dim, hidden_dim, 4] if hidden_dim > 0 else [self.feature_dim, 4]
         self.head = mlp(dims)
 
     def make_views(self, x: Tensor, generator: torch.Generator | None = None, seeds: Tensor | None = None) -> Views:

@@ -11,13 +11,11 @@ global batch, and the gradient is scaled so that DDP's average equals the one-wo
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ray_al.ssl.base import SSLMethod, Views, exact_global_loss, gather_with_local_grad, mlp
+from ray_al.ssl.base import SSLMethod, Views, exact_global_loss, gather_with_local_grad, projection_head
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
@@ -36,21 +34,9 @@ class SimCLR(SSLMethod):
     name = "simclr"
     view_kind = "strong"
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        feature_dim: int,
-        image_size: int,
-        channels: int,
-        proj_dim: int = 128,
-        hidden_dim: int | None = None,
-        temperature: float = 0.5,
-        flip: bool = True,
-        augment: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(encoder, feature_dim, image_size, channels, flip=flip, augment=augment)
+    def setup(self, proj_dim: int = 128, hidden_dim: int | None = None, temperature: float = 0.5) -> None:
         self.temperature = float(temperature)
-        self.head = mlp([feature_dim, hidden_dim or feature_dim, proj_dim], bn=False)  # Linear-ReLU-Linear
+        self.head = projection_head(self.feature_dim, hidden_dim, proj_dim)
 
     def _loss(self, views: Views) -> Tensor:
         z1 = gather_with_local_grad(self.head(self.encoder(views[0])))  # (N_global, proj_dim)

@@ -12,12 +12,10 @@ Per-sample loss: under DDP only global BN statistics are needed for equivalence.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ray_al.ssl.base import SSLMethod, Views, mlp
+from ray_al.ssl.base import SSLMethod, Views, mlp, projector_stack
 
 
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
@@ -36,22 +34,8 @@ class SimSiam(SSLMethod):
     name = "simsiam"
     view_kind = "strong"
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        feature_dim: int,
-        image_size: int,
-        channels: int,
-        proj_dim: int = 512,
-        pred_dim: int = 128,
-        proj_layers: int = 2,
-        flip: bool = True,
-        augment: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(encoder, feature_dim, image_size, channels, flip=flip, augment=augment)
-        if proj_layers < 1:
-            raise ValueError(f"proj_layers must be >= 1, got {proj_layers}")
-        self.projector = mlp([feature_dim] + [proj_dim] * proj_layers, last_bn=True, last_affine=False)
+    def setup(self, proj_dim: int = 512, pred_dim: int = 128, proj_layers: int = 2) -> None:
+        self.projector = projector_stack(self.feature_dim, proj_dim, proj_layers, last_bn=True, last_affine=False)
         self.predictor = mlp([proj_dim, pred_dim, proj_dim])  # Linear-BN-ReLU-Linear bottleneck
 
     def _loss(self, views: Views) -> Tensor:
