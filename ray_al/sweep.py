@@ -563,7 +563,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="sweep YAML (see configs/sweep_digits.yaml)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny data, one epoch, two rounds per trial")
     parser.add_argument("--resume", action="store_true", help="continue the sweep in its sweep.dir (Tuner.restore)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before and after flags
 
 
 def main(argv: list[str] | None = None) -> int:

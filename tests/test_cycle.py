@@ -132,3 +132,26 @@ def test_bad_input_is_refused_with_exit_2(tmp_path, args, message):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "ledger").exists()
+
+
+def test_pretrain_then_frozen_zero_shot(tmp_path):
+    """pretrain: SSL once on the pool (saved, reused by every round), then head-only rounds. frozen: a
+    second run reuses that checkpoint as is, with zero-shot k-center (one saved order, budgets are prefixes)."""
+    pre_dir = tmp_path / "pretrain"
+    pre = cycle(*SMOKE, "train.method=rotnet", "train.mode=pretrain", f"run.dir={pre_dir}")
+    assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
+    assert "pre-training rotnet" in pre.stdout
+    checkpoint = pre_dir / "pretrain" / "model.pt"
+    assert checkpoint.is_file()
+    rows = [json.loads(line) for line in (pre_dir / "results.jsonl").read_text().splitlines()]
+    assert [(r["mode"], r["labels"]) for r in rows] == [("pretrain", 20), ("pretrain", 35)]
+
+    frozen_dir = tmp_path / "frozen"
+    frozen = cycle(*SMOKE, "train.method=rotnet", "train.mode=frozen", f"train.checkpoint={checkpoint}",
+                   "select.zero_shot=true", f"run.dir={frozen_dir}")
+    assert frozen.returncode == 0, frozen.stdout[-3000:] + frozen.stderr[-3000:]
+    assert "pre-training" not in frozen.stdout  # the given checkpoint, not a new pre-training
+    order = pq.read_table(frozen_dir / "zero_shot_order.parquet").column("id").to_pylist()
+    queried = pq.read_table(frozen_dir / "rounds" / "0000" / "queries.parquet").column("id").to_pylist()
+    initial = {r[0] for r in ledger_rows(frozen_dir) if r[3] == "initial"}
+    assert queried == [i for i in order if i not in initial][:15]

@@ -116,3 +116,41 @@ def test_bad_inputs_are_named(cluster, tmp_path):
     write_file(c, np.arange(1000, 1060), x)
     with pytest.raises(ValueError, match=r"NaN or inf.*\[1007\]"):
         kcenter_select_distributed([a, c], 5, labeled_features=None, shards=1)
+
+
+@pytest.fixture(scope="module")
+def cifar_round(tmp_path_factory, cifar_parquet):
+    """Round 0 of a CIFAR-10 cycle (4,000-image pool, 200 labels, small CNN, 2 epochs), run as users run
+    it; its own local Ray (RAY_ADDRESS=local), beside the test cluster."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir = tmp_path_factory.mktemp("cifar") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_al.cycle", "--config", "configs/cifar10.yaml", "al.rounds=0", "train.epochs=2",
+         "data.test_size=200", f"run.dir={run_dir}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return str(run_dir / "rounds" / "0000" / "embeddings")
+
+
+def test_cifar10_cycle_embeddings_on_two_nodes_few_round_trips(cluster, cifar_round):
+    """The issue's figure: on real embeddings (not synthetic clusters), 2 shards on 2 nodes pick exactly
+    what one process picks, in at most k/5 driver-shard round trips, for the cycle's budget k=200."""
+    from ray_al.embed import matrix, read_embeddings, split_files
+
+    k = 200
+    unl = read_embeddings(cifar_round, "unlabeled", columns=["id", "embedding"])
+    lab = read_embeddings(cifar_round, "labeled", columns=["embedding"])
+    x, ids, labeled = matrix(unl.column("embedding")), np.asarray(unl.column("id").to_pylist()), \
+        matrix(lab.column("embedding"))
+    assert len(x) == 3800 and len(labeled) == 200
+    want = ids[kcenter_greedy(x, k, labeled_features=labeled)].tolist()
+    got, st = kcenter_select_distributed(split_files(cifar_round, "unlabeled"), k, labeled_features=labeled,
+                                         shards=2)
+    assert got == want
+    assert len(set(st["nodes"])) == 2 and sum(st["rows_per_shard"]) == len(x)
+    assert st["round_trips"] <= k // 5, st
+    print(f"CIFAR-10 embeddings: n={len(x)} d={x.shape[1]} k={k}: {st['round_trips']} round trips, "
+          f"{st.get('passes')} passes")

@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     work = tempfile.mkdtemp(prefix="ray_al_bench_train_")
     try:
         spec = prepare(cfg.data, work, args.seed)
-        # address="local": a fresh cluster, never someone else's; one spare CPU for Ray Data and the controller
-        ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
-        from ray_al.ray_utils import quiet_logs
+        # one spare CPU for Ray Data and the controller
+        os.environ["RAY_ADDRESS"] = "local"  # a fresh cluster, never someone else's
+        from ray_al.ray_utils import init_ray
 
-        quiet_logs()
+        init_ray(num_cpus=args.threads + 1)  # with the dashboard: Ray Train's placement-group cleaner needs it
         plain, ray_runs = [], []
         for r in range(args.repeats):
             plain.append(run_plain(cfg, spec, args.epochs, args.threads, args.seed))
