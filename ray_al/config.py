@@ -82,8 +82,8 @@ class SelectConfig:
     shards: int = 1  # k-center shards; > 1 runs Ray actors
     prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
     prefilter_factor: int = 4
-    committee: str = "mc_dropout"  # committee methods: mc_dropout | heads
-    committee_size: int = 5
+    committee: str = "mc_dropout"  # committee methods: mc_dropout (embed-step passes) | heads (bagged linear heads)
+    committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
 
 

@@ -25,6 +25,7 @@ from ray_al.rundir import RunDir, RunDirError
 
 MODES = ("joint", "pretrain", "frozen")
 ORACLES = ("simulated", "file")
+COMMITTEES = ("mc_dropout", "heads")  # select.committee: MC-dropout passes | bagged linear heads
 
 
 class BudgetError(ValueError):
@@ -58,9 +59,35 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.on_corrupt='{cfg.data.on_corrupt}' must be skip or error.")
     if cfg.embed.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"embed.dtype='{cfg.embed.dtype}' must be float32 or bfloat16.")
+    if cfg.select.committee not in COMMITTEES:
+        raise ConfigError(f"select.committee='{cfg.select.committee}' is not valid; choose one of "
+                          f"{', '.join(COMMITTEES)}.")
+    if cfg.select.committee_size < 2:
+        raise ConfigError(f"select.committee_size must be >= 2 (a committee of one never disagrees), "
+                          f"got {cfg.select.committee_size}.")
     for key in ("initial_size", "budget", "rounds"):
         if getattr(cfg.al, key) < (1 if key != "rounds" else 0):
             raise ConfigError(f"al.{key} must be positive, got {getattr(cfg.al, key)}.")
+
+
+def needs_committee(cfg: Config) -> bool:
+    """Whether the selection method or its pre-filter scores committee disagreement."""
+    from ray_al import acquisition
+
+    return "committee_probs" in acquisition.needs(cfg.select.method, optional=False, prefilter=cfg.select.prefilter)
+
+
+def embed_options(cfg: Config):
+    """The embed step's EmbedOptions. MC-dropout passes are an embedding output, computed only when a
+    committee method needs them; a heads committee is fitted at selection time instead."""
+    from ray_al.embed import EmbedOptions
+
+    committee = cfg.select.committee == "mc_dropout" and needs_committee(cfg)
+    return EmbedOptions(
+        batch_size=cfg.embed.batch_size, actors=cfg.embed.actors, cpus_per_actor=cfg.embed.cpus_per_actor,
+        gpus_per_actor=cfg.embed.gpus_per_actor, dtype=cfg.embed.dtype,
+        committee_size=cfg.select.committee_size if committee else 0, on_corrupt=cfg.data.on_corrupt,
+    )
 
 
 def check_budget(cfg: Config, pool_rows: int) -> None:
@@ -156,21 +183,15 @@ class Cycle:
         return out.state_dict
 
     def embed(self, r: int, ledger: Ledger, state: dict) -> dict:
-        from ray_al import acquisition
         from ray_al.data.reader import pool_columns, read_split
-        from ray_al.embed import EmbedOptions, embed_splits, read_embeddings
+        from ray_al.embed import embed_splits, read_embeddings
         from ray_al.train import learner_kwargs, state_to_bytes
 
         if self.run.is_done(r, "embed"):
             return self.run.step_payload(r, "embed")
         cfg, spec = self.cfg, self.spec
         started = time.perf_counter()
-        committee = "committee_probs" in acquisition.needs(cfg.select.method, optional=False)
-        options = EmbedOptions(
-            batch_size=cfg.embed.batch_size, actors=cfg.embed.actors, cpus_per_actor=cfg.embed.cpus_per_actor,
-            gpus_per_actor=cfg.embed.gpus_per_actor, dtype=cfg.embed.dtype,
-            committee_size=cfg.select.committee_size if committee else 0, on_corrupt=cfg.data.on_corrupt,
-        )
+        options = embed_options(cfg)
         datasets = {
             "unlabeled": read_split(spec.pool_uri, columns=pool_columns(spec), exclude_ids=ledger.ids),
             "labeled": read_split(spec.pool_uri, columns=pool_columns(spec), include_ids=ledger.ids),
@@ -227,12 +248,18 @@ class Cycle:
             return list(chosen)
         labels_by_id = ledger.labels_by_id()
         lab_ids = lab.column("id").to_pylist() if lab.num_rows else []
+        probs, emb = matrix(unl.column("probs")), matrix(unl.column("embedding"))
+        committee_probs = None
+        if cfg.select.committee == "heads" and needs_committee(cfg):
+            committee_probs = self._heads_committee(lab, labels_by_id, emb, probs.shape[1], r)
+        elif "committee" in unl.column_names:
+            committee_probs = (matrix(unl.column("committee")).reshape(unl.num_rows, cfg.select.committee_size, -1)
+                               .transpose(1, 0, 2))
         view = acquisition.PoolView(
             ids=np.asarray(unl.column("id").to_pylist()),
-            probs=matrix(unl.column("probs")),
-            embeddings=matrix(unl.column("embedding")),
-            committee_probs=(matrix(unl.column("committee")).reshape(unl.num_rows, cfg.select.committee_size, -1)
-                             .transpose(1, 0, 2) if "committee" in unl.column_names else None),
+            probs=probs,
+            embeddings=emb,
+            committee_probs=committee_probs,
             labeled_embeddings=lab_emb,
             labeled_labels=np.asarray([labels_by_id[i] for i in lab_ids], dtype=np.int64) if lab_ids else None,
             labeled_probs=matrix(lab.column("probs")) if lab.num_rows else None,
@@ -242,6 +269,21 @@ class Cycle:
             options = {"prefilter": cfg.select.prefilter, "prefilter_factor": cfg.select.prefilter_factor}
         positions = acquisition.select(cfg.select.method, view, k, seed=self.seed * 1000 + r, **options)
         return view.ids[positions].tolist()
+
+    def _heads_committee(self, lab: pa.Table, labels_by_id: dict, emb: np.ndarray, n_classes: int,
+                         r: int) -> np.ndarray:
+        """select.committee=heads: (m, n, C) probabilities of linear heads bagged on the labeled embeddings."""
+        from ray_al.acquisition.heads import heads_committee_probs
+        from ray_al.embed import matrix
+
+        if lab.num_rows and "corrupt" in lab.column_names:  # an undecodable image's features say nothing of its label
+            lab = lab.filter(pc.invert(lab.column("corrupt")))
+        ids = lab.column("id").to_pylist() if lab.num_rows else []
+        return heads_committee_probs(
+            matrix(lab.column("embedding")) if ids else np.zeros((0, emb.shape[1]), np.float32),
+            np.asarray([labels_by_id[i] for i in ids], dtype=np.int64), emb, n_classes,
+            size=self.cfg.select.committee_size, seed=self.seed * 1000 + r, labeled_ids=np.asarray(ids),
+        )
 
     def _zero_shot_prefix(self, unl: pa.Table, lab_emb, ledger: Ledger, k: int) -> list:
         """Zero-shot AL: order the pool once by k-center on the first round's features (the seed set as

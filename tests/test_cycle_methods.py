@@ -2,7 +2,8 @@
 
 One real smoke round 0 (`python -m ray_al.cycle --smoke-test al.rounds=0`: Ray Train, then Ray Data
 embedding of the pool) gives the embeddings; the committee methods get their own embedding pass (MC-dropout
-outputs are only computed when a method needs them). Each method then runs `Cycle._select_ids`, the code
+outputs are only computed when a method needs them); with `select.committee=heads` they run on the plain
+round-0 embeddings, the committee fitted at selection time. Each method then runs `Cycle._select_ids`, the code
 the cycle runs between embedding and labelling, and k-center over 2 Ray shard actors must pick what the
 single-process k-center picks. Training every method end to end is test_train's job; this covers the
 selection half without paying for a Ray Train run per method.
@@ -83,6 +84,26 @@ def test_every_method_selects_a_valid_batch_from_cycle_embeddings(method, round0
     assert set(ids) <= unlabeled and not set(ids) & set(ledger.ids.tolist())
     again, _, _ = selected(run_dir, method)
     assert again == ids, "the same round and seed must select the same batch"
+
+
+HEADS_CASES = [(m, ()) for m in sorted(acquisition.ACQUISITIONS) if committee(m)] + [
+    ("kcenter", ("select.prefilter=committee_kl",))]
+
+
+@pytest.mark.parametrize(("method", "extra"), HEADS_CASES)
+def test_committee_methods_with_a_heads_committee_select_from_the_plain_embeddings(method, extra, round0):
+    ids, ledger, cyc = selected(round0, method, "select.committee=heads", *extra)
+    unlabeled = set(read_embeddings(cyc.run.round_uri(0, "embeddings"), "unlabeled",
+                                    columns=["id"]).column("id").to_pylist())
+    assert len(ids) == K and len(set(ids)) == K, ids
+    assert set(ids) <= unlabeled and not set(ids) & set(ledger.ids.tolist())
+    again, _, _ = selected(round0, method, "select.committee=heads", *extra)
+    assert again == ids, "the same round and seed must fit the same heads and select the same batch"
+    # not the id-order tie-break of a committee that never disagrees
+    assert ids != sorted(unlabeled)[:K]
+    if method == "committee_kl":
+        other_seed, _, _ = selected(round0, method, "select.committee=heads", "al.seed=1")
+        assert other_seed != ids, "another seed draws other bootstrap resamples"
 
 
 def test_kcenter_over_two_shard_actors_equals_one_process(round0, ray_local):
