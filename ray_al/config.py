@@ -74,6 +74,7 @@ class EmbedConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     dtype: str = "float32"  # float32 | bfloat16 inference
+    normalize: bool = False  # unit-length embeddings: k-center, BADGE and Weibull then measure cosine distances
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ def embed_options(cfg: Config):
         batch_size=cfg.embed.batch_size, actors=cfg.embed.actors, cpus_per_actor=cfg.embed.cpus_per_actor,
         gpus_per_actor=cfg.embed.gpus_per_actor, dtype=cfg.embed.dtype,
         committee_size=cfg.select.committee_size if committee else 0, on_corrupt=cfg.data.on_corrupt,
+        normalize=cfg.embed.normalize,
     )
 
 
@@ -392,6 +393,15 @@ def finish(run: RunDir, log=print) -> list[dict]:
     return rows
 
 
+def _same_config(saved: dict | None, snapshot: dict) -> bool:
+    if saved is None:
+        return False
+    try:
+        return config_mod.from_dict(saved).to_dict() == snapshot
+    except ConfigError:  # a key this version no longer knows
+        return False
+
+
 def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec, Config]:
     if resume:
         run = RunDir.open(run_uri)
@@ -405,7 +415,9 @@ def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec,
     info_path = io.join(run_uri, "run.json")
     if io.exists(info_path) and not cfg.run.overwrite:
         existing = io.read_json(info_path)
-        if existing.get("config") == snapshot:  # same experiment: carry on where it stopped
+        # same experiment: carry on where it stopped. Read through from_dict, so a run saved before a
+        # key was added (with its default) still matches.
+        if _same_config(existing.get("config"), snapshot):
             return RunDir.open(run_uri), PoolSpec.from_dict(existing["pool"]["spec"]), cfg
     if cfg.run.overwrite and io.exists(run_uri):
         io.remove_tree(run_uri)
@@ -431,7 +443,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML experiment config (see configs/)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its first unfinished step")
     parser.add_argument("--smoke-test", action="store_true", help="tiny data, one epoch, two rounds")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before and after flags
 
 
 def main(argv: list[str] | None = None) -> int:

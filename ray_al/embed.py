@@ -31,6 +31,7 @@ class EmbedOptions:
     committee_size: int = 0  # > 0: MC-dropout passes stored in `committee`
     committee_dropout: float = 0.25
     on_corrupt: str = "skip"
+    normalize: bool = False  # store unit-length embeddings: distances become cosine distances
 
 
 def _fixed_list(matrix: np.ndarray) -> pa.Array:
@@ -69,6 +70,8 @@ class Embedder:
             logits, feats = self.learner(x)
             committee = self._mc_dropout(feats, decoded["id"]) if self.options.committee_size else None
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if self.options.normalize:  # after the committee, which feeds raw features to the classifier
+            feats = torch.nn.functional.normalize(feats.float(), dim=1)
         columns = {
             "id": pa.array(decoded["id"]),
             "split": pa.array(split),

@@ -118,3 +118,19 @@ def test_heads_committee_is_fitted_on_the_labeled_embeddings_in_the_select_step(
     # with mc_dropout the same step reads the embed-step column instead (unanimous: ties by ascending id)
     cyc.cfg = config.replace(cyc.cfg, select={"committee": "mc_dropout"})
     assert cyc._select_ids(str(emb_dir), ledger, 6, 2) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_run_saved_before_a_key_existed_still_matches_its_config():
+    from ray_al import config as config_mod
+    from ray_al.cycle import _same_config
+
+    snapshot = config_mod.Config().to_dict()
+    older = {s: dict(v) for s, v in snapshot.items()}
+    del older["embed"]["normalize"]  # saved by a version without the key: its default applies
+    assert _same_config(older, snapshot)
+    changed = {s: dict(v) for s, v in snapshot.items()}
+    changed["al"]["budget"] = snapshot["al"]["budget"] + 1
+    assert not _same_config(changed, snapshot)
+    retired = {s: dict(v) for s, v in snapshot.items()}
+    retired["al"]["old_key"] = 1
+    assert not _same_config(retired, snapshot) and not _same_config(None, snapshot)

@@ -237,6 +237,20 @@ def test_bfloat16_inference_runs_close_to_float32(embedded: Embedded, tmp_path):
     assert np.abs(probs - np.stack([ref[i][1] for i in ids_of(bf)])).max() < 0.05
 
 
+def test_normalize_stores_unit_embeddings_with_the_same_direction_and_probs(embedded: Embedded, tmp_path):
+    e = embedded
+    out = embed_one(e.spec.pool_uri, str(tmp_path / "unit"), e.spec, e.kwargs, e.state, batch_size=128,
+                    actors=1, normalize=True)
+    unit = by_id(read_embeddings(out, "unlabeled"))
+    ref = reference(e.pool, e.kwargs, e.state, e.size)
+    emb = matrix(unit.column("embedding"))
+    want = np.stack([ref[i][0] for i in ids_of(unit)])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(matrix(unit.column("probs")), np.stack([ref[i][1] for i in ids_of(unit)]),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_probabilities_read_back_are_checked_and_bad_rows_named(embedded: Embedded, tmp_path):
     good = read_embeddings(embedded.out, "unlabeled")
     ids = ids_of(good)
