@@ -49,13 +49,16 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 64
     unlabeled_batch_size: int = 64  # SSL batch over labeled + unlabeled images (joint mode)
+    optimizer: str = "sgd"  # sgd | adam
     lr: float = 0.05
-    momentum: float = 0.9
+    lr_schedule: str = "step"  # step (10x drops at milestones) | cosine (anneal to 0 over the epochs)
+    momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4
     milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the epochs where lr drops 10x
     ssl_weight: float = 1.0  # lambda_c: weight of the SSL loss in the joint objective
     ssl_options: dict = field(default_factory=dict)  # method-specific (temperature, queue_size, ...)
     pretrain_epochs: int = 10  # pretrain mode: SSL epochs over the whole pool, once per run
+    pretrain_lr: float = 0.0  # pretrain mode: lr of the SSL pre-training (0 = train.lr)
     finetune: bool = False  # pretrain mode: train the encoder too (else a linear head on frozen features)
     checkpoint: str = ""  # frozen mode: a checkpoint of a pre-trained encoder
     num_workers: int = 1  # Ray Train workers (DDP when > 1)

@@ -249,7 +249,8 @@ def train_loop_per_worker(config: dict) -> dict:
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer, scheduler = trainloop.make_optimizer(params, config["lr"], config["momentum"],
                                                     config["weight_decay"], n_steps * config["epochs"],
-                                                    tuple(config["milestones"]))
+                                                    tuple(config["milestones"]), config["optimizer"],
+                                                    config["lr_schedule"])
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -381,7 +382,9 @@ def fit(
     config = {
         "learner": learner_kwargs(cfg, spec, method), "seed": seed, "epochs": epochs,
         "batch_size": cfg.train.batch_size, "unlabeled_batch_size": cfg.train.unlabeled_batch_size,
-        "lr": cfg.train.lr, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
+        # pre-training (SSL only, no labels) may have its own lr, as the SSL papers tune it separately
+        "lr": cfg.train.pretrain_lr if not use_ce and cfg.train.pretrain_lr > 0 else cfg.train.lr,
+        "optimizer": cfg.train.optimizer, "lr_schedule": cfg.train.lr_schedule, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
         "milestones": list(cfg.train.milestones), "ssl_weight": cfg.train.ssl_weight,
         "use_ce": use_ce, "use_ssl": use_ssl, "has_unlabeled": has_unlabeled, "head_only": head_only,
         "sync_bn": cfg.train.sync_bn, "checkpoint_every_s": cfg.train.checkpoint_every_s, "desc": desc,

@@ -111,8 +111,10 @@ def test_paper_specific_settings():
     assert dalbt.data.pool_size == 45000  # 5,000 of the 50,000 held out for validation
     rot = config.load(CONFIGS / "rotnet_entropy_cifar10.yaml").train
     assert rot.pretrain_epochs == 100 and rot.finetune is True
+    assert (rot.optimizer, rot.lr_schedule, rot.pretrain_lr) == ("adam", "cosine", 0.3)  # the paper's
     simsiam = config.load(CONFIGS / "simsiam_pretrain_cifar10.yaml").train
     assert simsiam.finetune is False and simsiam.pretrain_epochs == 800
+    assert (simsiam.lr_schedule, simsiam.pretrain_lr) == ("cosine", 0.06)
     zero = config.load(CONFIGS / "zeroshot_kcenter_cifar10.yaml")
     assert zero.select.zero_shot and zero.train.finetune is False  # one k-center order of fixed SSL features
 

@@ -203,3 +203,26 @@ def test_fit_pretrain_then_linear_head(pool) -> None:
     for k in enc:  # frozen features
         assert torch.equal(head.state_dict[k], pre.state_dict[k]), k
     assert not torch.equal(head.state_dict["classifier.weight"], pre.state_dict["classifier.weight"])
+
+
+def test_optimizers_and_schedules() -> None:
+    """step: 10x drops at the milestones; cosine: lr*(1+cos(pi*t/T))/2 down to 0; adam or sgd as named."""
+    def lrs(schedule: str, optimizer: str = "sgd") -> tuple[torch.optim.Optimizer, list[float]]:
+        w = torch.nn.Parameter(torch.zeros(3))
+        opt, sched = tl.make_optimizer([w], 0.1, 0.9, 0.0, 10, (0.5, 0.8), optimizer, schedule)
+        seen = []
+        for _ in range(10):
+            seen.append(opt.param_groups[0]["lr"])
+            w.sum().backward()
+            opt.step()
+            sched.step()
+        return opt, seen
+
+    opt, step = lrs("step")
+    assert isinstance(opt, torch.optim.SGD)
+    np.testing.assert_allclose(step, [0.1] * 5 + [0.01] * 3 + [0.001] * 2)
+    opt, cosine = lrs("cosine", "adam")
+    assert isinstance(opt, torch.optim.Adam)
+    np.testing.assert_allclose(cosine, [0.05 * (1 + math.cos(math.pi * t / 10)) for t in range(10)], atol=1e-9)
+    with pytest.raises(ValueError, match="train.optimizer='lamb'"):
+        tl.make_optimizer([torch.nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0, 10, (0.5,), "lamb", "step")

@@ -64,7 +64,8 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
     objective = tl.JointObjective(learner)
     optimizer, scheduler = tl.make_optimizer([p for p in learner.parameters() if p.requires_grad], cfg.train.lr,
                                              cfg.train.momentum, cfg.train.weight_decay, n_steps * epochs,
-                                             tuple(cfg.train.milestones))
+                                             tuple(cfg.train.milestones), cfg.train.optimizer,
+                                             cfg.train.lr_schedule)
     history = []
     for epoch in range(epochs):
         torch.manual_seed((seed * 7919 + epoch) * 1009)  # as the Ray worker of rank 0
