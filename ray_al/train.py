@@ -297,7 +297,7 @@ def train_loop_per_worker(config: dict) -> dict:
         history.append({**metrics, "report_seconds": time.perf_counter() - started})
     if bar is not None:
         bar.close()
-        sys.stdout.flush()  # the close travels as a stdout line; unflushed, the driver redraws a dead bar
+        sys.stdout.flush()  # the close travels as a stdout line: send it before the worker exits
     return {"history": history, "nodes": nodes, "start_epoch": start_epoch}
 
 
