@@ -41,16 +41,11 @@ def check_config(cfg: Config) -> None:
     """Cheap checks before any work: names that exist, budgets that fit."""
     from ray_al import acquisition, ssl
     from ray_al.models import BACKBONES
-
-    from ray_al.trainloop import LR_SCHEDULES, OPTIMIZERS
+    from ray_al.trainloop import check_optimizer_names
 
     if cfg.train.mode not in MODES:
         raise ConfigError(f"train.mode='{cfg.train.mode}' is not valid; choose one of {', '.join(MODES)}.")
-    if cfg.train.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer='{cfg.train.optimizer}' is not valid; choose one of {', '.join(OPTIMIZERS)}.")
-    if cfg.train.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"train.lr_schedule='{cfg.train.lr_schedule}' is not valid; choose one of "
-                          f"{', '.join(LR_SCHEDULES)}.")
+    check_optimizer_names(cfg.train.optimizer, cfg.train.lr_schedule)
     if cfg.train.method != "none" and cfg.train.method not in ssl.METHODS:
         raise ConfigError(f"train.method='{cfg.train.method}' is not known; valid: none, {', '.join(ssl.METHODS)}.")
     if cfg.train.mode in ("pretrain", "frozen") and cfg.train.method == "none" and not cfg.train.checkpoint:

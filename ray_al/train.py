@@ -173,13 +173,9 @@ def _max_across_ranks(value: int, device) -> int:
 
 
 def _checkpoint_due(last: float, every_s: float, last_epoch: bool, world: int, device) -> bool:
-    """Rank 0's clock decides for all ranks: ray.train.report is collective, so all must agree."""
+    """Due on every rank when due on any: ray.train.report is collective, so all ranks must agree."""
     due = last_epoch or time.monotonic() - last >= every_s
-    if world > 1:
-        flag = torch.tensor([int(due)], device=device)
-        torch.distributed.broadcast(flag, src=0)
-        due = bool(flag.item())
-    return due
+    return bool(_max_across_ranks(int(due), device)) if world > 1 else due
 
 
 def _reduce_metrics(metrics: dict, device) -> dict:

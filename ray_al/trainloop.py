@@ -112,6 +112,16 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("step", "cosine")
 
 
+def check_optimizer_names(optimizer: str, schedule: str) -> None:
+    """train.optimizer / train.lr_schedule: checked by the cycle before Ray starts and by make_optimizer."""
+    from ray_al.config import ConfigError
+
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer='{optimizer}' is not valid; choose one of {', '.join(OPTIMIZERS)}.")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule='{schedule}' is not valid; choose one of {', '.join(LR_SCHEDULES)}.")
+
+
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float, total_steps: int,
                    milestones: tuple[float, ...], optimizer: str = "sgd",
                    schedule: str = "step") -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -120,18 +130,15 @@ def make_optimizer(params, lr: float, momentum: float, weight_decay: float, tota
     sgd: momentum SGD (MoBYv2AL, SimSiam, MoCo-v2); adam: Adam with L2 weight decay (the RotNet AL paper;
     `momentum` is unused). step: 10x drops at fractions `milestones` of the run (MoBYv2AL: 60% and 80%);
     cosine: cosine annealing from lr to 0 over the run (SimSiam, RotNet)."""
+    check_optimizer_names(optimizer, schedule)
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
-        raise ValueError(f"train.optimizer='{optimizer}' is not valid; choose one of {', '.join(OPTIMIZERS)}.")
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if schedule == "step":
         steps = sorted({max(1, int(round(m * total_steps))) for m in milestones})
         return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=0.1)
-    if schedule == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
-    raise ValueError(f"train.lr_schedule='{schedule}' is not valid; choose one of {', '.join(LR_SCHEDULES)}.")
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
 
 
 def steps_per_epoch(n_labeled: int, n_ssl: int, batch_size: int, ssl_batch_size: int, ssl: bool,

@@ -134,3 +134,14 @@ def test_a_run_saved_before_a_key_existed_still_matches_its_config():
     retired = {s: dict(v) for s, v in snapshot.items()}
     retired["al"]["old_key"] = 1
     assert not _same_config(retired, snapshot) and not _same_config(None, snapshot)
+
+
+def test_bad_optimizer_or_schedule_is_refused_before_ray_starts():
+    from ray_al import config as config_mod
+    from ray_al.config import ConfigError
+    from ray_al.cycle import check_config
+
+    for override, key in (("train.optimizer=lamb", "train.optimizer='lamb'"),
+                          ("train.lr_schedule=poly", "train.lr_schedule='poly'")):
+        with pytest.raises(ConfigError, match=key):
+            check_config(config_mod.load(None, [override]))
