@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """A bad config file, key or value; the message says which and what is valid."""
 
 
+class BudgetError(ValueError):
+    """The labelling plan (al.initial_size, al.budget, al.rounds) does not fit in the pool."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the pool and the test split come from."""
@@ -85,7 +89,7 @@ class SelectConfig:
     method: str = "kcenter"
     shards: int = 1  # k-center shards; > 1 runs Ray actors
     prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
-    prefilter_factor: int = 4
+    prefilter_factor: int = 10  # must equal ray_al.acquisition.PREFILTER_FACTOR (one default; a test checks)
     committee: str = "mc_dropout"  # committee methods: mc_dropout (embed-step passes) | heads (bagged linear heads)
     committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
@@ -223,29 +227,37 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{path}' not found. The shipped configs are in configs/.")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{path}' must be a mapping of sections, got {type(raw).__name__}.")
-    raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+def read_yaml(path: str | Path, what: str = "config file", hint: str = "The shipped configs are in configs/.") -> Any:
+    """A YAML file's content ({} when empty); ConfigError naming `what` if it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} '{path}' not found. {hint}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {exc}") from exc
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """A copy of raw sections with `section.key=value` overrides applied (nested options merge)."""
+    out = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
-        sect = raw.setdefault(section, {})
+        sect = out.setdefault(section, {})
         if not isinstance(sect, dict):
             raise ConfigError(f"config section '{section}' must be a mapping.")
         if isinstance(value, dict) and isinstance(sect.get(key), dict):
             sect[key] = {**sect[key], **value}
         else:
             sect[key] = value
-    return from_dict(raw)
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = read_yaml(path) if path else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections, got {type(raw).__name__}.")
+    return from_dict(apply_overrides(raw, overrides))
 
 
 def replace(cfg: Config, **sections: dict) -> Config:

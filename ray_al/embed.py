@@ -7,17 +7,17 @@ object store; each actor fetches them when it starts.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from ray_al import io
+from ray_al import storage
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
+from ray_al.embeddings import fixed_list
+from ray_al.ids import id_keys, splitmix64
 
-SPLITS = ("unlabeled", "labeled", "test")
 _ROWS_PER_BLOCK_IN_BATCHES = 4  # blocks handed to the actors: a few batches each, so every actor gets work
 
 
@@ -34,25 +34,20 @@ class EmbedOptions:
     normalize: bool = False  # store unit-length embeddings: distances become cosine distances
 
 
-def _fixed_list(matrix: np.ndarray) -> pa.Array:
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1] if matrix.ndim == 2 else 1)
-
-
 class Embedder:
     """Ray Data callable class: holds the learner; one instance per actor."""
 
-    def __init__(self, weights_box: list, learner_kwargs: dict, spec: dict, options: dict):
+    def __init__(self, weights_box: list, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions):
+        # torch only here, in the actors: Ray Data's tasks also import this module (`_tag`) and stay light
         import ray
         import torch
 
-        from ray_al.train import build_learner, state_from_bytes
+        from ray_al.models.weights import build_learner, state_from_bytes
 
         self.torch = torch
-        self.options = EmbedOptions(**options)
+        self.spec, self.options = spec, options
         # One torch thread per CPU Ray gave this actor: more threads only fight the other actors for cores.
-        torch.set_num_threads(max(1, int(self.options.cpus_per_actor)))
-        self.spec = PoolSpec.from_dict(spec)
+        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
         self.device = "cuda" if self.options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
         self.learner = build_learner(learner_kwargs)
         self.learner.load_state_dict(state_from_bytes(ray.get(weights_box[0])))
@@ -60,11 +55,13 @@ class Embedder:
         self.dtype = torch.bfloat16 if self.options.dtype == "bfloat16" else torch.float32
 
     def __call__(self, batch: dict) -> pa.Table:
+        from ray_al.augment import to_model_input
+
         torch = self.torch
         split = batch.pop("split")
         decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
-                               read_uri=io.read_bytes)
-        x = torch.from_numpy(decoded["pixels"]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+                               read_uri=storage.read_bytes)
+        x = to_model_input(torch.from_numpy(decoded["pixels"]), self.device)
         with torch.no_grad(), torch.autocast(device_type=self.device, dtype=self.dtype,
                                              enabled=self.dtype != torch.float32):
             logits, feats = self.learner(x)
@@ -75,12 +72,12 @@ class Embedder:
         columns = {
             "id": pa.array(decoded["id"]),
             "split": pa.array(split),
-            "embedding": _fixed_list(feats.float().cpu().numpy()),
-            "probs": _fixed_list(probs),
+            "embedding": fixed_list(feats.float().cpu().numpy()),
+            "probs": fixed_list(probs),
             "corrupt": pa.array(decoded["corrupt"]),
         }
         if committee is not None:
-            columns["committee"] = _fixed_list(committee.reshape(len(probs), -1))
+            columns["committee"] = fixed_list(committee.reshape(len(probs), -1))
         if "label" in decoded:  # test rows only; the union gives other splits a null label
             columns["label"] = pa.array([None if v is None or v != v else int(v) for v in decoded["label"]],
                                         pa.int64())
@@ -98,30 +95,10 @@ class Embedder:
         return torch.softmax(logits.float(), dim=2).cpu().numpy()
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a cheap, well-mixed counter hash."""
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _row_keys(ids) -> np.ndarray:
-    """(B,) uint64 key per id: integer ids as they are, other ids (strings) by a 64-bit checksum."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind in "iu":
-        return ids.astype(np.int64).view(np.uint64)
-    data = [str(i).encode() for i in ids]
-    return np.asarray([zlib.crc32(d) | (zlib.adler32(d) << 32) for d in data], dtype=np.uint64)
-
-
 def _hash_uniform(ids, members: int, width: int) -> np.ndarray:
     """(B, members, width) float32 uniforms in [0, 1), a pure function of (id, member, index)."""
     counters = np.arange(members * width, dtype=np.uint64).reshape(1, members, width)
-    z = _splitmix64(_splitmix64(_row_keys(ids))[:, None, None] + counters)  # (B, members, width)
+    z = splitmix64(id_keys(ids)[:, None, None] + counters)  # (B, members, width)
     return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
@@ -157,39 +134,15 @@ def embed_splits(datasets: dict, weights: bytes, learner_kwargs: dict, spec: Poo
     out = union.map_batches(
         Embedder,
         fn_constructor_kwargs={"weights_box": weights_box, "learner_kwargs": learner_kwargs,
-                               "spec": spec.to_dict(), "options": options.__dict__},
+                               "spec": spec, "options": options},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.actors)),
         batch_size=int(options.batch_size),
         batch_format="numpy",
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor or None,
     )
-    if io.exists(out_uri):  # a rerun after a crash: start the directory afresh (write_parquet appends)
-        io.remove_tree(out_uri)
-    fs, path = io.pyarrow_fs(out_uri)
+    if storage.exists(out_uri):  # a rerun after a crash: start the directory afresh (write_parquet appends)
+        storage.remove_tree(out_uri)
+    fs, path = storage.pyarrow_fs(out_uri)
     out.write_parquet(path, filesystem=fs, partition_cols=["split"])
     return out_uri
-
-
-def read_embeddings(out_uri: str, split: str, columns: list[str] | None = None) -> pa.Table:
-    """One split of a round's embeddings as a table (empty table if the split had no rows)."""
-    uri = io.join(out_uri, f"split={split}")
-    if not io.exists(uri):
-        return pa.table({"id": pa.array([], pa.int64())})
-    return io.read_parquet(uri, columns=columns)
-
-
-def split_files(out_uri: str, split: str) -> list[str]:
-    uri = io.join(out_uri, f"split={split}")
-    if not io.exists(uri):
-        return []
-    return sorted(io.join(uri, name) for name in io.listdir(uri) if name.endswith(".parquet"))
-
-
-def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list column -> (n, width) float32."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(arr) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    width = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else len(arr[0])
-    return np.asarray(arr.flatten(), dtype=np.float32).reshape(len(arr), width)

@@ -16,13 +16,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from ray_al import io
-from ray_al.ledger import Ledger, LedgerError
+from ray_al import storage
+from ray_al.cli import run_main
+from ray_al.ledger import Ledger
 from ray_al.oracle import OracleError, export_queries, import_labels, load_image_bytes
-from ray_al.rundir import RunDir, RunDirError
-
-USER_ERRORS = (LedgerError, OracleError, RunDirError, FileNotFoundError, ConnectionError,
-               PermissionError, ValueError)
+from ray_al.rundir import RunDir
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -109,13 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.s3_endpoint or args.s3_region:
-        io.configure_s3(args.s3_endpoint, args.s3_region)
-    try:
-        args.func(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        storage.configure_s3(args.s3_endpoint, args.s3_region)
+    return run_main(lambda: args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Older versions are kept (they are small) as an audit trail.
 from __future__ import annotations
 
 import hashlib
-import io as _pyio
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ray_al import io
+from ray_al import storage
 
 __all__ = ["Ledger", "LedgerError", "SOURCES", "ID_TYPES", "name_rows", "normalize_id_type"]
 
@@ -78,39 +78,7 @@ def _uri(run_dir: Any) -> str:
 
 def _as_id_array(ids: Any, id_type: str | None) -> tuple[pa.Array, str]:
     """Convert ids to a typed pyarrow array, inferring the type when the ledger has none yet."""
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
-    if isinstance(ids, (list, tuple)):
-        # inspect python values directly: np.asarray([1, "a"]) would silently turn 1 into "1"
-        kinds = {type(v) for v in ids}
-        if not ids:
-            ids = pa.array([], ID_TYPES[id_type or "int64"])
-        elif kinds <= {int, np.int64, np.int32}:
-            ids = pa.array([int(v) for v in ids], pa.int64())
-        elif kinds <= {str}:
-            ids = pa.array(list(ids), pa.string())
-        else:
-            raise LedgerError(f"ids must all be integers or all be strings, got types "
-                              f"{sorted(k.__name__ for k in kinds)}: check the id column of your pool")
-    if not isinstance(ids, pa.Array):
-        arr = np.asarray(ids)
-        if arr.ndim != 1:
-            arr = arr.reshape(-1)
-        if arr.dtype.kind in "iu":
-            ids = pa.array(arr.astype(np.int64), pa.int64())
-        elif arr.dtype.kind in "UO" or arr.size == 0:
-            vals = arr.tolist()
-            kinds = {type(v) for v in vals}
-            if kinds <= {int, np.int64} and vals:
-                ids = pa.array(vals, pa.int64())
-            elif kinds <= {str}:
-                ids = pa.array(vals, pa.string())
-            else:
-                raise LedgerError(f"ids must all be integers or all be strings, got types "
-                                  f"{sorted(k.__name__ for k in kinds)}: check the id column of your pool")
-        else:
-            raise LedgerError(f"ids must be integers or strings, got dtype {arr.dtype}: "
-                              "check the id column of your pool")
+    ids = _to_arrow_ids(ids, id_type)
     got = normalize_id_type(ids.type) if (pa.types.is_integer(ids.type) or pa.types.is_string(ids.type)
                                           or pa.types.is_large_string(ids.type)) else None
     if got is None and len(ids) == 0:
@@ -126,6 +94,35 @@ def _as_id_array(ids: Any, id_type: str | None) -> tuple[pa.Array, str]:
         raise LedgerError(f"{ids.null_count} ids are null at batch positions {name_rows(pos.tolist())}: "
                           "every labeled row needs an id")
     return ids.cast(ID_TYPES[id_type]), id_type
+
+
+def _to_arrow_ids(ids: Any, id_type: str | None) -> pa.Array:
+    """ids (pyarrow, numpy or a list) as a pyarrow array, not yet checked."""
+    if isinstance(ids, pa.ChunkedArray):
+        return ids.combine_chunks()
+    if isinstance(ids, pa.Array):
+        return ids
+    if isinstance(ids, (list, tuple)):
+        return _ids_from_values(list(ids), id_type)
+    arr = np.asarray(ids).reshape(-1)
+    if arr.dtype.kind in "iu":
+        return pa.array(arr.astype(np.int64), pa.int64())
+    if arr.dtype.kind in "UO" or arr.size == 0:
+        return _ids_from_values(arr.tolist(), id_type)
+    raise LedgerError(f"ids must be integers or strings, got dtype {arr.dtype}: check the id column of your pool")
+
+
+def _ids_from_values(values: list, id_type: str | None) -> pa.Array:
+    # inspect python values directly: np.asarray([1, "a"]) would silently turn 1 into "1"
+    kinds = {type(v) for v in values}
+    if not values:
+        return pa.array([], ID_TYPES[id_type or "int64"])
+    if kinds <= {int, np.int64, np.int32}:
+        return pa.array([int(v) for v in values], pa.int64())
+    if kinds <= {str}:
+        return pa.array(values, pa.string())
+    raise LedgerError(f"ids must all be integers or all be strings, got types "
+                      f"{sorted(k.__name__ for k in kinds)}: check the id column of your pool")
 
 
 def _as_labels(labels: Any, n: int, num_classes: int) -> np.ndarray:
@@ -150,6 +147,45 @@ def _as_labels(labels: Any, n: int, num_classes: int) -> np.ndarray:
             f"(e.g. {name_rows([arr.tolist()[i] for i in bad[:3]] if bad else arr.tolist()[:3], 3)}). "
             "Map class names to their index first.")
     return out
+
+
+def _check_add_args(round: Any, source: str, num_classes: Any) -> None:
+    if source not in SOURCES:
+        raise LedgerError(f"source must be one of {list(SOURCES)}, got {source!r}")
+    if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0:
+        raise LedgerError(f"round must be a non-negative integer, got {round!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise LedgerError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+def _duplicates(id_list: list) -> str:
+    """Ids that appear more than once in a batch, with their positions ('' if none)."""
+    seen: dict[Any, list[int]] = {}
+    for i, v in enumerate(id_list):
+        seen.setdefault(v, []).append(i)
+    dups = {v: p for v, p in seen.items() if len(p) > 1}
+    if not dups:
+        return ""
+    desc = [f"{v!r} at positions {p}" for v, p in list(dups.items())[:10]]
+    return (f"{len(dups)} ids appear more than once in the batch: {'; '.join(desc)}"
+            + (f" and {len(dups) - 10} more" if len(dups) > 10 else "") + ". Keep one answer per id.")
+
+
+def _out_of_range(id_list: list, lab: np.ndarray, num_classes: int) -> str:
+    bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
+    if not bad.size:
+        return ""
+    desc = [f"{id_list[i]!r}->{int(lab[i])}" for i in bad]
+    return (f"{bad.size} labels are outside range({num_classes}) (id->label): {name_rows(desc, raw=True)}. "
+            f"Labels are class indices 0..{num_classes - 1}.")
+
+
+def _outside_pool(id_list: list, pool_ids: set | None) -> str:
+    missing = [v for v in id_list if v not in pool_ids] if pool_ids is not None else []
+    if not missing:
+        return ""
+    return (f"{len(missing)} ids are not in the pool: {name_rows(missing)}. "
+            "Check that the labels belong to this run's pool.")
 
 
 @dataclass(frozen=True)
@@ -177,26 +213,26 @@ class Ledger:
         ``id_type`` for an empty ledger defaults to ``run.json``'s ``id_type`` when present.
         """
         root = _uri(run_dir)
-        manifest_uri = io.join(root, LEDGER_DIR, MANIFEST)
-        if not io.exists(manifest_uri):
-            if id_type is None and io.exists(io.join(root, "run.json")):
-                id_type = io.read_json(io.join(root, "run.json")).get("id_type")
+        manifest_uri = storage.join(root, LEDGER_DIR, MANIFEST)
+        if not storage.exists(manifest_uri):
+            if id_type is None and storage.exists(storage.join(root, "run.json")):
+                id_type = storage.read_json(storage.join(root, "run.json")).get("id_type")
             return cls.empty(id_type)
-        manifest = io.read_json(manifest_uri)
+        manifest = storage.read_json(manifest_uri)
         try:
             version, fname = int(manifest["version"]), str(manifest["file"])
             rows, sha = int(manifest["rows"]), str(manifest["sha256"])
         except (KeyError, TypeError, ValueError) as e:
             raise LedgerError(f"{manifest_uri} is malformed ({e!r}); restore it from a backup or point it "
-                              f"at the last good ledger-*.parquet in {io.join(root, LEDGER_DIR)}") from e
-        data_uri = io.join(root, LEDGER_DIR, fname)
-        data = io.read_bytes(data_uri)
+                              f"at the last good ledger-*.parquet in {storage.join(root, LEDGER_DIR)}") from e
+        data_uri = storage.join(root, LEDGER_DIR, fname)
+        data = storage.read_bytes(data_uri)
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha:
             raise LedgerError(
                 f"ledger file {data_uri} does not match its manifest (sha256 {digest[:12]}... != "
                 f"{sha[:12]}...): the file was changed or damaged after commit. Earlier versions are kept "
-                f"in {io.join(root, LEDGER_DIR)}; point MANIFEST.json at the last good one.")
+                f"in {storage.join(root, LEDGER_DIR)}; point MANIFEST.json at the last good one.")
         table = pq.read_table(pa.BufferReader(data))
         if table.num_rows != rows:
             raise LedgerError(f"ledger file {data_uri} has {table.num_rows} rows, manifest says {rows}")
@@ -265,56 +301,31 @@ class Ledger:
         Rejected (``LedgerError`` naming the rows): ids duplicated within the batch, ids already
         labeled, labels that are not integers in ``range(num_classes)``, ids absent from ``pool_ids``.
         """
-        if source not in SOURCES:
-            raise LedgerError(f"source must be one of {list(SOURCES)}, got {source!r}")
-        if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0:
-            raise LedgerError(f"round must be a non-negative integer, got {round!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-            raise LedgerError(f"num_classes must be a positive integer, got {num_classes!r}")
+        _check_add_args(round, source, num_classes)
         id_arr, id_type = _as_id_array(ids, self.id_type)
-        n = len(id_arr)
-        lab = _as_labels(labels, n, int(num_classes))
+        lab = _as_labels(labels, len(id_arr), int(num_classes))
         id_list = id_arr.to_pylist()
-        problems: list[str] = []
-
-        # duplicates inside the batch
-        seen: dict[Any, list[int]] = {}
-        for i, v in enumerate(id_list):
-            seen.setdefault(v, []).append(i)
-        dups = {v: p for v, p in seen.items() if len(p) > 1}
-        if dups:
-            desc = [f"{v!r} at positions {p}" for v, p in list(dups.items())[:10]]
-            problems.append(f"{len(dups)} ids appear more than once in the batch: {'; '.join(desc)}"
-                            + (f" and {len(dups) - 10} more" if len(dups) > 10 else "")
-                            + ". Keep one answer per id.")
-        # already labeled
-        if len(self) and n:
-            already = pc.is_in(id_arr, value_set=self._table.column("id").combine_chunks()).to_numpy(
-                zero_copy_only=False)
-            if already.any():
-                bad = [id_list[i] for i in np.flatnonzero(already)]
-                problems.append(f"{len(bad)} ids are already labeled: {name_rows(bad)}. "
-                                "A label is never overwritten: drop them from the batch.")
-        # label range
-        out_of_range = np.flatnonzero((lab < 0) | (lab >= num_classes))
-        if out_of_range.size:
-            desc = [f"{id_list[i]!r}->{int(lab[i])}" for i in out_of_range]
-            problems.append(f"{out_of_range.size} labels are outside range({num_classes}) (id->label): "
-                            f"{name_rows(desc, raw=True)}. Labels are class indices 0..{num_classes - 1}.")
-        # pool membership
-        if pool_ids is not None:
-            missing = [v for v in id_list if v not in pool_ids]
-            if missing:
-                problems.append(f"{len(missing)} ids are not in the pool: {name_rows(missing)}. "
-                                "Check that the labels belong to this run's pool.")
+        problems = [p for p in (_duplicates(id_list), self._already_labeled(id_arr, id_list),
+                                _out_of_range(id_list, lab, num_classes), _outside_pool(id_list, pool_ids)) if p]
         if problems:
-            raise LedgerError(f"rejected {n} labels for round {round} ({source}): " + " ".join(problems))
-
+            raise LedgerError(f"rejected {len(id_list)} labels for round {round} ({source}): " + " ".join(problems))
+        n = len(id_list)
         batch = pa.table({"id": id_arr, "label": pa.array(lab, pa.int64()),
                           "round": pa.array(np.full(n, int(round), np.int64), pa.int64()),
                           "source": pa.array([source] * n, pa.string())}, schema=_schema(id_type))
         base = self._table.cast(_schema(id_type)) if self.id_type is None else self._table
         return Ledger(pa.concat_tables([base, batch]), id_type, self.version, self._meta)
+
+    def _already_labeled(self, id_arr: pa.Array, id_list: list) -> str:
+        if not len(self) or not id_list:
+            return ""
+        already = pc.is_in(id_arr, value_set=self._table.column("id").combine_chunks()).to_numpy(
+            zero_copy_only=False)
+        if not already.any():
+            return ""
+        bad = [id_list[i] for i in np.flatnonzero(already)]
+        return (f"{len(bad)} ids are already labeled: {name_rows(bad)}. "
+                "A label is never overwritten: drop them from the batch.")
 
     def without_round(self, r: int, sources: tuple[str, ...] = ("query", "import")) -> "Ledger":
         """Rows except those of round ``r`` from ``sources`` (same base version; files are untouched).
@@ -334,10 +345,10 @@ class Ledger:
         so two writers cannot silently drop each other's labels.
         """
         root = _uri(run_dir)
-        ldir = io.join(root, LEDGER_DIR)
-        io.makedirs(ldir)
-        manifest_uri = io.join(ldir, MANIFEST)
-        on_disk = int(io.read_json(manifest_uri)["version"]) if io.exists(manifest_uri) else 0
+        ldir = storage.join(root, LEDGER_DIR)
+        storage.makedirs(ldir)
+        manifest_uri = storage.join(ldir, MANIFEST)
+        on_disk = int(storage.read_json(manifest_uri)["version"]) if storage.exists(manifest_uri) else 0
         if on_disk != self.version:
             raise LedgerError(
                 f"the ledger in {root} is at version {on_disk} but this ledger was derived from version "
@@ -349,16 +360,16 @@ class Ledger:
         pq.write_table(self._table, sink)
         data = sink.getvalue().to_pybytes()
         # 1) the data file (a new name, never an existing committed one) ...
-        io.write_bytes_atomic(io.join(ldir, fname), data)
+        storage.write_bytes_atomic(storage.join(ldir, fname), data)
         # 2) ... then the manifest swap, which is the commit point.
         manifest = {"version": version, "file": fname, "rows": len(self),
                     "sha256": hashlib.sha256(data).hexdigest(), "id_type": self.id_type,
                     "committed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        io.write_json_atomic(manifest_uri, manifest)
+        storage.write_json_atomic(manifest_uri, manifest)
         return Ledger(self._table, self.id_type, version, {"manifest": manifest})
 
     def to_csv(self, path: str) -> None:
         """Write ``id,label,round,source`` as CSV (local path or s3://) for people to read."""
-        buf = _pyio.BytesIO()
+        buf = io.BytesIO()
         pacsv.write_csv(self._table, buf)
-        io.write_bytes_atomic(path, buf.getvalue())
+        storage.write_bytes_atomic(path, buf.getvalue())

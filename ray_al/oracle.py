@@ -6,25 +6,27 @@
   class name), and :func:`import_labels` validates the whole file and commits it to the ledger. It
   is exposed as ``python -m ray_al.label export|import|status``.
 
-Labels of round ``r``'s queries are stored with ``round = r``.
+The queries selected in round ``r`` are stored in the ledger with ``round = r + 1``: a ledger row's round
+is the first training round that uses the label (DEVELOPERS.md).
 """
 from __future__ import annotations
 
 import csv
-import io as _pyio
+import io
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import io
+from ray_al import storage
 from ray_al.ledger import Ledger, LedgerError, name_rows
 from ray_al.rundir import RunDir
 
 __all__ = ["SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
-           "load_image_bytes", "pending_round"]
+           "load_image_bytes", "pending_round", "query_uris", "read_pool_rows"]
 
 
 class OracleError(ValueError):
@@ -102,6 +104,32 @@ def _safe_name(v: Any) -> str:
     return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(v)).lstrip(".") or "_"
 
 
+def read_pool_rows(uri: str, ids: list, columns: list[str], id_column: str = "id") -> pa.Table:
+    """`columns` of the pool rows whose id is in `ids`: a filtered Parquet read, so a query batch never
+    loads the rest of the pool. Columns the pool lacks are an OracleError naming them."""
+    import pyarrow.dataset as pads  # imported here: it pulls in pandas, slow for the other commands
+
+    fs, path = storage.pyarrow_fs(uri)
+    try:
+        ds = pads.dataset(path, filesystem=fs, format="parquet")
+    except OSError as e:
+        raise storage._translate(uri, e) from e
+    missing = [c for c in columns if c not in ds.schema.names]
+    if missing:
+        raise OracleError(f"the pool {uri} has no column {missing} (columns: {ds.schema.names})")
+    value_set = pa.array(list(ids), ds.schema.field(id_column).type)
+    return ds.to_table(columns=columns, filter=pc.field(id_column).isin(value_set))
+
+
+def query_uris(pool_uri: str, image_column: str, ids: list) -> list:
+    """Where annotators find each queried image: the pool's `path`, or None where the pool holds bytes."""
+    if image_column != "path":
+        return [None] * len(ids)
+    table = read_pool_rows(pool_uri, ids, ["id", "path"])
+    by_id = dict(zip(table.column("id").to_pylist(), table.column("path").to_pylist()))
+    return [by_id.get(i) for i in ids]
+
+
 def load_image_bytes(pool: dict, ids: list) -> dict:
     """id -> encoded image bytes for ``ids``, reading only those rows from the pool Parquet.
 
@@ -113,18 +141,7 @@ def load_image_bytes(pool: dict, ids: list) -> dict:
     if not uri:
         raise OracleError("run.json records no pool URI, so image bytes cannot be exported; the queries "
                           "have no image paths either. Export without --images-dir to get the ids only.")
-    import pyarrow.dataset as pads  # imported here: it pulls in pandas, slow for the other commands
-
-    fs, path = io.pyarrow_fs(uri)
-    try:
-        ds = pads.dataset(path, filesystem=fs, format="parquet")
-    except OSError as e:
-        raise io._translate(uri, e) from e
-    if img_col not in ds.schema.names:
-        raise OracleError(f"the pool {uri} has no {img_col!r} column (columns: {ds.schema.names}); "
-                          "nothing to write to --images-dir")
-    value_set = pa.array(ids, ds.schema.field(id_col).type)
-    table = ds.to_table(columns=[id_col, img_col], filter=pc.field(id_col).isin(value_set))
+    table = read_pool_rows(uri, ids, [id_col, img_col], id_column=id_col)
     return dict(zip(table.column(id_col).to_pylist(), table.column(img_col).to_pylist()))
 
 
@@ -150,19 +167,19 @@ def export_queries(run: Any, out: str, image_bytes_by_id: dict | None = None,
             if lacking:
                 raise OracleError(f"no image bytes for {len(lacking)} queried ids {name_rows(lacking)}: "
                                   "check the pool recorded in run.json")
-            io.makedirs(images_dir)
+            storage.makedirs(images_dir)
             for k, (i, u) in enumerate(zip(ids, uris)):
                 if u is None:
                     data = image_bytes_by_id[i]
-                    target = io.join(images_dir, _safe_name(i) + _image_ext(data))
-                    io.write_bytes_atomic(target, data)
-                    uris[k] = target if io.is_s3(target) else os.path.abspath(target)
-    buf = _pyio.StringIO()
+                    target = storage.join(images_dir, _safe_name(i) + _image_ext(data))
+                    storage.write_bytes_atomic(target, data)
+                    uris[k] = target if storage.is_s3(target) else os.path.abspath(target)
+    buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "uri", "label"])
     for i, u in zip(ids, uris):
         w.writerow([i, u or "", ""])
-    io.write_text_atomic(out, buf.getvalue())
+    storage.write_text_atomic(out, buf.getvalue())
     return len(ids)
 
 
@@ -184,25 +201,47 @@ def _parse_label(raw: str, num_classes: int, class_names: list[str] | None) -> i
     return None
 
 
+@dataclass
+class _Answers:
+    """A labels CSV read against the pending batch: the answers and every kind of bad line."""
+
+    answers: dict = field(default_factory=dict)  # id -> class index
+    bad_id: list = field(default_factory=list)  # "line N: 'x'": not an id of this run's type
+    unknown: list = field(default_factory=list)  # (line, id): not in the pending batch
+    dup_lines: list = field(default_factory=list)
+    bad_label: list = field(default_factory=list)
+
+
 def import_labels(run: Any, labels_csv: str, *, allow_partial: bool = False) -> Ledger:
     """Validate a labels CSV (``id,label``) against the pending query batch and commit it.
 
     Rejected as a whole (nothing is written) when: a line's id is not in the pending batch, an id
     appears twice, a label is neither an index in ``range(num_classes)`` nor a class name, or some
     queried ids have no answer (unless ``allow_partial``). Blank labels count as unanswered. Then the
-    labels are added to the ledger (source 'import', round = the pending round), the ledger is
-    committed and the round's ``label`` step is marked done.
+    labels are added to the ledger (source 'import', round = the pending round + 1, the first training
+    round that uses them), the ledger is committed and the round's ``label`` step is marked done.
     """
     rd = _rundir(run)
     r = pending_round(rd)
-    num_classes, class_names = rd.num_classes, rd.class_names
-    queries = rd.read_queries(r)
-    qids = queries.column("id").to_pylist()
-    qset = set(qids)
-    is_int = rd.id_type == "int64"
+    qids = rd.read_queries(r).column("id").to_pylist()
+    rows, ci, cl = _csv_rows(labels_csv)
+    parsed = _read_answers(rows, ci, cl, set(qids), rd)
+    unanswered = [i for i in qids if i not in parsed.answers]
+    problems = _problems(parsed, rd, r)
+    if unanswered and not allow_partial and not problems:
+        problems.append(f"{len(unanswered)} of the {len(qids)} queried ids have no label: "
+                        f"{name_rows(unanswered)}. Fill them in, or pass --allow-partial to import "
+                        "what is there (the rest stay unlabeled).")
+    if not problems and not parsed.answers:
+        problems.append("the file answers none of the queried ids")
+    if problems:
+        raise LabelImportError(f"rejected {labels_csv} (nothing was imported): " + " ".join(problems))
+    return _commit_answers(rd, r, parsed.answers, len(unanswered), labels_csv)
 
-    text = io.read_text(labels_csv)
-    reader = csv.reader(_pyio.StringIO(text))
+
+def _csv_rows(labels_csv: str) -> tuple[list[tuple[int, list[str]]], int, int]:
+    """(line number, cells) of every non-blank data line, and the id and label column positions."""
+    reader = csv.reader(io.StringIO(storage.read_text(labels_csv)))
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
@@ -210,75 +249,66 @@ def import_labels(run: Any, labels_csv: str, *, allow_partial: bool = False) -> 
     if "id" not in header or "label" not in header:
         raise LabelImportError(f"{labels_csv} needs columns 'id' and 'label' in its header line, found "
                                f"{header}. Start from the file written by `python -m ray_al.label export`.")
-    ci, cl = header.index("id"), header.index("label")
+    rows = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
+    return rows, header.index("id"), header.index("label")
 
-    bad_id, unknown, bad_label, dup_lines = [], [], [], []
+
+def _read_answers(rows: list, ci: int, cl: int, qset: set, rd: RunDir) -> _Answers:
+    out = _Answers()
     first_line: dict[Any, int] = {}
-    answers: dict[Any, int] = {}
-    for row in reader:
-        line = reader.line_num
-        if not row or all(not c.strip() for c in row):
-            continue
+    for line, row in rows:
         raw_id = row[ci].strip() if ci < len(row) else ""
         raw_label = row[cl].strip() if cl < len(row) else ""
         try:
-            key: Any = int(raw_id) if is_int else raw_id
+            key: Any = int(raw_id) if rd.id_type == "int64" else raw_id
         except ValueError:
-            bad_id.append(f"line {line}: {raw_id!r}")
+            out.bad_id.append(f"line {line}: {raw_id!r}")
             continue
         if key not in qset:
-            unknown.append((line, key))
-            continue
-        if key in first_line:
-            dup_lines.append(f"line {line}: {key!r} (first on line {first_line[key]})")
-            continue
-        first_line[key] = line
-        if raw_label == "":
-            continue  # unanswered
-        v = _parse_label(raw_label, num_classes, class_names)
-        if v is None:
-            bad_label.append(f"line {line}: id {key!r} label {raw_label!r}")
-            continue
-        answers[key] = v
+            out.unknown.append((line, key))
+        elif key in first_line:
+            out.dup_lines.append(f"line {line}: {key!r} (first on line {first_line[key]})")
+        else:
+            first_line[key] = line
+            if raw_label == "":
+                continue  # unanswered
+            v = _parse_label(raw_label, rd.num_classes, rd.class_names)
+            if v is None:
+                out.bad_label.append(f"line {line}: id {key!r} label {raw_label!r}")
+            else:
+                out.answers[key] = v
+    return out
 
+
+def _problems(parsed: _Answers, rd: RunDir, r: int) -> list[str]:
     problems = []
-    if bad_id:
-        problems.append(f"{len(bad_id)} ids are not integers like this run's ids: "
-                        f"{name_rows(bad_id, raw=True)}.")
-    if unknown:
-        already = Ledger.load(rd).contains([k for _, k in unknown])
+    if parsed.bad_id:
+        problems.append(f"{len(parsed.bad_id)} ids are not integers like this run's ids: "
+                        f"{name_rows(parsed.bad_id, raw=True)}.")
+    if parsed.unknown:
+        already = Ledger.load(rd).contains([k for _, k in parsed.unknown])
         note = f" ({int(already.sum())} of them are already labeled)" if already.any() else ""
-        problems.append(f"{len(unknown)} ids are not in the pending query batch of round {r}{note}: "
-                        f"{name_rows([f'line {n}: {k!r}' for n, k in unknown], raw=True)}. "
+        problems.append(f"{len(parsed.unknown)} ids are not in the pending query batch of round {r}{note}: "
+                        f"{name_rows([f'line {n}: {k!r}' for n, k in parsed.unknown], raw=True)}. "
                         "Only ids from the exported queries can be labeled.")
-    if dup_lines:
-        problems.append(f"{len(dup_lines)} ids appear more than once: {name_rows(dup_lines, raw=True)}. "
-                        "Keep one answer per id.")
-    if bad_label:
-        allowed = f"an integer 0..{num_classes - 1}"
-        if class_names:
-            allowed += f" or a class name {name_rows(class_names, 20)}"
-        problems.append(f"{len(bad_label)} labels are outside the class set: "
-                        f"{name_rows(bad_label, raw=True)}. "
-                        f"A label must be {allowed}.")
-    unanswered = [i for i in qids if i not in answers]
-    if unanswered and not allow_partial and not problems:
-        problems.append(f"{len(unanswered)} of the {len(qids)} queried ids have no label: "
-                        f"{name_rows(unanswered)}. Fill them in, or pass --allow-partial to import "
-                        "what is there (the rest stay unlabeled).")
-    if not problems and not answers:
-        problems.append("the file answers none of the queried ids")
-    if problems:
-        raise LabelImportError(f"rejected {labels_csv} (nothing was imported): " + " ".join(problems))
+    if parsed.dup_lines:
+        problems.append(f"{len(parsed.dup_lines)} ids appear more than once: "
+                        f"{name_rows(parsed.dup_lines, raw=True)}. Keep one answer per id.")
+    if parsed.bad_label:
+        allowed = f"an integer 0..{rd.num_classes - 1}"
+        if rd.class_names:
+            allowed += f" or a class name {name_rows(rd.class_names, 20)}"
+        problems.append(f"{len(parsed.bad_label)} labels are outside the class set: "
+                        f"{name_rows(parsed.bad_label, raw=True)}. A label must be {allowed}.")
+    return problems
 
+
+def _commit_answers(rd: RunDir, r: int, answers: dict, unanswered: int, labels_csv: str) -> Ledger:
     # A previous import of this round may have committed the ledger and died before its step marker:
     # start without that round's answers so re-importing is safe instead of "already labeled".
-    # Ledger `round` = the first training round that uses the label: queries of round r train round r+1.
     ledger = Ledger.load(rd).without_round(r + 1)
     ids = list(answers)
-    labels = [answers[i] for i in ids]
-    ledger = ledger.add(ids, labels, r + 1, "import", num_classes=num_classes).commit(rd)
+    ledger = ledger.add(ids, [answers[i] for i in ids], r + 1, "import", num_classes=rd.num_classes).commit(rd)
     rd.mark_done(r, "label", {"source": "import", "file": str(labels_csv), "rows": len(ids),
-                              "unanswered": len(unanswered), "ledger_version": ledger.version})
+                              "unanswered": unanswered, "ledger_version": ledger.version})
     return ledger
-

@@ -8,6 +8,8 @@ import os
 # Variables Ray workers must see too (S3 endpoint for tests/MinIO, auth mode, thread caps).
 _FORWARDED_ENV = ("RAY_AL_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_AL_SHARED")
+_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_INTERVAL_S = "0.2"
 
 
 def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
@@ -19,6 +21,7 @@ def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env_vars.update(_train_poll_interval())
     kwargs: dict = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
     if quiet:
         kwargs["logging_level"] = logging.WARNING
@@ -30,6 +33,18 @@ def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     # without it removes the training workers' placement group mid-run.
     ray.init(**kwargs)
     quiet_logs()
+
+
+def _train_poll_interval() -> dict:
+    """Ray Train's controller polls its workers every 2 s by default, so every fit waits up to 2 s to see
+    its workers finish and every epoch report up to 2 s to be taken: seconds per round for no work.
+    0.2 s unless the user chose (python -m ray_al.bench.overhead measures it). Returned for forwarding,
+    so the controller sees it on a cluster too; a value the user set (maybe in the job's runtime env,
+    which would conflict) is left alone."""
+    if _POLL_ENV in os.environ:
+        return {}
+    os.environ[_POLL_ENV] = TRAIN_POLL_INTERVAL_S
+    return {_POLL_ENV: TRAIN_POLL_INTERVAL_S}
 
 
 def quiet_logs() -> None:

@@ -4,8 +4,9 @@ Pure functions of the result rows (dicts as in results.jsonl); plots are a pure 
 """
 from __future__ import annotations
 
+import io
 from collections import defaultdict
-from typing import Iterable
+from typing import IO, Iterable
 
 import numpy as np
 
@@ -47,9 +48,16 @@ def curves(rows: list[dict], group_by: tuple[str, ...] = ("method",)) -> dict[st
     return out
 
 
-def plot_learning_curves(rows: list[dict], path: str, title: str = "Learning curve",
-                         group_by: tuple[str, ...] = ("method",)) -> str:
-    """Accuracy vs number of labels (mean +- std over seeds) to a PNG at a local path."""
+def learning_curve_png(rows: list[dict], title: str, group_by: tuple[str, ...] = ("method",)) -> bytes:
+    """The learning-curve PNG as bytes, drawn in memory: runs that upload it (s3://) share no local file."""
+    buf = io.BytesIO()
+    plot_learning_curves(rows, buf, title=title, group_by=group_by)
+    return buf.getvalue()
+
+
+def plot_learning_curves(rows: list[dict], path: str | IO[bytes], title: str = "Learning curve",
+                         group_by: tuple[str, ...] = ("method",)) -> str | IO[bytes]:
+    """Accuracy vs number of labels (mean +- std over seeds) to a PNG at a local path or a binary file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,6 +74,6 @@ def plot_learning_curves(rows: list[dict], path: str, title: str = "Learning cur
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return path

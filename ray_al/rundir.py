@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_al import io
+from ray_al import storage
 from ray_al.ledger import ID_TYPES, LedgerError, normalize_id_type
 
 __all__ = ["RunDir", "RunDirError"]
@@ -45,14 +45,14 @@ def _now() -> str:
 
 def _plain(obj: Any) -> Any:
     """JSON round trip so that tuples/numpy values compare like what run.json will hold."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=io._json_default))
+    return json.loads(json.dumps(obj, sort_keys=True, default=storage._json_default))
 
 
 class RunDir:
     """Handle on a run directory; cheap to construct (no I/O until used)."""
 
     def __init__(self, uri: str):
-        self.uri = str(uri).rstrip("/") if io.is_s3(str(uri)) else str(uri)
+        self.uri = str(uri).rstrip("/") if storage.is_s3(str(uri)) else str(uri)
         self._info: dict | None = None
 
     def __repr__(self) -> str:
@@ -81,9 +81,9 @@ class RunDir:
         names = info.get("class_names")
         if names is not None and len(names) != info["num_classes"]:
             raise RunDirError(f"run_info has {len(names)} class_names but num_classes={info['num_classes']}")
-        run_json = io.join(rd.uri, RUN_JSON)
-        if io.exists(run_json):
-            old = io.read_json(run_json)
+        run_json = storage.join(rd.uri, RUN_JSON)
+        if storage.exists(run_json):
+            old = storage.read_json(run_json)
             old_cmp = {k: v for k, v in old.items() if k != "created"}
             if old_cmp == info:
                 rd._info = old
@@ -94,14 +94,14 @@ class RunDir:
                     f"{rd.uri} already holds a run with a different setup (differs in {diff}). Use "
                     "--resume to continue that run, choose another run directory, or pass overwrite "
                     "to delete it and start over.")
-            io.remove_tree(rd.uri)
-        elif io.exists(rd.uri) and io.isdir(rd.uri) and set(io.listdir(rd.uri)) - {"data"} and not overwrite:
+            storage.remove_tree(rd.uri)
+        elif storage.exists(rd.uri) and storage.isdir(rd.uri) and set(storage.listdir(rd.uri)) - {"data"} and not overwrite:
             # data/ alone is what the cycle prepares (built-in datasets) just before creating the run
             raise RunDirError(f"{rd.uri} is a non-empty directory that is not a ray_al run directory "
                               f"(no {RUN_JSON}); choose an empty or new directory, or pass overwrite.")
-        io.makedirs(rd.uri)
+        storage.makedirs(rd.uri)
         info["created"] = _now()
-        io.write_json_atomic(run_json, info)
+        storage.write_json_atomic(run_json, info)
         rd._info = info
         return rd
 
@@ -109,9 +109,9 @@ class RunDir:
     def open(cls, uri: str) -> "RunDir":
         """An existing run directory; errors clearly if it is not one."""
         rd = cls(uri)
-        run_json = io.join(rd.uri, RUN_JSON)
+        run_json = storage.join(rd.uri, RUN_JSON)
         try:
-            rd._info = io.read_json(run_json)
+            rd._info = storage.read_json(run_json)
         except FileNotFoundError as e:
             raise RunDirError(f"{rd.uri} is not a ray_al run directory: {run_json} is missing. Check the "
                               f"path (and the S3 endpoint/bucket for s3:// runs); a run directory is created "
@@ -119,7 +119,7 @@ class RunDir:
         return rd
 
     def exists(self) -> bool:
-        return io.exists(io.join(self.uri, RUN_JSON))
+        return storage.exists(storage.join(self.uri, RUN_JSON))
 
     # ------------------------------------------------------------------ run info
     @property
@@ -145,14 +145,14 @@ class RunDir:
         return self.info.get("pool")
 
     def path(self, *parts: str) -> str:
-        return io.join(self.uri, *parts)
+        return storage.join(self.uri, *parts)
 
     # ------------------------------------------------------------------ rounds and steps
     def round_uri(self, r: int, *parts: str) -> str:
         """``RUN_DIR/rounds/0003/<parts...>``."""
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
             raise RunDirError(f"round must be a non-negative int, got {r!r}")
-        return io.join(self.uri, ROUNDS, f"{int(r):04d}", *parts)
+        return storage.join(self.uri, ROUNDS, f"{int(r):04d}", *parts)
 
     def _step_uri(self, r: int, step: str) -> str:
         if not _STEP_RE.match(step):
@@ -160,58 +160,58 @@ class RunDir:
         return self.round_uri(r, "steps", f"{step}.json")
 
     def is_done(self, r: int, step: str) -> bool:
-        return io.exists(self._step_uri(r, step))
+        return storage.exists(self._step_uri(r, step))
 
     def mark_done(self, r: int, step: str, payload: dict | None = None) -> None:
         """Atomically record that step ``step`` of round ``r`` has complete outputs."""
-        io.write_json_atomic(self._step_uri(r, step),
+        storage.write_json_atomic(self._step_uri(r, step),
                              {"round": int(r), "step": step, "time": _now(), "payload": payload or {}})
 
     def step_payload(self, r: int, step: str) -> dict | None:
         uri = self._step_uri(r, step)
-        if not io.exists(uri):
+        if not storage.exists(uri):
             return None
-        return io.read_json(uri).get("payload", {})
+        return storage.read_json(uri).get("payload", {})
 
     def done_steps(self, r: int) -> list[str]:
         d = self.round_uri(r, "steps")
-        if not io.exists(d):
+        if not storage.exists(d):
             return []
-        return sorted(n[:-5] for n in io.listdir(d) if n.endswith(".json"))
+        return sorted(n[:-5] for n in storage.listdir(d) if n.endswith(".json"))
 
     def rounds(self) -> list[int]:
         """Every round that has a directory (committed or not)."""
-        d = io.join(self.uri, ROUNDS)
-        if not io.exists(d):
+        d = storage.join(self.uri, ROUNDS)
+        if not storage.exists(d):
             return []
-        return sorted(int(n) for n in io.listdir(d) if n.isdigit())
+        return sorted(int(n) for n in storage.listdir(d) if n.isdigit())
 
     def clear_round(self, r: int) -> None:
         """Delete the leftovers of an uncommitted round (refuses for a committed one)."""
         if self.is_round_committed(r):
             raise RunDirError(f"round {r} of {self.uri} is committed; refusing to delete it")
-        io.remove_tree(self.round_uri(r))
+        storage.remove_tree(self.round_uri(r))
 
     def commit_round(self, r: int, result_row: dict) -> None:
         """Write ``rounds/<r>/MANIFEST.json`` (the commit point: call it after every other output)."""
-        io.write_json_atomic(self.round_uri(r, ROUND_MANIFEST),
+        storage.write_json_atomic(self.round_uri(r, ROUND_MANIFEST),
                              {"round": int(r), "committed": _now(), "steps": self.done_steps(r),
                               "result": _plain(result_row)})
 
     def is_round_committed(self, r: int) -> bool:
-        return io.exists(self.round_uri(r, ROUND_MANIFEST))
+        return storage.exists(self.round_uri(r, ROUND_MANIFEST))
 
     def committed_rounds(self) -> list[int]:
         return [r for r in self.rounds() if self.is_round_committed(r)]
 
     def results(self) -> list[dict]:
         """Result rows of committed rounds, in round order."""
-        return [io.read_json(self.round_uri(r, ROUND_MANIFEST))["result"] for r in self.committed_rounds()]
+        return [storage.read_json(self.round_uri(r, ROUND_MANIFEST))["result"] for r in self.committed_rounds()]
 
     def write_results_jsonl(self) -> str:
         """Regenerate ``RUN_DIR/results.jsonl`` from the round manifests (atomic); returns its URI."""
-        uri = io.join(self.uri, "results.jsonl")
-        io.write_text_atomic(uri, "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.results()))
+        uri = storage.join(self.uri, "results.jsonl")
+        storage.write_text_atomic(uri, "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.results()))
         return uri
 
     # ------------------------------------------------------------------ queries
@@ -236,15 +236,15 @@ class RunDir:
             raise LedgerError(f"query ids of round {r} are not {id_type} like this run's pool ({e})") from e
         table = pa.table({"id": id_arr, "uri": pa.array(list(uris), pa.string())})
         uri = self.round_uri(r, "queries.parquet")
-        io.write_parquet_atomic(uri, table)
+        storage.write_parquet_atomic(uri, table)
         return uri
 
     def read_queries(self, r: int) -> pa.Table:
         uri = self.round_uri(r, "queries.parquet")
-        if not io.exists(uri):
+        if not storage.exists(uri):
             raise FileNotFoundError(f"round {r} of {self.uri} has no query batch ({uri}): its selection "
                                     "step has not run yet")
-        return io.read_parquet(uri)
+        return storage.read_parquet(uri)
 
     def pending_query_round(self) -> int | None:
         """The latest uncommitted round whose ``select`` step is done but whose ``label`` step is not."""

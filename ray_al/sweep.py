@@ -11,7 +11,8 @@ sweep:
   grid:                           # dotted config keys -> values; every combination is one trial
     select.method: [random, entropy, kcenter]
     al.budget: [20, 40]
-    al.seed: [0, 1]               # seed keys (al.seed, train.seed_offset) are averaged over in the summary
+    al.seed: [0, 1]               # seed keys (al.seed, train.seed_offset) are averaged over in the summary;
+                                  # train.seed_offset varies the training seeds only (same seed set)
   max_concurrent_trials: 1        # trials at once (default 1; see "Resources" below)
   max_failures: 1                 # Tune retries of a failed trial; a retry resumes from the trial's ledger
   trial_cpus: 0                   # CPUs the trial's own process reserves (default 0)
@@ -27,8 +28,8 @@ base: configs/default.yaml        # the config every trial starts from: a path (
 `section.key=value` arguments on the command line override the base before the grid is applied;
 `--smoke-test` applies `ray_al.config.smoke` to every trial (note: it caps al.budget at 20).
 
-Each trial builds its Config (base + grid values), runs the active-learning rounds with the cycle's own
-machinery (`open_run` + `Cycle`, whose Ray Train `TorchTrainer` and Ray Data actors are started from
+Each trial builds its Config (base + grid values), runs the active-learning rounds with the round loop
+(`ray_al.loop`: `open_run` + `Cycle`, whose Ray Train `TorchTrainer` and Ray Data actors are started from
 inside the trial), and reports every committed round to Tune with `ray.tune.report` (round, labels,
 accuracy, area under the curve so far, seconds per stage). Each trial has its own run directory
 `SWEEP_DIR/trials/<key=value_...>`, so a restarted trial (`--resume`, or a Tune retry) continues at its
@@ -60,7 +61,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import io as _pyio
+import io
 import itertools
 import json
 import math
@@ -71,10 +72,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ray_al import config as config_mod
-from ray_al import io
+from ray_al import storage
+from ray_al.cli import experiment_parser, run_main
 from ray_al.config import Config, ConfigError
 
 SWEEP_KEYS = ("name", "dir", "grid", "max_concurrent_trials", "max_failures", "trial_cpus", "trial_gpus",
@@ -91,13 +91,28 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), smo
 
     Every grid combination is built into a Config and checked here, so a typo fails before Tune starts.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file '{path}' not found. The shipped sweeps are in configs/ (sweep_*.yaml).")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file '{path}' is not valid YAML: {exc}") from exc
+    sweep, base = _read_sweep_file(path)
+    name = str(sweep.get("name") or Path(path).stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"sweep.name '{name}' may hold only letters, digits, '_', '-' and '.'.")
+    spec = {
+        "name": name, "dir": _sweep_dir(sweep, name, smoke), "grid": _check_grid(sweep.get("grid"), path),
+        "base": config_mod.apply_overrides(_base_sections(base, Path(path)), overrides), "smoke": bool(smoke),
+        "max_concurrent_trials": _int(sweep, "max_concurrent_trials", 1, 0),
+        "max_failures": _int(sweep, "max_failures", 1, 0),
+        "trial_cpus": _num(sweep, "trial_cpus", 0.0), "trial_gpus": _num(sweep, "trial_gpus", 0.0),
+        "trial_memory_mb": _num(sweep, "trial_memory_mb", 512.0),
+    }
+    if spec["trial_cpus"] == 0 and spec["trial_gpus"] == 0 and spec["trial_memory_mb"] <= 0:
+        raise ConfigError("a trial must reserve something: set sweep.trial_memory_mb > 0 (or trial_cpus).")
+    for values in combinations(spec["grid"]):
+        trial_config(spec, values)  # raises ConfigError naming the bad key/value
+    return spec
+
+
+def _read_sweep_file(path: str | Path) -> tuple[dict, Any]:
+    """(the `sweep:` section, the raw `base:`) of a sweep file, its top-level keys checked."""
+    raw = config_mod.read_yaml(path, "sweep file", "The shipped sweeps are in configs/ (sweep_*.yaml).")
     if not isinstance(raw, dict) or "sweep" not in raw:
         raise ConfigError(f"sweep file '{path}' needs a top-level 'sweep:' section (with a 'grid:') and a "
                           "'base:' (a config path or inline sections); see `python -m ray_al.sweep --help`.")
@@ -111,29 +126,16 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), smo
     if bad:
         raise ConfigError(f"sweep file '{path}': unknown keys {['sweep.' + b for b in bad]}; valid: "
                           f"{', '.join('sweep.' + k for k in SWEEP_KEYS)}.")
-    base = _base_sections(raw.get("base"), p)
-    base = _apply_overrides(base, overrides)
-    grid = _check_grid(sweep.get("grid"), path)
-    name = str(sweep.get("name") or p.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"sweep.name '{name}' may hold only letters, digits, '_', '-' and '.'.")
+    return sweep, raw.get("base")
+
+
+def _sweep_dir(sweep: dict, name: str, smoke: bool) -> str:
     sweep_dir = str(sweep.get("dir") or Path("runs") / "sweeps" / name)
     if smoke and not sweep.get("dir"):
-        sweep_dir += "-smoke"
-    if not io.is_s3(sweep_dir):
+        sweep_dir += "-smoke"  # never mixed with the full sweep's trials
+    if not storage.is_s3(sweep_dir):
         sweep_dir = os.path.abspath(sweep_dir)  # Tune storage and the trial processes need absolute paths
-    spec = {
-        "name": name, "dir": sweep_dir, "grid": grid, "base": base, "smoke": bool(smoke),
-        "max_concurrent_trials": _int(sweep, "max_concurrent_trials", 1, 0),
-        "max_failures": _int(sweep, "max_failures", 1, 0),
-        "trial_cpus": _num(sweep, "trial_cpus", 0.0), "trial_gpus": _num(sweep, "trial_gpus", 0.0),
-        "trial_memory_mb": _num(sweep, "trial_memory_mb", 512.0),
-    }
-    if spec["trial_cpus"] == 0 and spec["trial_gpus"] == 0 and spec["trial_memory_mb"] <= 0:
-        raise ConfigError("a trial must reserve something: set sweep.trial_memory_mb > 0 (or trial_cpus).")
-    for values in combinations(grid):
-        trial_config(spec, values)  # raises ConfigError naming the bad key/value
-    return spec
+    return sweep_dir
 
 
 def _int(section: dict, key: str, default: int, minimum: int) -> int:
@@ -160,26 +162,11 @@ def _base_sections(base: Any, sweep_path: Path) -> dict:
         if found is None:
             raise ConfigError(f"base config '{base}' not found (looked in {sweep_path.parent} and the working "
                               "directory).")
-        try:
-            base = yaml.safe_load(found.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"base config '{found}' is not valid YAML: {exc}") from exc
+        base = config_mod.read_yaml(found, "base config")
     if not isinstance(base, dict):
         raise ConfigError("'base' must be a config path or a mapping of sections (data, model, train, ...).")
     config_mod.from_dict(base)  # unknown sections/keys fail here, naming the key
     return {k: dict(v or {}) for k, v in base.items()}
-
-
-def _apply_overrides(base: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    out = copy.deepcopy(base)
-    for text in overrides:
-        section, key, value = config_mod.parse_override(text)
-        sect = out.setdefault(section, {})
-        if isinstance(value, dict) and isinstance(sect.get(key), dict):
-            sect[key] = {**sect[key], **value}
-        else:
-            sect[key] = value
-    return out
 
 
 def _check_grid(grid: Any, path: Any) -> dict[str, list]:
@@ -222,12 +209,12 @@ def trial_name(values: dict[str, Any]) -> str:
 
 
 def trial_run_dir(spec: dict, values: dict[str, Any]) -> str:
-    return io.join(spec["dir"], "trials", trial_name(values))
+    return storage.join(spec["dir"], "trials", trial_name(values))
 
 
 def trial_config(spec: dict, values: dict[str, Any]) -> Config:
     """The Config of one grid point: base + grid values (+ smoke), with its own run directory."""
-    from ray_al.cycle import check_config
+    from ray_al.loop import check_config
 
     raw = copy.deepcopy(spec["base"])
     for key, value in values.items():
@@ -243,12 +230,7 @@ def trial_config(spec: dict, values: dict[str, Any]) -> Config:
         raise ConfigError(f"al.oracle={cfg.al.oracle}: a sweep needs al.oracle=simulated (nobody answers "
                           "file-oracle queries inside a Tune trial).")
     cfg = config_mod.replace(cfg, run={"dir": trial_run_dir(spec, values)})
-    try:
-        check_config(cfg)
-    except ConfigError:
-        raise
-    except (KeyError, ValueError) as exc:  # e.g. an unknown acquisition name: same message, as a config error
-        raise ConfigError(f"trial {trial_name(values)}: {exc.args[0] if exc.args else exc}") from exc
+    check_config(cfg)
     return cfg
 
 
@@ -287,13 +269,12 @@ def round_metrics(row: dict, auc: float) -> dict:
 
 
 def run_trial(params: dict, spec: dict) -> None:
-    """Tune function trainable: the AL rounds of one grid point, reported round by round."""
+    """Tune function trainable: the AL rounds of one grid point, each committed round reported to Tune."""
     import ray.data
     from ray import tune
 
-    from ray_al.cycle import Cycle, finish, open_run
+    from ray_al.loop import Cycle, finish, open_run
     from ray_al.report import area_under_curve
-    from ray_al.rundir import RunDir
 
     # Progress bars of trials interleave into noise in the driver's output; rounds are logged as rows.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -302,23 +283,17 @@ def run_trial(params: dict, spec: dict) -> None:
     run, pool, cfg = open_run(cfg, cfg.run.dir, resume=False)  # same config: carries on where it stopped
     history: list[dict] = []
 
-    def report(row: dict) -> None:
+    def report(row: dict) -> None:  # after the round's commit, so a reported round is durable
         history.append(row)
         auc = area_under_curve([r["labels"] for r in history], [r["accuracy"] for r in history])
         tune.report(round_metrics(row, auc))
 
-    class ReportingRun(RunDir):
-        """The trial's run directory; each round commit is also a Tune report (after it is durable)."""
-
-        def commit_round(self, r: int, result_row: dict) -> None:
-            super().commit_round(r, result_row)
-            report(result_row)
-
     for row in run.results():  # rounds committed before this (re)start: report them again, in order
         report(row)
     name = trial_name(values)
-    Cycle(cfg, ReportingRun(run.uri), pool, log=lambda m: print(f"[{name}] {m}", flush=True)).run_all()
-    finish(run, log=lambda m: print(f"[{name}] {m}", flush=True))
+    log = lambda m: print(f"[{name}] {m}", flush=True)  # noqa: E731
+    Cycle(cfg, run, pool, log=log, on_round_committed=report).run_all()
+    finish(run, log=log)
 
 
 # ----------------------------------------------------------------------------- results
@@ -329,7 +304,7 @@ def collect_rows(spec: dict) -> list[dict]:
     rows = []
     for values in combinations(spec["grid"]):
         uri = trial_run_dir(spec, values)
-        if not io.exists(io.join(uri, "run.json")):
+        if not storage.exists(storage.join(uri, "run.json")):
             continue
         for row in RunDir(uri).results():
             rows.append({"trial": trial_name(values), **values, **row})
@@ -433,45 +408,44 @@ def _results_table(rows: list[dict]):
 
 def write_outputs(spec: dict, rows: list[dict], log=print) -> dict[str, str]:
     """results.jsonl/.parquet, summary.csv/.txt and learning_curves.png in the sweep directory."""
-    import pyarrow.parquet as pq
+    from ray_al.report import learning_curve_png
 
-    from ray_al.report import plot_learning_curves
-
-    out = {k: io.join(spec["dir"], f) for k, f in (
+    out = {k: storage.join(spec["dir"], f) for k, f in (
         ("jsonl", "results.jsonl"), ("parquet", "results.parquet"), ("summary_csv", "summary.csv"),
         ("summary_txt", "summary.txt"), ("png", "learning_curves.png"))}
-    io.write_text_atomic(out["jsonl"], "".join(json.dumps(r, sort_keys=True, default=io._json_default) + "\n"
-                                               for r in rows))
+    storage.write_text_atomic(out["jsonl"], "".join(json.dumps(r, sort_keys=True, default=storage._json_default)
+                                                    + "\n" for r in rows))
     if not rows:
         log("no trial committed a round yet: nothing to tabulate.")
         return out
-    sink = _pyio.BytesIO()
-    pq.write_table(_results_table(rows), sink)
-    io.write_bytes_atomic(out["parquet"], sink.getvalue())
+    storage.write_bytes_atomic(out["parquet"], _parquet_bytes(_results_table(rows)))
     per_trial, per_setting = summarize(rows, spec["grid"])
     text = format_summary(per_trial, per_setting, spec["grid"])
-    io.write_text_atomic(out["summary_txt"], text + "\n")
-    buf = _pyio.StringIO()
-    fields = list(dict.fromkeys(k for s in per_setting for k in s))
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(per_setting)
-    io.write_text_atomic(out["summary_csv"], buf.getvalue())
+    storage.write_text_atomic(out["summary_txt"], text + "\n")
+    storage.write_text_atomic(out["summary_csv"], _csv_text(per_setting))
     group_by = tuple(_setting_keys(spec["grid"])) or ("select",)
     title = f"{spec['name']}: accuracy vs labels (mean +- std over seeds)"
-    if io.is_s3(spec["dir"]):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "learning_curves.png")
-            plot_learning_curves(rows, local, title=title, group_by=group_by)
-            io.write_bytes_atomic(out["png"], Path(local).read_bytes())
-    else:
-        plot_learning_curves(rows, out["png"], title=title, group_by=group_by)
+    storage.write_bytes_atomic(out["png"], learning_curve_png(rows, title, group_by=group_by))
     log("\n" + text)
     log("\n" + "\n".join(f"{k + ':':13} {v}" for k, v in out.items())
-        + f"\ntensorboard:  tensorboard --logdir {io.join(spec['dir'], 'tune')}")
+        + f"\ntensorboard:  tensorboard --logdir {storage.join(spec['dir'], 'tune')}")
     return out
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for s in rows for k in s)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- Tune
@@ -489,9 +463,9 @@ def _trainable(spec: dict):
 
 def _storage(spec: dict) -> tuple[Any, str]:
     """(pyarrow filesystem or None, path) of the Tune storage under the sweep directory."""
-    uri = io.join(spec["dir"], "tune")
-    if io.is_s3(uri):
-        return io.pyarrow_fs(uri)
+    uri = storage.join(spec["dir"], "tune")
+    if storage.is_s3(uri):
+        return storage.pyarrow_fs(uri)
     return None, uri
 
 
@@ -505,44 +479,9 @@ def _check_same_sweep(spec: dict, saved: dict) -> None:
 
 def run_sweep(spec: dict, resume: bool = False, log=print) -> tuple[list[dict], int]:
     """Run (or resume) the Tune experiment, then write the tables; returns (rows, number of errored trials)."""
-    from ray import tune
-
-    fs, storage = _storage(spec)
-    exp_path = f"{storage.rstrip('/')}/{spec['name']}"
-    exp_uri = io.join(spec["dir"], "tune", spec["name"])
-    spec_uri = io.join(spec["dir"], "sweep.json")
-    plain = json.loads(json.dumps(spec))
     # Trials must see the working directory the paths were written for, not their Tune trial directory.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    if resume:
-        if not io.exists(spec_uri):
-            raise ConfigError(f"--resume: no sweep was started in {spec['dir']} ({spec_uri} is missing); run "
-                              "without --resume to start it.")
-        _check_same_sweep(plain, io.read_json(spec_uri))
-        # with a custom (S3) filesystem Tune wants the path without its scheme, as _storage returns it
-        if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-            raise ConfigError(f"--resume: no Tune experiment to restore at {exp_uri}; run without --resume.")
-        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_errored=True,
-                                   storage_filesystem=fs)
-    else:
-        if io.exists(spec_uri):
-            raise ConfigError(f"{spec['dir']} already holds a sweep: add --resume to continue it (finished trials "
-                              "are kept), or choose another sweep.dir / delete that directory to start over.")
-        io.makedirs(spec["dir"])
-        io.write_json_atomic(spec_uri, plain)
-        tuner = tune.Tuner(
-            _trainable(spec),
-            param_space=_tune_params(spec["grid"]),
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=spec["max_concurrent_trials"] or None,
-                trial_name_creator=lambda t: trial_name(_values_from_params(t.config, spec["grid"])),
-                trial_dirname_creator=lambda t: trial_name(_values_from_params(t.config, spec["grid"])),
-            ),
-            run_config=tune.RunConfig(
-                name=spec["name"], storage_path=storage, storage_filesystem=fs, verbose=1,
-                failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),
-            ),
-        )
+    tuner = _restored_tuner(spec) if resume else _new_tuner(spec)
     started = time.perf_counter()
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
@@ -555,35 +494,66 @@ def run_sweep(spec: dict, resume: bool = False, log=print) -> tuple[list[dict], 
     return rows, len(errors)
 
 
+def _restored_tuner(spec: dict):
+    """Tuner.restore of the sweep's experiment, after checking the sweep file is the one it started with."""
+    from ray import tune
+
+    fs, path = _storage(spec)
+    spec_uri = storage.join(spec["dir"], "sweep.json")
+    if not storage.exists(spec_uri):
+        raise ConfigError(f"--resume: no sweep was started in {spec['dir']} ({spec_uri} is missing); run "
+                          "without --resume to start it.")
+    _check_same_sweep(json.loads(json.dumps(spec)), storage.read_json(spec_uri))
+    exp_path = f"{path.rstrip('/')}/{spec['name']}"  # with an S3 filesystem Tune wants the path without scheme
+    if not tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        raise ConfigError(f"--resume: no Tune experiment to restore at "
+                          f"{storage.join(spec['dir'], 'tune', spec['name'])}; run without --resume.")
+    return tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_errored=True, storage_filesystem=fs)
+
+
+def _new_tuner(spec: dict):
+    from ray import tune
+
+    spec_uri = storage.join(spec["dir"], "sweep.json")
+    if storage.exists(spec_uri):
+        raise ConfigError(f"{spec['dir']} already holds a sweep: add --resume to continue it (finished trials "
+                          "are kept), or choose another sweep.dir / delete that directory to start over.")
+    storage.makedirs(spec["dir"])
+    storage.write_json_atomic(spec_uri, json.loads(json.dumps(spec)))
+    fs, path = _storage(spec)
+    name_of = lambda t: trial_name(_values_from_params(t.config, spec["grid"]))  # noqa: E731
+    return tune.Tuner(
+        _trainable(spec),
+        param_space=_tune_params(spec["grid"]),
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec["max_concurrent_trials"] or None,
+                                    trial_name_creator=name_of, trial_dirname_creator=name_of),
+        run_config=tune.RunConfig(name=spec["name"], storage_path=path, storage_filesystem=fs, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=spec["max_failures"])),
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ray_al.sweep", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 3)[3], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="section.key=value, applied to the base config")
-    parser.add_argument("--config", required=True, help="sweep YAML (see configs/sweep_digits.yaml)")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny data, one epoch, two rounds per trial")
+    parser = experiment_parser("python -m ray_al.sweep", __doc__.split("\n\n")[0], __doc__.split("\n", 3)[3],
+                               config_help="sweep YAML (see configs/sweep_digits.yaml)", config_required=True)
     parser.add_argument("--resume", action="store_true", help="continue the sweep in its sweep.dir (Tuner.restore)")
     return parser.parse_intermixed_args(argv)  # overrides may come before and after flags
 
 
+def sweep(args: argparse.Namespace) -> int:
+    from ray_al.ray_utils import init_ray
+
+    spec = load_spec(args.config, args.overrides, smoke=args.smoke_test)
+    init_ray(config_mod.from_dict(spec["base"]).run.ray_num_cpus)
+    n = len(combinations(spec["grid"]))
+    print(f"sweep '{spec['name']}': {n} trials ({' x '.join(f'{k}[{len(v)}]' for k, v in spec['grid'].items())})"
+          f" in {spec['dir']}", flush=True)
+    _rows, errors = run_sweep(spec, resume=args.resume)
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ray_al.cycle import BudgetError
-    from ray_al.data.pool import PoolError
-
     args = parse_args(argv)
-    try:
-        spec = load_spec(args.config, args.overrides, smoke=args.smoke_test)
-        from ray_al.ray_utils import init_ray
-
-        init_ray(config_mod.from_dict(spec["base"]).run.ray_num_cpus)
-        n = len(combinations(spec["grid"]))
-        print(f"sweep '{spec['name']}': {n} trials ({' x '.join(f'{k}[{len(v)}]' for k, v in spec['grid'].items())})"
-              f" in {spec['dir']}", flush=True)
-        _rows, errors = run_sweep(spec, resume=args.resume)
-        return 1 if errors else 0
-    except (ConfigError, PoolError, BudgetError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: sweep(args))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Ray Train plumbing: `train_loop_per_worker` and the `TorchTrainer` that runs it.
+"""Ray Train plumbing: the driver builds a `TrainSpec` and a `TorchTrainer` (`fit`); every worker runs
+`train_loop_per_worker`, which reads the spec's typed fields.
 
 The loop itself is ray_al.trainloop (plain PyTorch); this module only moves data into workers, wraps the
 model for DDP, and checkpoints at the end of epochs through `ray.train.report` so a lost worker
@@ -7,7 +8,7 @@ model for DDP, and checkpoints at the end of epochs through `ray.train.report` s
 epoch checkpoints younger than that (0 = every epoch); epochs longer than it checkpoint every time, and
 the last epoch always does.
 
-Data placement (`sharding`):
+Data placement (`fit(sharding=...)`):
 * the labeled set is replicated to every worker (it is small) and sliced per global batch, so CE batches
   are those of one worker with N times the batch, and no label is lost to uneven shards;
 * "split" (default): the SSL pool is a Ray Data shard per worker (`streaming_split`), which scales to
@@ -18,7 +19,6 @@ Data placement (`sharding`):
 """
 from __future__ import annotations
 
-import io as _pyio
 import logging
 import os
 import signal
@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ray_al import trainloop
 from ray_al.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
+from ray_al.models import convert_sync_batchnorm
+from ray_al.models.weights import build_learner, learner_kwargs, state_from_bytes, state_to_bytes
 
 CHECKPOINT_FILE = "state.pt"
 SHARDING = ("split", "replicate")
@@ -39,6 +42,53 @@ SHARDING = ("split", "replicate")
 # and MoBY/MoCo queues are filled with keys gathered in rank order, so they are equal on every rank;
 # broadcasting two 4096 x 256 queues every forward would cost more than the step on a small model.
 DDP_KWARGS = {"broadcast_buffers": False}
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test/chaos drill: SIGKILL rank `rank` at (epoch, step), once (the `marker` file remembers).
+
+    The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
+    Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
+    """
+
+    epoch: int
+    marker: str
+    step: int = 0
+    rank: int = 0
+    delay_s: float = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class TrainSpec:
+    """Everything a training worker reads, built in the driver by `train_spec` and passed as
+    train_loop_config={"spec": ...}. Batch sizes are per worker."""
+
+    learner: dict  # JointLearner kwargs (ray_al.models.weights.learner_kwargs)
+    seed: int
+    epochs: int
+    batch_size: int
+    unlabeled_batch_size: int
+    lr: float
+    optimizer: str
+    lr_schedule: str
+    momentum: float
+    weight_decay: float
+    milestones: tuple[float, ...]
+    ssl_weight: float
+    use_ce: bool
+    use_ssl: bool
+    has_unlabeled: bool  # SSL reads the pool too, not only the labeled images
+    head_only: bool
+    sync_bn: bool
+    checkpoint_every_s: float
+    sharding: str
+    desc: str
+    progress: bool
+    labeled_ids: np.ndarray  # sorted
+    labeled_labels: np.ndarray  # aligned with labeled_ids
+    init_state: bytes | None = None  # weights to start from (state_to_bytes)
+    fault_injection: FaultInjection | None = None
 
 
 @dataclass
@@ -50,49 +100,61 @@ class TrainOutcome:
     nodes: list = field(default_factory=list)  # node id of each rank, in rank order
 
 
-def ssl_defaults(method: str, spec: PoolSpec) -> dict:
-    """Options we set on top of the papers' defaults; explicit train.ssl_options win.
-
-    * single-channel pools (the built-in digits, handwriting, scans): no horizontal flips in the views,
-      since a mirrored glyph is another glyph or none (colour pools keep the papers' flips);
-    * barlow_twins: the loss starts near proj_dim (512), far above the CE it is added to, so it is scaled
-      by 1/32 as in the first Barlow Twins reference code (`scale-loss`); without it SGD at lr 0.05
-      diverges in the first steps of the joint objective.
-    """
-    if method == "none":
-        return {}
-    out: dict = {}
-    if spec.channels == 1:
-        out["flip"] = False
-    if method == "barlow_twins":
-        out["scale"] = 1.0 / 32.0
-    return out
+def load_checkpoint(directory: str) -> dict:
+    """A checkpoint written by a worker (`TrainState.checkpoint`): tensors and plain types only."""
+    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
 
 
-def learner_kwargs(cfg: Config, spec: PoolSpec, method: str | None = None) -> dict:
-    method = cfg.train.method if method is None else method
-    return {
-        "backbone": cfg.model.backbone, "num_classes": spec.num_classes, "in_channels": spec.channels,
-        "image_size": spec.image_size, "mean": tuple(spec.mean), "std": tuple(spec.std),
-        "ssl": method, "ssl_options": {**ssl_defaults(method, spec), **dict(cfg.train.ssl_options)},
-        "dropout": cfg.model.dropout,
-    }
+# ----------------------------------------------------------------------------- in the workers
 
 
-def build_learner(kwargs: dict) -> torch.nn.Module:
-    from ray_al.models import JointLearner
+def train_loop_per_worker(config: dict) -> dict:
+    """Runs in every Ray Train worker: load the data, train, report metrics + a checkpoint when due.
+    Returns (rank 0's becomes Result.return_value) this attempt's per-epoch history and the placement."""
+    import ray
+    import ray.train
 
-    return JointLearner(**kwargs)
+    spec: TrainSpec = config["spec"]
+    _quiet_train_logs()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    nodes = _all_gather_strings(ray.get_runtime_context().get_node_id(), world)
+    objective, learner = _prepare_model(spec, world)
+    data = _load_data(spec)
+    plan = _epoch_plan(spec, data, rank, world)
+    optimizer, scheduler = trainloop.make_optimizer(
+        learner.trainable_parameters(), spec.lr, spec.momentum, spec.weight_decay, plan.n_steps * spec.epochs,
+        spec.milestones, spec.optimizer, spec.lr_schedule)
+    state = trainloop.TrainState(objective, learner, optimizer, scheduler)
+    start_epoch = _restore(state)
+    history = _run_epochs(spec, plan, state, data, start_epoch)
+    return {"history": history, "nodes": nodes, "start_epoch": start_epoch}
 
 
-def state_to_bytes(state: dict) -> bytes:
-    buf = _pyio.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
+def _quiet_train_logs() -> None:
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per checkpoint
+    try:  # Train v2 logs every report at INFO under a logger named by its file path
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
 
 
-def state_from_bytes(data: bytes) -> dict:
-    return torch.load(_pyio.BytesIO(data), map_location="cpu", weights_only=True)
+def _prepare_model(spec: TrainSpec, world: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(objective wrapped for DDP by Ray Train, the learner inside it)."""
+    import ray.train.torch
+
+    torch.manual_seed(spec.seed)  # same initial weights and queues on every rank
+    learner = build_learner(spec.learner)
+    if spec.init_state is not None:
+        learner.load_state_dict(state_from_bytes(spec.init_state), strict=False)
+    trainloop.freeze_unused(learner, spec.head_only, spec.use_ce, spec.use_ssl)
+    if world > 1 and spec.sync_bn:  # global-batch BN (works on gloo/CPU, unlike torch's SyncBatchNorm)
+        learner = convert_sync_batchnorm(learner)
+    objective = ray.train.torch.prepare_model(trainloop.JointObjective(learner),
+                                              parallel_strategy_kwargs=dict(DDP_KWARGS))
+    return objective, (objective.module if hasattr(objective, "module") else objective).learner
 
 
 def _collect(name: str, labels_by_id: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,39 +178,116 @@ def _collect(name: str, labels_by_id: dict | None) -> tuple[np.ndarray, np.ndarr
     return ids_a, pix_a, labels
 
 
-def _freeze_unused(learner: torch.nn.Module, head_only: bool, use_ce: bool, use_ssl: bool) -> None:
-    """Parameters no loss touches take no gradient: DDP (find_unused_parameters=False) would wait for
-    their gradients forever, and the optimiser should not decay them."""
-    if head_only:  # linear evaluation on frozen pre-trained features
-        for p in learner.parameters():
-            p.requires_grad_(False)
-        for p in learner.classifier.parameters():
-            p.requires_grad_(True)
-        return
-    if not use_ce:
-        for p in learner.classifier.parameters():
-            p.requires_grad_(False)
-    if not use_ssl and learner.ssl is not None:
-        for p in learner.ssl.parameters():
-            p.requires_grad_(False)
+def _load_data(spec: TrainSpec) -> trainloop.TrainTensors:
+    """The labeled set (when CE is on) and this worker's SSL pool rows (when SSL reads the pool)."""
+    none = (np.zeros(0, np.int64), np.zeros((0, 1, 1, 1), dtype=np.uint8), np.zeros(0, np.int64))
+    labels_by_id = dict(zip(spec.labeled_ids.tolist(), spec.labeled_labels.tolist()))
+    lid, lx, ly = _collect("labeled", labels_by_id) if spec.use_ce else none
+    uid, ux, _ = _collect("unlabeled", None) if spec.use_ssl and spec.has_unlabeled else none
+    return trainloop.TrainTensors(
+        torch.from_numpy(lx), torch.from_numpy(ly.astype(np.int64)), torch.from_numpy(ux),
+        labeled_keys=torch.from_numpy(trainloop.ids_to_keys(lid)),
+        unlabeled_keys=torch.from_numpy(trainloop.ids_to_keys(uid)),
+    )
 
 
-def _fault_hook(config: dict, epoch: int, rank: int):
-    """Test/chaos hook: SIGKILL this worker at (epoch, step) on one rank, once (a marker file remembers).
+def _epoch_plan(spec: TrainSpec, data: trainloop.TrainTensors, rank: int, world: int) -> trainloop.EpochPlan:
+    import ray.train.torch
 
-    It first waits `delay_s` so the controller has collected the previous epoch's report (Ray Train
-    polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
-    """
-    fault = config.get("fault_injection")
-    if not fault or fault["epoch"] != epoch or fault.get("rank", 0) != rank:
+    device = ray.train.torch.get_device()
+    ssl_global = spec.sharding == "replicate" or world == 1
+    n_ssl = len(data.ssl_source(world, rank, ssl_global)[0]) if spec.use_ssl else 0
+    n_steps = trainloop.steps_per_epoch(len(data.labeled_x), n_ssl, spec.batch_size, spec.unlabeled_batch_size,
+                                        spec.use_ssl, world=world, ssl_global=ssl_global, ce=spec.use_ce)
+    if world > 1 and not ssl_global:  # every rank must take the same number of steps or DDP hangs
+        n_steps = _max_across_ranks(n_steps, device)
+    return trainloop.EpochPlan(
+        seed=spec.seed, epochs=spec.epochs, n_steps=n_steps, batch_size=spec.batch_size,
+        unlabeled_batch_size=spec.unlabeled_batch_size, ssl_weight=spec.ssl_weight, use_ssl=spec.use_ssl,
+        use_ce=spec.use_ce, rank=rank, world=world, ssl_global=ssl_global, device=device)
+
+
+def _restore(state: trainloop.TrainState) -> int:
+    """The first epoch to train: 0, or the one after the checkpoint Ray Train restored (a restarted
+    worker group, or a rerun with the same storage and name)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0
+    with checkpoint.as_directory() as d:
+        return state.restore(load_checkpoint(d))
+
+
+def _run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.TrainState,
+                data: trainloop.TrainTensors, start_epoch: int) -> list[dict]:
+    bar = _progress_bar(spec, plan.rank, start_epoch)
+    history = []
+    last_checkpoint = time.monotonic()
+    for epoch in range(start_epoch, spec.epochs):
+        metrics = _train_epoch(spec, plan, state, data, epoch, start_epoch)
+        if bar is not None:
+            bar.update(1)
+            bar.set_description(f"{spec.desc} loss {metrics['loss']:.3f}")
+        started = time.perf_counter()
+        if _checkpoint_due(last_checkpoint, spec.checkpoint_every_s, epoch == spec.epochs - 1, plan.world,
+                           plan.device):
+            _report(metrics, state, epoch, plan.rank)
+            last_checkpoint = time.monotonic()
+        history.append({**metrics, "report_seconds": time.perf_counter() - started})
+    if bar is not None:
+        bar.close()
+        sys.stdout.flush()  # the close travels as a stdout line: send it before the worker exits
+    return history
+
+
+def _train_epoch(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.TrainState,
+                 data: trainloop.TrainTensors, epoch: int, start_epoch: int) -> dict:
+    torch.manual_seed((spec.seed * 7919 + epoch) * 1009 + plan.rank)  # dropout: same after a resume
+    started = time.perf_counter()
+    metrics = trainloop.train_epoch(state, data, plan, epoch,
+                                    on_step=_fault_hook(spec.fault_injection, epoch, plan.rank))
+    if plan.world > 1:
+        metrics = _reduce_metrics(metrics, plan.device)
+    metrics.update(epoch=epoch, start_epoch=start_epoch, steps=plan.n_steps, threads=torch.get_num_threads(),
+                   train_seconds=time.perf_counter() - started)
+    return metrics
+
+
+def _report(metrics: dict, state: trainloop.TrainState, epoch: int, rank: int) -> None:
+    """ray.train.report with rank 0's checkpoint; collective, so every rank calls it."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            torch.save(state.checkpoint(epoch), os.path.join(tmp, CHECKPOINT_FILE))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _progress_bar(spec: TrainSpec, rank: int, start_epoch: int):
+    if rank != 0 or not spec.progress:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=spec.epochs, desc=spec.desc)
+    if start_epoch:
+        bar.update(start_epoch)
+    return bar
+
+
+def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
+    """The `on_step` callback of the epoch and rank `fault` names (None elsewhere)."""
+    if fault is None or fault.epoch != epoch or fault.rank != rank:
         return None
 
     def on_step(step: int) -> None:
-        if step != fault.get("step", 0) or os.path.exists(fault["marker"]):
+        if step != fault.step or os.path.exists(fault.marker):
             return
-        with open(fault["marker"], "w") as f:
+        with open(fault.marker, "w") as f:
             f.write(f"killed rank {rank} pid {os.getpid()} at epoch {epoch} step {step}\n")
-        time.sleep(float(fault.get("delay_s", 5.0)))
+        time.sleep(float(fault.delay_s))
         os.kill(os.getpid(), signal.SIGKILL)
 
     return on_step
@@ -191,110 +330,74 @@ def _reduce_metrics(metrics: dict, device) -> dict:
     return {**metrics, **out}
 
 
-def train_loop_per_worker(config: dict) -> dict:
-    """Runs in every Ray Train worker: load the data, train, report metrics + a checkpoint each epoch.
-    Returns (rank 0's becomes Result.return_value) this attempt's per-epoch history and the placement."""
-    import ray
-    import ray.train
-    import ray.train.torch
-    from ray.experimental.tqdm_ray import tqdm
+# ----------------------------------------------------------------------------- in the driver
 
-    from ray_al import trainloop
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per checkpoint
-    try:  # Train v2 logs every report at INFO under a logger named by its file path
-        from ray.train.v2._internal.execution import context as _train_context
+def train_spec(
+    cfg: Config,
+    pool: PoolSpec,
+    *,
+    labeled_ids: np.ndarray,
+    labeled_labels: np.ndarray,
+    seed: int,
+    epochs: int,
+    use_ce: bool = True,
+    use_ssl: bool | None = None,
+    ssl_on_pool: bool = True,
+    head_only: bool = False,
+    init_state: dict | None = None,
+    method: str | None = None,
+    desc: str = "train",
+    sharding: str = "split",
+    fault_injection: FaultInjection | dict | None = None,
+    progress: bool = True,
+) -> TrainSpec:
+    """The workers' spec from the config, the pool and one run's arguments, checked.
 
-        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    nodes = _all_gather_strings(ray.get_runtime_context().get_node_id(), world)
-    torch.manual_seed(config["seed"])  # same initial weights and queues on every rank
-    learner = build_learner(config["learner"])
-    if config.get("init_state") is not None:
-        learner.load_state_dict(state_from_bytes(config["init_state"]), strict=False)
-    _freeze_unused(learner, config["head_only"], config["use_ce"], config["use_ssl"])
-    if world > 1 and config["sync_bn"]:  # global-batch BN (works on gloo/CPU, unlike torch's SyncBatchNorm)
-        from ray_al.models import convert_sync_batchnorm
-
-        learner = convert_sync_batchnorm(learner)
-    objective = ray.train.torch.prepare_model(trainloop.JointObjective(learner),
-                                              parallel_strategy_kwargs=dict(DDP_KWARGS))
-    learner = (objective.module if hasattr(objective, "module") else objective).learner
-    device = ray.train.torch.get_device()
-
-    labels_by_id = dict(zip(config["labeled_ids"], config["labeled_labels"]))
-    empty = np.zeros((0, 1, 1, 1), dtype=np.uint8)
-    no_ids = np.zeros(0, np.int64)
-    lid, lx, ly = _collect("labeled", labels_by_id) if config["use_ce"] else (no_ids, empty, no_ids)
-    uid, ux, _ = (_collect("unlabeled", None) if config["use_ssl"] and config["has_unlabeled"]
-                  else (no_ids, empty, None))
-    data = trainloop.TrainTensors(
-        torch.from_numpy(lx), torch.from_numpy(ly.astype(np.int64)), torch.from_numpy(ux),
-        labeled_keys=torch.from_numpy(trainloop.ids_to_keys(lid)),
-        unlabeled_keys=torch.from_numpy(trainloop.ids_to_keys(uid)),
+    use_ssl: None = whether `method` (default train.method) is an SSL method; ssl_on_pool=False keeps SSL
+    on the labeled images. init_state: weights to start from. sharding: "split" | "replicate" (module
+    docstring). fault_injection: kills one worker once (tests and failure drills; `FaultInjection`).
+    """
+    method = cfg.train.method if method is None else method
+    use_ssl = (method != "none") if use_ssl is None else use_ssl
+    if use_ssl and method == "none":
+        raise ValueError("use_ssl=True needs an SSL method (train.method), not 'none'.")
+    if sharding not in SHARDING:
+        raise ConfigError(f"sharding='{sharding}' is not valid; choose one of {', '.join(SHARDING)}.")
+    if isinstance(fault_injection, dict):
+        fault_injection = FaultInjection(**fault_injection)
+    t = cfg.train
+    order = np.argsort(np.asarray(labeled_ids), kind="stable")
+    return TrainSpec(
+        learner=learner_kwargs(cfg, pool, method), seed=int(seed), epochs=int(epochs), batch_size=t.batch_size,
+        unlabeled_batch_size=t.unlabeled_batch_size,
+        # pre-training (SSL only, no labels) may have its own lr, as the SSL papers tune it separately
+        lr=t.pretrain_lr if not use_ce and t.pretrain_lr > 0 else t.lr, optimizer=t.optimizer,
+        lr_schedule=t.lr_schedule, momentum=t.momentum, weight_decay=t.weight_decay,
+        milestones=tuple(t.milestones), ssl_weight=t.ssl_weight, use_ce=use_ce, use_ssl=use_ssl,
+        has_unlabeled=use_ssl and ssl_on_pool, head_only=head_only, sync_bn=t.sync_bn,
+        checkpoint_every_s=t.checkpoint_every_s, sharding=sharding, desc=desc, progress=progress,
+        labeled_ids=np.asarray(labeled_ids)[order], labeled_labels=np.asarray(labeled_labels)[order],
+        init_state=state_to_bytes(init_state) if init_state is not None else None,
+        fault_injection=fault_injection,
     )
-    ssl_global = config["sharding"] == "replicate" or world == 1
-    n_ssl = len(data.ssl_source(world, rank, ssl_global)[0]) if config["use_ssl"] else 0
-    n_steps = trainloop.steps_per_epoch(len(lx), n_ssl, config["batch_size"], config["unlabeled_batch_size"],
-                                        config["use_ssl"], world=world, ssl_global=ssl_global, ce=config["use_ce"])
-    if world > 1 and not ssl_global:  # every rank must take the same number of steps or DDP hangs
-        n_steps = _max_across_ranks(n_steps, device)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    optimizer, scheduler = trainloop.make_optimizer(params, config["lr"], config["momentum"],
-                                                    config["weight_decay"], n_steps * config["epochs"],
-                                                    tuple(config["milestones"]), config["optimizer"],
-                                                    config["lr_schedule"])
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
-        learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-    bar = tqdm(total=config["epochs"], desc=config["desc"]) if rank == 0 and config["progress"] else None
-    if bar is not None and start_epoch:
-        bar.update(start_epoch)
-    history = []
-    last_checkpoint = time.monotonic()
-    for epoch in range(start_epoch, config["epochs"]):
-        torch.manual_seed((config["seed"] * 7919 + epoch) * 1009 + rank)  # dropout: same after a resume
-        started = time.perf_counter()
-        metrics = trainloop.train_epoch(
-            objective, learner, optimizer, scheduler, data, epoch=epoch, epochs=config["epochs"],
-            seed=config["seed"], rank=rank, batch_size=config["batch_size"],
-            unlabeled_batch_size=config["unlabeled_batch_size"], ssl_weight=config["ssl_weight"],
-            use_ssl=config["use_ssl"], use_ce=config["use_ce"], n_steps=n_steps, device=device,
-            world=world, ssl_global=ssl_global, on_step=_fault_hook(config, epoch, rank),
-        )
-        if world > 1:
-            metrics = _reduce_metrics(metrics, device)
-        metrics.update(epoch=epoch, start_epoch=start_epoch, steps=n_steps, threads=torch.get_num_threads(),
-                       train_seconds=time.perf_counter() - started)
-        if bar is not None:
-            bar.update(1)
-            bar.set_description(f"{config['desc']} loss {metrics['loss']:.3f}")
-        started = time.perf_counter()
-        if _checkpoint_due(last_checkpoint, config["checkpoint_every_s"], epoch == config["epochs"] - 1,
-                           world, device):
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    torch.save({"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "epoch": epoch},
-                               os.path.join(tmp, CHECKPOINT_FILE))
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
-            last_checkpoint = time.monotonic()
-        history.append({**metrics, "report_seconds": time.perf_counter() - started})
-    if bar is not None:
-        bar.close()
-        sys.stdout.flush()  # the close travels as a stdout line: send it before the worker exits
-    return {"history": history, "nodes": nodes, "start_epoch": start_epoch}
+
+
+def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> TrainOutcome:
+    """Train with Ray Train's TorchTrainer. Rerunning with the same storage_uri/name resumes from the last
+    epoch checkpoint (Ray Train restores the run's checkpoint snapshot).
+
+    run: the keywords of `train_spec` (labeled_ids=, labeled_labels=, seed=, epochs=, use_ce=, use_ssl=,
+    ssl_on_pool=, head_only=, init_state=, method=, desc=, sharding=, fault_injection=, progress=).
+    """
+    job = train_spec(cfg, spec, **run)
+    workers = max(1, cfg.train.num_workers)
+    n_ssl = spec.pool_rows if job.has_unlabeled else len(job.labeled_ids) if job.use_ce else 0
+    _check_sizes(len(job.labeled_ids), n_ssl, workers, job.batch_size, job.use_ce, job.use_ssl)
+    trainer = _trainer(cfg, job, _datasets(cfg, spec, job, workers), storage_uri, name, workers)
+    started = time.perf_counter()
+    result = trainer.fit()
+    return _outcome(result, name, time.perf_counter() - started)
 
 
 def _check_sizes(n_labeled: int, n_ssl: int, workers: int, batch_size: int, use_ce: bool, use_ssl: bool) -> None:
@@ -309,6 +412,25 @@ def _check_sizes(n_labeled: int, n_ssl: int, workers: int, batch_size: int, use_
                          "workers (at least 2 each): use a larger pool or fewer workers.")
 
 
+def _datasets(cfg: Config, pool: PoolSpec, job: TrainSpec, workers: int) -> dict:
+    """Decoded Ray Datasets: "labeled" (CE) and "unlabeled" (the pool without them, when SSL reads it)."""
+    from ray_al.data.reader import decoded, pool_columns, read_split
+
+    def read(**ids):
+        return decoded(read_split(pool.pool_uri, columns=pool_columns(pool), **ids), pool, cfg.data.on_corrupt)
+
+    datasets = {}
+    if job.use_ce:
+        datasets["labeled"] = read(include_ids=job.labeled_ids)
+    if job.has_unlabeled:
+        datasets["unlabeled"] = read(exclude_ids=job.labeled_ids if job.use_ce else None)
+    if _cpu_starved(workers, cfg.train.cpus_per_worker):
+        # Decode now, while the CPUs are free: once the workers hold them all, Ray Data's read tasks
+        # would wait forever for a CPU. The workers keep their data in memory anyway.
+        datasets = {k: ds.materialize() for k, ds in datasets.items()}
+    return datasets
+
+
 def _cpu_starved(workers: int, cpus_per_worker: float) -> bool:
     """True when the training workers would hold every CPU, leaving Ray Data none to read and decode."""
     import ray
@@ -316,83 +438,14 @@ def _cpu_starved(workers: int, cpus_per_worker: float) -> bool:
     return ray.cluster_resources().get("CPU", 0.0) - workers * cpus_per_worker < 1.0
 
 
-def fit(
-    cfg: Config,
-    spec: PoolSpec,
-    *,
-    labeled_ids: np.ndarray,
-    labeled_labels: np.ndarray,
-    storage_uri: str,
-    name: str,
-    seed: int,
-    epochs: int,
-    use_ce: bool = True,
-    use_ssl: bool | None = None,
-    ssl_on_pool: bool = True,
-    head_only: bool = False,
-    init_state: dict | None = None,
-    method: str | None = None,
-    desc: str = "train",
-    sharding: str | None = None,
-    fault_injection: dict | None = None,
-    progress: bool = True,
-) -> TrainOutcome:
-    """Train with Ray Train's TorchTrainer. Rerunning with the same storage_uri/name resumes from the last
-    epoch checkpoint (Ray Train restores the run's checkpoint snapshot).
-
-    sharding: "split" | "replicate" (module docstring); None reads `cfg.train.sharding` if the config has
-    it, else "split". fault_injection: {"epoch", "step", "rank", "marker", "delay_s"} kills that worker
-    once (tests and failure drills; see `_fault_hook`).
-    """
+def _trainer(cfg: Config, job: TrainSpec, datasets: dict, storage_uri: str, name: str, workers: int):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ray_al.data.reader import decoded, pool_columns, read_split
-
-    method = cfg.train.method if method is None else method
-    use_ssl = (method != "none") if use_ssl is None else use_ssl
-    if use_ssl and method == "none":
-        raise ValueError("use_ssl=True needs an SSL method (train.method), not 'none'.")
-    sharding = sharding or getattr(cfg.train, "sharding", "split")
-    if sharding not in SHARDING:
-        raise ConfigError(f"sharding='{sharding}' is not valid; choose one of {', '.join(SHARDING)}.")
-    workers = max(1, cfg.train.num_workers)
-    labeled_ids = np.asarray(labeled_ids)
-    has_unlabeled = use_ssl and ssl_on_pool
-    n_ssl = (len(labeled_ids) if use_ce else 0) + (spec.pool_rows - (len(labeled_ids) if use_ce else 0)
-                                                    if has_unlabeled else 0)
-    _check_sizes(len(labeled_ids), n_ssl, workers, cfg.train.batch_size, use_ce, use_ssl)
-    datasets = {}
-    if use_ce:
-        datasets["labeled"] = decoded(read_split(spec.pool_uri, columns=pool_columns(spec), include_ids=labeled_ids),
-                                      spec, cfg.data.on_corrupt)
-    if has_unlabeled:
-        datasets["unlabeled"] = decoded(read_split(spec.pool_uri, columns=pool_columns(spec),
-                                                   exclude_ids=labeled_ids if use_ce else None),
-                                        spec, cfg.data.on_corrupt)
-    if _cpu_starved(workers, cfg.train.cpus_per_worker):
-        # Decode now, while the CPUs are free: once the workers hold them all, Ray Data's read tasks
-        # would wait forever for a CPU. The workers keep their data in memory anyway.
-        datasets = {k: ds.materialize() for k, ds in datasets.items()}
-    order = np.argsort(labeled_ids, kind="stable")
-    config = {
-        "learner": learner_kwargs(cfg, spec, method), "seed": seed, "epochs": epochs,
-        "batch_size": cfg.train.batch_size, "unlabeled_batch_size": cfg.train.unlabeled_batch_size,
-        # pre-training (SSL only, no labels) may have its own lr, as the SSL papers tune it separately
-        "lr": cfg.train.pretrain_lr if not use_ce and cfg.train.pretrain_lr > 0 else cfg.train.lr,
-        "optimizer": cfg.train.optimizer, "lr_schedule": cfg.train.lr_schedule, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay,
-        "milestones": list(cfg.train.milestones), "ssl_weight": cfg.train.ssl_weight,
-        "use_ce": use_ce, "use_ssl": use_ssl, "has_unlabeled": has_unlabeled, "head_only": head_only,
-        "sync_bn": cfg.train.sync_bn, "checkpoint_every_s": cfg.train.checkpoint_every_s, "desc": desc,
-        "sharding": sharding, "progress": progress,
-        "labeled_ids": labeled_ids[order].tolist(), "labeled_labels": np.asarray(labeled_labels)[order].tolist(),
-        "init_state": state_to_bytes(init_state) if init_state is not None else None,
-        "fault_injection": fault_injection,
-    }
     fs, path = _storage(storage_uri)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={"spec": job},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
@@ -406,24 +459,26 @@ def fit(
         datasets=datasets,
         # the labeled set goes whole to every worker (global batches); the pool is split unless replicated
         dataset_config=ray.train.DataConfig(
-            datasets_to_split=["unlabeled"] if sharding == "split" and "unlabeled" in datasets else []),
+            datasets_to_split=["unlabeled"] if job.sharding == "split" and "unlabeled" in datasets else []),
     )
-    started = time.perf_counter()
-    result = trainer.fit()
+
+
+def _outcome(result, name: str, seconds: float) -> TrainOutcome:
+    """The final weights (last checkpoint), last metrics and rank 0's history from a Ray Train Result."""
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{name}' finished without a checkpoint; see the worker logs above.")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+        state = load_checkpoint(d)
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     ret = result.return_value or {}
-    return TrainOutcome(state_dict=state["model"], metrics=metrics, seconds=time.perf_counter() - started,
+    return TrainOutcome(state_dict=state["model"], metrics=metrics, seconds=seconds,
                         history=list(ret.get("history", [])), nodes=list(ret.get("nodes", [])))
 
 
 def _storage(uri: str):
     """Ray Train storage: (filesystem, path). Local paths must be absolute; S3 keeps our endpoint."""
-    from ray_al import io
+    from ray_al import storage
 
-    if io.is_s3(uri):
-        return io.pyarrow_fs(uri)
+    if storage.is_s3(uri):
+        return storage.pyarrow_fs(uri)
     return None, os.path.abspath(uri)

@@ -16,7 +16,6 @@ Determinism and data-parallel equivalence:
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -26,36 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
+from ray_al.augment import to_model_input
+from ray_al.ids import id_keys, splitmix64
 
 # ----------------------------------------------------------------------------- per-sample keys and seeds
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrap-around arithmetic is the point)."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return x ^ (x >> np.uint64(31))
-
-
 def ids_to_keys(ids: np.ndarray) -> np.ndarray:
     """Stable int64 key per record id (int or string ids; same id -> same key in every process)."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind in "iu":
-        return _splitmix64(ids.astype(np.int64).view(np.uint64)).view(np.int64)
-    # Python's hash() is salted per process; blake2b is not.
-    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little", signed=True)
-                        for i in ids.tolist()), dtype=np.int64, count=len(ids))
+    return id_keys(ids).view(np.int64)
 
 
 def view_seeds(keys: torch.Tensor, seed: int, epoch: int, step: int) -> torch.Tensor:
     """(B,) int64 augmentation seeds: hash of (sample key, run seed, epoch, global step in the epoch)."""
     mix = ((int(seed) * 1_000_003 + int(epoch)) * 1_000_033 + int(step)) & 0x7FFFFFFFFFFFFFFF
-    salt = _splitmix64(np.array([mix], dtype=np.int64).view(np.uint64))
-    mixed = _splitmix64(keys.numpy().view(np.uint64) ^ salt)
+    salt = splitmix64(np.array([mix], dtype=np.int64).view(np.uint64))
+    mixed = splitmix64(keys.numpy().view(np.uint64) ^ salt)
     return torch.from_numpy(mixed.view(np.int64))
 
 
@@ -67,7 +52,7 @@ class TrainTensors:
     """One worker's data, sorted by id: uint8 images (N, H, W, C), int64 labels, int64 per-sample keys.
 
     labeled_*: the whole labeled set (every rank holds it). unlabeled_*: the SSL pool without the labeled
-    images: all of it (global) or this rank's Ray Data shard (local), see `train_epoch(ssl_global=...)`.
+    images: all of it (global) or this rank's Ray Data shard (local), see `EpochPlan.ssl_global`.
     """
 
     labeled_x: torch.Tensor
@@ -100,12 +85,6 @@ class TrainTensors:
             self._ssl_cache.clear()
             self._ssl_cache[key] = (torch.cat([x for x, _ in parts]), torch.cat([k for _, k in parts]))
         return self._ssl_cache[key]
-
-
-def to_model_input(pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]; models normalise internally. The permuted view
-    keeps channels-last memory, which CPU convolutions run about 30% faster than a contiguous NCHW copy."""
-    return pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -170,6 +149,23 @@ def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 1009 + rank + stream * 7_919_000)
 
 
+def freeze_unused(learner: nn.Module, head_only: bool, use_ce: bool, use_ssl: bool) -> None:
+    """Parameters no loss touches take no gradient: DDP (find_unused_parameters=False) would wait for
+    their gradients forever, and the optimiser should not decay them."""
+    if head_only:  # linear evaluation on frozen pre-trained features
+        for p in learner.parameters():
+            p.requires_grad_(False)
+        for p in learner.classifier.parameters():
+            p.requires_grad_(True)
+        return
+    if not use_ce:
+        for p in learner.classifier.parameters():
+            p.requires_grad_(False)
+    if not use_ssl and learner.ssl is not None:
+        for p in learner.ssl.parameters():
+            p.requires_grad_(False)
+
+
 class JointObjective(nn.Module):
     """CE(labeled) + ssl_weight * SSL(labeled + unlabeled) in one forward, so DDP sees every parameter use
     through its own forward (gradients of both losses are averaged across workers in one all-reduce)."""
@@ -192,82 +188,97 @@ class JointObjective(nn.Module):
         return ce + ssl_weight * ssl, ce.detach(), ssl.detach()
 
 
-def train_epoch(
-    objective: nn.Module,
-    learner: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    data: TrainTensors,
-    *,
-    epoch: int,
-    epochs: int,
-    seed: int,
-    rank: int,
-    batch_size: int,
-    unlabeled_batch_size: int,
-    ssl_weight: float,
-    use_ssl: bool,
-    use_ce: bool = True,
-    n_steps: int,
-    device: torch.device | str = "cpu",
-    world: int = 1,
-    ssl_global: bool = True,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """One epoch. `objective` is a JointObjective (or its DDP wrapper) around `learner`.
+@dataclass(frozen=True)
+class EpochPlan:
+    """What each epoch of one worker needs: seeds, sizes (per-rank batches) and its place in the group."""
 
-    batch_size / unlabeled_batch_size are per rank; the labeled stream is global (see the module
-    docstring), the SSL stream global when `ssl_global`. Returns mean losses and the images this rank fed
-    through the model (`images`: labeled + SSL inputs, before views).
-    """
-    objective.train()
-    labeled = None
-    if use_ce and len(data.labeled_x):
-        labeled = _cycling_batches(len(data.labeled_x), batch_size, epoch_generator(seed, epoch, 0, 0), world, rank)
-    ssl_x = ssl_keys = unlabeled = None
-    if use_ssl:
-        ssl_x, ssl_keys = data.ssl_source(world, rank, ssl_global)
-        gen = epoch_generator(seed, epoch, 0 if ssl_global else rank, 1)
-        unlabeled = _cycling_batches(len(ssl_x), unlabeled_batch_size, gen, *((world, rank) if ssl_global else (1, 0)))
+    seed: int
+    epochs: int
+    n_steps: int
+    batch_size: int
+    unlabeled_batch_size: int
+    ssl_weight: float
+    use_ssl: bool
+    use_ce: bool = True
+    rank: int = 0
+    world: int = 1
+    ssl_global: bool = True  # the SSL stream is global (every rank holds all of it) or this rank's shard
+    device: torch.device | str = "cpu"
+
+
+@dataclass
+class TrainState:
+    """A learner in training: its objective (a JointObjective, maybe DDP-wrapped), optimiser and schedule."""
+
+    objective: nn.Module
+    learner: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def checkpoint(self, epoch: int) -> dict:
+        """Plain tensors, numbers and containers: loads with torch.load(weights_only=True)."""
+        return {"model": self.learner.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": epoch}
+
+    def restore(self, checkpoint: dict) -> int:
+        """Load a `checkpoint()`; returns the epoch to continue from."""
+        self.learner.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        return checkpoint["epoch"] + 1
+
+
+def _streams(data: TrainTensors, plan: EpochPlan, epoch: int) -> tuple[Iterator | None, tuple | None]:
+    """The epoch's labeled index batches and (SSL rows, their keys, index batches); None where unused."""
+    labeled = ssl = None
+    if plan.use_ce and len(data.labeled_x):
+        gen = epoch_generator(plan.seed, epoch, 0, 0)
+        labeled = _cycling_batches(len(data.labeled_x), plan.batch_size, gen, plan.world, plan.rank)
+    if plan.use_ssl:
+        ssl_x, ssl_keys = data.ssl_source(plan.world, plan.rank, plan.ssl_global)
+        gen = epoch_generator(plan.seed, epoch, 0 if plan.ssl_global else plan.rank, 1)
+        split = (plan.world, plan.rank) if plan.ssl_global else (1, 0)
+        ssl = (ssl_x, ssl_keys, _cycling_batches(len(ssl_x), plan.unlabeled_batch_size, gen, *split))
+    return labeled, ssl
+
+
+def _next_inputs(data: TrainTensors, labeled, ssl, plan: EpochPlan, epoch: int, step: int) -> tuple:
+    """(x_labeled, y_labeled, x_ssl, view seeds, images) of one step, on the plan's device."""
+    x_l = y_l = x_u = seeds = None
+    images = 0
+    if labeled is not None:
+        idx = next(labeled)
+        x_l, y_l = to_model_input(data.labeled_x[idx], plan.device), data.labeled_y[idx].to(plan.device)
+        images += len(idx)
+    if ssl is not None:
+        ssl_x, ssl_keys, batches = ssl
+        idx = next(batches)
+        x_u = to_model_input(ssl_x[idx], plan.device)
+        seeds = view_seeds(ssl_keys[idx], plan.seed, epoch, step).to(plan.device)
+        images += len(idx)
+    return x_l, y_l, x_u, seeds, images
+
+
+def train_epoch(state: TrainState, data: TrainTensors, plan: EpochPlan, epoch: int,
+                on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """One epoch of `plan.n_steps` steps. Returns mean losses and the images this rank fed through the
+    model (`images`: labeled + SSL inputs, before views). `on_step(step)` runs after each step."""
+    state.objective.train()
+    labeled, ssl = _streams(data, plan, epoch)
     totals = {"loss": 0.0, "ce": 0.0, "ssl": 0.0}
     images = 0
-    for step in range(n_steps):
-        x_l = y_l = x_u = seeds = None
-        if labeled is not None:
-            idx = next(labeled)
-            x_l, y_l = to_model_input(data.labeled_x[idx], device), data.labeled_y[idx].to(device)
-            images += len(idx)
-        if unlabeled is not None:
-            idx = next(unlabeled)
-            x_u = to_model_input(ssl_x[idx], device)
-            seeds = view_seeds(ssl_keys[idx], seed, epoch, step).to(device)
-            images += len(idx)
-        loss, ce, ssl = objective(x_l, y_l, x_u, ssl_weight, None, seeds)
-        optimizer.zero_grad(set_to_none=True)
+    for step in range(plan.n_steps):
+        x_l, y_l, x_u, seeds, n = _next_inputs(data, labeled, ssl, plan, epoch, step)
+        images += n
+        loss, ce, ssl_loss = state.objective(x_l, y_l, x_u, plan.ssl_weight, None, seeds)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        learner.on_train_step_end((epoch * n_steps + step + 1) / max(epochs * n_steps, 1))
+        state.optimizer.step()
+        state.scheduler.step()
+        state.learner.on_train_step_end((epoch * plan.n_steps + step + 1) / max(plan.epochs * plan.n_steps, 1))
         totals["loss"] += float(loss.detach())
         totals["ce"] += float(ce)
-        totals["ssl"] += float(ssl)
+        totals["ssl"] += float(ssl_loss)
         if on_step is not None:
             on_step(step)
-    out = {k: v / n_steps for k, v in totals.items()}
-    out["images"] = images
-    return out
-
-
-@torch.no_grad()
-def predict(learner: nn.Module, pixels: torch.Tensor, batch_size: int = 512, device="cpu",
-            dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, d), probs (N, C)) in eval mode."""
-    learner.eval()
-    feats, probs = [], []
-    for start in range(0, len(pixels), batch_size):
-        x = to_model_input(pixels[start:start + batch_size], device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-            logits, f = learner(x)
-        feats.append(f.float().cpu())
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(feats).numpy(), torch.cat(probs).numpy()
+    return {**{k: v / plan.n_steps for k, v in totals.items()}, "images": images}

@@ -6,7 +6,7 @@ Use from a conftest with ``from tests.s3server import *`` or ``pytest_plugins = 
 * ``s3_server`` (session): starts the server once, creates a bucket, yields an object with
   ``.endpoint`` (``http://127.0.0.1:<port>``), ``.bucket``, ``.region`` and ``.uri(*parts)``. It sets
   dummy AWS credentials in the environment only if none are set (moto accepts any) and restores them.
-* ``s3`` (function): the same object with ``ray_al.io.configure_s3`` pointed at it for the test, and
+* ``s3`` (function): the same object with ``ray_al.storage.configure_s3`` pointed at it for the test, and
   the previous S3 settings restored afterwards.
 """
 from __future__ import annotations
@@ -86,14 +86,14 @@ def s3_server():
 
 @pytest.fixture
 def s3(s3_server, monkeypatch):
-    """``s3_server`` with ray_al.io configured to use it for this test only."""
-    from ray_al import io
+    """``s3_server`` with ray_al.storage configured to use it for this test only."""
+    from ray_al import storage
 
-    saved = dict(io._explicit)
+    saved = dict(storage._explicit)
     for k in ("RAY_AL_S3_ENDPOINT", "AWS_REGION"):
         monkeypatch.setenv(k, os.environ.get(k, ""))  # monkeypatch restores these afterwards
-    io.configure_s3(s3_server.endpoint, s3_server.region)
+    storage.configure_s3(s3_server.endpoint, s3_server.region)
     try:
         yield s3_server
     finally:
-        io.configure_s3(saved["endpoint"], saved["region"])
+        storage.configure_s3(saved["endpoint"], saved["region"])

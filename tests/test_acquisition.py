@@ -19,6 +19,8 @@ from scipy.stats import entropy as scipy_entropy
 
 import ray_al.acquisition as acq
 from ray_al.acquisition import ACQUISITIONS, PoolView, needs, score, select, top_k
+from ray_al.config import Config
+from ray_al.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +61,7 @@ def permuted(view: PoolView, perm: np.ndarray) -> PoolView:
 EXPECTED = {
     "random", "balanced", "entropy", "margin", "least_confidence", "variation_ratio",
     "committee_vote_entropy", "committee_kl", "weibull", "badge", "kcenter",
+    "typiclust", "probcover",
     "entropy_kcenter", "margin_kcenter", "least_confidence_kcenter", "weibull_kcenter",
 }  # fmt: skip
 
@@ -68,12 +71,14 @@ def test_registry_has_every_method() -> None:
 
 
 def test_unknown_method_lists_valid_names() -> None:
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UnknownNameError, match="unknown acquisition method 'entropyy'.*Set select.method") as err:
         select("entropyy", make_view(), 3)
     for name in EXPECTED:
         assert name in str(err.value)
     with pytest.raises(KeyError):
         ACQUISITIONS["nope"]
+    with pytest.raises(ValueError, match="valid: .*kcenter"):
+        acq.get("nope")
 
 
 def test_unknown_option_is_an_error_naming_valid_options() -> None:
@@ -399,6 +404,19 @@ def test_hybrid_is_kcenter_among_the_top_scores(base: str) -> None:
     by_option = select("kcenter", view, k, prefilter=base, prefilter_factor=factor, prefilter_options=opts)
     assert by_name.tolist() == ref.tolist()
     assert by_option.tolist() == ref.tolist()
+
+
+def test_one_prefilter_factor_default() -> None:
+    """entropy_kcenter and kcenter with prefilter=entropy are one algorithm, so they share one default
+    factor: the config's (what the round loop passes) and the acquisition constant (the hybrids' own)."""
+    assert Config().select.prefilter_factor == acq.PREFILTER_FACTOR == 10
+    view, k = make_view(n=150, d=5), 6
+    by_name = select("entropy_kcenter", view, k)
+    assert select("kcenter", view, k, prefilter="entropy").tolist() == by_name.tolist()
+    by_config = select("kcenter", view, k, prefilter="entropy", prefilter_factor=Config().select.prefilter_factor)
+    assert by_config.tolist() == by_name.tolist()
+    # the factor matters on this view: a smaller one picks other points
+    assert select("kcenter", view, k, prefilter="entropy", prefilter_factor=4).tolist() != by_name.tolist()
 
 
 def test_prefilter_errors_and_badge_prefilter() -> None:

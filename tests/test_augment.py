@@ -20,6 +20,15 @@ GEOMS = [(1, 8), (3, 32)]
 KINDS = ["weak", "strong", "weak_strong", "byol"]
 
 
+def test_to_model_input_is_unit_float_nchw() -> None:
+    pixels = torch.randint(0, 256, (5, 6, 7, 3), dtype=torch.uint8)  # (B, H, W, C)
+    x = A.to_model_input(pixels)
+    assert x.shape == (5, 3, 6, 7) and x.dtype == torch.float32
+    ref = pixels.numpy().transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    assert np.array_equal(x.numpy(), ref)  # bitwise: the embedder and the trainer feed the same floats
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
 @pytest.mark.parametrize("c,s", GEOMS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_views_shape_range_dtype(kind: str, c: int, s: int) -> None:

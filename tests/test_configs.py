@@ -1,4 +1,4 @@
-"""The shipped configs/: every file loads with the strict loader, passes the cycle's checks, builds its
+"""The shipped configs/: every file loads with the strict loader, passes the round loop's checks, builds its
 learner, fits its labelling plan in the pool, and the paper protocols keep the papers' numbers."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from ray_al import config
 from ray_al.config import Config
-from ray_al.cycle import check_budget, check_config
+from ray_al.loop import check_budget, check_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -3,10 +3,10 @@
 One real smoke round 0 (`python -m ray_al.cycle --smoke-test al.rounds=0`: Ray Train, then Ray Data
 embedding of the pool) gives the embeddings; the committee methods get their own embedding pass (MC-dropout
 outputs are only computed when a method needs them); with `select.committee=heads` they run on the plain
-round-0 embeddings, the committee fitted at selection time. Each method then runs `Cycle._select_ids`, the code
-the cycle runs between embedding and labelling, and k-center over 2 Ray shard actors must pick what the
-single-process k-center picks. Training every method end to end is test_train's job; this covers the
-selection half without paying for a Ray Train run per method.
+round-0 embeddings, the committee fitted at selection time. Each method then runs `selection.select_ids`, the
+code the round loop runs between embedding and labelling, and k-center over 2 Ray shard actors must pick what
+the single-process k-center picks, undecodable rows left out on both paths. Training every method end to end
+is test_train's job; this covers the selection half without paying for a Ray Train run per method.
 """
 from __future__ import annotations
 
@@ -15,15 +15,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from ray_al import acquisition
 from ray_al import config as config_mod
-from ray_al.cycle import Cycle
 from ray_al.data.pool import PoolSpec
-from ray_al.embed import matrix, read_embeddings
+from ray_al.embeddings import matrix, read_embeddings, split_files
 from ray_al.ledger import Ledger
+from ray_al.loop import Cycle
 from ray_al.rundir import RunDir
+from ray_al.selection import select_ids
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["al.rounds=0", "al.initial_size=20", "al.budget=15"]
@@ -70,7 +74,7 @@ def committee_run(round0, ray_local, tmp_path_factory) -> Path:
 def selected(run_dir: Path, method: str, *overrides: str) -> tuple[list, Ledger, Cycle]:
     cyc = make_cycle(run_dir, f"select.method={method}", *overrides)
     ledger = Ledger.load(cyc.run.uri, id_type=cyc.spec.id_type).up_to_round(0)
-    ids = cyc._select_ids(cyc.run.round_uri(0, "embeddings"), ledger, K, 0)
+    ids = select_ids(cyc.cfg, cyc.run.round_uri(0, "embeddings"), ledger, K, 0)
     return ids, ledger, cyc
 
 
@@ -127,3 +131,19 @@ def test_committee_outputs_are_written_only_when_needed(round0, committee_run):
     assert abs(per_member.sum(axis=2) - 1).max() < 1e-4
     assert abs(per_member - per_member.mean(axis=1, keepdims=True)).max() > 1e-3, "members never disagree"
     assert sorted(plain.column("id").to_pylist()) == sorted(with_committee.column("id").to_pylist())
+
+
+def test_sharded_kcenter_never_selects_undecodable_images(round0, ray_local, tmp_path):
+    """The shard actors used to load the embedding files without the undecodable-row filter, so with
+    select.shards > 1 an image embedded as zero pixels could be sent to annotators."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(round0, run_dir)
+    picked, _, _ = selected(run_dir, "kcenter")
+    for f in split_files(str(run_dir / "rounds" / "0000" / "embeddings"), "unlabeled"):
+        table = pq.read_table(f)  # mark what k-center picked as undecodable
+        corrupt = pc.is_in(table.column("id"), value_set=pa.array(picked, table.schema.field("id").type))
+        pq.write_table(table.set_column(table.column_names.index("corrupt"), "corrupt", corrupt), f)
+    single, _, _ = selected(run_dir, "kcenter")
+    sharded, _, _ = selected(run_dir, "kcenter", "select.shards=2")
+    assert not set(sharded) & set(picked), "the shards selected undecodable images"
+    assert not set(single) & set(picked) and sharded == single

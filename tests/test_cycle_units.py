@@ -1,5 +1,5 @@
-"""Cycle pieces that need no Ray: zero-shot prefixes, budget and config checks, the heads committee in
-the select step, the results report."""
+"""Round-loop pieces that need no Ray: zero-shot prefixes, budget and config checks, the selection step
+(heads committee, undecodable rows, strategy options), training seeds, the results report and plot."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +10,12 @@ import pytest
 from ray_al import acquisition, config
 from ray_al.acquisition.heads import heads_committee_probs
 from ray_al.config import ConfigError
-from ray_al.cycle import BudgetError, Cycle, check_budget, check_config, embed_options, needs_committee
-from ray_al.embed import _fixed_list
+from ray_al.embeddings import fixed_list
 from ray_al.ledger import Ledger
+from ray_al.loop import BudgetError, check_budget, check_config
 from ray_al.report import area_under_curve, format_table, plot_learning_curves
-from ray_al.rundir import RunDir
 from ray_al.select import kcenter_greedy
+from ray_al.selection import embed_options, needs_committee, select_ids, zero_shot_prefix
 
 
 def test_zero_shot_budgets_are_prefixes_of_one_saved_order(tmp_path):
@@ -23,17 +23,17 @@ def test_zero_shot_budgets_are_prefixes_of_one_saved_order(tmp_path):
     feats = rng.normal(size=(60, 4)).astype(np.float32)
     seed_feats = rng.normal(size=(3, 4)).astype(np.float32)
     ids = np.arange(100, 160)
-    run = RunDir.create(str(tmp_path / "run"), {"num_classes": 2, "id_type": "int64"})
-    cyc = Cycle.__new__(Cycle)
-    cyc.run, cyc.seed = run, 0
-    table = pa.table({"id": pa.array(ids), "embedding": _fixed_list(feats)})
-    first = cyc._zero_shot_prefix(table, seed_feats, Ledger.empty("int64"), 5)
+    uri = str(tmp_path / "zero_shot_order.parquet")
+    probs = np.full((60, 2), 0.5, np.float32)
+    view = acquisition.PoolView(ids=ids, probs=probs, embeddings=feats, labeled_embeddings=seed_feats)
+    first = zero_shot_prefix(uri, view, Ledger.empty("int64"), 5, seed=0)
     expected = ids[kcenter_greedy(feats, 60, labeled_features=seed_feats)].tolist()
     assert first == expected[:5]
     # next round: labeled ids are skipped, the order is read back, not recomputed from new features
     ledger = Ledger.empty("int64").add(first, [0] * 5, 1, "query", num_classes=2)
-    shuffled = pa.table({"id": pa.array(ids[::-1]), "embedding": _fixed_list(feats[::-1] * 3)})
-    assert cyc._zero_shot_prefix(shuffled, seed_feats, ledger, 5) == expected[5:10]
+    shuffled = acquisition.PoolView(ids=ids[::-1], probs=probs, embeddings=feats[::-1] * 3,
+                                    labeled_embeddings=seed_feats)
+    assert zero_shot_prefix(uri, shuffled, ledger, 5, seed=0) == expected[5:10]
 
 
 def test_budget_larger_than_pool_is_refused():
@@ -80,10 +80,10 @@ def test_mc_dropout_passes_are_embedded_only_for_an_mc_dropout_committee(overrid
 
 def _write_split(root, split, ids, emb, probs, corrupt=None, committee=None):
     (root / f"split={split}").mkdir(parents=True)
-    columns = {"id": pa.array(ids), "embedding": _fixed_list(emb), "probs": _fixed_list(probs),
+    columns = {"id": pa.array(ids), "embedding": fixed_list(emb), "probs": fixed_list(probs),
                "corrupt": pa.array(corrupt if corrupt is not None else [False] * len(ids))}
     if committee is not None:
-        columns["committee"] = _fixed_list(committee)
+        columns["committee"] = fixed_list(committee)
     pq.write_table(pa.table(columns), root / f"split={split}" / "part-0.parquet")
 
 
@@ -105,24 +105,22 @@ def test_heads_committee_is_fitted_on_the_labeled_embeddings_in_the_select_step(
     _write_split(emb_dir, "unlabeled", unl_ids, unl_emb, probs, committee=stale)
     ledger = Ledger.empty("int64").add(np.append(lab_ids, 2000), np.append(lab_y, 0), 0, "initial", num_classes=3)
 
-    cyc = Cycle.__new__(Cycle)
-    cyc.cfg = config.load(None, ["select.method=committee_kl", "select.committee=heads", "select.committee_size=4",
-                                 "al.seed=3"])
-    cyc.seed = 3
-    chosen = cyc._select_ids(str(emb_dir), ledger, 6, 2)
+    cfg = config.load(None, ["select.method=committee_kl", "select.committee=heads", "select.committee_size=4",
+                             "al.seed=3"])
+    chosen = select_ids(cfg, str(emb_dir), ledger, 6, 2)
 
     expected_cp = heads_committee_probs(lab_emb, lab_y, unl_emb, 3, size=4, seed=3 * 1000 + 2, labeled_ids=lab_ids)
     view = acquisition.PoolView(ids=unl_ids, probs=probs, committee_probs=expected_cp)
     assert chosen == unl_ids[acquisition.select("committee_kl", view, 6)].tolist()
     assert acquisition.score("committee_kl", view).max() > 0  # a real committee, not the unanimous column
     # with mc_dropout the same step reads the embed-step column instead (unanimous: ties by ascending id)
-    cyc.cfg = config.replace(cyc.cfg, select={"committee": "mc_dropout"})
-    assert cyc._select_ids(str(emb_dir), ledger, 6, 2) == [0, 1, 2, 3, 4, 5]
+    cfg = config.replace(cfg, select={"committee": "mc_dropout"})
+    assert select_ids(cfg, str(emb_dir), ledger, 6, 2) == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_run_saved_before_a_key_existed_still_matches_its_config():
     from ray_al import config as config_mod
-    from ray_al.cycle import _same_config
+    from ray_al.loop import _same_config
 
     snapshot = config_mod.Config().to_dict()
     older = {s: dict(v) for s, v in snapshot.items()}
@@ -139,9 +137,156 @@ def test_a_run_saved_before_a_key_existed_still_matches_its_config():
 def test_bad_optimizer_or_schedule_is_refused_before_ray_starts():
     from ray_al import config as config_mod
     from ray_al.config import ConfigError
-    from ray_al.cycle import check_config
 
     for override, key in (("train.optimizer=lamb", "train.optimizer='lamb'"),
                           ("train.lr_schedule=poly", "train.lr_schedule='poly'")):
         with pytest.raises(ConfigError, match=key):
             check_config(config_mod.load(None, [override]))
+
+
+# ----------------------------------------------------------------------------- training seeds (defect 2)
+def test_train_seed_includes_the_seed_offset():
+    from ray_al.loop import train_seed
+
+    base = config.load(None, ["al.seed=2"])
+    assert [train_seed(base, r) for r in (None, 0, 3)] == [2, 2000, 2003]  # what runs have always used
+    seeds = {o: [train_seed(config.replace(base, train={"seed_offset": o}), r) for r in (None, 0, 1, 2)]
+             for o in (0, 1, 2)}
+    every = [s for v in seeds.values() for s in v]
+    assert len(set(every)) == len(every), seeds  # no offset reuses another's seed, nor another round's
+
+
+def _fake_fit(seeds: list):
+    from types import SimpleNamespace
+
+    def fit(cfg, spec, *, name, seed, **_kwargs):
+        seeds.append((name, seed))
+        return SimpleNamespace(state_dict={}, seconds=0.0, metrics={})
+    return fit
+
+
+GREY = ("pool", "test", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
+
+
+def test_train_seed_offset_reaches_training(tmp_path, monkeypatch):
+    """train.seed_offset used to be read by nobody: a sweep over it ran identical trials (std 0)."""
+    from ray_al.data.pool import PoolSpec
+    from ray_al.loop import Cycle
+    from ray_al.rundir import RunDir
+
+    got = {}
+    for offset in (0, 1):
+        seeds: list = []
+        monkeypatch.setattr("ray_al.train.fit", _fake_fit(seeds))
+        cfg = config.load(None, ["al.seed=2", "train.method=simsiam", "train.mode=pretrain",
+                                 f"train.seed_offset={offset}"])
+        run = RunDir.create(str(tmp_path / f"offset{offset}"), {"num_classes": 10, "id_type": "int64"})
+        cyc = Cycle(cfg, run, PoolSpec(*GREY), log=lambda _m: None)
+        cyc.train(1, Ledger.empty("int64"), cyc.pretrained_state())
+        got[offset] = seeds
+    assert got[0] == [("pretrain", 2), ("round_0001", 2001)]  # offset 0: the seeds of every earlier run
+    assert [n for n, _ in got[1]] == ["pretrain", "round_0001"]
+    assert not {s for _, s in got[1]} & {s for _, s in got[0]}
+
+
+def test_two_seed_offsets_train_two_models():
+    import torch
+
+    from ray_al.loop import train_seed
+    from tests.test_train import _run  # the pure training loop on a few digits
+
+    models = [_run("none", 1, seed=train_seed(config.load(None, [f"train.seed_offset={o}"]), 1))[0]
+              for o in (0, 1)]
+    assert not torch.equal(models[0].classifier.weight, models[1].classifier.weight)
+
+
+# ----------------------------------------------------------------------------- plots of s3 runs (defect 4)
+def test_concurrent_s3_runs_keep_their_own_learning_curves(s3, monkeypatch):
+    """Runs on s3:// used to draw to one fixed /tmp/learning_curve.png before the upload, so a run finishing
+    meanwhile (a sweep trial on the same node) replaced the other's plot."""
+    import uuid
+
+    from ray_al import report, storage
+    from ray_al.loop import finish
+    from ray_al.rundir import RunDir
+
+    runs = {}
+    for name, acc in (("a", 0.2), ("b", 0.9)):
+        uri = s3.uri(f"plots-{uuid.uuid4().hex[:8]}-{name}")
+        runs[name] = RunDir.create(uri, {"num_classes": 2, "id_type": "int64"})
+        for r in range(2):
+            runs[name].commit_round(r, {"round": r, "labels": 10 * (r + 1), "accuracy": acc + 0.05 * r, "seconds": {},
+                                        "dataset": name, "method": "none", "mode": "joint", "select": "kcenter"})
+    draw = report.plot_learning_curves
+
+    def b_finishes_meanwhile(rows, path, **kwargs):
+        out = draw(rows, path, **kwargs)
+        if rows[0]["dataset"] == "a":  # run a has drawn its plot and not uploaded it yet
+            finish(runs["b"], log=lambda _m: None)
+        return out
+
+    monkeypatch.setattr(report, "plot_learning_curves", b_finishes_meanwhile)
+    finish(runs["a"], log=lambda _m: None)
+    png = {n: storage.read_bytes(storage.join(run.uri, "learning_curve.png")) for n, run in runs.items()}
+    assert all(p[:8] == b"\x89PNG\r\n\x1a\n" for p in png.values())
+    assert png["a"] != png["b"], "run a uploaded run b's plot"
+
+
+# ----------------------------------------------------------------------------- the selection step
+def test_strategy_input_drops_undecodable_rows_for_every_path(tmp_path):
+    from ray_al.selection import ShardFiles, strategy_input
+
+    emb_dir = tmp_path / "embeddings"
+    rng = np.random.default_rng(0)
+    _write_split(emb_dir, "labeled", np.array([100, 101, 102]), rng.normal(size=(3, 4)).astype(np.float32),
+                 np.full((3, 2), 0.5, np.float32), corrupt=[False, True, False])
+    _write_split(emb_dir, "unlabeled", np.arange(10), rng.normal(size=(10, 4)).astype(np.float32),
+                 np.full((10, 2), 0.5, np.float32), corrupt=[i in (3, 7) for i in range(10)])
+    labels = {100: 0, 101: 1, 102: 1}
+    for overrides in ([], ["select.zero_shot=true"], ["select.method=committee_kl", "select.committee=heads",
+                                                       "select.committee_size=2"]):
+        view = strategy_input(config.load(None, overrides), str(emb_dir), labels, 0)
+        assert view.ids.tolist() == [0, 1, 2, 4, 5, 6, 8, 9] and view.embeddings.shape == (8, 4)
+        assert view.labeled_labels.tolist() == [0, 1] and view.labeled_embeddings.shape == (2, 4)
+    shards = strategy_input(config.load(None, ["select.shards=2"]), str(emb_dir), labels, 0)
+    assert isinstance(shards, ShardFiles) and shards.n == 8 and shards.labeled_embeddings.shape == (2, 4)
+    assert [f.rsplit("/", 1)[-1] for f in shards.files] == ["part-0.parquet"]  # the unlabeled split only
+    assert "split=unlabeled" in shards.files[0]
+
+
+def test_budget_above_the_decodable_unlabeled_rows_is_refused(tmp_path):
+    emb_dir = tmp_path / "embeddings"
+    _write_split(emb_dir, "unlabeled", np.arange(4), np.eye(4, dtype=np.float32), np.full((4, 2), 0.5, np.float32),
+                 corrupt=[False, True, False, False])
+    for overrides in ([], ["select.shards=2"]):
+        with pytest.raises(BudgetError, match="al.budget=4 is larger than the 3 unlabeled images"):
+            select_ids(config.load(None, overrides), str(emb_dir), Ledger.empty("int64"), 4, 0)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["select.method=entropy_kcenter", "select.prefilter_factor=7"], {"prefilter_factor": 7}),
+    (["select.method=kcenter", "select.prefilter_factor=7"], {"prefilter_factor": 7}),
+    (["select.method=kcenter", "select.prefilter=margin"], {"prefilter": "margin", "prefilter_factor": 10}),
+    (["select.method=entropy"], {}),
+])
+def test_every_strategy_that_takes_a_prefilter_factor_gets_the_configured_one(overrides, expected):
+    from ray_al.selection import strategy_options
+
+    assert strategy_options(config.load(None, overrides)) == expected
+
+
+@pytest.mark.parametrize(("override", "names"), [
+    ("model.backbone=resnet19", ["model.backbone", "resnet18", "small_cnn"]),
+    ("train.method=mobi", ["train.method", "moby", "none"]),
+    ("select.method=entropyy", ["select.method", "entropy", "kcenter"]),
+    ("select.prefilter=kcenter", ["select.prefilter", "entropy", "margin"]),
+])
+def test_unknown_names_are_config_errors_naming_the_key_and_the_valid_names(override, names):
+    with pytest.raises(ConfigError) as err:
+        check_config(config.load(None, [override]))
+    assert all(n in str(err.value) for n in names), str(err.value)
+
+
+def test_a_prefilter_needs_a_method_that_takes_one():
+    with pytest.raises(ConfigError, match="select.method=entropy takes no pre-filter"):
+        check_config(config.load(None, ["select.method=entropy", "select.prefilter=margin"]))

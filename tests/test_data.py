@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import io
+from ray_al import storage
 from ray_al.config import DataConfig
 from ray_al.data import builtin
 from ray_al.data.images import CorruptImageError, decode_batch, decode_one
@@ -41,6 +41,40 @@ def test_prepare_cifar10_subsample(tmp_path, cifar_parquet):
     assert spec.class_names[0] == "airplane" and spec.has_labels
     ids = pq.read_table(spec.pool_uri).column("id").to_pylist()
     assert len(set(ids)) == 300
+
+
+def test_prepare_user_parquet_infers_shape_stats_and_classes(tmp_path, cifar_parquet):
+    rows = _cifar_rows(cifar_parquet, 30)
+    pool, test, bad_test = tmp_path / "pool.parquet", tmp_path / "test.parquet", tmp_path / "unlabeled.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(20)], "image": rows.column("image").slice(0, 20)}), pool)
+    test_rows = rows.slice(20, 10)
+    pq.write_table(pa.table({"id": list(range(10)), "image": test_rows.column("image"),
+                             "label": test_rows.column("label")}), test)
+    spec = prepare(DataConfig(dataset="parquet", pool=str(pool), test=str(test)), str(tmp_path / "run"), seed=0)
+    assert (spec.pool_uri, spec.test_uri) == (str(pool), str(test))  # used in place
+    assert (spec.image_size, spec.channels, spec.id_type, spec.pool_rows) == (32, 3, "string", 20)
+    assert not spec.has_labels
+    n = max(test_rows.column("label").to_pylist()) + 1  # no class list: the test labels say how many
+    assert spec.num_classes == n and spec.class_names == tuple(str(i) for i in range(n))
+    assert len(spec.mean) == len(spec.std) == 3 and all(0 < m < 1 for m in spec.mean)
+    pq.write_table(pa.table({"id": [1], "image": test_rows.column("image").slice(0, 1)}), bad_test)
+    with pytest.raises(PoolError, match="has no `label` column"):
+        prepare(DataConfig(dataset="parquet", pool=str(pool), test=str(bad_test)), str(tmp_path / "run"), seed=0)
+    with pytest.raises(PoolError, match="data.test is empty"):
+        prepare(DataConfig(dataset="parquet", pool=str(pool)), str(tmp_path / "run"), seed=0)
+
+
+def test_prepare_folder_ingests_once_into_the_run(tmp_path, cifar_parquet, ray_local):
+    rows = _cifar_rows(cifar_parquet, 30)
+    src = _image_folder(tmp_path / "train", rows.slice(0, 20))
+    test_src = _image_folder(tmp_path / "test", rows.slice(20))
+    cfg = DataConfig(dataset="folder", pool=str(src), test=str(test_src))
+    spec = prepare(cfg, str(tmp_path / "run"), seed=0)
+    assert spec.pool_uri == storage.join(str(tmp_path / "run"), "data", "pool") and spec.pool_rows == 20
+    assert spec.class_names == tuple(read_classes(spec.pool_uri)) and spec.num_classes == len(spec.class_names)
+    assert spec.id_type == "string" and (spec.image_size, spec.channels) == (32, 3)
+    again = prepare(cfg, str(tmp_path / "run"), seed=0)  # a resumed run: no second ingest (it would refuse)
+    assert again == spec
 
 
 def test_pool_without_id_is_refused(tmp_path):
@@ -89,7 +123,7 @@ def test_ingest_real_image_folder_keeps_bytes_and_labels(tmp_path, cifar_parquet
     src = _image_folder(tmp_path / "folder", rows)
     summary = ingest(str(src), str(tmp_path / "pool"))
     assert summary["images"] == 40
-    table = io.read_parquet(str(tmp_path / "pool"))
+    table = storage.read_parquet(str(tmp_path / "pool"))
     check_pool(str(tmp_path / "pool"))
     classes = read_classes(str(tmp_path / "pool"))
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows.to_pylist()}
@@ -104,9 +138,9 @@ def test_ingest_real_image_folder_keeps_bytes_and_labels(tmp_path, cifar_parquet
 def test_ingest_from_s3_folder(tmp_path, cifar_parquet, s3, ray_local):
     rows = _cifar_rows(cifar_parquet, 12)
     for row in rows.to_pylist():
-        io.write_bytes_atomic(s3.uri("imgs", row["label_name"], row["path"].rsplit("/", 1)[-1]), row["image"])
+        storage.write_bytes_atomic(s3.uri("imgs", row["label_name"], row["path"].rsplit("/", 1)[-1]), row["image"])
     ingest(s3.uri("imgs"), s3.uri("pool"))
-    table = io.read_parquet(s3.uri("pool"))
+    table = storage.read_parquet(s3.uri("pool"))
     assert table.num_rows == 12 and set(table.column("image").to_pylist()) == set(rows.column("image").to_pylist())
     with pytest.raises(FileNotFoundError):
         ingest(s3.uri("no-such-prefix"), str(tmp_path / "p"))
@@ -120,7 +154,7 @@ def test_ingest_cli(tmp_path, cifar_parquet):
     proc = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(src), str(tmp_path / "pool")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ingested 10 images" in proc.stdout and io.read_parquet(str(tmp_path / "pool")).num_rows == 10
+    assert "ingested 10 images" in proc.stdout and storage.read_parquet(str(tmp_path / "pool")).num_rows == 10
     bad = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(tmp_path / "missing"),
                           str(tmp_path / "p2")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not found" in bad.stderr

@@ -17,14 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ray_al import io
+from ray_al import storage
 from ray_al.acquisition import check_probabilities
 from ray_al.bench.embed import descendants
 from ray_al.data.images import decode_one, encode_png
 from ray_al.data.pool import PoolSpec
 from ray_al.data.reader import pool_columns, read_split
-from ray_al.embed import EmbedOptions, Embedder, embed_splits, matrix, read_embeddings, split_files
-from ray_al.train import build_learner, state_to_bytes
+from ray_al.embed import EmbedOptions, Embedder, embed_splits
+from ray_al.embeddings import matrix, read_embeddings, split_files
+from ray_al.models.weights import build_learner, state_to_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -108,8 +109,8 @@ def error_text(exc: BaseException) -> str:
 
 
 def write(table: pa.Table, uri: str, row_group: int | None = None) -> str:
-    if io.is_s3(uri):
-        io.write_parquet_atomic(uri, table)
+    if storage.is_s3(uri):
+        storage.write_parquet_atomic(uri, table)
     else:
         pq.write_table(table, uri, row_group_size=row_group)
     return uri
@@ -203,8 +204,8 @@ def test_committee_has_members_x_classes_and_ignores_batching(embedded: Embedded
     # the same ids through the Embedder in the driver, reversed and in batches of 7: same committee per id
     threads = torch.get_num_threads()
     try:
-        embedder = Embedder([ray_local.put(state_to_bytes(e.state))], e.kwargs, e.spec.to_dict(),
-                            EmbedOptions(batch_size=7, committee_size=e.committee).__dict__)
+        embedder = Embedder([ray_local.put(state_to_bytes(e.state))], e.kwargs, e.spec,
+                            EmbedOptions(batch_size=7, committee_size=e.committee))
         rows = e.pool.filter(pa.array([i not in e.labeled for i in ids_of(e.pool)]))
         rows = rows.take(pa.array(np.arange(rows.num_rows)[::-1]))
         parts = []
@@ -353,7 +354,7 @@ def test_pool_on_s3_gives_the_same_embeddings_as_local_disk(ray_local, s3, cifar
     few = table.slice(0, 48)
     uris = [s3.uri("embed-test", "images", f"{i}.jpg") for i in ids_of(few)]
     for u, data in zip(uris, few.column("image").to_pylist()):
-        io.write_bytes_atomic(u, data)
+        storage.write_bytes_atomic(u, data)
     paths_uri = write(pa.table({"id": few.column("id"), "path": pa.array(uris)}), str(tmp_path / "paths.parquet"))
     by_path = by_id(read_embeddings(
         embed_one(paths_uri, str(tmp_path / "paths_out"), make_spec(paths_uri, paths_uri, size, column="path"),

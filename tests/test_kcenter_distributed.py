@@ -33,15 +33,18 @@ def cluster():
     c.shutdown()
 
 
-def write_file(path, ids, x, fixed=True):
+def write_file(path, ids, x, fixed=True, corrupt=None):
     flat = pa.array(np.asarray(x, np.float32).ravel(), pa.float32())
     if fixed:
         emb = pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
     else:
         emb = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), flat)
     probs = np.full((len(ids), 10), 0.1, np.float32)
-    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "embedding": emb,
-                             "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), 10)}), path)
+    columns = {"id": pa.array(ids, pa.int64()), "embedding": emb,
+               "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), 10)}
+    if corrupt is not None:  # the embed step's flag for an image that did not decode
+        columns["corrupt"] = pa.array(np.asarray(corrupt, bool))
+    pq.write_table(pa.table(columns), path)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,26 @@ def test_bad_inputs_are_named(cluster, tmp_path):
         kcenter_select_distributed([a, c], 5, labeled_features=None, shards=1)
 
 
+def test_corrupt_rows_are_never_selected(cluster, tmp_path):
+    """An undecodable image (corrupt=True, embedded from zero pixels) must not reach the annotators through
+    the sharded path either: the shards drop those rows, the rest is the same selection as one process."""
+    rng = np.random.default_rng(5)
+    n = 400
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    ids = np.arange(5000, 5000 + n)
+    corrupt = np.zeros(n, bool)
+    corrupt[rng.choice(n, 12, replace=False)] = True
+    x[corrupt] += 40.0  # far from everything: k-center would pick them first
+    files = []
+    for i, (a, b) in enumerate([(0, 150), (150, 260), (260, 400)]):
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        write_file(files[-1], ids[a:b], x[a:b], fixed=(i != 1), corrupt=corrupt[a:b])
+    got, st = kcenter_select_distributed(files, 20, shards=2)
+    assert not set(got) & set(ids[corrupt].tolist())
+    assert got == ids[~corrupt][kcenter_greedy(x[~corrupt], 20)].tolist()
+    assert sum(st["rows_per_shard"]) == n - corrupt.sum()
+
+
 @pytest.fixture(scope="module")
 def cifar_round(tmp_path_factory, cifar_parquet):
     """Round 0 of a CIFAR-10 cycle (4,000-image pool, 200 labels, small CNN, 2 epochs), run as users run
@@ -138,7 +161,7 @@ def cifar_round(tmp_path_factory, cifar_parquet):
 def test_cifar10_cycle_embeddings_on_two_nodes_few_round_trips(cluster, cifar_round):
     """The issue's figure: on real embeddings (not synthetic clusters), 2 shards on 2 nodes pick exactly
     what one process picks, in at most k/5 driver-shard round trips, for the cycle's budget k=200."""
-    from ray_al.embed import matrix, read_embeddings, split_files
+    from ray_al.embeddings import matrix, read_embeddings, split_files
 
     k = 200
     unl = read_embeddings(cifar_round, "unlabeled", columns=["id", "embedding"])

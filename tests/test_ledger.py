@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import io
+from ray_al import storage
 from ray_al.ledger import Ledger, LedgerError
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
@@ -112,15 +112,15 @@ def test_commit_load_roundtrip(run_uri):
     assert l2.version == 2
     got = Ledger.load(run_uri)
     assert got.version == 2 and got.table.equals(l2.table)
-    assert io.listdir(io.join(run_uri, "ledger")) == ["MANIFEST.json", "ledger-000001.parquet",
+    assert storage.listdir(storage.join(run_uri, "ledger")) == ["MANIFEST.json", "ledger-000001.parquet",
                                                       "ledger-000002.parquet"]
     # the manifest describes the file independently of our reader
-    manifest = io.read_json(io.join(run_uri, "ledger", "MANIFEST.json"))
-    data = io.read_bytes(io.join(run_uri, "ledger", manifest["file"]))
+    manifest = storage.read_json(storage.join(run_uri, "ledger", "MANIFEST.json"))
+    data = storage.read_bytes(storage.join(run_uri, "ledger", manifest["file"]))
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest() and manifest["rows"] == 3
     assert pq.read_table(pa.BufferReader(data)).column("id").to_pylist() == [10, 11, 12]
     # the first version is untouched (never edited in place)
-    v1 = pq.read_table(pa.BufferReader(io.read_bytes(io.join(run_uri, "ledger", "ledger-000001.parquet"))))
+    v1 = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(run_uri, "ledger", "ledger-000001.parquet"))))
     assert v1.column("id").to_pylist() == [10, 11]
 
 
@@ -128,7 +128,7 @@ def test_interrupted_commit_is_ignored(run_uri):
     """Crash between writing the new parquet and swapping the manifest: load gives the previous state."""
     l1 = Ledger.empty("int64").add([1, 2], [0, 1], 0, "initial", num_classes=2).commit(run_uri)
     l2 = l1.add([3, 4], [1, 1], 1, "query", num_classes=2)
-    io.write_parquet_atomic(io.join(run_uri, "ledger", "ledger-000002.parquet"), l2.table)  # no manifest
+    storage.write_parquet_atomic(storage.join(run_uri, "ledger", "ledger-000002.parquet"), l2.table)  # no manifest
     got = Ledger.load(run_uri)
     assert got.version == 1 and got.ids.tolist() == [1, 2]
     # the resumed run redoes the step: the stray file is replaced by a proper commit
@@ -140,7 +140,7 @@ def test_tampered_file_is_detected(tmp_path):
     run = str(tmp_path / "run")
     Ledger.empty("int64").add([1, 2], [0, 1], 0, "initial", num_classes=2).commit(run)
     other = Ledger.empty("int64").add([1, 2], [1, 1], 0, "initial", num_classes=2)
-    io.write_parquet_atomic(io.join(run, "ledger", "ledger-000001.parquet"), other.table)
+    storage.write_parquet_atomic(storage.join(run, "ledger", "ledger-000001.parquet"), other.table)
     with pytest.raises(LedgerError, match="does not match its manifest"):
         Ledger.load(run)
 

@@ -39,7 +39,7 @@ def test_backbone_output_shape(name: str, c: int, s: int) -> None:
 
 
 def test_unknown_backbone_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"valid backbones: \['lenet', 'resnet18', 'small_cnn', 'vgg16_bn', 'wrn28_2'\]"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet50'; valid: lenet, resnet18, small_cnn, vgg16_bn, wrn28_2\. Set model\.backbone"):
         build_backbone("resnet50", 3, 32)
 
 
@@ -69,7 +69,7 @@ def test_mean_std_validation() -> None:
         JointLearner("small_cnn", 10, 3, 32, (0.5, 0.5), (0.2, 0.2, 0.2))
     with pytest.raises(ValueError, match="positive"):
         JointLearner("small_cnn", 10, 1, 8, (0.5,), (0.0,))
-    with pytest.raises(ValueError, match="valid methods"):
+    with pytest.raises(ValueError, match="unknown SSL method 'byol'; valid: none, barlow_twins"):
         JointLearner("small_cnn", 10, 1, 8, (0.5,), (0.2,), ssl="byol")
 
 
@@ -104,30 +104,6 @@ def test_state_dict_holds_the_encoder_once() -> None:
     assert len({id(p) for p in m.parameters()}) == len(list(m.parameters()))
     trainable = {id(p) for p in m.trainable_parameters()}
     assert not any(id(p) in trainable for p in m.ssl.encoder_k.parameters())
-    assert sum(len(g["params"]) for g in m.param_groups()) == len(trainable)
-
-
-def test_ssl_mode_of_forward_equals_ssl_loss() -> None:
-    a, b = _learner("simclr"), _learner("simclr")
-    x = torch.rand(6, 3, 32, 32)
-    views = (torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32))
-    torch.testing.assert_close(a(x, mode="ssl", views=views), b.ssl_loss(x, views=views))
-    with pytest.raises(ValueError, match="valid modes"):
-        a(x, mode="embed")
-
-
-def test_mc_dropout_and_head_helpers() -> None:
-    m = _learner(dropout=0.5).eval()
-    x = torch.rand(3, 3, 32, 32)
-    torch.testing.assert_close(m(x)[0], m(x)[0])
-    m.enable_mc_dropout()
-    assert not torch.allclose(m(x)[0], m(x)[0])
-    w = m.classifier.weight.clone()
-    m.reset_classifier()
-    assert not torch.equal(w, m.classifier.weight)
-    m.freeze_encoder()
-    assert all(not p.requires_grad for p in m.encoder.parameters())
-    assert {id(p) for p in m.trainable_parameters()} == {id(m.classifier.weight), id(m.classifier.bias)}
 
 
 def test_global_batchnorm_without_process_group_is_batchnorm() -> None:

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from ray_al import io
+from ray_al import storage
 from ray_al.ledger import Ledger
 from ray_al.oracle import (LabelImportError, OracleError, SimulatedOracle, export_queries, import_labels,
-                           load_image_bytes)
+                           load_image_bytes, query_uris, read_pool_rows)
 from ray_al.rundir import RunDir
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
@@ -55,7 +55,7 @@ def write_csv(path, rows, header=("id", "label")) -> str:
 
 
 def manifest_bytes(rd: RunDir) -> bytes:
-    return io.read_bytes(io.join(rd.uri, "ledger", "MANIFEST.json"))
+    return storage.read_bytes(storage.join(rd.uri, "ledger", "MANIFEST.json"))
 
 
 # ----------------------------------------------------------------------------- simulated oracle
@@ -100,7 +100,7 @@ def test_import_rejects_and_writes_nothing(tmp_path, rows, pattern):
         import_labels(rd, write_csv(tmp_path / "l.csv", rows))
     assert "nothing was imported" in str(ei.value)
     assert manifest_bytes(rd) == before
-    assert io.listdir(io.join(rd.uri, "ledger")) == ["MANIFEST.json", "ledger-000001.parquet"]
+    assert storage.listdir(storage.join(rd.uri, "ledger")) == ["MANIFEST.json", "ledger-000001.parquet"]
     assert not rd.is_done(1, "label") and rd.pending_query_round() == 1
 
 
@@ -154,7 +154,7 @@ def test_export_with_uris_then_import_the_filled_file(tmp_path):
 def test_export_image_bytes_from_pool(tmp_path):
     pool_uri = str(tmp_path / "pool.parquet")
     images = {i: _png(i) for i in range(1, 15)}
-    io.write_parquet_atomic(pool_uri, pa.table({"id": list(images), "image": list(images.values())}))
+    storage.write_parquet_atomic(pool_uri, pa.table({"id": list(images), "image": list(images.values())}))
     rd = make_run(str(tmp_path / "run"), pool_uri=pool_uri)
     got = load_image_bytes(rd.pool, [10, 12, 11])
     assert got == {10: images[10], 11: images[11], 12: images[12]}  # only the queried rows
@@ -169,6 +169,17 @@ def test_export_image_bytes_from_pool(tmp_path):
         export_queries(rd, out, image_bytes_by_id={10: images[10], 11: images[11]}, images_dir=idir)
 
 
+def test_query_uris_read_only_the_queried_rows(tmp_path):
+    pool_uri = str(tmp_path / "pool.parquet")
+    storage.write_parquet_atomic(pool_uri, pa.table({"id": ["x/1", "x/2", "y/3", "y/4"],
+                                                     "path": ["p1", "p2", "p3", "p4"]}))
+    assert query_uris(pool_uri, "path", ["y/3", "x/1"]) == ["p3", "p1"]  # in the order of the queries
+    assert query_uris(pool_uri, "image", ["y/3"]) == [None]  # bytes pools: the images are exported instead
+    assert read_pool_rows(pool_uri, ["y/3"], ["id", "path"]).to_pylist() == [{"id": "y/3", "path": "p3"}]
+    with pytest.raises(OracleError, match="no column"):
+        read_pool_rows(pool_uri, ["y/3"], ["id", "image"])
+
+
 # ----------------------------------------------------------------------------- CLI
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ray_al.label", *args], cwd=REPO, capture_output=True,
@@ -177,7 +188,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_export_import_status(tmp_path):
     pool_uri = str(tmp_path / "pool.parquet")
-    io.write_parquet_atomic(pool_uri, pa.table({"id": [10, 11, 12], "image": [_png(1), _png(2), _png(3)]}))
+    storage.write_parquet_atomic(pool_uri, pa.table({"id": [10, 11, 12], "image": [_png(1), _png(2), _png(3)]}))
     rd = make_run(str(tmp_path / "run"), pool_uri=pool_uri)
     out = str(tmp_path / "q.csv")
     p = cli("export", rd.uri, "--out", out, "--images-dir", str(tmp_path / "imgs"))
@@ -216,8 +227,8 @@ def test_cli_on_s3(s3, tmp_path):
     env_args = ["--s3-endpoint", s3.endpoint]
     p = cli("export", rd.uri, "--out", out, *env_args)
     assert p.returncode == 0, p.stderr
-    assert io.read_text(out).splitlines() == ["id,uri,label", "10,a,", "11,b,", "12,c,"]
-    io.write_text_atomic(out, "id,uri,label\n10,a,2\n11,b,airplane\n12,c,1\n")
+    assert storage.read_text(out).splitlines() == ["id,uri,label", "10,a,", "11,b,", "12,c,"]
+    storage.write_text_atomic(out, "id,uri,label\n10,a,2\n11,b,airplane\n12,c,1\n")
     p = cli("import", rd.uri, out, *env_args)
     assert p.returncode == 0, p.stderr
     assert Ledger.load(rd.uri).labels_by_id() == {1: 0, 2: 1, 10: 2, 11: 0, 12: 1}

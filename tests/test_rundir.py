@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from ray_al import io
+from ray_al import storage
 from ray_al.rundir import RunDir, RunDirError
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
@@ -23,7 +23,7 @@ def run_uri(request, tmp_path):
 
 def test_create_open_and_info(run_uri):
     rd = RunDir.create(run_uri, INFO)
-    stored = io.read_json(io.join(run_uri, "run.json"))
+    stored = storage.read_json(storage.join(run_uri, "run.json"))
     assert {k: v for k, v in stored.items() if k != "created"} == INFO and stored["created"]
     again = RunDir.open(run_uri)
     assert again.num_classes == 3 and again.class_names == ["cat", "dog", "eel"]
@@ -63,11 +63,11 @@ def test_open_missing_is_clear(run_uri):
 
 def test_round_uri_and_steps(run_uri):
     rd = RunDir.create(run_uri, INFO)
-    assert rd.round_uri(3, "steps", "x.json") == io.join(run_uri, "rounds", "0003", "steps", "x.json")
+    assert rd.round_uri(3, "steps", "x.json") == storage.join(run_uri, "rounds", "0003", "steps", "x.json")
     assert not rd.is_done(3, "train") and rd.step_payload(3, "train") is None
     rd.mark_done(3, "train", {"checkpoint": "c1", "acc": 0.5})
     assert rd.is_done(3, "train") and rd.step_payload(3, "train") == {"checkpoint": "c1", "acc": 0.5}
-    assert io.read_json(rd.round_uri(3, "steps", "train.json"))["step"] == "train"
+    assert storage.read_json(rd.round_uri(3, "steps", "train.json"))["step"] == "train"
     rd.mark_done(3, "embed", {})
     assert rd.done_steps(3) == ["embed", "train"]
     with pytest.raises(RunDirError, match="step name"):
@@ -86,15 +86,15 @@ def test_commit_results_and_jsonl_without_duplicates(run_uri):
     assert rd.committed_rounds() == [0, 1] and rd.is_round_committed(1) and not rd.is_round_committed(2)
     assert [row["round"] for row in rd.results()] == [0, 1]
     uri = rd.write_results_jsonl()
-    first = io.read_text(uri)
+    first = storage.read_text(uri)
     rd.write_results_jsonl()  # a resumed run regenerates: never appends twice
-    assert io.read_text(uri) == first
+    assert storage.read_text(uri) == first
     assert [json.loads(x)["num_labels"] for x in first.splitlines()] == [10, 20]
     with pytest.raises(RunDirError, match="committed"):
         rd.clear_round(1)
     rd.clear_round(2)
     assert rd.rounds() == [0, 1]
-    assert io.read_json(rd.round_uri(1, "MANIFEST.json"))["steps"] == ["train"]
+    assert storage.read_json(rd.round_uri(1, "MANIFEST.json"))["steps"] == ["train"]
 
 
 def test_queries_and_pending_round(run_uri):

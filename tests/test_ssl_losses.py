@@ -432,7 +432,7 @@ def test_ssl_loss_decreases_on_digits(method: str, digits: torch.Tensor) -> None
 
 def test_build_validates_names_and_options() -> None:
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16))
-    with pytest.raises(ValueError, match="valid methods: .*moby"):
+    with pytest.raises(ValueError, match="valid: none, .*moby.*Set train.method"):
         ssl.build("byol", enc, 16, 8, 1)
     with pytest.raises(ValueError, match="valid options: .*queue_size"):
         ssl.build("moby", enc, 16, 8, 1, queue=10)

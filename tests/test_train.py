@@ -86,12 +86,13 @@ def _run(method: str, epochs: int, seed: int = 0, ssl_options: dict | None = Non
     data = tl.TrainTensors(x[:24], y[:24], x[24:], torch.from_numpy(tl.ids_to_keys(np.arange(24))),
                            torch.from_numpy(tl.ids_to_keys(np.arange(24, 96))))
     n = tl.steps_per_epoch(24, 96, 8, 16, method != "none")
-    obj = tl.JointObjective(learner)
+    plan = tl.EpochPlan(seed=seed, epochs=epochs, n_steps=n, batch_size=8, unlabeled_batch_size=16, ssl_weight=1.0,
+                        use_ssl=method != "none")
     opt, sched = tl.make_optimizer(learner.trainable_parameters(), 0.05, 0.9, 5e-4, n * epochs, (0.6, 0.8))
+    state = tl.TrainState(tl.JointObjective(learner), learner, opt, sched)
     m = {}
     for e in range(epochs):
-        m = tl.train_epoch(obj, learner, opt, sched, data, epoch=e, epochs=epochs, seed=seed, rank=0, batch_size=8,
-                           unlabeled_batch_size=16, ssl_weight=1.0, use_ssl=method != "none", n_steps=n)
+        m = tl.train_epoch(state, data, plan, e)
     return learner, m
 
 
@@ -105,9 +106,61 @@ def test_train_epoch_is_deterministic_and_learns() -> None:
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
 
 
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "step"), ("adam", "cosine")])
+def test_checkpoint_loads_with_weights_only_and_resumes(tmp_path, optimizer: str, schedule: str) -> None:
+    """The worker's checkpoint holds only tensors and plain types (MultiStepLR's milestones Counter is on
+    torch's allow-list), so the driver and a restarted worker load it with weights_only=True."""
+    from ray_al.train import CHECKPOINT_FILE, load_checkpoint
+
+    def state() -> tl.TrainState:
+        torch.manual_seed(0)
+        learner = JointLearner("small_cnn", 10, 1, 8, (0.3,), (0.36,), ssl="moby", ssl_options={"queue_size": 64})
+        opt, sched = tl.make_optimizer(learner.trainable_parameters(), 0.05, 0.9, 5e-4, 12, (0.6, 0.8), optimizer,
+                                       schedule)
+        return tl.TrainState(tl.JointObjective(learner), learner, opt, sched)
+
+    x, y = _digits(48)
+    data = tl.TrainTensors(x[:16], y[:16], x[16:])
+    plan = tl.EpochPlan(seed=0, epochs=3, n_steps=2, batch_size=8, unlabeled_batch_size=16, ssl_weight=1.0,
+                        use_ssl=True)
+    a = state()
+    tl.train_epoch(a, data, plan, 0)
+    torch.save(a.checkpoint(0), tmp_path / CHECKPOINT_FILE)
+    b = state()
+    assert b.restore(load_checkpoint(str(tmp_path))) == 1
+    for s in (a, b):
+        torch.manual_seed(7)
+        tl.train_epoch(s, data, plan, 1)
+    for (k, va), vb in zip(a.learner.state_dict().items(), b.learner.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert a.scheduler.state_dict() == b.scheduler.state_dict()
+
+
+def test_train_spec_is_typed_checked_and_sorted() -> None:
+    from ray_al.data.pool import PoolSpec
+    from ray_al.train import FaultInjection, train_spec
+
+    pool = PoolSpec("p", "t", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
+    cfg = config_mod.load(None, ["train.method=simsiam", "train.pretrain_lr=0.5"])
+    spec = train_spec(cfg, pool, labeled_ids=np.array([7, 2, 5]), labeled_labels=np.array([1, 2, 3]), seed=4,
+                      epochs=2, fault_injection={"epoch": 1, "marker": "/tmp/m"})
+    assert spec.sharding == "split"  # an argument, not a config key
+    assert spec.labeled_ids.tolist() == [2, 5, 7] and spec.labeled_labels.tolist() == [2, 3, 1]
+    assert spec.use_ssl and spec.has_unlabeled and spec.lr == cfg.train.lr and spec.milestones == (0.6, 0.8)
+    assert spec.fault_injection == FaultInjection(epoch=1, marker="/tmp/m")
+    assert spec.learner["ssl"] == "simsiam" and spec.init_state is None
+    pre = train_spec(cfg, pool, labeled_ids=np.zeros(0, np.int64), labeled_labels=np.zeros(0, np.int64), seed=0,
+                     epochs=1, use_ce=False, ssl_on_pool=False)
+    assert pre.lr == 0.5 and not pre.has_unlabeled  # pre-training has its own lr
+    with pytest.raises(ConfigError, match="sharding='shards' is not valid; choose one of split, replicate"):
+        train_spec(cfg, pool, labeled_ids=[1], labeled_labels=[0], seed=0, epochs=1, sharding="shards")
+    with pytest.raises(ValueError, match="needs an SSL method"):
+        train_spec(cfg, pool, labeled_ids=[1], labeled_labels=[0], seed=0, epochs=1, method="none", use_ssl=True)
+
+
 def test_ssl_defaults() -> None:
     from ray_al.data.pool import PoolSpec
-    from ray_al.train import learner_kwargs, ssl_defaults
+    from ray_al.models.weights import learner_kwargs, ssl_defaults
 
     grey = PoolSpec("p", "t", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
     rgb = PoolSpec("p", "t", 10, tuple("0123456789"), 32, 3, (0.5,) * 3, (0.25,) * 3, "image", "int64", 100, True)
@@ -155,7 +208,7 @@ def _cfg(method: str, **train) -> config_mod.Config:
 
 
 def _fresh(spec, method: str) -> dict:
-    from ray_al.train import build_learner, learner_kwargs
+    from ray_al.models.weights import build_learner, learner_kwargs
 
     torch.manual_seed(0)
     return build_learner(learner_kwargs(_cfg(method), spec)).state_dict()
@@ -163,7 +216,8 @@ def _fresh(spec, method: str) -> dict:
 
 @pytest.mark.parametrize("method", ["none"] + SSL_METHODS)
 def test_fit_joint_every_method(pool, method: str) -> None:
-    from ray_al.train import build_learner, fit, learner_kwargs
+    from ray_al.train import fit
+    from ray_al.models.weights import build_learner, learner_kwargs
 
     spec, ids, labels, root = pool
     cfg = _cfg(method)

@@ -21,7 +21,8 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from ray_al import config as config_mod  # noqa: E402
-from ray_al.train import build_learner, fit, learner_kwargs  # noqa: E402
+from ray_al.train import fit  # noqa: E402
+from ray_al.models.weights import build_learner, learner_kwargs
 
 B = 8  # labeled batch per worker
 UB = 24  # SSL batch per worker

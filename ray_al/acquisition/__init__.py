@@ -10,9 +10,9 @@ needs(method, **options)                   -> PoolView fields the method reads (
 top_k(scores, ids, k)                      -> the one shared ranking, ties by ascending id
 
 Registered: random, balanced, entropy, margin, least_confidence, variation_ratio,
-committee_vote_entropy, committee_kl, weibull, badge, kcenter, and hybrids NAME_kcenter
+committee_vote_entropy, committee_kl, weibull, badge, kcenter, typiclust, probcover, and hybrids NAME_kcenter
 (entropy, margin, least_confidence, weibull); any score can pre-filter kcenter/badge via
-prefilter=NAME, prefilter_factor=F.
+prefilter=NAME, prefilter_factor=F (default PREFILTER_FACTOR).
 """
 
 from ray_al.acquisition.base import (
@@ -20,15 +20,12 @@ from ray_al.acquisition.base import (
     PROB_SUM_ATOL,
     PoolView,
     Strategy,
-    UnknownAcquisitionError,
     check_probabilities,
     get,
-    needs,
-    score,
-    select,
     top_k,
     validate_view,
 )
+from ray_al.acquisition.dispatch import PREFILTER_FACTOR, needs, score, select
 
 # importing a strategy module registers it; hybrid last (it combines the others)
 from ray_al.acquisition import (  # noqa: E402,F401  isort: skip
@@ -42,6 +39,8 @@ from ray_al.acquisition import (  # noqa: E402,F401  isort: skip
     weibull,
     badge,
     kcenter,
+    typiclust,
+    probcover,
     hybrid,
 )
 
@@ -51,11 +50,11 @@ REQUIREMENTS: dict[str, dict[str, frozenset[str]]] = {
 
 __all__ = [
     "ACQUISITIONS",
+    "PREFILTER_FACTOR",
     "PROB_SUM_ATOL",
     "PoolView",
     "REQUIREMENTS",
     "Strategy",
-    "UnknownAcquisitionError",
     "check_probabilities",
     "get",
     "needs",

@@ -22,7 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from ray_al.acquisition.base import PREFILTER_OPTIONS, PoolView, Strategy, canonical_order, register
+from ray_al.acquisition.base import PREFILTER_OPTIONS, PoolView, Strategy, register
+from ray_al.ids import canonical_order
 
 _CHUNK_ROWS = 1 << 16  # rows per chunk of the D^2 update (bounds the float64 temporaries)
 
@@ -109,13 +110,6 @@ def badge_select(
     return canon[kmeans_pp_gradient(probs, emb, k, seed, init)]
 
 
-STRATEGY = register(
-    Strategy(
-        name="badge",
-        kind="select",
-        fn=badge_select,
-        required=frozenset({"probs", "embeddings"}),
-        options=frozenset({"init"}) | PREFILTER_OPTIONS,
-        summary="k-means++ seeding over last-layer gradient embeddings (Ash et al. 2020)",
-    )
-)
+STRATEGY = register(Strategy("badge", "select", badge_select, required=frozenset({"probs", "embeddings"}),
+                            options=frozenset({"init"}) | PREFILTER_OPTIONS,
+                            summary="k-means++ seeding over last-layer gradient embeddings (Ash et al. 2020)"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, canonical_order, register
+from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.ids import canonical_order
 
 
 def balanced_select(view: PoolView, k: int, seed: int) -> np.ndarray:
@@ -31,11 +32,5 @@ def balanced_select(view: PoolView, k: int, seed: int) -> np.ndarray:
     return pos[order[:k]]
 
 
-STRATEGY = register(
-    Strategy(
-        name="balanced",
-        kind="select",
-        fn=balanced_select,
-        summary="class-balanced random by predicted class (seeded)",
-    )
-)
+STRATEGY = register(Strategy("balanced", "select", balanced_select,
+                            summary="class-balanced random by predicted class (seeded)"))

@@ -1,4 +1,5 @@
 """Shared types of the acquisition functions: the pool view, validation, `top_k` and the registry.
+Dispatch (`select`, `score`, `needs`, pre-filters) is in dispatch.py, which imports this module.
 
 Pure module: numpy/scipy only, never `import ray`.
 
@@ -14,18 +15,20 @@ Conventions every strategy follows:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
+
+from ray_al.ids import describe_ids, id_sort_keys
+from ray_al.registry import Registry
 
 # Row sums of `probs` may differ from 1 by at most this much (float32 softmax is ~1e-6 off;
 # bfloat16 probabilities are not, so compute the softmax in float32).
 PROB_SUM_ATOL = 1e-3
 # Tolerance on the [0, 1] range check of single probabilities.
 PROB_RANGE_ATOL = 1e-6
-# How many offending ids an error message lists before it only gives the count.
-MAX_IDS_IN_ERROR = 5
 
 POOL_FIELDS = (
     "probs",
@@ -74,50 +77,6 @@ class PoolView:
                 None if self.committee_probs is None else np.asarray(self.committee_probs)[:, pos]
             ),
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# ids: sort keys and error messages
-# ----------------------------------------------------------------------------------------------
-
-
-def id_sort_keys(ids: Any) -> np.ndarray:
-    """`ids` as a 1-D array numpy can sort: int64 for integer ids, unicode for string ids.
-
-    Object arrays (what pyarrow/pandas give for strings) are converted; mixed int/str ids are an
-    error because they have no order we could tie-break on.
-    """
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"ids must be a 1-D array of pool ids, got shape {arr.shape}")
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64, copy=False)
-    if arr.dtype.kind in "US":
-        return arr
-    if arr.dtype.kind == "O":
-        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in arr):
-            return arr.astype(np.int64)
-        if all(isinstance(x, str) for x in arr):
-            return arr.astype(str)
-        bad = sorted({type(x).__name__ for x in arr} - {"int", "str"})
-        raise ValueError(
-            f"ids must be all int64 or all str; got a mix including {bad}. "
-            "Fix the pool's `id` column so it has one type."
-        )
-    raise ValueError(f"ids must be int64 or str, got dtype {arr.dtype}; cast the pool's `id` column.")
-
-
-def canonical_order(ids: Any) -> np.ndarray:
-    """Positions that sort the ids ascending (stable); randomised strategies draw in this order."""
-    return np.argsort(id_sort_keys(ids), kind="stable")
-
-
-def describe_ids(ids: np.ndarray, mask: np.ndarray) -> str:
-    """'[3, 7, 9] (3 in all)' for the ids where `mask` holds, listing at most MAX_IDS_IN_ERROR."""
-    bad = np.asarray(ids)[np.asarray(mask, dtype=bool)]
-    shown = ", ".join(repr(x.item() if hasattr(x, "item") else x) for x in bad[:MAX_IDS_IN_ERROR])
-    more = ", ..." if bad.shape[0] > MAX_IDS_IN_ERROR else ""
-    return f"[{shown}{more}] ({bad.shape[0]} in all)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +265,7 @@ def top_k(scores: Any, ids: Any, k: int) -> np.ndarray:
 # registry
 # ----------------------------------------------------------------------------------------------
 
-# options every diversity strategy accepts: uncertainty pre-filter, see hybrid.py
+# options every diversity strategy accepts: uncertainty pre-filter, see dispatch.prefiltered_select
 PREFILTER_OPTIONS = frozenset({"prefilter", "prefilter_factor", "prefilter_options"})
 
 
@@ -332,114 +291,26 @@ class Strategy:
         return self.required | self.optional
 
 
-class UnknownAcquisitionError(KeyError, ValueError):
-    """An acquisition name that is not registered (a KeyError for mappings, a ValueError for callers)."""
-
-    def __str__(self) -> str:  # KeyError would repr-quote the message
-        return str(self.args[0])
-
-
-class _Registry(dict):
-    def __missing__(self, name: str) -> Strategy:
-        raise UnknownAcquisitionError(
-            f"unknown acquisition method {name!r}; valid names: {', '.join(sorted(self))}. "
-            "Set select.method to one of them."
-        )
-
-
 # name -> Strategy; filled by the strategy modules when ray_al.acquisition is imported
-ACQUISITIONS: dict[str, Strategy] = _Registry()
+ACQUISITIONS: Registry[Strategy] = Registry("acquisition method", "select.method")
 
 
 def register(strategy: Strategy) -> Strategy:
-    if strategy.name in ACQUISITIONS:
-        raise ValueError(f"acquisition {strategy.name!r} registered twice")
     unknown = strategy.fields - set(POOL_FIELDS)
     if unknown:
         raise ValueError(f"{strategy.name}: unknown PoolView fields {sorted(unknown)}")
-    ACQUISITIONS[strategy.name] = strategy
-    return strategy
+    return ACQUISITIONS.add(strategy.name, strategy)
 
 
 def get(method: str) -> Strategy:
-    """The registered strategy, or an error listing the valid names."""
-    return ACQUISITIONS[method]
+    """The registered strategy, or an UnknownNameError listing the valid names."""
+    return ACQUISITIONS.get(method)
 
 
-def _check_options(strategy: Strategy, options: Mapping[str, Any]) -> None:
-    unknown = set(options) - strategy.options
-    if unknown:
-        valid = ", ".join(sorted(strategy.options)) or "none"
-        raise ValueError(
-            f"acquisition {strategy.name!r} got unknown option(s) {sorted(unknown)}; valid options: {valid}"
-        )
+def on_field(fn: Callable[[Any], np.ndarray], field: str = "probs") -> Callable[[PoolView], np.ndarray]:
+    """A score of one PoolView field as a strategy fn, view -> fn(view.<field>) (a partial: picklable)."""
+    return functools.partial(_apply_to_field, fn, field)
 
 
-def _fields_used(strategy: Strategy, view: PoolView, options: Mapping[str, Any]) -> set[str]:
-    """Fields to validate: the required ones plus the optional ones that are present."""
-    fields = set(strategy.required)
-    fields |= {f for f in strategy.optional if getattr(view, f) is not None}
-    return fields
-
-
-def _check_required(strategy: Strategy, view: PoolView) -> None:
-    missing = sorted(f for f in strategy.required if getattr(view, f) is None)
-    if missing:
-        raise ValueError(
-            f"acquisition {strategy.name!r} needs PoolView field(s) {missing}, which are None. "
-            f"Compute them in the embed step (see ray_al.acquisition.needs({strategy.name!r}))."
-        )
-
-
-def needs(method: str, *, optional: bool = True, **options: Any) -> set[str]:
-    """PoolView fields `method` reads (the embed step computes these).
-
-    optional=True (default) includes fields used when present (e.g. committee_probs for
-    variation_ratio, labeled_embeddings for kcenter); optional=False gives only the required ones.
-    A `prefilter=NAME` option adds the needs of the pre-filter score.
-    """
-    strategy = get(method)
-    out = set(strategy.required | (strategy.optional if optional else frozenset()))
-    if options.get("prefilter"):
-        out |= needs(options["prefilter"], optional=optional)
-    return out
-
-
-def score(method: str, view: PoolView, **options: Any) -> np.ndarray:
-    """(n,) scores of a score-based method, higher = query first."""
-    strategy = get(method)
-    if strategy.kind != "score":
-        score_based = sorted(n for n, s in ACQUISITIONS.items() if s.kind == "score")
-        raise ValueError(
-            f"acquisition {method!r} selects a set and has no per-point score; "
-            f"score-based methods: {', '.join(score_based)}"
-        )
-    _check_options(strategy, options)
-    _check_required(strategy, view)
-    validate_view(view, _fields_used(strategy, view, options))
-    s = np.asarray(strategy.fn(view, **options), dtype=np.float64)
-    assert s.shape == (view.n,), (method, s.shape)
-    return s
-
-
-def select(method: str, view: PoolView, k: int, seed: int = 0, **options: Any) -> np.ndarray:
-    """(k,) int64 positions into view.ids, in selection order (best first)."""
-    strategy = get(method)
-    _check_options(strategy, options)
-    _check_required(strategy, view)
-    k = check_k(k, view.n)
-    if options.get("prefilter"):
-        from ray_al.acquisition.hybrid import prefiltered_select  # hybrid imports this module
-
-        return prefiltered_select(method, view, k, seed, **options)
-    if "prefilter" in strategy.options:  # prefilter=None: plain run, the other prefilter keys unused
-        options = {key: v for key, v in options.items() if key not in PREFILTER_OPTIONS}
-    if strategy.kind == "score":
-        return top_k(score(method, view, **options), view.ids, k)
-    validate_view(view, _fields_used(strategy, view, options))
-    if k == 0:
-        return np.empty(0, dtype=np.int64)
-    pos = np.asarray(strategy.fn(view, k, int(seed), **options), dtype=np.int64)
-    if pos.shape != (k,) or np.unique(pos).shape[0] != k:
-        raise RuntimeError(f"acquisition {method!r} returned {pos.shape} positions, expected {k} distinct")
-    return pos
+def _apply_to_field(fn: Callable[[Any], np.ndarray], field: str, view: PoolView) -> np.ndarray:
+    return fn(getattr(view, field))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.acquisition.base import Strategy, on_field, register
 from ray_al.acquisition.entropy import entropy_scores
 
 
@@ -49,29 +49,8 @@ def mean_kl_to_consensus_scores(committee_probs: np.ndarray) -> np.ndarray:
     return np.maximum(out / cp.shape[0], 0.0)
 
 
-def _vote_entropy(view: PoolView) -> np.ndarray:
-    return vote_entropy_scores(view.committee_probs)
-
-
-def _kl(view: PoolView) -> np.ndarray:
-    return mean_kl_to_consensus_scores(view.committee_probs)
-
-
-VOTE_ENTROPY = register(
-    Strategy(
-        name="committee_vote_entropy",
-        kind="score",
-        fn=_vote_entropy,
-        required=frozenset({"probs", "committee_probs"}),
-        summary="entropy of the committee members' votes",
-    )
-)
-KL = register(
-    Strategy(
-        name="committee_kl",
-        kind="score",
-        fn=_kl,
-        required=frozenset({"probs", "committee_probs"}),
-        summary="mean KL divergence of members to the committee consensus",
-    )
-)
+_NEEDS = frozenset({"probs", "committee_probs"})
+VOTE_ENTROPY = register(Strategy("committee_vote_entropy", "score", on_field(vote_entropy_scores, "committee_probs"),
+                                 required=_NEEDS, summary="entropy of the committee members' votes"))
+KL = register(Strategy("committee_kl", "score", on_field(mean_kl_to_consensus_scores, "committee_probs"),
+                       required=_NEEDS, summary="mean KL divergence of members to the committee consensus"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.acquisition.base import Strategy, on_field, register
 
 
 def entropy_scores(probs: np.ndarray) -> np.ndarray:
@@ -15,15 +15,5 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
     return -plogp.sum(axis=1)
 
 
-def _score(view: PoolView) -> np.ndarray:
-    return entropy_scores(view.probs)
-
-
-STRATEGY = register(
-    Strategy(
-        name="entropy",
-        kind="score",
-        fn=_score,
-        summary="predictive entropy of the class probabilities",
-    )
-)
+STRATEGY = register(Strategy("entropy", "score", on_field(entropy_scores),
+                            summary="predictive entropy of the class probabilities"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PREFILTER_OPTIONS, PoolView, Strategy, canonical_order, register
+from ray_al.acquisition.base import PREFILTER_OPTIONS, PoolView, Strategy, register
+from ray_al.ids import canonical_order
 
 
 def kcenter_select(view: PoolView, k: int, seed: int) -> np.ndarray:
@@ -26,14 +27,6 @@ def kcenter_select(view: PoolView, k: int, seed: int) -> np.ndarray:
     return canon[picks]
 
 
-STRATEGY = register(
-    Strategy(
-        name="kcenter",
-        kind="select",
-        fn=kcenter_select,
-        required=frozenset({"probs", "embeddings"}),
-        optional=frozenset({"labeled_embeddings"}),
-        options=PREFILTER_OPTIONS,
-        summary="k-center greedy (CoreSet) over embeddings, labeled set as initial centers",
-    )
-)
+STRATEGY = register(Strategy("kcenter", "select", kcenter_select, required=frozenset({"probs", "embeddings"}),
+                            optional=frozenset({"labeled_embeddings"}), options=PREFILTER_OPTIONS,
+                            summary="k-center greedy (CoreSet) over embeddings, labeled set as initial centers"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.acquisition.base import Strategy, on_field, register
 
 
 def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
@@ -12,15 +12,5 @@ def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
 
 
-def _score(view: PoolView) -> np.ndarray:
-    return least_confidence_scores(view.probs)
-
-
-STRATEGY = register(
-    Strategy(
-        name="least_confidence",
-        kind="score",
-        fn=_score,
-        summary="1 - max class probability",
-    )
-)
+STRATEGY = register(Strategy("least_confidence", "score", on_field(least_confidence_scores),
+                            summary="1 - max class probability"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.acquisition.base import Strategy, on_field, register
 
 
 def margin_scores(probs: np.ndarray) -> np.ndarray:
@@ -14,15 +14,5 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
     return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
-def _score(view: PoolView) -> np.ndarray:
-    return margin_scores(view.probs)
-
-
-STRATEGY = register(
-    Strategy(
-        name="margin",
-        kind="score",
-        fn=_score,
-        summary="1 - (top-1 minus top-2 probability)",
-    )
-)
+STRATEGY = register(Strategy("margin", "score", on_field(margin_scores),
+                            summary="1 - (top-1 minus top-2 probability)"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, canonical_order, register
+from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.ids import canonical_order
 
 
 def random_select(view: PoolView, k: int, seed: int) -> np.ndarray:
@@ -14,11 +15,4 @@ def random_select(view: PoolView, k: int, seed: int) -> np.ndarray:
     return canon[rng.permutation(canon.shape[0])[:k]]
 
 
-STRATEGY = register(
-    Strategy(
-        name="random",
-        kind="select",
-        fn=random_select,
-        summary="uniform random (seeded)",
-    )
-)
+STRATEGY = register(Strategy("random", "select", random_select, summary="uniform random (seeded)"))

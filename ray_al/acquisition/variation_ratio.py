@@ -28,12 +28,5 @@ def _score(view: PoolView) -> np.ndarray:
     return variation_ratio_scores(view.probs, view.committee_probs)
 
 
-STRATEGY = register(
-    Strategy(
-        name="variation_ratio",
-        kind="score",
-        fn=_score,
-        optional=frozenset({"committee_probs"}),
-        summary="1 - modal vote fraction over the committee (1 - max p without one)",
-    )
-)
+STRATEGY = register(Strategy("variation_ratio", "score", _score, optional=frozenset({"committee_probs"}),
+                            summary="1 - modal vote fraction over the committee (1 - max p without one)"))

@@ -191,13 +191,8 @@ def _score(
     return weibull_scores(view.embeddings, view.probs, models, assign)
 
 
-STRATEGY = register(
-    Strategy(
-        name="weibull",
-        kind="score",
-        fn=_score,
-        required=frozenset({"probs", "embeddings", "labeled_embeddings", "labeled_labels", "labeled_probs"}),
-        options=frozenset({"tail_size", "min_samples", "assign"}),
-        summary="DALBT Weibull outlier probability of the distance to the class mean",
-    )
-)
+STRATEGY = register(Strategy(
+    "weibull", "score", _score,
+    required=frozenset({"probs", "embeddings", "labeled_embeddings", "labeled_labels", "labeled_probs"}),
+    options=frozenset({"tail_size", "min_samples", "assign"}),
+    summary="DALBT Weibull outlier probability of the distance to the class mean"))

@@ -68,7 +68,7 @@ def learner_kwargs(backbone: str) -> dict:
 def weights(kwargs: dict, seed: int = 0) -> bytes:
     import torch
 
-    from ray_al.train import build_learner, state_to_bytes
+    from ray_al.models.weights import build_learner, state_to_bytes
 
     torch.manual_seed(seed)
     return state_to_bytes(build_learner(kwargs).state_dict())
@@ -156,7 +156,8 @@ def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_s
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
-    from ray_al.train import build_learner, state_from_bytes
+    from ray_al.augment import to_model_input
+    from ray_al.models.weights import build_learner, state_from_bytes
 
     class ParquetImages(IterableDataset):
         def __iter__(self):
@@ -173,7 +174,7 @@ def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_s
     writer = None
     with torch.no_grad():
         for ids, pixels in DataLoader(ParquetImages(), batch_size=None, num_workers=0):
-            x = pixels.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W), same layout as the Embedder
+            x = to_model_input(pixels)  # (B, C, H, W), as the Embedder
             with torch.autocast("cpu", dtype=low, enabled=low != torch.float32):
                 logits, feats = model(x)
             probs = torch.softmax(logits.float(), dim=1).numpy()
@@ -198,7 +199,7 @@ def run_ray(pool: str, out: str, blob: bytes, kwargs: dict, options) -> float:
 
 def max_difference(plain_out: str, ray_out: str) -> float:
     """Largest |difference| between the two sides' embeddings, matched by id."""
-    from ray_al.embed import matrix, read_embeddings
+    from ray_al.embeddings import matrix, read_embeddings
 
     a = pq.read_table(plain_out).sort_by("id")
     b = read_embeddings(ray_out, "unlabeled").sort_by("id")

@@ -48,7 +48,7 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
     import torch
 
     from ray_al import trainloop as tl
-    from ray_al.train import build_learner, learner_kwargs
+    from ray_al.models.weights import build_learner, learner_kwargs
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -61,18 +61,18 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
                            torch.from_numpy(tl.ids_to_keys(ids)), torch.zeros(0, dtype=torch.int64))
     n_steps = tl.steps_per_epoch(len(pixels), len(pixels) if use_ssl else 0, cfg.train.batch_size,
                                  cfg.train.unlabeled_batch_size, use_ssl)
-    objective = tl.JointObjective(learner)
-    optimizer, scheduler = tl.make_optimizer([p for p in learner.parameters() if p.requires_grad], cfg.train.lr,
-                                             cfg.train.momentum, cfg.train.weight_decay, n_steps * epochs,
-                                             tuple(cfg.train.milestones), cfg.train.optimizer,
-                                             cfg.train.lr_schedule)
+    plan = tl.EpochPlan(seed=seed, epochs=epochs, n_steps=n_steps, batch_size=cfg.train.batch_size,
+                        unlabeled_batch_size=cfg.train.unlabeled_batch_size, ssl_weight=cfg.train.ssl_weight,
+                        use_ssl=use_ssl)
+    optimizer, scheduler = tl.make_optimizer(learner.trainable_parameters(), cfg.train.lr, cfg.train.momentum,
+                                             cfg.train.weight_decay, n_steps * epochs, tuple(cfg.train.milestones),
+                                             cfg.train.optimizer, cfg.train.lr_schedule)
+    state = tl.TrainState(tl.JointObjective(learner), learner, optimizer, scheduler)
     history = []
     for epoch in range(epochs):
         torch.manual_seed((seed * 7919 + epoch) * 1009)  # as the Ray worker of rank 0
         t = time.perf_counter()
-        m = tl.train_epoch(objective, learner, optimizer, scheduler, data, epoch=epoch, epochs=epochs, seed=seed,
-                           rank=0, batch_size=cfg.train.batch_size, unlabeled_batch_size=cfg.train.unlabeled_batch_size,
-                           ssl_weight=cfg.train.ssl_weight, use_ssl=use_ssl, n_steps=n_steps)
+        m = tl.train_epoch(state, data, plan, epoch)
         history.append({**m, "train_seconds": time.perf_counter() - t, "report_seconds": 0.0})
     total = time.perf_counter() - started
     return {"history": history, "wall_seconds": total, "threads": torch.get_num_threads(),

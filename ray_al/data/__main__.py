@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_al import io
+from ray_al import storage
+from ray_al.cli import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,14 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     ing.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (MinIO, moto, ...)")
     ing.add_argument("--s3-region", default=None)
     args = parser.parse_args(argv)
-    io.configure_s3(args.s3_endpoint, args.s3_region)
+    storage.configure_s3(args.s3_endpoint, args.s3_region)
+    return run_main(lambda: _ingest(args))
+
+
+def _ingest(args: argparse.Namespace) -> int:
     from ray_al.data.ingest import ingest
 
-    try:
-        summary = ingest(args.src, args.dest, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = ingest(args.src, args.dest, overwrite=args.overwrite)
     print(f"ingested {summary['images']} images of {len(summary['classes'])} classes "
           f"({', '.join(summary['classes'][:10])}{' ...' if len(summary['classes']) > 10 else ''}) into {args.dest}")
     return 0

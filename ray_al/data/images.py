@@ -76,7 +76,3 @@ def decode_batch(
     out["corrupt"] = corrupt
     return out
 
-
-def to_float_tensor_layout(pixels: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1]: what every model takes."""
-    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0

@@ -12,14 +12,14 @@ import posixpath
 import numpy as np
 import pyarrow as pa
 
-from ray_al import io
+from ray_al import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def list_image_folder(src: str) -> tuple[list[str], list[str], list[str]]:
     """(sorted file URIs, their ids = paths relative to src, sorted class names) of a class-folder tree."""
-    fs, root = io.pyarrow_fs(src)
+    fs, root = storage.pyarrow_fs(src)
     from pyarrow import fs as pafs
 
     info = fs.get_file_info(root)
@@ -67,20 +67,20 @@ def ingest(src: str, dest: str, *, overwrite: bool = False) -> dict:
 
     from ray_al.ray_utils import init_ray
 
-    if io.exists(dest) and io.listdir(dest) and not overwrite:
+    if storage.exists(dest) and storage.listdir(dest) and not overwrite:
         raise FileExistsError(f"ingest destination '{dest}' is not empty; choose a new one or pass --overwrite.")
-    if overwrite and io.exists(dest):
-        io.remove_tree(dest)
+    if overwrite and storage.exists(dest):
+        storage.remove_tree(dest)
     uris, _ids, classes = list_image_folder(src)
     init_ray()
-    fs, root = io.pyarrow_fs(src)
-    paths = [io.pyarrow_fs(u)[1] for u in uris]
+    fs, root = storage.pyarrow_fs(src)
+    paths = [storage.pyarrow_fs(u)[1] for u in uris]
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs)
     ds = ds.map_batches(_label_rows, fn_kwargs={"root": root, "classes": classes}, batch_format="numpy")
-    dest_fs, dest_path = io.pyarrow_fs(dest)
+    dest_fs, dest_path = storage.pyarrow_fs(dest)
     ds.write_parquet(dest_path, filesystem=dest_fs)
     summary = {"source": src, "images": len(uris), "classes": classes}
-    io.write_json_atomic(io.join(dest, "_classes.json"), summary)
+    storage.write_json_atomic(storage.join(dest, "_classes.json"), summary)
     return summary
 
 
@@ -90,7 +90,7 @@ def folder_table(src: str) -> pa.Table:
     labels = [classes.index(i.split("/", 1)[0]) for i in ids]
     return pa.table({
         "id": pa.array(ids, pa.string()),
-        "image": pa.array([io.read_bytes(u) for u in uris], pa.binary()),
+        "image": pa.array([storage.read_bytes(u) for u in uris], pa.binary()),
         "label": pa.array(labels, pa.int64()),
         "label_name": pa.array([classes[y] for y in labels], pa.string()),
         "path": pa.array(ids, pa.string()),
@@ -99,5 +99,5 @@ def folder_table(src: str) -> pa.Table:
 
 def read_classes(dest: str) -> list[str] | None:
     """Class names that `ingest` recorded next to the Parquet files, if any."""
-    uri = io.join(dest, "_classes.json")
-    return json.loads(io.read_text(uri))["classes"] if io.exists(uri) else None
+    uri = storage.join(dest, "_classes.json")
+    return json.loads(storage.read_text(uri))["classes"] if storage.exists(uri) else None

@@ -13,12 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from ray_al import io
+from ray_al import storage
 from ray_al.config import DataConfig
 from ray_al.data import builtin
 from ray_al.data.images import decode_one
 
-DATASETS = ("digits", "cifar10", "parquet", "folder")
+BUILTIN = ("digits", "cifar10")  # written into the run directory; the others are the user's
+DATASETS = (*BUILTIN, "parquet", "folder")
 # Normalisation constants of the built-ins; other pools estimate theirs from a sample.
 STATS = {"digits": ((0.3,), (0.36,)), "cifar10": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262))}
 NATIVE_SHAPE = {"digits": (8, 1), "cifar10": (32, 3)}
@@ -52,7 +53,7 @@ class PoolSpec:
 
 
 def _dataset(uri: str) -> pads.Dataset:
-    fs, path = io.pyarrow_fs(uri)
+    fs, path = storage.pyarrow_fs(uri)
     try:
         return pads.dataset(path, filesystem=fs, format="parquet")
     except FileNotFoundError as exc:
@@ -96,15 +97,11 @@ def read_labels(uri: str) -> tuple[list, list]:
     return table.column("id").to_pylist(), table.column("label").to_pylist()
 
 
-def read_ids(uri: str) -> np.ndarray:
-    return _dataset(uri).to_table(columns=["id"]).column("id").to_numpy(zero_copy_only=False)
-
-
 def _estimate_stats(uri: str, image_column: str, image_size: int, channels: int) -> tuple[tuple, tuple]:
     table = _dataset(uri).head(256, columns=[image_column])
     arrays = []
     for value in table.column(image_column).to_pylist():
-        data = value if image_column == "image" else io.read_bytes(value)
+        data = value if image_column == "image" else storage.read_bytes(value)
         try:
             arrays.append(decode_one(data, image_size, channels))
         except Exception:  # corrupt samples are reported later, by id, when decoded for real
@@ -117,11 +114,11 @@ def _estimate_stats(uri: str, image_column: str, image_size: int, channels: int)
 
 def _infer_shape(uri: str, image_column: str) -> tuple[int, int]:
     from PIL import Image
-    import io as _pyio
+    import io
 
     first = _dataset(uri).head(1, columns=[image_column]).column(image_column)[0].as_py()
-    data = first if image_column == "image" else io.read_bytes(first)
-    with Image.open(_pyio.BytesIO(data)) as img:
+    data = first if image_column == "image" else storage.read_bytes(first)
+    with Image.open(io.BytesIO(data)) as img:
         return max(img.size), (1 if img.mode in ("L", "1", "I", "F") else 3)
 
 
@@ -129,53 +126,77 @@ def prepare(cfg: DataConfig, run_dir: str, seed: int) -> PoolSpec:
     """Materialise built-in datasets into RUN_DIR/data and check the pool; the spec is saved in run.json."""
     if cfg.dataset not in DATASETS:
         raise PoolError(f"data.dataset='{cfg.dataset}' is not known; valid: {', '.join(DATASETS)}.")
-    if cfg.dataset in ("digits", "cifar10"):
-        if cfg.dataset == "digits":
-            pool, test, names = builtin.digits(seed=seed)
-        else:
-            pool, test, names = builtin.cifar10(cfg.pool, cfg.test)
-        pool = builtin.subsample(pool, cfg.pool_size, seed)
-        test = builtin.subsample(test, cfg.test_size, seed + 1)
-        pool_uri, test_uri = io.join(run_dir, "data", "pool.parquet"), io.join(run_dir, "data", "test.parquet")
-        io.write_parquet_atomic(pool_uri, pool)
-        io.write_parquet_atomic(test_uri, test)
-        size, channels = NATIVE_SHAPE[cfg.dataset]
-        mean, std = STATS[cfg.dataset]
+    if cfg.dataset in BUILTIN:
+        pool_uri, test_uri, names = _write_builtin(cfg, run_dir, seed)
+        (size, channels), (mean, std) = NATIVE_SHAPE[cfg.dataset], STATS[cfg.dataset]
     else:
-        if not cfg.pool:
-            raise PoolError(f"data.dataset={cfg.dataset} needs data.pool (a Parquet file/dir, local or s3://).")
-        pool_uri = cfg.pool
-        if cfg.dataset == "folder":  # ingest once into the run directory
-            from ray_al.data.ingest import ingest
-
-            pool_uri = io.join(run_dir, "data", "pool")
-            if not io.exists(io.join(pool_uri, "_classes.json")):
-                ingest(cfg.pool, pool_uri, overwrite=True)
-        if not cfg.test:
-            raise PoolError("data.test is empty: give a labeled test split (same contract as the pool).")
-        test_uri = cfg.test
-        if cfg.dataset == "folder":
-            from ray_al.data.ingest import ingest
-
-            test_src, test_uri = cfg.test, io.join(run_dir, "data", "test")
-            if not io.exists(io.join(test_uri, "_classes.json")):
-                ingest(test_src, test_uri, overwrite=True)
+        pool_uri, test_uri = _user_splits(cfg, run_dir)
         size, channels, mean, std, names = 0, 0, None, None, None
-    schema, rows, image_column = check_pool(pool_uri, "pool")
-    test_schema, _test_rows, _ = check_pool(test_uri, "test split")
-    if "label" not in test_schema.names:
-        raise PoolError(f"test split '{test_uri}' has no `label` column; accuracy needs labels.")
-    if not (pa.types.is_integer(schema.field("id").type) or pa.types.is_string(schema.field("id").type)
-            or pa.types.is_large_string(schema.field("id").type)):
-        raise PoolError(f"pool `id` must be int64 or string, got {schema.field('id').type}.")
-    image_size = cfg.image_size or size
-    channels = cfg.channels or channels
+    schema, rows, image_column = _check_splits(pool_uri, test_uri)
+    image_size, channels = cfg.image_size or size, cfg.channels or channels
     if not image_size or not channels:
         inferred_size, inferred_channels = _infer_shape(pool_uri, image_column)
         image_size, channels = image_size or inferred_size, channels or inferred_channels
     if mean is None:
         mean, std = _estimate_stats(pool_uri, image_column, image_size, channels)
-    has_labels = "label" in schema.names
+    num_classes, names = _classes(cfg, pool_uri, test_uri, names)
+    return PoolSpec(
+        pool_uri=pool_uri, test_uri=test_uri, num_classes=num_classes, class_names=names,
+        image_size=image_size, channels=channels, mean=tuple(mean), std=tuple(std), image_column=image_column,
+        id_type="int64" if pa.types.is_integer(schema.field("id").type) else "string", pool_rows=rows,
+        has_labels="label" in schema.names,
+    )
+
+
+def _write_builtin(cfg: DataConfig, run_dir: str, seed: int) -> tuple[str, str, list]:
+    """A built-in dataset, subsampled, written into RUN_DIR/data in the pool contract: (pool, test, names)."""
+    if cfg.dataset == "digits":
+        pool, test, names = builtin.digits(seed=seed)
+    else:
+        pool, test, names = builtin.cifar10(cfg.pool, cfg.test)
+    pool = builtin.subsample(pool, cfg.pool_size, seed)
+    test = builtin.subsample(test, cfg.test_size, seed + 1)
+    pool_uri, test_uri = storage.join(run_dir, "data", "pool.parquet"), storage.join(run_dir, "data", "test.parquet")
+    storage.write_parquet_atomic(pool_uri, pool)
+    storage.write_parquet_atomic(test_uri, test)
+    return pool_uri, test_uri, names
+
+
+def _user_splits(cfg: DataConfig, run_dir: str) -> tuple[str, str]:
+    """(pool, test) URIs of a user dataset: Parquet is used in place, image folders are ingested once."""
+    if not cfg.pool:
+        raise PoolError(f"data.dataset={cfg.dataset} needs data.pool (a Parquet file/dir, local or s3://).")
+    folder = cfg.dataset == "folder"
+    pool_uri = _ingested(cfg.pool, storage.join(run_dir, "data", "pool")) if folder else cfg.pool
+    if not cfg.test:
+        raise PoolError("data.test is empty: give a labeled test split (same contract as the pool).")
+    test_uri = _ingested(cfg.test, storage.join(run_dir, "data", "test")) if folder else cfg.test
+    return pool_uri, test_uri
+
+
+def _ingested(src: str, dest: str) -> str:
+    """An image folder ingested into dest (once: a finished ingest leaves _classes.json)."""
+    from ray_al.data.ingest import ingest
+
+    if not storage.exists(storage.join(dest, "_classes.json")):
+        ingest(src, dest, overwrite=True)
+    return dest
+
+
+def _check_splits(pool_uri: str, test_uri: str) -> tuple[pa.Schema, int, str]:
+    """The pool and test contracts; returns the pool's (schema, rows, image column)."""
+    schema, rows, image_column = check_pool(pool_uri, "pool")
+    test_schema, _test_rows, _ = check_pool(test_uri, "test split")
+    if "label" not in test_schema.names:
+        raise PoolError(f"test split '{test_uri}' has no `label` column; accuracy needs labels.")
+    id_type = schema.field("id").type
+    if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise PoolError(f"pool `id` must be int64 or string, got {id_type}.")
+    return schema, rows, image_column
+
+
+def _classes(cfg: DataConfig, pool_uri: str, test_uri: str, names) -> tuple[int, tuple[str, ...]]:
+    """(num_classes, class names): data.num_classes, else the ingested class list, else the test labels."""
     if names is None:
         from ray_al.data.ingest import read_classes
 
@@ -184,10 +205,4 @@ def prepare(cfg: DataConfig, run_dir: str, seed: int) -> PoolSpec:
     if not num_classes:
         _, test_labels = read_labels(test_uri)
         num_classes = int(max(y for y in test_labels if y is not None)) + 1
-    names = list(names) if names else [str(i) for i in range(num_classes)]
-    return PoolSpec(
-        pool_uri=pool_uri, test_uri=test_uri, num_classes=num_classes, class_names=tuple(names),
-        image_size=image_size, channels=channels, mean=tuple(mean), std=tuple(std), image_column=image_column,
-        id_type="int64" if pa.types.is_integer(schema.field("id").type) else "string", pool_rows=rows,
-        has_labels=has_labels,
-    )
+    return num_classes, tuple(names) if names else tuple(str(i) for i in range(num_classes))

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import io
+from ray_al import storage
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
 
@@ -40,7 +40,7 @@ def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, 
     """A Ray Dataset over a pool/test Parquet, optionally restricted to (or excluding) some ids."""
     import ray
 
-    fs, path = io.pyarrow_fs(uri)
+    fs, path = storage.pyarrow_fs(uri)
     ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
     for ids, keep in ((include_ids, True), (exclude_ids, False)):
         if ids is None:
@@ -52,7 +52,7 @@ def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, 
 
 
 def _decode(batch: dict, image_size: int, channels: int, on_corrupt: str) -> dict:
-    return decode_batch(batch, image_size, channels, on_corrupt, read_uri=io.read_bytes)
+    return decode_batch(batch, image_size, channels, on_corrupt, read_uri=storage.read_bytes)
 
 
 def decoded(ds, spec: PoolSpec, on_corrupt: str):

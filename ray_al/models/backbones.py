@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ray_al.registry import Registry
+
 __all__ = ["BACKBONES", "build_backbone"]
 
 
@@ -186,21 +188,19 @@ class WideResNet(nn.Module):
         return self.pool(torch.relu(self.bn(self.blocks(self.stem(x))))).flatten(1)
 
 
-BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
-    "resnet18": ResNet18,
-    "vgg16_bn": VGG16BN,
-    "lenet": LeNet,
-    "wrn28_2": lambda c, s: WideResNet(c, s, depth=28, widen=2),
-    "small_cnn": SmallCNN,
-}
+BACKBONES: Registry[Callable[[int, int], nn.Module]] = Registry("backbone", "model.backbone")
+BACKBONES.add("resnet18", ResNet18)
+BACKBONES.add("vgg16_bn", VGG16BN)
+BACKBONES.add("lenet", LeNet)
+BACKBONES.add("wrn28_2", lambda c, s: WideResNet(c, s, depth=28, widen=2))
+BACKBONES.add("small_cnn", SmallCNN)
 
 
 def build_backbone(name: str, in_channels: int, image_size: int) -> nn.Module:
     """Backbone ``name`` for (B, in_channels, image_size, image_size) inputs; has ``feature_dim``."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid backbones: {sorted(BACKBONES)}")
+    make = BACKBONES.get(name)  # unknown name: an error listing the valid ones
     if in_channels < 1 or image_size < 1:
         raise ValueError(f"in_channels and image_size must be positive, got {in_channels}, {image_size}")
-    net = BACKBONES[name](in_channels, image_size)
+    net = make(in_channels, image_size)
     assert isinstance(net.feature_dim, int)
     return net

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -63,11 +62,11 @@ class JointLearner(nn.Module):
         mean, std: per-dataset channel statistics; normalisation is the encoder's first layer, so
             callers (and augmentations) work on [0, 1] images.
         ssl: "none" or a name from ``ray_al.ssl.METHODS``; ssl_options go to ``ray_al.ssl.build``.
-        dropout: dropout before the classifier (MC dropout: ``enable_mc_dropout``).
+        dropout: dropout before the classifier (training only; MC-dropout committees apply their own
+            masks to the features, ray_al.embed).
 
-    ``forward(x) -> (logits (B, num_classes), features (B, feature_dim))``.
-    ``forward(x, mode="ssl", ...)`` returns ``ssl_loss(x, ...)``, so a DDP-wrapped learner can route
-    the SSL loss through DDP's forward as well.
+    ``forward(x) -> (logits (B, num_classes), features (B, feature_dim))``; ``ssl_loss`` is the SSL
+    method's loss (ray_al.trainloop.JointObjective routes both through one DDP forward).
     """
 
     def __init__(
@@ -100,18 +99,7 @@ class JointLearner(nn.Module):
         elif ssl_options:
             raise ValueError(f"ssl_options {sorted(ssl_options)} given but ssl='none'")
 
-    def forward(
-        self,
-        x: Tensor,
-        mode: str = "classify",
-        generator: torch.Generator | None = None,
-        views: tuple[Tensor, Tensor] | None = None,
-        seeds: Tensor | None = None,
-    ) -> Any:
-        if mode == "ssl":
-            return self.ssl_loss(x, generator=generator, views=views, seeds=seeds)
-        if mode != "classify":
-            raise ValueError(f"unknown mode {mode!r}; valid modes: ['classify', 'ssl']")
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.encoder(x)  # (B, feature_dim)
         return self.classifier(self.dropout(feats)), feats  # (B, num_classes), (B, feature_dim)
 
@@ -134,26 +122,8 @@ class JointLearner(nn.Module):
             self.ssl.on_step_end(progress)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters that take gradients (momentum / key branches excluded)."""
+        """Parameters that take gradients (momentum / key branches and frozen parts excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """One optimiser group with every trainable parameter (the papers use one SGD/Adam group)."""
-        return [{"params": self.trainable_parameters()}]
-
-    def enable_mc_dropout(self, enabled: bool = True) -> None:
-        """Keep the dropout before the classifier active in eval mode (MC dropout committees)."""
-        self.dropout.train(enabled)
-
-    @torch.no_grad()
-    def reset_classifier(self) -> None:
-        """Fresh classifier weights (a new linear head per round after SSL pre-training)."""
-        self.classifier.reset_parameters()
-
-    def freeze_encoder(self, frozen: bool = True) -> None:
-        """Linear-probe mode: the encoder takes no gradient (its BN still runs in the module's mode)."""
-        for p in self.encoder.parameters():
-            p.requires_grad_(not frozen)
 
 
 # ----------------------------------------------------------------------------- global batch norm

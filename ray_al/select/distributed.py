@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import ray
 
+from ray_al.embeddings import drop_corrupt
 from ray_al.select.kcenter import (
     DEFAULT_CHUNK_ROWS,
     MAX_NAMED_ROWS,
@@ -44,46 +45,15 @@ def load_embeddings(
     embedding_column: str = "embedding",
     include_ids: Sequence | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(ids (n,), embeddings (n, d) float32, d or None) of `files` in order; rows outside include_ids dropped.
+    """(ids (n,), embeddings (n, d) float32, d or None) of `files` in order; rows outside include_ids dropped,
+    and rows whose image could not be decoded (`corrupt` true) too: they must never be selected.
 
     `embedding` may be a fixed-size list<float> or a list<float> whose rows all have the same length.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     ids_parts, x_parts, dims = [], [], {}
     keep = None if include_ids is None else set(include_ids)
     for f in files:
-        try:
-            t = pq.read_table(f, columns=[id_column, embedding_column], filesystem=filesystem)
-        except (KeyError, pa.ArrowInvalid) as e:
-            raise ValueError(f"{f}: cannot read columns {id_column!r} and {embedding_column!r}: {e}") from e
-        col, ids_col = t.column(embedding_column), t.column(id_column)
-        typ = col.type
-        if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
-            raise ValueError(f"{f}: column {embedding_column!r} must be a (fixed-size) list of floats, got {typ}")
-        if ids_col.null_count:
-            raise ValueError(f"{f}: column {id_column!r} has {ids_col.null_count} null ids")
-        ids = ids_col.to_numpy()
-        arr = col.combine_chunks()
-        if arr.null_count:
-            bad = ids[np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))][:MAX_NAMED_ROWS]
-            raise ValueError(f"{f}: {arr.null_count} rows have a null {embedding_column!r}, e.g. ids {bad.tolist()}")
-        if pa.types.is_fixed_size_list(typ):
-            d = typ.list_size
-        elif len(arr):
-            lens = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-            if (lens != lens[0]).any():
-                raise ValueError(f"{f}: rows of {embedding_column!r} have different lengths "
-                                 f"({sorted(set(lens.tolist()))[:5]}); all embeddings must have one dimension")
-            d = int(lens[0])
-        else:
-            d = None
-        if len(arr):
-            x = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), d)
-        else:
-            x = np.empty((0, d or 0), np.float32)
+        ids, x, d = _read_file(f, filesystem, id_column, embedding_column)
         if d is not None:
             dims[f] = d
         if keep is not None:
@@ -101,6 +71,60 @@ def load_embeddings(
         x = nonempty[0] if nonempty else np.empty((0, d or 0), np.float32)
     ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64)
     return ids, np.ascontiguousarray(x, np.float32), d
+
+
+def _read_table(f: str, filesystem: Any, id_column: str, embedding_column: str) -> Any:
+    """The id and embedding columns of one file, its undecodable rows dropped (`ray_al.embeddings`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        has_corrupt = "corrupt" in pq.read_schema(f, filesystem=filesystem).names
+        columns = [id_column, embedding_column] + (["corrupt"] if has_corrupt else [])
+        return drop_corrupt(pq.read_table(f, columns=columns, filesystem=filesystem))
+    except (KeyError, pa.ArrowInvalid) as e:
+        raise ValueError(f"{f}: cannot read columns {id_column!r} and {embedding_column!r}: {e}") from e
+
+
+def _read_file(f: str, filesystem: Any, id_column: str, embedding_column: str
+               ) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(ids (n,), embeddings (n, d) float32, d or None if it cannot tell) of one file, checked."""
+    import pyarrow as pa
+
+    t = _read_table(f, filesystem, id_column, embedding_column)
+    col, ids_col = t.column(embedding_column), t.column(id_column)
+    typ = col.type
+    if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+        raise ValueError(f"{f}: column {embedding_column!r} must be a (fixed-size) list of floats, got {typ}")
+    if ids_col.null_count:
+        raise ValueError(f"{f}: column {id_column!r} has {ids_col.null_count} null ids")
+    ids = ids_col.to_numpy()
+    arr = col.combine_chunks()
+    if arr.null_count:
+        bad = ids[np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))][:MAX_NAMED_ROWS]
+        raise ValueError(f"{f}: {arr.null_count} rows have a null {embedding_column!r}, e.g. ids {bad.tolist()}")
+    d = _list_width(f, arr, embedding_column)
+    if len(arr):
+        x = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), d)
+    else:
+        x = np.empty((0, d or 0), np.float32)
+    return ids, x, d
+
+
+def _list_width(f: str, arr: Any, embedding_column: str) -> int | None:
+    """The one length of the embedding lists (None for an empty variable-length column)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_fixed_size_list(arr.type):
+        return arr.type.list_size
+    if not len(arr):
+        return None
+    lens = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    if (lens != lens[0]).any():
+        raise ValueError(f"{f}: rows of {embedding_column!r} have different lengths "
+                         f"({sorted(set(lens.tolist()))[:5]}); all embeddings must have one dimension")
+    return int(lens[0])
 
 
 class ShardActor:
@@ -214,31 +238,19 @@ def partition_files(files: Sequence[str], shards: int, filesystem: Any = None) -
 
 
 def kcenter_select_distributed(
-    files: Sequence[str],
-    k: int | None,
-    *,
-    labeled_features: np.ndarray | None = None,
-    shards: int,
-    seed: int = 0,
-    filesystem: Any = None,
-    id_column: str = "id",
-    embedding_column: str = "embedding",
-    labeled_ids: Sequence | None = None,
-    include_ids: Sequence | None = None,
-    storage: str = "float32",
-    use_gpu: bool | None = None,
-    batch: int | None = None,
-    num_cpus_per_shard: float = 1,
-    num_gpus_per_shard: float = 0,
-    max_restarts: int = 3,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    files: Sequence[str], k: int | None, *, labeled_features: np.ndarray | None = None, shards: int,
+    seed: int = 0, filesystem: Any = None, id_column: str = "id", embedding_column: str = "embedding",
+    labeled_ids: Sequence | None = None, include_ids: Sequence | None = None, storage: str = "float32",
+    use_gpu: bool | None = None, batch: int | None = None, num_cpus_per_shard: float = 1,
+    num_gpus_per_shard: float = 0, max_restarts: int = 3, chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_pass: Callable[[int, ShardGroup], None] | None = None,
 ) -> tuple[list, dict]:
     """Exact k-center greedy over the round's embedding Parquet with `shards` Ray actors.
 
     Returns (pool ids in pick order, stats: passes, round_trips, seconds, nodes, resyncs, ...).
     files: Parquet paths (local or URIs for `filesystem`, a pyarrow or fsspec filesystem) with
-    `id_column` and `embedding_column`. labeled_features (m, d): the labeled set's embeddings (centers).
+    `id_column` and `embedding_column` (rows with a true `corrupt` column are left out of the pool).
+    labeled_features (m, d): the labeled set's embeddings (centers).
     labeled_ids: ids in the files that are already labeled (centers, never picked; ids not found are
     ignored and counted in stats["labeled_ids_missing"]). include_ids: only these ids form the pool
     (e.g. an uncertainty pre-filter). k=None orders the whole pool (zero-shot).
@@ -253,48 +265,69 @@ def kcenter_select_distributed(
         raise ValueError("no embedding files given")
     t0 = time.perf_counter()
     parts = partition_files(files, shards, filesystem)
-    actor_cls = ray.remote(ShardActor)
-    handles = [
-        actor_cls.options(
-            num_cpus=num_cpus_per_shard, num_gpus=num_gpus_per_shard, max_restarts=max_restarts,
-            max_task_retries=max_restarts, scheduling_strategy="SPREAD",
-        ).remote(part, filesystem, id_column, embedding_column, include_ids, storage, use_gpu, chunk_rows)
-        for part in parts
-    ]
-    names = [f"shard {i} ({len(p)} files: {p[0]} .. {p[-1]})" for i, p in enumerate(parts)]
-    group = RayShardGroup(handles, names, retries=max_restarts + 1)
+    options = dict(num_cpus=num_cpus_per_shard, num_gpus=num_gpus_per_shard, max_restarts=max_restarts,
+                   max_task_retries=max_restarts, scheduling_strategy="SPREAD")  # SPREAD: shards on different nodes
+    shard_args = (filesystem, id_column, embedding_column, include_ids, storage, use_gpu, chunk_rows)
+    group = _start_shards(parts, shard_args, options)
     try:
-        infos = group.call("info", [()] * len(handles))
-        errors = [f"{names[i]}: {inf['error']}" for i, inf in enumerate(infos) if inf["error"]]
-        if errors:
-            raise ValueError("cannot load embeddings: " + "; ".join(errors))
-        extra_trips = 1
-        labeled = None
-        missing = 0
-        if labeled_ids is not None and len(labeled_ids):
-            wanted = list(dict.fromkeys(labeled_ids))
-            found = group.call("find", [(wanted,)] * len(handles))
-            extra_trips += 1
-            offsets = np.cumsum([0] + [inf["n"] for inf in infos])
-            labeled = np.concatenate([f + o for f, o in zip(found, offsets[:-1])]).astype(np.int64)
-            missing = len(wanted) - labeled.size
+        infos = _loaded_infos(group)
+        labeled, missing = _labeled_indices(group, infos, labeled_ids)
         picks, stats = exact_greedy(group, k, labeled=labeled, labeled_features=labeled_features, seed=seed,
                                     batch=batch, on_pass=on_pass)
-        sizes = [inf["n"] for inf in infos]
-        offsets = np.cumsum([0] + sizes)
-        own = np.searchsorted(offsets, picks, side="right") - 1
-        ids_parts = group.call("ids_of", [(picks[own == s] - offsets[s],) for s in range(len(handles))])
-        extra_trips += 1
-        ids: list = [None] * picks.size
-        for s, part_ids in enumerate(ids_parts):
-            for pos, v in zip(np.flatnonzero(own == s), part_ids):
-                ids[pos] = v
+        ids = _ids_of(group, infos, picks)
     finally:
-        for h in handles:
+        for h in group.handles:
             ray.kill(h)
-    stats["round_trips"] += extra_trips
+    stats["round_trips"] += 2 + (labeled is not None)  # info and ids_of, and find when given labeled ids
     stats.update(
-        seconds=time.perf_counter() - t0, shards=len(handles), nodes=[inf["node_id"] for inf in infos],
-        rows_per_shard=sizes, files_per_shard=[len(p) for p in parts], labeled_ids_missing=missing,
+        seconds=time.perf_counter() - t0, shards=len(group), nodes=[inf["node_id"] for inf in infos],
+        rows_per_shard=[inf["n"] for inf in infos], files_per_shard=[len(p) for p in parts],
+        labeled_ids_missing=missing,
     )
     return ids, stats
+
+
+def _start_shards(parts: list[list[str]], shard_args: tuple, options: dict) -> RayShardGroup:
+    """One ShardActor per run of files; a restarted actor gets one retry more than its restarts."""
+    actor_cls = ray.remote(ShardActor).options(**options)
+    handles = [actor_cls.remote(part, *shard_args) for part in parts]
+    names = [f"shard {i} ({len(p)} files: {p[0]} .. {p[-1]})" for i, p in enumerate(parts)]
+    return RayShardGroup(handles, names, retries=options["max_restarts"] + 1)
+
+
+def _loaded_infos(group: RayShardGroup) -> list[dict]:
+    """Every shard's info, or a ValueError naming the shards whose files could not be loaded."""
+    infos = group.call("info", [()] * len(group))
+    errors = [f"{group.describe(i)}: {inf['error']}" for i, inf in enumerate(infos) if inf["error"]]
+    if errors:
+        raise ValueError("cannot load embeddings: " + "; ".join(errors))
+    return infos
+
+
+def _offsets(infos: list[dict]) -> np.ndarray:
+    """(S + 1,) global index of each shard's first row (shard order, then row)."""
+    return np.cumsum([0] + [inf["n"] for inf in infos])
+
+
+def _labeled_indices(group: RayShardGroup, infos: list[dict], labeled_ids: Sequence | None
+                     ) -> tuple[np.ndarray | None, int]:
+    """(global indices of the labeled ids found in the shards, how many ids were not found); (None, 0)
+    without labeled ids, else one round trip."""
+    if labeled_ids is None or not len(labeled_ids):
+        return None, 0
+    wanted = list(dict.fromkeys(labeled_ids))
+    found = group.call("find", [(wanted,)] * len(group))
+    labeled = np.concatenate([f + o for f, o in zip(found, _offsets(infos)[:-1])]).astype(np.int64)
+    return labeled, len(wanted) - labeled.size
+
+
+def _ids_of(group: RayShardGroup, infos: list[dict], picks: np.ndarray) -> list:
+    """The pool ids of global indices `picks`, in their order (one round trip)."""
+    offsets = _offsets(infos)
+    own = np.searchsorted(offsets, picks, side="right") - 1
+    ids_parts = group.call("ids_of", [(picks[own == s] - offsets[s],) for s in range(len(group))])
+    ids: list = [None] * picks.size
+    for s, part_ids in enumerate(ids_parts):
+        for pos, v in zip(np.flatnonzero(own == s), part_ids):
+            ids[pos] = v
+    return ids

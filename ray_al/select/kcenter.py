@@ -524,14 +524,22 @@ def exact_greedy(
     after every round's greedy steps (tests kill actors there).
     """
     t0 = time.perf_counter()
-    n_sh = len(group)
-    stats: dict[str, Any] = {"round_trips": 0, "passes": 0, "resyncs": 0, "rounds": 0, "steps_per_round": []}
+    run = _GreedyRun(group)
+    run.read_layout()
+    lf, lf_norm = _check_labeled_features(labeled_features, run.d)
+    lab = _check_labeled(labeled, run.n_total)
+    k = _check_k(k, run.n_total - lab.size, run.n_total)
+    if k > 0:
+        run.init_centers(lf, lf_norm, lab, seed)
+        run.greedy(k, batch, on_pass)
+    run.stats["seconds"] = time.perf_counter() - t0
+    if k > 0:
+        run.stats["batch"] = run.batches
+    return np.asarray(run.picked, np.int64), run.stats
 
-    def call(method: str, args: Sequence[tuple]) -> list:
-        stats["round_trips"] += 1
-        return group.call(method, args)
 
-    infos = call("info", [()] * n_sh)
+def _check_shard_infos(group: ShardGroup, infos: list[dict]) -> None:
+    """Every shard's features are finite and all shards have one embedding dimension, or ValueError."""
     bad = [(i, inf) for i, inf in enumerate(infos) if inf["nonfinite_count"]]
     if bad:
         total = sum(inf["nonfinite_count"] for _, inf in bad)
@@ -545,115 +553,147 @@ def exact_greedy(
         desc = ", ".join(f"{group.describe(i)} has d={dim}" for i, dim in dims.items())
         raise ValueError(f"shards disagree on the embedding dimension: {desc}; all embeddings must come "
                          "from the same model")
-    sizes = [int(inf["n"]) for inf in infos]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (S + 1,)
-    N = int(offsets[-1])
-    d = next(iter(dims.values()), None)
 
-    lf = None
-    if labeled_features is not None:
-        lf = np.ascontiguousarray(labeled_features, dtype=np.float32)
-        if lf.ndim != 2:
-            raise ValueError(f"labeled_features must be 2-D (m, d), got shape {lf.shape}")
-        if lf.shape[0] and d is not None and lf.shape[1] != d:
-            raise ValueError(f"labeled_features have d={lf.shape[1]} but the pool's features have d={d}")
-        badl, lf_norm = nonfinite_scan(lf)
-        if badl.size:
-            raise ValueError(f"labeled_features contain NaN or inf in rows {badl[:MAX_NAMED_ROWS].tolist()}")
+
+def _check_labeled_features(labeled_features: np.ndarray | None, d: int | None) -> tuple[np.ndarray | None, float]:
+    """(float32 (m, d) centers or None, their max norm), or ValueError."""
+    if labeled_features is None:
+        return None, 0.0
+    lf = np.ascontiguousarray(labeled_features, dtype=np.float32)
+    if lf.ndim != 2:
+        raise ValueError(f"labeled_features must be 2-D (m, d), got shape {lf.shape}")
+    if lf.shape[0] and d is not None and lf.shape[1] != d:
+        raise ValueError(f"labeled_features have d={lf.shape[1]} but the pool's features have d={d}")
+    badl, lf_norm = nonfinite_scan(lf)
+    if badl.size:
+        raise ValueError(f"labeled_features contain NaN or inf in rows {badl[:MAX_NAMED_ROWS].tolist()}")
+    return lf, lf_norm
+
+
+def _check_labeled(labeled: np.ndarray | None, n_total: int) -> np.ndarray:
+    """Sorted unique int64 global indices of the labeled pool points, or ValueError."""
     lab_in = np.asarray(labeled if labeled is not None else [], dtype=None).ravel()
     if lab_in.size and lab_in.dtype.kind not in "iu":
         raise ValueError(f"labeled must be integer indices into the pool, got dtype {lab_in.dtype}")
     lab = np.unique(lab_in.astype(np.int64))
-    if lab.size and (lab[0] < 0 or lab[-1] >= N):
-        out_of_range = lab[(lab < 0) | (lab >= N)][:MAX_NAMED_ROWS].tolist()
-        raise ValueError(f"labeled indices must lie in [0, {N}); got {out_of_range}")
-    unlabeled = N - lab.size
-    if k is None:
-        k = unlabeled
-    k = int(k)
+    if lab.size and (lab[0] < 0 or lab[-1] >= n_total):
+        out_of_range = lab[(lab < 0) | (lab >= n_total)][:MAX_NAMED_ROWS].tolist()
+        raise ValueError(f"labeled indices must lie in [0, {n_total}); got {out_of_range}")
+    return lab
+
+
+def _check_k(k: int | None, unlabeled: int, n_total: int) -> int:
+    """k as an int in [0, unlabeled] (None: all of them), or ValueError."""
+    k = unlabeled if k is None else int(k)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if k > unlabeled:
-        raise ValueError(f"k={k} is larger than the unlabeled pool ({unlabeled} of {N} points); "
+        raise ValueError(f"k={k} is larger than the unlabeled pool ({unlabeled} of {n_total} points); "
                          "ask for at most the pool size")
-    if k == 0:
-        stats["seconds"] = time.perf_counter() - t0
-        return np.empty(0, np.int64), stats
+    return k
 
-    def owner(g: np.ndarray) -> np.ndarray:
-        return np.searchsorted(offsets, g, side="right") - 1
 
-    def fetch(g: np.ndarray) -> np.ndarray:
+class _GreedyRun:
+    """One `exact_greedy` call: the shards' layout, every center (the driver holds them all, so it computes
+    every exact value), the picks so far and the stats. Every call to the shards goes through here."""
+
+    def __init__(self, group: ShardGroup) -> None:
+        self.group, self.n_sh = group, len(group)
+        self.stats: dict[str, Any] = {"round_trips": 0, "passes": 0, "resyncs": 0, "rounds": 0, "steps_per_round": []}
+        self.picked: list[int] = []
+        self.new_idx: list[int] = []  # the last round's picks, not yet applied by the shards
+
+    def call(self, method: str, args: Sequence[tuple]) -> list:
+        self.stats["round_trips"] += 1
+        return self.group.call(method, args)
+
+    def read_layout(self) -> None:
+        """Sizes, global offsets and dimension of the shards (one round trip), checked."""
+        self.infos = self.call("info", [()] * self.n_sh)
+        _check_shard_infos(self.group, self.infos)
+        dims = [inf["d"] for inf in self.infos if inf["d"] is not None]
+        self.d = dims[0] if dims else None
+        self.sizes = [int(inf["n"]) for inf in self.infos]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)  # (S + 1,)
+        self.n_total = int(self.offsets[-1])
+
+    def fetch(self, g: np.ndarray) -> np.ndarray:
         """(len(g), d) stored vectors of global indices g (one round trip)."""
-        own = owner(g)
-        args = [(g[own == s] - offsets[s],) for s in range(n_sh)]
-        got = call("vectors", args)
-        out = np.empty((g.size, d), np.float32)
-        for s in range(n_sh):
+        own = np.searchsorted(self.offsets, g, side="right") - 1
+        got = self.call("vectors", [(g[own == s] - self.offsets[s],) for s in range(self.n_sh)])
+        out = np.empty((g.size, self.d), np.float32)
+        for s in range(self.n_sh):
             if got[s].shape[0]:
                 out[own == s] = got[s]
         return out
 
-    centers0 = [lf] if lf is not None and lf.shape[0] else []
-    if lab.size:
-        centers0.append(fetch(lab))
-    centers0 = np.concatenate(centers0) if centers0 else np.empty((0, d), np.float32)
-    max_norm = max([inf["max_norm"] for inf in infos] + ([lf_norm] if lf is not None and lf.shape[0] else []))
-    err = error_bound(d, max_norm)
-    stats["error_bound"] = err
+    def init_centers(self, lf: np.ndarray | None, lf_norm: float, lab: np.ndarray, seed: int) -> None:
+        """Centers = labeled_features + labeled points (or a seeded first pick); every shard prepares."""
+        has_lf = lf is not None and lf.shape[0] > 0
+        parts = ([lf] if has_lf else []) + ([self.fetch(lab)] if lab.size else [])
+        centers0 = np.concatenate(parts) if parts else np.empty((0, self.d), np.float32)
+        self.err = error_bound(self.d, max([inf["max_norm"] for inf in self.infos] + ([lf_norm] if has_lf else [])))
+        self.stats["error_bound"] = self.err
+        self.lab, self.cent = lab, _Centers(centers0, self.d)
+        if centers0.shape[0] == 0:  # cold start: a seeded first center
+            g0 = int(np.random.default_rng(seed).integers(self.n_total))
+            self.picked, self.new_idx = [g0], [g0]
+            self.cent.push(self.fetch(np.array([g0])))
+        self.call("prepare", [(self.sizes[s], int(self.offsets[s]), centers0, lab, 0, self.err)
+                              for s in range(self.n_sh)])
+        self.stats["passes"] += 1 + (centers0.shape[0] > 0)  # the load-time scan (finite check, norms) + the init
 
-    picked: list[int] = []
-    new_idx: list[int] = []
-    cent = _Centers(centers0, d)  # the driver holds every center: it computes all exact values
-    if centers0.shape[0] == 0:  # cold start: a seeded first center
-        g0 = int(np.random.default_rng(seed).integers(N))
-        picked, new_idx = [g0], [g0]
-        cent.push(fetch(np.array([g0])))
+    def greedy(self, k: int, batch: int | None, on_pass: Callable[[int, ShardGroup], None] | None) -> None:
+        """Rounds of (shards apply the new centers and report candidates; greedy steps) until k picks."""
+        self.batches = [batch or _default_batch(k - len(self.picked), self.n_sh)] * self.n_sh
+        while len(self.picked) < k:
+            res = self.step_all(k, batch)
+            self.new_idx = _greedy_round(res, k - len(self.picked), self.cent, self.err, self.d)
+            self.picked += self.new_idx
+            self.stats["steps_per_round"].append(len(self.new_idx))
+            if len(self.picked) >= k:
+                break
+            if not self.new_idx:
+                self.widen(res)
+            if on_pass is not None:
+                on_pass(self.stats["rounds"], self.group)
 
-    call("prepare", [(sizes[s], int(offsets[s]), centers0, lab, 0, err) for s in range(n_sh)])
-    stats["passes"] += 1 + (centers0.shape[0] > 0)  # the load-time scan (finite check, norms) + the init
-    batches = [batch or _default_batch(k - len(picked), n_sh)] * n_sh
-
-    def resync(s: int) -> dict:
-        stats["resyncs"] += 1
-        stats["passes"] += 2  # the restarted shard reloads (scan) and re-initialises (one pass each)
-        stats["round_trips"] += 2
-        excl = np.concatenate([lab, np.asarray(picked, np.int64)])
-        group.call_one(s, "prepare", sizes[s], int(offsets[s]), cent.all, excl, len(picked), err)
-        r = group.call_one(s, "step", len(picked), np.empty((0, d), np.float32), np.empty(0, np.int64), batches[s])
-        if isinstance(r, NeedsResync):
-            raise RuntimeError(f"{group.describe(s)} lost its state again right after a resync ({r})")
-        return r
-
-    while len(picked) < k:
-        version = len(picked) - len(new_idx)
-        nx = cent.all[cent.m - len(new_idx) :]  # (c, d) this round's picks
-        ni = np.asarray(new_idx, np.int64)
+    def step_all(self, k: int, batch: int | None) -> list[dict]:
+        """One round trip: every shard applies the last round's picks and reports its candidates."""
+        version = len(self.picked) - len(self.new_idx)
+        nx = self.cent.all[self.cent.m - len(self.new_idx) :]  # (c, d) the last round's picks
+        ni = np.asarray(self.new_idx, np.int64)
         if batch is None:
-            batches = [max(b, _default_batch(k - len(picked), n_sh)) for b in batches]
-        res = call("step", [(version, nx, ni, batches[s]) for s in range(n_sh)])
-        if new_idx:
-            stats["passes"] += 1
-        res = [resync(s) if isinstance(r, NeedsResync) else r for s, r in enumerate(res)]
-        stats["rounds"] += 1
-        new_idx = _greedy_round(res, k - len(picked), cent, err, d)
-        picked += new_idx
-        stats["steps_per_round"].append(len(new_idx))
-        if len(picked) >= k:
-            break
-        if not new_idx:
-            bounds = [r["bound"] for r in res]
-            if max(bounds) == -math.inf:
-                raise RuntimeError("k-center ran out of points before picking k (shards lost rows?)")
-            # a tie or near-tie (within the float32 error bound) straddles a shard's cut: widen that cut
-            top = max(float(np.max(r["a"])) for r in res if r["a"].size)
-            batches = [b * 2 if bd >= top - 2 * err else b for b, bd in zip(batches, bounds)]
-        if on_pass is not None:
-            on_pass(stats["rounds"], group)
+            self.batches = [max(b, _default_batch(k - len(self.picked), self.n_sh)) for b in self.batches]
+        res = self.call("step", [(version, nx, ni, self.batches[s]) for s in range(self.n_sh)])
+        if self.new_idx:
+            self.stats["passes"] += 1
+        res = [self.resync(s) if isinstance(r, NeedsResync) else r for s, r in enumerate(res)]
+        self.stats["rounds"] += 1
+        return res
 
-    stats["seconds"] = time.perf_counter() - t0
-    stats["batch"] = batches
-    return np.asarray(picked, np.int64), stats
+    def widen(self, res: list[dict]) -> None:
+        """No pick was provable: a tie or near-tie (within the float32 error bound) straddles a shard's
+        cut, so double that shard's batch."""
+        bounds = [r["bound"] for r in res]
+        if max(bounds) == -math.inf:
+            raise RuntimeError("k-center ran out of points before picking k (shards lost rows?)")
+        top = max(float(np.max(r["a"])) for r in res if r["a"].size)
+        self.batches = [b * 2 if bd >= top - 2 * self.err else b for b, bd in zip(self.batches, bounds)]
+
+    def resync(self, s: int) -> dict:
+        """Shard s lost its state (a restarted actor): re-apply every center so far, then step it."""
+        self.stats["resyncs"] += 1
+        self.stats["passes"] += 2  # the restarted shard reloads (scan) and re-initialises (one pass each)
+        self.stats["round_trips"] += 2
+        excl = np.concatenate([self.lab, np.asarray(self.picked, np.int64)])
+        self.group.call_one(s, "prepare", self.sizes[s], int(self.offsets[s]), self.cent.all, excl,
+                            len(self.picked), self.err)
+        r = self.group.call_one(s, "step", len(self.picked), np.empty((0, self.d), np.float32),
+                                np.empty(0, np.int64), self.batches[s])
+        if isinstance(r, NeedsResync):
+            raise RuntimeError(f"{self.group.describe(s)} lost its state again right after a resync ({r})")
+        return r
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Self-supervised objectives trained jointly with (or before) the classifier. Pure torch, no ray.
 
-``build(name, encoder, feature_dim, image_size, channels, **options) -> SSLMethod``; ``METHODS`` maps
-names to classes. Each method's paper defaults are in its module docstring and keyword defaults.
+``build(name, encoder, feature_dim, image_size, channels, **options) -> SSLMethod``; ``METHODS`` (a
+``ray_al.registry.Registry``) maps names to classes. Each method's paper defaults are in its module
+docstring and keyword defaults.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from ray_al.registry import Registry
 from ray_al.ssl.barlow_twins import BarlowTwins, barlow_twins_loss
 from ray_al.ssl.base import (
     KeyQueue,
@@ -26,9 +28,14 @@ from ray_al.ssl.rotnet import RotNet, rotation_loss
 from ray_al.ssl.simclr import SimCLR, nt_xent
 from ray_al.ssl.simsiam import SimSiam, simsiam_loss
 
-METHODS: dict[str, type[SSLMethod]] = {
-    cls.name: cls for cls in (MoBY, BarlowTwins, SimSiam, MoCoV2, SimCLR, RotNet)
-}
+# "none" (supervised only) is a valid train.method but not a method
+METHODS: Registry[type[SSLMethod]] = Registry("SSL method", "train.method", extra=("none",))
+METHODS.add(MoBY.name, MoBY)
+METHODS.add(BarlowTwins.name, BarlowTwins)
+METHODS.add(SimSiam.name, SimSiam)
+METHODS.add(MoCoV2.name, MoCoV2)
+METHODS.add(SimCLR.name, SimCLR)
+METHODS.add(RotNet.name, RotNet)
 
 __all__ = [
     "METHODS",
@@ -56,9 +63,7 @@ __all__ = [
 def build(name: str, encoder: nn.Module, feature_dim: int, image_size: int, channels: int, **options: Any) -> SSLMethod:
     """SSL method ``name`` on ``encoder`` (input (B, channels, image_size, image_size) in [0, 1] ->
     (B, feature_dim)). Unknown names or options raise ValueError listing the valid ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown SSL method {name!r}; valid methods: {sorted(METHODS)} (or 'none' for supervised only)")
-    cls = METHODS[name]
+    cls = METHODS.get(name)
     valid = cls.options()
     unknown = sorted(set(options) - set(valid))
     if unknown:

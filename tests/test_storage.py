@@ -1,4 +1,4 @@
-"""ray_al.io on a local tmp dir and on a real S3 endpoint (moto server), checked with independent clients."""
+"""ray_al.storage on a local tmp dir and on a real S3 endpoint (moto server), checked with independent clients."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import io
+from ray_al import storage
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 
@@ -24,89 +24,89 @@ def base(request, tmp_path):
 
 
 def test_join():
-    assert io.join("s3://b/x/", "a", "/b/", "c.json") == "s3://b/x/a/b/c.json"
-    assert io.join("/tmp/x", "a", "b") == os.path.join("/tmp/x", "a", "b")
+    assert storage.join("s3://b/x/", "a", "/b/", "c.json") == "s3://b/x/a/b/c.json"
+    assert storage.join("/tmp/x", "a", "b") == os.path.join("/tmp/x", "a", "b")
 
 
 def test_bytes_text_json_roundtrip(base):
-    io.write_bytes_atomic(io.join(base, "a", "b.bin"), b"\x00\x01payload")
-    assert io.read_bytes(io.join(base, "a", "b.bin")) == b"\x00\x01payload"
-    io.write_text_atomic(io.join(base, "t.txt"), "héllo")
-    assert io.read_text(io.join(base, "t.txt")) == "héllo"
-    io.write_json_atomic(io.join(base, "j.json"), {"x": [1, 2], "y": None})
-    assert io.read_json(io.join(base, "j.json")) == {"x": [1, 2], "y": None}
+    storage.write_bytes_atomic(storage.join(base, "a", "b.bin"), b"\x00\x01payload")
+    assert storage.read_bytes(storage.join(base, "a", "b.bin")) == b"\x00\x01payload"
+    storage.write_text_atomic(storage.join(base, "t.txt"), "héllo")
+    assert storage.read_text(storage.join(base, "t.txt")) == "héllo"
+    storage.write_json_atomic(storage.join(base, "j.json"), {"x": [1, 2], "y": None})
+    assert storage.read_json(storage.join(base, "j.json")) == {"x": [1, 2], "y": None}
     # overwrite replaces the whole content
-    io.write_bytes_atomic(io.join(base, "a", "b.bin"), b"new")
-    assert io.read_bytes(io.join(base, "a", "b.bin")) == b"new"
-    assert io.exists(io.join(base, "a")) and io.isdir(io.join(base, "a"))
-    assert io.exists(io.join(base, "a", "b.bin")) and not io.exists(io.join(base, "nope"))
-    assert io.listdir(base) == ["a", "j.json", "t.txt"]
-    assert io.listdir(io.join(base, "a")) == ["b.bin"]
+    storage.write_bytes_atomic(storage.join(base, "a", "b.bin"), b"new")
+    assert storage.read_bytes(storage.join(base, "a", "b.bin")) == b"new"
+    assert storage.exists(storage.join(base, "a")) and storage.isdir(storage.join(base, "a"))
+    assert storage.exists(storage.join(base, "a", "b.bin")) and not storage.exists(storage.join(base, "nope"))
+    assert storage.listdir(base) == ["a", "j.json", "t.txt"]
+    assert storage.listdir(storage.join(base, "a")) == ["b.bin"]
 
 
 def test_remove_tree(base):
-    io.write_text_atomic(io.join(base, "d", "x.txt"), "x")
-    io.write_text_atomic(io.join(base, "d", "sub", "y.txt"), "y")
-    io.write_text_atomic(io.join(base, "keep.txt"), "k")
-    io.remove_tree(io.join(base, "d"))
-    assert not io.exists(io.join(base, "d", "x.txt")) and not io.exists(io.join(base, "d"))
-    io.remove_tree(io.join(base, "keep.txt"))
-    assert not io.exists(io.join(base, "keep.txt"))
-    io.remove_tree(io.join(base, "never-existed"))  # not an error
+    storage.write_text_atomic(storage.join(base, "d", "x.txt"), "x")
+    storage.write_text_atomic(storage.join(base, "d", "sub", "y.txt"), "y")
+    storage.write_text_atomic(storage.join(base, "keep.txt"), "k")
+    storage.remove_tree(storage.join(base, "d"))
+    assert not storage.exists(storage.join(base, "d", "x.txt")) and not storage.exists(storage.join(base, "d"))
+    storage.remove_tree(storage.join(base, "keep.txt"))
+    assert not storage.exists(storage.join(base, "keep.txt"))
+    storage.remove_tree(storage.join(base, "never-existed"))  # not an error
 
 
 def test_parquet_roundtrip(base):
     t = pa.table({"id": pa.array([3, 1, 2], pa.int64()), "s": ["a", None, "c"]})
-    io.write_parquet_atomic(io.join(base, "t.parquet"), t)
-    assert io.read_parquet(io.join(base, "t.parquet")).equals(t)
-    assert io.read_parquet(io.join(base, "t.parquet"), columns=["s"]).column_names == ["s"]
-    got = io.read_parquet(io.join(base, "t.parquet"), filters=[("id", ">", 1)])
+    storage.write_parquet_atomic(storage.join(base, "t.parquet"), t)
+    assert storage.read_parquet(storage.join(base, "t.parquet")).equals(t)
+    assert storage.read_parquet(storage.join(base, "t.parquet"), columns=["s"]).column_names == ["s"]
+    got = storage.read_parquet(storage.join(base, "t.parquet"), filters=[("id", ">", 1)])
     assert sorted(got.column("id").to_pylist()) == [2, 3]
 
 
 def test_missing_paths_name_the_uri(base):
-    missing = io.join(base, "no", "such.json")
-    for fn in (io.read_bytes, io.read_json, io.read_parquet, io.listdir):
+    missing = storage.join(base, "no", "such.json")
+    for fn in (storage.read_bytes, storage.read_json, storage.read_parquet, storage.listdir):
         with pytest.raises(FileNotFoundError) as ei:
-            fn(missing if fn is not io.listdir else io.join(base, "no-dir"))
+            fn(missing if fn is not storage.listdir else storage.join(base, "no-dir"))
         assert "not found" in str(ei.value) and base in str(ei.value)
 
 
 def test_local_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
-    io.write_text_atomic(str(target), "old")
+    storage.write_text_atomic(str(target), "old")
 
     def boom(src, dst):
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
-        io.write_text_atomic(str(target), "new content")
+        storage.write_text_atomic(str(target), "new content")
     monkeypatch.undo()
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.json"]  # no temp file left behind
 
 
 def test_local_file_uri(tmp_path):
-    io.write_text_atomic(f"file://{tmp_path}/x.txt", "hi")
+    storage.write_text_atomic(f"file://{tmp_path}/x.txt", "hi")
     assert (tmp_path / "x.txt").read_text() == "hi"
     with pytest.raises(ValueError, match="unsupported URI scheme"):
-        io.read_bytes("gs://bucket/x")
+        storage.read_bytes("gs://bucket/x")
 
 
 def test_s3_writes_are_visible_to_an_independent_client(s3):
     uri = s3.uri("indep", "obj.json")
-    io.write_json_atomic(uri, {"a": 1})
+    storage.write_json_atomic(uri, {"a": 1})
     client = boto3.client("s3", endpoint_url=s3.endpoint, region_name=s3.region)
     body = client.get_object(Bucket=s3.bucket, Key="indep/obj.json")["Body"].read()
     assert json.loads(body) == {"a": 1}
     # and the other way round, through the fsspec (s3fs) filesystem
     client.put_object(Bucket=s3.bucket, Key="indep/from-boto.txt", Body=b"boto")
-    fs, path = io.fsspec_fs(s3.uri("indep", "from-boto.txt"))
+    fs, path = storage.fsspec_fs(s3.uri("indep", "from-boto.txt"))
     assert path == f"{s3.bucket}/indep/from-boto.txt"
     with fs.open(path, "rb") as f:
         assert f.read() == b"boto"
-    pfs, ppath = io.pyarrow_fs(uri)
+    pfs, ppath = storage.pyarrow_fs(uri)
     assert ppath == f"{s3.bucket}/indep/obj.json"
     assert pfs.get_file_info(ppath).size == len(body)
 
@@ -114,59 +114,59 @@ def test_s3_writes_are_visible_to_an_independent_client(s3):
 def test_s3_parquet_readable_by_pyarrow_directly(s3):
     uri = s3.uri("pq", "t.parquet")
     t = pa.table({"id": ["x", "y"]})
-    io.write_parquet_atomic(uri, t)
-    fs, path = io.pyarrow_fs(uri)
+    storage.write_parquet_atomic(uri, t)
+    fs, path = storage.pyarrow_fs(uri)
     assert pq.read_table(path, filesystem=fs).equals(t)
 
 
 def test_s3_missing_bucket_message(s3):
     uri = f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/x/ledger.json"
     with pytest.raises(FileNotFoundError) as ei:
-        io.read_json(uri)
+        storage.read_json(uri)
     msg = str(ei.value)
     assert uri in msg and s3.endpoint in msg and "bucket" in msg and "credentials" in msg
     with pytest.raises(FileNotFoundError, match="no-such-bucket"):
-        io.makedirs(uri.rsplit("/", 1)[0])
-    assert io.exists(uri) is False
+        storage.makedirs(uri.rsplit("/", 1)[0])
+    assert storage.exists(uri) is False
     with pytest.raises(FileNotFoundError, match="no-such-bucket"):
-        io.write_text_atomic(uri, "x")
+        storage.write_text_atomic(uri, "x")
 
 
 def test_s3_unreachable_endpoint_fails_fast(s3_server, monkeypatch):
     with socket_port() as port:
         pass  # now closed: nothing listens there
-    saved = dict(io._explicit)
+    saved = dict(storage._explicit)
     monkeypatch.setenv("RAY_AL_S3_ENDPOINT", "")
-    io.configure_s3(f"http://127.0.0.1:{port}", "us-east-1")
+    storage.configure_s3(f"http://127.0.0.1:{port}", "us-east-1")
     try:
         t0 = time.monotonic()
         with pytest.raises(ConnectionError) as ei:
-            io.read_bytes(f"s3://{s3_server.bucket}/x")
+            storage.read_bytes(f"s3://{s3_server.bucket}/x")
         assert f"127.0.0.1:{port}" in str(ei.value) and "endpoint" in str(ei.value)
         assert time.monotonic() - t0 < 30
     finally:
-        io.configure_s3(saved["endpoint"], saved["region"])
+        storage.configure_s3(saved["endpoint"], saved["region"])
 
 
 def test_configure_s3_exports_env_for_workers(monkeypatch):
     monkeypatch.delenv("RAY_AL_S3_ENDPOINT", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
-    saved = dict(io._explicit)
+    saved = dict(storage._explicit)
     try:
-        io.configure_s3("http://minio.local:9000", "eu-west-3")
+        storage.configure_s3("http://minio.local:9000", "eu-west-3")
         assert os.environ["RAY_AL_S3_ENDPOINT"] == "http://minio.local:9000"
-        assert io.s3_settings() == ("http://minio.local:9000", "eu-west-3")
-        io.configure_s3(None, None)
-        assert io.s3_settings() == ("http://minio.local:9000", "eu-west-3")  # now from env
+        assert storage.s3_settings() == ("http://minio.local:9000", "eu-west-3")
+        storage.configure_s3(None, None)
+        assert storage.s3_settings() == ("http://minio.local:9000", "eu-west-3")  # now from env
         monkeypatch.delenv("RAY_AL_S3_ENDPOINT")
         monkeypatch.delenv("AWS_REGION")
         monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
         monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-        assert io.s3_settings() == (None, "us-east-1")
+        assert storage.s3_settings() == (None, "us-east-1")
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://other:1")
-        assert io.s3_settings()[0] == "http://other:1"
+        assert storage.s3_settings()[0] == "http://other:1"
     finally:
-        io.configure_s3(saved["endpoint"], saved["region"])
+        storage.configure_s3(saved["endpoint"], saved["region"])
 
 
 class socket_port:

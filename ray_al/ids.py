@@ -1,0 +1,76 @@
+"""Pool ids: the one home for hashing and ordering them (pure numpy, no Ray).
+
+Ids are int64 or strings (DESIGN.md's pool contract). Everything that needs a per-id number (augmentation
+seeds, MC-dropout masks) goes through `id_keys`, and everything that orders ids (tie-breaks, seeded draws)
+through `id_sort_keys`, so a given id means the same thing in every process and every module.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+MAX_IDS_IN_ERROR = 5  # ids listed in an error message before "..."
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays: a cheap, well-mixed counter hash (wrap-around is the point)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def id_keys(ids: Any) -> np.ndarray:
+    """(n,) uint64: a stable, well-mixed key per id, the same in every process.
+
+    Integer ids are mixed by splitmix64; other ids (strings) by an 8-byte blake2b of their text
+    (Python's hash() is salted per process, so it would differ between Ray workers).
+    """
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        return splitmix64(ids.astype(np.int64).view(np.uint64))
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+                        for i in ids.tolist()), dtype=np.uint64, count=len(ids))
+
+
+def id_sort_keys(ids: Any) -> np.ndarray:
+    """`ids` as a 1-D array numpy can sort: int64 for integer ids, unicode for string ids.
+
+    Object arrays (what pyarrow/pandas give for strings) are converted; mixed int/str ids are an
+    error because they have no order we could tie-break on.
+    """
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be a 1-D array of pool ids, got shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind in "US":
+        return arr
+    if arr.dtype.kind == "O":
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in arr):
+            return arr.astype(np.int64)
+        if all(isinstance(x, str) for x in arr):
+            return arr.astype(str)
+        bad = sorted({type(x).__name__ for x in arr} - {"int", "str"})
+        raise ValueError(
+            f"ids must be all int64 or all str; got a mix including {bad}. "
+            "Fix the pool's `id` column so it has one type."
+        )
+    raise ValueError(f"ids must be int64 or str, got dtype {arr.dtype}; cast the pool's `id` column.")
+
+
+def canonical_order(ids: Any) -> np.ndarray:
+    """Positions that sort the ids ascending (stable); randomised strategies draw in this order."""
+    return np.argsort(id_sort_keys(ids), kind="stable")
+
+
+def describe_ids(ids: np.ndarray, mask: np.ndarray) -> str:
+    """'[3, 7, 9] (3 in all)' for the ids where `mask` holds, listing at most MAX_IDS_IN_ERROR."""
+    bad = np.asarray(ids)[np.asarray(mask, dtype=bool)]
+    shown = ", ".join(repr(x.item() if hasattr(x, "item") else x) for x in bad[:MAX_IDS_IN_ERROR])
+    more = ", ..." if bad.shape[0] > MAX_IDS_IN_ERROR else ""
+    return f"[{shown}{more}] ({bad.shape[0]} in all)"

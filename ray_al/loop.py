@@ -1,0 +1,381 @@
+"""The active-learning round loop, and the only place that orders the stages.
+
+Each round: train (Ray Train) -> embed + evaluate (Ray Data) -> select -> label (oracle) -> commit.
+Every step writes its outputs, then a step marker; the round manifest is written last. A killed run
+resumes at the first step without a marker, so no label is lost or duplicated. `on_round_committed(row)`
+is called after each round's commit (the sweep reports rounds to Ray Tune through it).
+
+    run, spec, cfg = open_run(cfg, run_uri, resume=False)
+    Cycle(cfg, run, spec).run_all()
+    finish(run)
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_al import config as config_mod
+from ray_al import selection, storage
+from ray_al.config import BudgetError, Config, ConfigError
+from ray_al.data.pool import PoolError, PoolSpec
+from ray_al.ledger import Ledger
+from ray_al.registry import Registry, UnknownNameError
+from ray_al.rundir import RunDir
+
+__all__ = ["BudgetError", "Cycle", "check_budget", "check_config", "default_run_dir", "finish", "open_run",
+           "train_seed"]
+
+MODES = ("joint", "pretrain", "frozen")
+ORACLES = ("simulated", "file")
+COMMITTEES = ("mc_dropout", "heads")  # select.committee: MC-dropout passes | bagged linear heads
+# train.seed_offset moves the training seeds by this much: far above seed * 1000 + round of any
+# realistic al.seed, so offsets never reuse another run's seed, and small enough for torch's 64-bit seeds.
+SEED_OFFSET_STRIDE = 1_000_000
+
+
+def default_run_dir(cfg: Config, smoke: bool) -> str:
+    name = f"{cfg.data.dataset}-{cfg.train.method}-{cfg.train.mode}-{cfg.select.method}-seed{cfg.al.seed}"
+    return str(Path("runs") / (name + ("-smoke" if smoke else "")))
+
+
+# ----------------------------------------------------------------------------- checks before any work
+def check_config(cfg: Config) -> None:
+    """Cheap checks before any work: names that exist, values in range."""
+    from ray_al.trainloop import check_optimizer_names
+
+    try:
+        _check_names(cfg)
+    except UnknownNameError as exc:  # a registry's message names the key and the valid names
+        raise ConfigError(str(exc)) from None
+    check_optimizer_names(cfg.train.optimizer, cfg.train.lr_schedule)
+    if cfg.train.mode in ("pretrain", "frozen") and cfg.train.method == "none" and not cfg.train.checkpoint:
+        raise ConfigError(f"train.mode={cfg.train.mode} needs an SSL train.method (e.g. simsiam) or train.checkpoint.")
+    for key, value, valid in (("train.mode", cfg.train.mode, MODES), ("al.oracle", cfg.al.oracle, ORACLES),
+                              ("data.on_corrupt", cfg.data.on_corrupt, ("skip", "error")),
+                              ("embed.dtype", cfg.embed.dtype, ("float32", "bfloat16")),
+                              ("select.committee", cfg.select.committee, COMMITTEES)):
+        if value not in valid:
+            raise ConfigError(f"{key}='{value}' is not valid; choose one of {', '.join(valid)}.")
+    if cfg.select.committee_size < 2:
+        raise ConfigError(f"select.committee_size must be >= 2 (a committee of one never disagrees), "
+                          f"got {cfg.select.committee_size}.")
+    for key in ("initial_size", "budget", "rounds"):
+        if getattr(cfg.al, key) < (1 if key != "rounds" else 0):
+            raise ConfigError(f"al.{key} must be positive, got {getattr(cfg.al, key)}.")
+
+
+def _check_names(cfg: Config) -> None:
+    from ray_al import acquisition, ssl
+    from ray_al.models import BACKBONES
+
+    if cfg.train.method != "none":
+        ssl.METHODS.get(cfg.train.method)
+    BACKBONES.get(cfg.model.backbone)
+    strategy = acquisition.get(cfg.select.method)
+    if cfg.select.prefilter:
+        # a pre-filter ranks by a score: the registry of score-based strategies names the right key
+        scores: Registry = Registry("score-based acquisition method", "select.prefilter")
+        for name, s in acquisition.ACQUISITIONS.items():
+            if s.kind == "score":
+                scores.add(name, s)
+        scores.get(cfg.select.prefilter)
+        if "prefilter" not in strategy.options:
+            raise ConfigError(f"select.method={cfg.select.method} takes no pre-filter; clear select.prefilter or "
+                              "use a diversity method such as kcenter or badge.")
+
+
+def check_budget(cfg: Config, pool_rows: int) -> None:
+    needed = cfg.al.initial_size + cfg.al.rounds * cfg.al.budget
+    if needed > pool_rows:
+        raise BudgetError(
+            f"the labelling plan needs {needed} labels (al.initial_size={cfg.al.initial_size} + al.rounds="
+            f"{cfg.al.rounds} x al.budget={cfg.al.budget}) but the pool has only {pool_rows} images. Lower "
+            "al.budget or al.rounds, or use a larger pool (data.pool_size=0 takes all of it)."
+        )
+
+
+def train_seed(cfg: Config, r: int | None) -> int:
+    """Seed of round r's training (r=None: the pre-training). With train.seed_offset=0 it is
+    al.seed * 1000 + r (al.seed for the pre-training); an offset varies the training alone, while the seed
+    set keeps al.seed."""
+    base = cfg.al.seed if r is None else cfg.al.seed * 1000 + r
+    return base + cfg.train.seed_offset * SEED_OFFSET_STRIDE
+
+
+# ----------------------------------------------------------------------------- the rounds
+class Cycle:
+    def __init__(self, cfg: Config, run: RunDir, spec: PoolSpec, log=print,
+                 on_round_committed: Callable[[dict], None] | None = None):
+        self.cfg, self.run, self.spec, self.log = cfg, run, spec, log
+        self.on_round_committed = on_round_committed
+        self.seed = cfg.al.seed
+        self._oracle = None
+
+    def ledger(self) -> Ledger:
+        return Ledger.load(self.run.uri, id_type=self.spec.id_type)
+
+    def oracle(self):
+        from ray_al.data.pool import read_labels
+        from ray_al.oracle import SimulatedOracle
+
+        if self._oracle is None:
+            ids, labels = read_labels(self.spec.pool_uri)
+            self._oracle = SimulatedOracle({i: int(y) for i, y in zip(ids, labels) if y is not None})
+        return self._oracle
+
+    def _model_uri(self, r: int) -> str:
+        return self.run.round_uri(r, "model.pt")
+
+    # ----------------------------------------------------------------- steps
+    def initial_set(self) -> None:
+        """A seeded random seed set. With al.oracle=file it is drawn among the pool rows whose `label` is
+        already known (null = unlabeled), so a real pool needs only its seed labels filled in."""
+        ledger = self.ledger()
+        if len(ledger):
+            return
+        if not self.spec.has_labels:
+            raise ConfigError(
+                "the pool has no `label` column, so there is no seed set to start from: add a `label` column "
+                f"holding the labels you already have (null elsewhere), at least al.initial_size="
+                f"{self.cfg.al.initial_size} of them, and use al.oracle=file for the rest.")
+        known = np.asarray(sorted(self.oracle().labels_by_id))
+        if len(known) < self.cfg.al.initial_size:
+            raise BudgetError(f"al.initial_size={self.cfg.al.initial_size} but only {len(known)} pool rows have a "
+                              "label; lower al.initial_size or label more seed images.")
+        rng = np.random.default_rng(self.seed)
+        chosen = known[np.sort(rng.choice(len(known), self.cfg.al.initial_size, replace=False))]
+        labels = self.oracle().answer(chosen)
+        ledger.add(chosen, labels, 0, "initial", num_classes=self.spec.num_classes).commit(self.run.uri)
+
+    def pretrained_state(self) -> dict | None:
+        """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
+        from ray_al.models.weights import state_from_bytes, state_to_bytes
+        from ray_al.train import fit
+
+        cfg = self.cfg
+        if cfg.train.mode == "joint":
+            return None
+        if cfg.train.mode == "frozen" or cfg.train.checkpoint:
+            uri = cfg.train.checkpoint
+            if not uri or not storage.exists(uri):
+                raise ConfigError(f"train.checkpoint='{uri}' not found: give a model.pt written by a pretrain run "
+                                  "(RUN_DIR/pretrain/model.pt).")
+            return state_from_bytes(storage.read_bytes(uri))
+        uri = self.run.path("pretrain", "model.pt")
+        if storage.exists(uri):
+            return state_from_bytes(storage.read_bytes(uri))
+        self.log(f"pre-training {cfg.train.method} on the whole pool ({cfg.train.pretrain_epochs} epochs)")
+        out = fit(cfg, self.spec, labeled_ids=np.zeros(0, np.int64), labeled_labels=np.zeros(0, np.int64),
+                  storage_uri=self.run.path("ray_train"), name="pretrain", seed=train_seed(cfg, None),
+                  epochs=cfg.train.pretrain_epochs, use_ce=False, use_ssl=True, desc="pretrain")
+        storage.write_bytes_atomic(uri, state_to_bytes(out.state_dict))
+        return out.state_dict
+
+    def train(self, r: int, ledger: Ledger, init_state: dict | None) -> dict:
+        from ray_al.models.weights import state_from_bytes, state_to_bytes
+        from ray_al.train import fit
+
+        if self.run.is_done(r, "train"):
+            return state_from_bytes(storage.read_bytes(self._model_uri(r)))
+        cfg = self.cfg
+        joint = cfg.train.mode == "joint"
+        out = fit(
+            cfg, self.spec, labeled_ids=ledger.ids, labeled_labels=ledger.labels,
+            storage_uri=self.run.path("ray_train"), name=f"round_{r:04d}", seed=train_seed(cfg, r),
+            epochs=cfg.train.epochs, use_ce=True, use_ssl=joint and cfg.train.method != "none",
+            head_only=not joint and not cfg.train.finetune, init_state=init_state, desc=f"train round {r}",
+        )
+        storage.write_bytes_atomic(self._model_uri(r), state_to_bytes(out.state_dict))
+        self.run.mark_done(r, "train", {"seconds": out.seconds, "metrics": out.metrics, "labels": len(ledger)})
+        return out.state_dict
+
+    def embed(self, r: int, ledger: Ledger, state: dict) -> dict:
+        """Embed the unlabeled, labeled and test splits; the test split gives the round's accuracy."""
+        from ray_al.data.reader import pool_columns, read_split
+        from ray_al.embed import embed_splits
+        from ray_al.models.weights import learner_kwargs, state_to_bytes
+
+        if self.run.is_done(r, "embed"):
+            return self.run.step_payload(r, "embed")
+        spec = self.spec
+        started = time.perf_counter()
+        datasets = {
+            "unlabeled": read_split(spec.pool_uri, columns=pool_columns(spec), exclude_ids=ledger.ids),
+            "labeled": read_split(spec.pool_uri, columns=pool_columns(spec), include_ids=ledger.ids),
+            "test": read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)),
+        }
+        out_uri = self.run.round_uri(r, "embeddings")
+        embed_splits(datasets, state_to_bytes(state), learner_kwargs(self.cfg, spec), spec,
+                     selection.embed_options(self.cfg), out_uri)
+        payload = {"seconds": time.perf_counter() - started, **_evaluate(out_uri)}
+        if payload["corrupt"]:
+            bad = payload["corrupt_ids"]
+            self.log(f"round {r}: {payload['corrupt']} pool images could not be decoded and are left out "
+                     f"(ids: {bad[:10]}{' ...' if len(bad) > 10 else ''})")
+        self.run.mark_done(r, "embed", payload)
+        return payload
+
+    def select(self, r: int, ledger: Ledger) -> list:
+        from ray_al.oracle import query_uris
+
+        if self.run.is_done(r, "select"):
+            return self.run.read_queries(r).column("id").to_pylist()
+        started = time.perf_counter()
+        k = self.cfg.al.budget
+        ids = selection.select_ids(self.cfg, self.run.round_uri(r, "embeddings"), ledger, k, r,
+                                   zero_shot_uri=self.run.path("zero_shot_order.parquet"))
+        self.run.write_queries(r, ids, query_uris(self.spec.pool_uri, self.spec.image_column, ids))
+        self.run.mark_done(r, "select", {"seconds": time.perf_counter() - started, "k": k})
+        return list(ids)
+
+    def label(self, r: int, ids: list, ledger: Ledger) -> Ledger | None:
+        """Simulated: answer now. File: stop and wait for `python -m ray_al.label import`."""
+        if self.run.is_done(r, "label"):
+            return self.ledger()
+        already = ledger.table.filter(pc.equal(ledger.table.column("round"), r + 1))
+        if already.num_rows:  # killed between the ledger commit and the step marker
+            self.run.mark_done(r, "label", {"seconds": 0.0, "labels": already.num_rows, "recovered": True})
+            return ledger
+        if self.cfg.al.oracle == "file":
+            return None
+        started = time.perf_counter()
+        labels = self.oracle().answer(ids)
+        # ledger round r + 1: the first training round that uses these labels
+        new = ledger.add(ids, labels, r + 1, "query", num_classes=self.spec.num_classes).commit(self.run.uri)
+        self.run.mark_done(r, "label", {"seconds": time.perf_counter() - started, "labels": len(ids)})
+        return new
+
+    # ----------------------------------------------------------------- the loop
+    def run_all(self) -> list[dict]:
+        """Every round not committed yet; stops early while a file oracle's labels are pending."""
+        self.initial_set()
+        init_state = self.pretrained_state()
+        printed = False
+        for r in range(self.cfg.al.rounds + 1):
+            if self.run.is_round_committed(r):
+                continue
+            row = self.run_round(r, init_state)
+            if row is None:
+                break
+            self._log_row(row, header=not printed)
+            printed = True
+        return self.run.results()
+
+    def run_round(self, r: int, init_state: dict | None) -> dict | None:
+        """Round r's steps, then its commit; None while its queries await a file oracle's labels."""
+        ledger = self.ledger().up_to_round(r)
+        state = self.train(r, ledger, init_state)
+        embedded = self.embed(r, ledger, state)
+        seconds = {"train": self.run.step_payload(r, "train")["seconds"], "embed": embedded["seconds"]}
+        if r < self.cfg.al.rounds:
+            ids = self.select(r, ledger)
+            seconds["select"] = self.run.step_payload(r, "select")["seconds"]
+            if self.label(r, ids, self.ledger()) is None:
+                self._ask_for_labels(r, len(ids))
+                return None
+            seconds["label"] = self.run.step_payload(r, "label").get("seconds", 0.0)  # an import has no timing
+        cfg = self.cfg
+        row = {"round": r, "labels": len(ledger), "accuracy": embedded["accuracy"], "seconds": seconds,
+               "method": cfg.train.method, "mode": cfg.train.mode, "select": cfg.select.method,
+               "budget": cfg.al.budget, "seed": cfg.al.seed, "dataset": cfg.data.dataset,
+               "corrupt": embedded["corrupt"]}
+        self.run.commit_round(r, row)
+        if self.on_round_committed is not None:
+            self.on_round_committed(row)
+        return row
+
+    def _ask_for_labels(self, r: int, n: int) -> None:
+        self.log(f"\nround {r}: {n} images await labels. Export them with\n"
+                 f"  python -m ray_al.label export {self.run.uri} --out queries.csv\n"
+                 f"then import the answers and continue with\n"
+                 f"  python -m ray_al.label import {self.run.uri} labels.csv\n"
+                 f"  python -m ray_al.cycle --resume {self.run.uri}")
+
+    def _log_row(self, row: dict, header: bool) -> None:
+        from ray_al.report import format_table
+
+        if header:
+            self.log(format_table([]).split("\n")[0])
+        self.log(format_table([row]).split("\n")[-1])
+
+
+def _evaluate(out_uri: str) -> dict:
+    """Test accuracy over the decodable test images, and the pool ids that could not be decoded."""
+    from ray_al.embeddings import drop_corrupt, matrix, read_embeddings
+
+    test = read_embeddings(out_uri, "test", columns=["probs", "label", "corrupt"])
+    if test.num_rows == 0:
+        raise PoolError("the test split produced no rows to evaluate; check data.test.")
+    rows = test.num_rows
+    test = drop_corrupt(test)
+    accuracy = float((matrix(test.column("probs")).argmax(axis=1) == test.column("label").to_numpy()).mean())
+    bad: list = []
+    for split in ("unlabeled", "labeled"):
+        t = read_embeddings(out_uri, split, columns=["id", "corrupt"])
+        if t.num_rows:
+            bad += t.filter(t.column("corrupt")).column("id").to_pylist()
+    return {"accuracy": accuracy, "corrupt_ids": bad[:1000], "corrupt": len(bad), "test_rows": rows}
+
+
+# ----------------------------------------------------------------------------- opening and closing a run
+def finish(run: RunDir, log=print) -> list[dict]:
+    """results.jsonl and the learning-curve plot from the committed rounds; prints the table."""
+    from ray_al.report import area_under_curve, format_table, learning_curve_png
+
+    rows = run.results()
+    run.write_results_jsonl()
+    if not rows:
+        return rows
+    title = f"{rows[0]['dataset']}: {rows[0]['method']} ({rows[0]['mode']}) + {rows[0]['select']}"
+    # drawn in memory: concurrent runs (sweep trials on one node) share no local file
+    storage.write_bytes_atomic(storage.join(run.uri, "learning_curve.png"),
+                               learning_curve_png(rows, title, group_by=("select",)))
+    log("\n" + format_table(rows))
+    auc = area_under_curve([r["labels"] for r in rows], [r["accuracy"] for r in rows])
+    log(f"\narea under the learning curve: {auc:.4f}")
+    log(f"results: {storage.join(run.uri, 'results.jsonl')}\nplot:    {storage.join(run.uri, 'learning_curve.png')}\n"
+        f"ledger:  {storage.join(run.uri, 'ledger')} (python -m ray_al.label status {run.uri})")
+    return rows
+
+
+def _same_config(saved: dict | None, snapshot: dict) -> bool:
+    if saved is None:
+        return False
+    try:
+        return config_mod.from_dict(saved).to_dict() == snapshot
+    except ConfigError:  # a key this version no longer knows
+        return False
+
+
+def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec, Config]:
+    """(run directory, pool spec, config): a resumed run keeps its saved config; a new run with the
+    config of an existing one carries on where it stopped; otherwise the pool is prepared afresh."""
+    if resume:
+        run = RunDir.open(run_uri)
+        cfg = config_mod.from_dict(run.info["config"])
+        storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
+        return run, PoolSpec.from_dict(run.info["pool"]["spec"]), cfg
+    from ray_al.data.pool import prepare
+
+    storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
+    snapshot = cfg.to_dict()
+    info_path = storage.join(run_uri, "run.json")
+    if storage.exists(info_path) and not cfg.run.overwrite:
+        existing = storage.read_json(info_path)
+        # read through from_dict, so a run saved before a key was added (with its default) still matches
+        if _same_config(existing.get("config"), snapshot):
+            return RunDir.open(run_uri), PoolSpec.from_dict(existing["pool"]["spec"]), cfg
+    if cfg.run.overwrite and storage.exists(run_uri):
+        storage.remove_tree(run_uri)
+    spec = prepare(cfg.data, run_uri, cfg.al.seed)
+    check_budget(cfg, spec.pool_rows)
+    info = {"config": snapshot, "num_classes": spec.num_classes, "class_names": list(spec.class_names),
+            "id_type": spec.id_type,
+            "pool": {"uri": spec.pool_uri, "id_column": "id", "image_column": spec.image_column,
+                     "path_column": "path", "spec": spec.to_dict()}}
+    return RunDir.create(run_uri, info, overwrite=cfg.run.overwrite), spec, cfg

@@ -1,0 +1,166 @@
+"""Selection: from a round's embedding Parquet to the ids to query, the same way for every strategy.
+
+`strategy_input` is the one function that reads a round's embeddings for selection. It drops the rows
+whose image could not be decoded (`embeddings.drop_corrupt`: such an image was embedded as zero pixels,
+so it must never be queried nor stand for a labeled example) and returns what the strategy needs:
+
+* a `PoolView` (every acquisition strategy, the heads committee, zero-shot ordering), or
+* `ShardFiles` for k-center over Ray shard actors (`select.shards > 1`): the unlabeled split's files, which
+  each actor loads itself and filters with the same `drop_corrupt`, and the labeled features as centers.
+
+`select_ids` runs the configured strategy on it. No Ray here: the shard actors live in
+ray_al.select.distributed, imported only when `select.shards > 1`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_al import acquisition, storage
+from ray_al.acquisition import PoolView
+from ray_al.config import BudgetError, Config
+from ray_al.embeddings import drop_corrupt, matrix, read_embeddings, split_files
+from ray_al.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """What the distributed k-center needs: files to load in the actors, not rows in the driver."""
+
+    files: list[str]  # the unlabeled split's Parquet files
+    filesystem: Any  # pyarrow filesystem of an s3:// run, else None
+    labeled_embeddings: np.ndarray | None  # (L, d) decodable labeled rows: the initial centers
+    n: int  # decodable unlabeled rows
+
+
+def needs_committee(cfg: Config) -> bool:
+    """Whether the selection method or its pre-filter scores committee disagreement."""
+    return "committee_probs" in acquisition.needs(cfg.select.method, optional=False, prefilter=cfg.select.prefilter)
+
+
+def embed_options(cfg: Config):
+    """The embed step's EmbedOptions. MC-dropout passes are an embedding output, computed only when a
+    committee method needs them; a heads committee is fitted at selection time instead."""
+    from ray_al.embed import EmbedOptions
+
+    committee = cfg.select.committee == "mc_dropout" and needs_committee(cfg)
+    return EmbedOptions(
+        batch_size=cfg.embed.batch_size, actors=cfg.embed.actors, cpus_per_actor=cfg.embed.cpus_per_actor,
+        gpus_per_actor=cfg.embed.gpus_per_actor, dtype=cfg.embed.dtype,
+        committee_size=cfg.select.committee_size if committee else 0, on_corrupt=cfg.data.on_corrupt,
+        normalize=cfg.embed.normalize,
+    )
+
+
+def selection_seed(cfg: Config, r: int) -> int:
+    """Seed of round r's selection (random draws, cold-start centers, committee resamples)."""
+    return cfg.al.seed * 1000 + r
+
+
+def strategy_options(cfg: Config) -> dict:
+    """Options of select.method: prefilter_factor wherever the strategy takes it (hybrids such as
+    entropy_kcenter too, so one config key sets every pre-filter), prefilter when one is set."""
+    accepted = acquisition.get(cfg.select.method).options
+    options = {"prefilter_factor": cfg.select.prefilter_factor} if "prefilter_factor" in accepted else {}
+    if cfg.select.prefilter:
+        options["prefilter"] = cfg.select.prefilter
+    return options
+
+
+def on_shards(cfg: Config) -> bool:
+    """Plain k-center over select.shards Ray actors (pre-filters and zero-shot run in one process)."""
+    return (cfg.select.method == "kcenter" and cfg.select.shards > 1 and not cfg.select.prefilter
+            and not cfg.select.zero_shot)
+
+
+# ----------------------------------------------------------------------------- embeddings -> strategy input
+def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int) -> PoolView | ShardFiles:
+    """A round's embeddings as the strategy's input, undecodable rows dropped (module docstring)."""
+    labeled = drop_corrupt(read_embeddings(emb_uri, "labeled"))
+    labeled_embeddings = matrix(labeled.column("embedding")) if labeled.num_rows else None
+    if on_shards(cfg):
+        decodable = drop_corrupt(read_embeddings(emb_uri, "unlabeled", columns=["corrupt"]))
+        fs = storage.pyarrow_fs(emb_uri)[0] if storage.is_s3(emb_uri) else None
+        return ShardFiles(split_files(emb_uri, "unlabeled"), fs, labeled_embeddings, decodable.num_rows)
+    unlabeled = drop_corrupt(read_embeddings(emb_uri, "unlabeled"))
+    labeled_ids = _ids(labeled)
+    probs, embeddings = matrix(unlabeled.column("probs")), matrix(unlabeled.column("embedding"))
+    return PoolView(
+        ids=_ids(unlabeled),
+        probs=probs,
+        embeddings=embeddings,
+        committee_probs=_committee(cfg, unlabeled, labeled, labels_by_id, embeddings, probs.shape[1], r),
+        labeled_embeddings=labeled_embeddings,
+        labeled_labels=(np.asarray([labels_by_id[i] for i in labeled_ids.tolist()], dtype=np.int64)
+                        if labeled.num_rows else None),
+        labeled_probs=matrix(labeled.column("probs")) if labeled.num_rows else None,
+    )
+
+
+def _ids(table: pa.Table) -> np.ndarray:
+    """(n,) ids as numpy (int64, or objects for string ids), without a Python list of them all."""
+    return table.column("id").to_numpy() if table.num_rows else np.zeros(0, np.int64)
+
+
+def _committee(cfg: Config, unlabeled: pa.Table, labeled: pa.Table, labels_by_id: dict, embeddings: np.ndarray,
+               n_classes: int, r: int) -> np.ndarray | None:
+    """(m, n, C) committee probabilities: heads bagged on the labeled embeddings now, or the embed step's
+    MC-dropout passes; None when no committee is in the files or needed."""
+    if cfg.select.zero_shot:
+        return None
+    if cfg.select.committee == "heads" and needs_committee(cfg):
+        from ray_al.acquisition.heads import heads_committee_probs
+
+        ids = _ids(labeled)
+        return heads_committee_probs(
+            matrix(labeled.column("embedding")) if len(ids) else np.zeros((0, embeddings.shape[1]), np.float32),
+            np.asarray([labels_by_id[i] for i in ids.tolist()], dtype=np.int64), embeddings, n_classes,
+            size=cfg.select.committee_size,
+            seed=selection_seed(cfg, r), labeled_ids=ids)
+    if "committee" in unlabeled.column_names:
+        members = matrix(unlabeled.column("committee")).reshape(unlabeled.num_rows, cfg.select.committee_size, -1)
+        return members.transpose(1, 0, 2)
+    return None
+
+
+# ----------------------------------------------------------------------------- strategy input -> query ids
+def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "") -> list:
+    """The k ids round r queries. zero_shot_uri: where the run keeps its zero-shot order."""
+    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r)
+    if k > source.n:
+        raise BudgetError(f"round {r}: al.budget={k} is larger than the {source.n} unlabeled images left; "
+                          "lower al.budget or al.rounds.")
+    if isinstance(source, ShardFiles):
+        return _kcenter_on_shards(source, k, cfg.select.shards, selection_seed(cfg, r))
+    if cfg.select.zero_shot:
+        return zero_shot_prefix(zero_shot_uri, source, ledger, k, cfg.al.seed)
+    positions = acquisition.select(cfg.select.method, source, k, seed=selection_seed(cfg, r),
+                                   **strategy_options(cfg))
+    return source.ids[positions].tolist()
+
+
+def _kcenter_on_shards(source: ShardFiles, k: int, shards: int, seed: int) -> list:
+    from ray_al.select import kcenter_select_distributed
+
+    chosen, _stats = kcenter_select_distributed(source.files, k, labeled_features=source.labeled_embeddings,
+                                                shards=shards, seed=seed, filesystem=source.filesystem)
+    return list(chosen)
+
+
+def zero_shot_prefix(uri: str, view: PoolView, ledger: Ledger, k: int, seed: int) -> list:
+    """Zero-shot AL: order the pool once by k-center on the first round's features (the seed set as
+    centers) and save it at `uri`; every round takes the next k unlabeled ids of that order, so budgets
+    are prefixes of one order."""
+    from ray_al.select import zero_shot_order
+
+    if not storage.exists(uri):
+        order = zero_shot_order(view.embeddings, seed=seed, labeled_features=view.labeled_embeddings)
+        storage.write_parquet_atomic(uri, pa.table({"id": pa.array(view.ids[order]),
+                                                    "rank": pa.array(np.arange(len(order)))}))
+    ordered = storage.read_parquet(uri, columns=["id"]).column("id")
+    labeled = pc.is_in(ordered, value_set=ledger.table.column("id").combine_chunks().cast(ordered.type))
+    return ordered.filter(pc.invert(labeled)).slice(0, k).to_pylist()
