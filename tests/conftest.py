@@ -51,6 +51,20 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def single_threaded_faiss():
+    """Single-threaded faiss and BLAS for a module (opt in with `pytest.mark.usefixtures`): small pools
+    gain nothing from threads on a shared 2-core box, and threaded runs stall under its load."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cifar_parquet() -> Path:
     if not (CIFAR10 / "train.parquet").is_file():

@@ -25,17 +25,7 @@ CENTERS = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
 SIZES = (150, 110, 80, 60)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded faiss/BLAS: these pools are small, and the test machine is shared."""
-    import faiss
-    from threadpoolctl import threadpool_limits
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_threaded_faiss")
 
 
 def planted(sizes=SIZES, sigma=0.3, centers=CENTERS, seed=0):

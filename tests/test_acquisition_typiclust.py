@@ -16,17 +16,7 @@ SIZES = (300, 200, 120, 60)  # largest first: the visiting order on a cold start
 SIGMAS = (1.0, 0.5, 2.0, 0.8)  # different densities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded faiss/BLAS: these pools are small, and the test machine is shared."""
-    import faiss
-    from threadpoolctl import threadpool_limits
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_threaded_faiss")
 
 
 def planted(sizes=SIZES, sigmas=SIGMAS, centers=CENTERS, seed=0):

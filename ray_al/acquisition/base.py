@@ -314,3 +314,16 @@ def on_field(fn: Callable[[Any], np.ndarray], field: str = "probs") -> Callable[
 
 def _apply_to_field(fn: Callable[[Any], np.ndarray], field: str, view: PoolView) -> np.ndarray:
     return fn(getattr(view, field))
+
+
+def recording(select_fn: Callable[..., tuple[np.ndarray, dict]]) -> Callable[..., np.ndarray]:
+    """A strategy fn from `select_fn(view, k, seed, **options) -> (positions, record)`: it returns the
+    positions, and fills the caller's `info={}` option with the record (what the method decided and why)."""
+    return functools.partial(_record_into, select_fn)
+
+
+def _record_into(select_fn, view: PoolView, k: int, seed: int, info: dict | None = None, **options: Any) -> np.ndarray:
+    positions, record = select_fn(view, k, seed, **options)
+    if info is not None:
+        info.update(record)
+    return positions

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_al.acquisition.base import ACQUISITIONS, PoolView, Strategy, register
+from ray_al.acquisition.base import ACQUISITIONS, PoolView, Strategy, recording, register
 from ray_al.acquisition.typiclust import CHUNK_ROWS, PAIR_VALUES, PoolRows, cluster_members, seeded_kmeans
 
 log = logging.getLogger(__name__)
@@ -477,16 +477,8 @@ def probcover_select(
     return positions.astype(np.int64), info
 
 
-def probcover_fn(view: PoolView, k: int, seed: int, info: dict | None = None, **options: Any) -> np.ndarray:
-    """The registered strategy: positions only; pass `info={}` to receive the selection record."""
-    positions, record = probcover_select(view, k, seed, **options)
-    if info is not None:
-        info.update(record)
-    return positions
-
-
 STRATEGY = register(Strategy(
-    "probcover", "select", probcover_fn, required=frozenset({"embeddings"}),
+    "probcover", "select", recording(probcover_select), required=frozenset({"embeddings"}),
     optional=frozenset({"labeled_embeddings"}),
     options=frozenset({"alpha", "num_classes", "delta", "fallback", "purity_sample", "max_edges", "niter",
                        "info"}),

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.acquisition.base import PoolView, Strategy, recording, register
 from ray_al.ids import canonical_order, splitmix64
 
 MAX_CLUSTERS = 500  # the authors' MAX_NUM_CLUSTERS
@@ -324,16 +324,8 @@ def typiclust_select(
     return pool.canon[np.asarray(picks, dtype=np.int64)], info
 
 
-def typiclust_fn(view: PoolView, k: int, seed: int, info: dict | None = None, **options: Any) -> np.ndarray:
-    """The registered strategy: positions only; pass `info={}` to receive the selection record."""
-    positions, record = typiclust_select(view, k, seed, **options)
-    if info is not None:
-        info.update(record)
-    return positions
-
-
 STRATEGY = register(Strategy(
-    "typiclust", "select", typiclust_fn, required=frozenset({"embeddings"}),
+    "typiclust", "select", recording(typiclust_select), required=frozenset({"embeddings"}),
     optional=frozenset({"labeled_embeddings"}),
     options=frozenset({"max_clusters", "min_cluster_size", "knn", "niter", "info"}),
     summary="TypiClust (TPC-RP): most typical point of the largest clusters without labels (Hacohen et al. 2022)"))
