@@ -38,7 +38,7 @@ class Embedder:
     """Ray Data callable class: holds the learner; one instance per actor."""
 
     def __init__(self, weights_box: list, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions):
-        # torch only here, in the actors: Ray Data's tasks also import this module (`_tag`) and stay light
+        # torch only here, in the actors: the driver imports this module and stays light
         import ray
         import torch
 
@@ -102,10 +102,6 @@ def _hash_uniform(ids, members: int, width: int) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
-def _tag(table: pa.Table, split: str) -> pa.Table:
-    return table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
-
-
 def _check_cpus(options: EmbedOptions, cluster_cpus: float) -> None:
     """Ray Data's listing/read/write tasks need a whole CPU each: an actor that takes every CPU of the
     cluster leaves them none, and the embedding would hang (seen: 1 actor x 2 CPUs on a 2-CPU Ray)."""
@@ -117,14 +113,13 @@ def _check_cpus(options: EmbedOptions, cluster_cpus: float) -> None:
         )
 
 
-def embed_splits(datasets: dict, weights: bytes, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions,
+def embed_splits(dataset, weights: bytes, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions,
                  out_uri: str) -> str:
-    """Embed several Ray Datasets (name -> dataset of raw pool rows) in one actor pool into out_uri."""
+    """Embed a Ray Dataset of raw pool rows with a `split` column (`data.reader.embedding_input`,
+    `tag_split`) in one actor pool into out_uri, partitioned by split."""
     import ray
 
-    tagged = [ds.map_batches(_tag, fn_kwargs={"split": name}, batch_format="pyarrow", zero_copy_batch=True)
-              for name, ds in datasets.items()]
-    union = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    union = dataset
     # A Parquet read yields blocks of up to 128 MiB (a whole CIFAR-sized file is one block), and an actor
     # takes whole blocks: without this, one actor embeds the whole pool while the others idle. Streaming
     # (no shuffle, no barrier): big blocks are cut into pieces of a few batches.

@@ -196,7 +196,7 @@ class Cycle:
 
     def embed(self, r: int, ledger: Ledger, state: dict) -> dict:
         """Embed the unlabeled, labeled and test splits; the test split gives the round's accuracy."""
-        from ray_al.data.reader import pool_columns, read_split
+        from ray_al.data.reader import embedding_input
         from ray_al.embed import embed_splits
         from ray_al.models.weights import learner_kwargs, state_to_bytes
 
@@ -204,13 +204,8 @@ class Cycle:
             return self.run.step_payload(r, "embed")
         spec = self.spec
         started = time.perf_counter()
-        datasets = {
-            "unlabeled": read_split(spec.pool_uri, columns=pool_columns(spec), exclude_ids=ledger.ids),
-            "labeled": read_split(spec.pool_uri, columns=pool_columns(spec), include_ids=ledger.ids),
-            "test": read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)),
-        }
         out_uri = self.run.round_uri(r, "embeddings")
-        embed_splits(datasets, state_to_bytes(state), learner_kwargs(self.cfg, spec), spec,
+        embed_splits(embedding_input(spec, ledger.ids), state_to_bytes(state), learner_kwargs(self.cfg, spec), spec,
                      selection.embed_options(self.cfg), out_uri)
         payload = {"seconds": time.perf_counter() - started, **_evaluate(out_uri)}
         if payload["corrupt"]:

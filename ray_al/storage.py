@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "configure_s3", "s3_settings", "is_s3", "pyarrow_fs", "fsspec_fs", "join", "exists", "isdir",
     "makedirs", "listdir", "read_bytes", "read_text", "write_bytes_atomic", "write_text_atomic",
-    "write_json_atomic", "read_json", "remove_tree", "write_parquet_atomic", "read_parquet",
+    "write_json_atomic", "read_json", "remove_tree", "total_bytes", "write_parquet_atomic", "read_parquet",
 ]
 
 DEFAULT_REGION = "us-east-1"
@@ -245,6 +245,21 @@ def listdir(uri: str) -> list[str]:
     except OSError as e:
         raise _translate(uri, e) from e
     return sorted({posixpath.basename(i.path.rstrip("/")) for i in infos} - {""})
+
+
+def total_bytes(uri: str) -> int:
+    """Size of a file, or of every file under a directory (one listing; one LIST call on S3)."""
+    fs, path = pyarrow_fs(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            return int(info.size)
+        if info.type == pafs.FileType.NotFound:
+            raise _not_found(uri)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as e:
+        raise _translate(uri, e) from e
+    return sum(int(i.size) for i in infos if i.type == pafs.FileType.File)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -457,9 +457,11 @@ def _trainer(cfg: Config, job: TrainSpec, datasets: dict, storage_uri: str, name
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
-        # the labeled set goes whole to every worker (global batches); the pool is split unless replicated
+        # the labeled set goes whole to every worker (global batches); the pool is split unless replicated.
+        # One worker needs no split (and then Ray starts no SplitCoordinator actor).
         dataset_config=ray.train.DataConfig(
-            datasets_to_split=["unlabeled"] if job.sharding == "split" and "unlabeled" in datasets else []),
+            datasets_to_split=["unlabeled"] if job.sharding == "split" and "unlabeled" in datasets
+            and workers > 1 else []),
     )
 
 

@@ -22,7 +22,7 @@ from ray_al.acquisition import check_probabilities
 from ray_al.bench.embed import descendants
 from ray_al.data.images import decode_one, encode_png
 from ray_al.data.pool import PoolSpec
-from ray_al.data.reader import pool_columns, read_split
+from ray_al.data.reader import embedding_input, pool_columns, read_split, tag_split
 from ray_al.embed import EmbedOptions, Embedder, embed_splits
 from ray_al.embeddings import matrix, read_embeddings, split_files
 from ray_al.models.weights import build_learner, state_to_bytes
@@ -118,7 +118,7 @@ def write(table: pa.Table, uri: str, row_group: int | None = None) -> str:
 
 def embed_one(pool_uri: str, out_uri: str, spec: PoolSpec, kwargs: dict, state: dict, **options) -> str:
     ds = read_split(pool_uri, columns=pool_columns(spec))
-    return embed_splits({"unlabeled": ds}, state_to_bytes(state), kwargs, spec, EmbedOptions(**options), out_uri)
+    return embed_splits(tag_split(ds, "unlabeled"), state_to_bytes(state), kwargs, spec, EmbedOptions(**options), out_uri)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,14 +149,9 @@ def embedded(ray_local, tmp_path_factory) -> Embedded:
     labeled = np.random.default_rng(3).choice(ids_of(pool), 100, replace=False)
     kwargs = learner_kwargs(size, dropout=0.25)
     state = model_state(kwargs)
-    datasets = {  # as the cycle builds them
-        "unlabeled": read_split(pool_uri, columns=pool_columns(spec), exclude_ids=labeled),
-        "labeled": read_split(pool_uri, columns=pool_columns(spec), include_ids=labeled),
-        "test": read_split(test_uri, columns=pool_columns(spec, with_label=True)),
-    }
     out = str(root / "embeddings")
     options = EmbedOptions(batch_size=64, actors=2, committee_size=committee)
-    embed_splits(datasets, state_to_bytes(state), kwargs, spec, options, out)
+    embed_splits(embedding_input(spec, labeled), state_to_bytes(state), kwargs, spec, options, out)
     return Embedded(out, pool, test, set(labeled.tolist()), kwargs, state, spec, size, committee)
 
 

@@ -55,6 +55,15 @@ def test_remove_tree(base):
     storage.remove_tree(storage.join(base, "never-existed"))  # not an error
 
 
+def test_total_bytes_of_a_file_and_of_a_tree(base):
+    storage.write_bytes_atomic(storage.join(base, "d", "a.bin"), b"x" * 10)
+    storage.write_bytes_atomic(storage.join(base, "d", "sub", "b.bin"), b"y" * 32)
+    assert storage.total_bytes(storage.join(base, "d", "a.bin")) == 10
+    assert storage.total_bytes(storage.join(base, "d")) == 42
+    with pytest.raises(FileNotFoundError, match="nope"):
+        storage.total_bytes(storage.join(base, "nope"))
+
+
 def test_parquet_roundtrip(base):
     t = pa.table({"id": pa.array([3, 1, 2], pa.int64()), "s": ["a", None, "c"]})
     storage.write_parquet_atomic(storage.join(base, "t.parquet"), t)

@@ -186,14 +186,14 @@ def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_s
 
 
 def run_ray(pool: str, out: str, blob: bytes, kwargs: dict, options) -> float:
-    from ray_al.data.reader import read_split
+    from ray_al.data.reader import read_split, tag_split
     from ray_al.embed import embed_splits
 
     spec = PoolSpec(pool_uri=pool, test_uri=pool, num_classes=CLASSES, class_names=tuple(map(str, range(CLASSES))),
                     image_size=IMAGE_SIZE, channels=CHANNELS, mean=kwargs["mean"], std=kwargs["std"],
                     image_column="image", id_type="int64", pool_rows=0, has_labels=False)
     started = time.perf_counter()
-    embed_splits({"unlabeled": read_split(pool, columns=["id", "image"])}, blob, kwargs, spec, options, out)
+    embed_splits(tag_split(read_split(pool, columns=["id", "image"]), "unlabeled"), blob, kwargs, spec, options, out)
     return time.perf_counter() - started
 
 
