@@ -93,6 +93,8 @@ class SelectConfig:
     committee: str = "mc_dropout"  # committee methods: mc_dropout (embed-step passes) | heads (bagged linear heads)
     committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
+    fallback: str = "typiclust"  # run when the method cannot yet (weibull before 3 labels in a class); recorded
+    auto_switch_per_class: float = 10.0  # method=auto: typiclust below this many labels per class, then margin
 
 
 @dataclass(frozen=True)

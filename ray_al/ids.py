@@ -63,6 +63,18 @@ def id_sort_keys(ids: Any) -> np.ndarray:
     raise ValueError(f"ids must be int64 or str, got dtype {arr.dtype}; cast the pool's `id` column.")
 
 
+def tie_keys(ids: Any, seed: int) -> np.ndarray:
+    """(n,) uint64: a seeded hash of each id, the order in which tied candidates are taken.
+
+    Ascending ids would follow the pool's layout (`ingest` numbers images class folder by class folder,
+    and CIFAR-10's Parquet is sorted by class), so a tie of a whole batch (uniform probabilities before
+    any label, saturated coverage) would come from one class. A hash has no such structure, is still
+    the same in every process for a seed, and does not depend on row order."""
+    salt = splitmix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        return splitmix64(id_keys(ids) ^ salt)
+
+
 def canonical_order(ids: Any) -> np.ndarray:
     """Positions that sort the ids ascending (stable); randomised strategies draw in this order."""
     return np.argsort(id_sort_keys(ids), kind="stable")

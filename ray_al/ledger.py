@@ -1,17 +1,21 @@
 """The labeled set: one row per labeled id (``id``, ``label``, ``round``, ``source``).
 
 A :class:`Ledger` is immutable: :meth:`Ledger.add` validates a batch and returns a new ledger, and
-:meth:`Ledger.commit` writes the whole ledger to a *new* file ``RUN_DIR/ledger/ledger-<version>.parquet``
-and then atomically replaces ``RUN_DIR/ledger/MANIFEST.json`` ({version, file, rows, sha256}). A
-file is never edited in place, so a crash between the two writes leaves a stray parquet that no
-manifest names: :meth:`Ledger.load` ignores it and returns the previous committed state.
+:meth:`Ledger.commit` writes the whole ledger to a *new* file ``RUN_DIR/ledger/ledger-<version>-<token>.parquet``,
+then creates ``commit-<version>.json`` ({version, file, rows, sha256}) exclusively: that is the commit
+point, and of two writers committing the same version only one can create it (the other is refused and
+loses nothing it had committed). ``MANIFEST.json`` is then replaced as a pointer for readers. A file is
+never edited in place, so a crash before the marker leaves a stray parquet that no marker names:
+:meth:`Ledger.load` ignores it and returns the previous committed state.
 Older versions are kept (they are small) as an audit trail.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +35,34 @@ SOURCES = ("initial", "query", "import")
 ID_TYPES = {"int64": pa.int64(), "string": pa.string()}
 LEDGER_DIR = "ledger"
 MANIFEST = "MANIFEST.json"
+
+
+def _commit_uri(ledger_dir: str, version: int) -> str:
+    return storage.join(ledger_dir, f"commit-{version:06d}.json")
+
+
+def _head(root: str) -> tuple[str, dict | None]:
+    """(where it was read, the newest committed manifest) or (MANIFEST uri, None) before any commit.
+    MANIFEST.json points at a committed version and may lag one behind (a commit that died between its
+    marker and the pointer swap): the commit-NNNNNN.json markers after it are the truth."""
+    ldir = storage.join(root, LEDGER_DIR)
+    where = storage.join(ldir, MANIFEST)
+    manifest = storage.read_json(where) if storage.exists(where) else None
+    version = _version(where, manifest)
+    while storage.exists(_commit_uri(ldir, version + 1)):
+        version += 1
+        where = _commit_uri(ldir, version)
+        manifest = storage.read_json(where)
+    return where, manifest
+
+
+def _version(where: str, manifest: dict | None) -> int:
+    if manifest is None:
+        return 0
+    try:
+        return int(manifest["version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LedgerError(f"{where} is malformed ({e!r}); restore it from a backup") from e
 
 
 class LedgerError(ValueError):
@@ -213,12 +245,11 @@ class Ledger:
         ``id_type`` for an empty ledger defaults to ``run.json``'s ``id_type`` when present.
         """
         root = _uri(run_dir)
-        manifest_uri = storage.join(root, LEDGER_DIR, MANIFEST)
-        if not storage.exists(manifest_uri):
+        manifest_uri, manifest = _head(root)
+        if manifest is None:
             if id_type is None and storage.exists(storage.join(root, "run.json")):
                 id_type = storage.read_json(storage.join(root, "run.json")).get("id_type")
             return cls.empty(id_type)
-        manifest = storage.read_json(manifest_uri)
         try:
             version, fname = int(manifest["version"]), str(manifest["file"])
             rows, sha = int(manifest["rows"]), str(manifest["sha256"])
@@ -347,25 +378,28 @@ class Ledger:
         root = _uri(run_dir)
         ldir = storage.join(root, LEDGER_DIR)
         storage.makedirs(ldir)
-        manifest_uri = storage.join(ldir, MANIFEST)
-        on_disk = int(storage.read_json(manifest_uri)["version"]) if storage.exists(manifest_uri) else 0
+        on_disk = _version(*_head(root))
         if on_disk != self.version:
             raise LedgerError(
                 f"the ledger in {root} is at version {on_disk} but this ledger was derived from version "
                 f"{self.version}: another process committed labels meanwhile. Reload with Ledger.load() "
                 "and apply the batch again.")
         version = on_disk + 1
-        fname = f"ledger-{version:06d}.parquet"
+        fname = f"ledger-{version:06d}-{uuid.uuid4().hex[:8]}.parquet"  # never a name another writer uses
         sink = pa.BufferOutputStream()
         pq.write_table(self._table, sink)
         data = sink.getvalue().to_pybytes()
-        # 1) the data file (a new name, never an existing committed one) ...
         storage.write_bytes_atomic(storage.join(ldir, fname), data)
-        # 2) ... then the manifest swap, which is the commit point.
         manifest = {"version": version, "file": fname, "rows": len(self),
                     "sha256": hashlib.sha256(data).hexdigest(), "id_type": self.id_type,
                     "committed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        storage.write_json_atomic(manifest_uri, manifest)
+        # The commit point: exactly one writer can create this version's marker.
+        if not storage.create_exclusive(_commit_uri(ldir, version), json.dumps(manifest).encode()):
+            storage.remove_tree(storage.join(ldir, fname))
+            raise LedgerError(
+                f"another process committed version {version} of the ledger in {root} at the same moment; "
+                "this batch was not written. Reload with Ledger.load() and apply it again.")
+        storage.write_json_atomic(storage.join(ldir, MANIFEST), manifest)  # the pointer readers start from
         return Ledger(self._table, self.id_type, version, {"manifest": manifest})
 
     def to_csv(self, path: str) -> None:

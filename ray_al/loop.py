@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from ray_al import config as config_mod
 from ray_al import selection, storage
+from ray_al.acquisition.policy import AUTO
 from ray_al.config import BudgetError, Config, ConfigError
 from ray_al.data.pool import PoolError, PoolSpec
 from ray_al.ledger import Ledger
@@ -76,6 +77,11 @@ def _check_names(cfg: Config) -> None:
     if cfg.train.method != "none":
         ssl.METHODS.get(cfg.train.method)
     BACKBONES.get(cfg.model.backbone)
+    _check_fallback(cfg)
+    if cfg.select.method == AUTO:
+        if cfg.select.prefilter:
+            raise ConfigError("select.method=auto picks its own methods and takes no select.prefilter; clear it.")
+        return
     strategy = acquisition.get(cfg.select.method)
     if cfg.select.prefilter:
         # a pre-filter ranks by a score: the registry of score-based strategies names the right key
@@ -87,6 +93,18 @@ def _check_names(cfg: Config) -> None:
         if "prefilter" not in strategy.options:
             raise ConfigError(f"select.method={cfg.select.method} takes no pre-filter; clear select.prefilter or "
                               "use a diversity method such as kcenter or badge.")
+
+
+def _check_fallback(cfg: Config) -> None:
+    from ray_al import acquisition
+
+    methods: Registry = Registry("acquisition method", "select.fallback")  # its error names this key
+    for name, strategy in acquisition.ACQUISITIONS.items():
+        methods.add(name, strategy)
+    fallback = methods.get(cfg.select.fallback)
+    if fallback.name == cfg.select.method or "labeled_labels" in fallback.required:
+        raise ConfigError(f"select.fallback={cfg.select.fallback} cannot stand in for a method that cannot run "
+                          "yet: choose one that needs no labels per class, e.g. typiclust or random.")
 
 
 def check_budget(cfg: Config, pool_rows: int) -> None:
@@ -222,10 +240,12 @@ class Cycle:
             return self.run.read_queries(r).column("id").to_pylist()
         started = time.perf_counter()
         k = self.cfg.al.budget
-        ids = selection.select_ids(self.cfg, self.run.round_uri(r, "embeddings"), ledger, k, r,
-                                   zero_shot_uri=self.run.path("zero_shot_order.parquet"))
+        chosen = selection.select_ids(self.cfg, self.run.round_uri(r, "embeddings"), ledger, k, r,
+                                      zero_shot_uri=self.run.path("zero_shot_order.parquet"))
+        ids = chosen.ids
         self.run.write_queries(r, ids, query_uris(self.spec.pool_uri, self.spec.image_column, ids))
-        self.run.mark_done(r, "select", {"seconds": time.perf_counter() - started, "k": k})
+        self.run.mark_done(r, "select", {"seconds": time.perf_counter() - started, "k": k,
+                                         "selected_by": chosen.method, "why": chosen.why})
         return list(ids)
 
     def label(self, r: int, ids: list, ledger: Ledger) -> Ledger | None:
@@ -269,7 +289,8 @@ class Cycle:
         seconds = {"train": self.run.step_payload(r, "train")["seconds"], "embed": embedded["seconds"]}
         if r < self.cfg.al.rounds:
             ids = self.select(r, ledger)
-            seconds["select"] = self.run.step_payload(r, "select")["seconds"]
+            chosen = self.run.step_payload(r, "select")
+            seconds["select"] = chosen["seconds"]
             if self.label(r, ids, self.ledger()) is None:
                 self._ask_for_labels(r, len(ids))
                 return None
@@ -279,6 +300,8 @@ class Cycle:
                "method": cfg.train.method, "mode": cfg.train.mode, "select": cfg.select.method,
                "budget": cfg.al.budget, "seed": cfg.al.seed, "dataset": cfg.data.dataset,
                "corrupt": embedded["corrupt"]}
+        if r < cfg.al.rounds:  # the last round trains and evaluates only
+            row.update(selected_by=chosen.get("selected_by", cfg.select.method), why=chosen.get("why", ""))
         self.run.commit_round(r, row)
         if self.on_round_committed is not None:
             self.on_round_committed(row)

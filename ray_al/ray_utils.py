@@ -20,8 +20,9 @@ def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     # Local clusters use token auth by default since Ray 2.59; a laptop run has nobody to authenticate.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env_vars = forwarded_env(os.environ)
     env_vars.update(_train_poll_interval())
+    env_vars = {k: v for k, v in env_vars.items() if k not in job_env_keys(os.environ)}
     kwargs: dict = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
     if quiet:
         kwargs["logging_level"] = logging.WARNING
@@ -33,6 +34,28 @@ def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     # without it removes the training workers' placement group mid-run.
     ray.init(**kwargs)
     quiet_logs()
+
+
+# Set by Ray for a driver started by `ray job submit`: the job's config, its runtime env included.
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def forwarded_env(environ) -> dict:
+    """The variables of `environ` that Ray workers must see as well (S3 endpoint and keys, ...)."""
+    return {k: environ[k] for k in _FORWARDED_ENV if k in environ}
+
+
+def job_env_keys(environ) -> set:
+    """Env var names the submitting job's runtime env already sets (they reach every worker). ray.init
+    refuses a runtime env that sets any of them again ("Failed to merge the Job's runtime env"), as the
+    documented `ray job submit --runtime-env-json '{"env_vars": {"AWS_ACCESS_KEY_ID": ...}}'` would."""
+    import json
+
+    raw = environ.get(_JOB_CONFIG_ENV)
+    if not raw:
+        return set()
+    runtime_env = json.loads(raw).get("runtime_env") or {}
+    return set((runtime_env.get("env_vars") or {}).keys())
 
 
 def _train_poll_interval() -> dict:

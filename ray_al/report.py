@@ -24,13 +24,15 @@ def area_under_curve(labels: Iterable[float], accuracy: Iterable[float]) -> floa
 
 
 def format_table(rows: list[dict]) -> str:
-    """round | labels | accuracy | seconds per stage, one line per round."""
-    head = f"{'round':>5}  {'labels':>7}  {'accuracy':>8}  " + "  ".join(f"{s + ' s':>8}" for s in STAGES)
+    """round | labels | accuracy | seconds per stage | the method that selected the round's queries,
+    one line per round (the last round selects nothing)."""
+    head = (f"{'round':>5}  {'labels':>7}  {'accuracy':>8}  " + "  ".join(f"{s + ' s':>8}" for s in STAGES)
+            + "  selected by")
     lines = [head, "-" * len(head)]
     for r in rows:
         secs = r.get("seconds", {})
         cells = "  ".join(f"{secs[s]:8.1f}" if s in secs else f"{'-':>8}" for s in STAGES)
-        lines.append(f"{r['round']:>5}  {r['labels']:>7}  {r['accuracy']:8.4f}  {cells}")
+        lines.append(f"{r['round']:>5}  {r['labels']:>7}  {r['accuracy']:8.4f}  {cells}  {r.get('selected_by', '-')}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ ray_al.select.distributed, imported only when `select.shards > 1`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,13 @@ import pyarrow.compute as pc
 
 from ray_al import acquisition, storage
 from ray_al.acquisition import PoolView
+from ray_al.acquisition.policy import AUTO, Choice, auto_choice
 from ray_al.config import BudgetError, Config
 from ray_al.embeddings import drop_corrupt, matrix, read_embeddings, split_files
 from ray_al.ledger import Ledger
+
+
+log = logging.getLogger("ray_al.selection")
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,19 @@ class ShardFiles:
     n: int  # decodable unlabeled rows
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A round's query ids, the method that chose them and why (method=auto, a fallback, saturation)."""
+
+    ids: list
+    method: str
+    why: str
+
+
 def needs_committee(cfg: Config) -> bool:
-    """Whether the selection method or its pre-filter scores committee disagreement."""
+    """Whether the selection method or its pre-filter scores committee disagreement (auto's methods never)."""
+    if cfg.select.method == AUTO:
+        return False
     return "committee_probs" in acquisition.needs(cfg.select.method, optional=False, prefilter=cfg.select.prefilter)
 
 
@@ -61,13 +77,17 @@ def selection_seed(cfg: Config, r: int) -> int:
     return cfg.al.seed * 1000 + r
 
 
-def strategy_options(cfg: Config) -> dict:
-    """Options of select.method: prefilter_factor wherever the strategy takes it (hybrids such as
-    entropy_kcenter too, so one config key sets every pre-filter), prefilter when one is set."""
-    accepted = acquisition.get(cfg.select.method).options
+def strategy_options(cfg: Config, method: str | None = None) -> dict:
+    """Options of `method` (default select.method): prefilter_factor wherever the strategy takes it
+    (hybrids such as entropy_kcenter too, so one config key sets every pre-filter), prefilter when one is
+    set, and an `info` record for the strategies that fill one."""
+    method = method or cfg.select.method
+    accepted = acquisition.get(method).options
     options = {"prefilter_factor": cfg.select.prefilter_factor} if "prefilter_factor" in accepted else {}
-    if cfg.select.prefilter:
+    if cfg.select.prefilter and "prefilter" in accepted:
         options["prefilter"] = cfg.select.prefilter
+    if "info" in accepted:
+        options["info"] = {}
     return options
 
 
@@ -128,19 +148,47 @@ def _committee(cfg: Config, unlabeled: pa.Table, labeled: pa.Table, labels_by_id
 
 
 # ----------------------------------------------------------------------------- strategy input -> query ids
-def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "") -> list:
-    """The k ids round r queries. zero_shot_uri: where the run keeps its zero-shot order."""
+def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "") -> Selection:
+    """The k ids round r queries, and which method chose them. zero_shot_uri: the run's zero-shot order."""
     source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r)
     if k > source.n:
         raise BudgetError(f"round {r}: al.budget={k} is larger than the {source.n} unlabeled images left; "
                           "lower al.budget or al.rounds.")
     if isinstance(source, ShardFiles):
-        return _kcenter_on_shards(source, k, cfg.select.shards, selection_seed(cfg, r))
+        ids = _kcenter_on_shards(source, k, cfg.select.shards, selection_seed(cfg, r))
+        return Selection(ids, "kcenter", f"select.method=kcenter on {cfg.select.shards} shard actors")
     if cfg.select.zero_shot:
-        return zero_shot_prefix(zero_shot_uri, source, ledger, k, cfg.al.seed)
-    positions = acquisition.select(cfg.select.method, source, k, seed=selection_seed(cfg, r),
-                                   **strategy_options(cfg))
-    return source.ids[positions].tolist()
+        return Selection(zero_shot_prefix(zero_shot_uri, source, ledger, k, cfg.al.seed), "kcenter",
+                         "select.zero_shot: a prefix of the round-0 k-center order")
+    choice = round_choice(cfg, len(ledger), source.probs.shape[1])
+    try:
+        positions, choice = _run(cfg, choice, source, k, r)
+    except acquisition.NotReady as e:
+        log.warning("round %d: %s cannot select yet (%s); using select.fallback=%s", r, choice.method, e,
+                    cfg.select.fallback)
+        fallback = Choice(cfg.select.fallback, f"{choice.method} could not run yet: fell back to "
+                                               f"select.fallback={cfg.select.fallback}")
+        positions, choice = _run(cfg, fallback, source, k, r)
+    return Selection(source.ids[positions].tolist(), choice.method, choice.why)
+
+
+def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:
+    """select.method, or what the `auto` policy picks for a labeled set of this size."""
+    if cfg.select.method == AUTO:
+        return auto_choice(n_labeled, n_classes, cfg.select.auto_switch_per_class)
+    return Choice(cfg.select.method, "select.method")
+
+
+def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[np.ndarray, Choice]:
+    """Positions chosen by choice.method; a strategy that fell back part-way (probcover's saturated
+    coverage) says so in the returned choice."""
+    options = strategy_options(cfg, choice.method)
+    positions = acquisition.select(choice.method, view, k, seed=selection_seed(cfg, r), **options)
+    info = options.get("info") or {}
+    if info.get("fallback_used"):
+        choice = Choice(choice.method, f"{choice.why}; coverage saturated: {info['fallback_count']} of {k} "
+                                       f"from {info['fallback']}")
+    return positions, choice
 
 
 def _kcenter_on_shards(source: ShardFiles, k: int, shards: int, seed: int) -> list:

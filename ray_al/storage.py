@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "configure_s3", "s3_settings", "is_s3", "pyarrow_fs", "fsspec_fs", "join", "exists", "isdir",
     "makedirs", "listdir", "read_bytes", "read_text", "write_bytes_atomic", "write_text_atomic",
-    "write_json_atomic", "read_json", "remove_tree", "total_bytes", "write_parquet_atomic", "read_parquet",
+    "write_json_atomic", "read_json", "remove_tree", "total_bytes", "create_exclusive", "write_parquet_atomic", "read_parquet",
 ]
 
 DEFAULT_REGION = "us-east-1"
@@ -318,6 +318,40 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write ``data`` to ``uri`` only if nothing is there yet: True if this call created it, False if the
+    file already existed (another writer claimed the name). Whole or nothing, like write_bytes_atomic.
+    Local: a hard link of a finished temp file (atomic, fails if the name exists); S3: a conditional
+    PUT (If-None-Match: *), which AWS S3, MinIO and moto honour."""
+    if is_s3(uri):
+        fs, path = fsspec_fs(uri)
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if "PreconditionFailed" in str(e) or "412" in str(e):
+                return False
+            raise _translate(uri, e) from e
+        return True
+    path = os.path.abspath(_local(uri))
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(directory)
+    return True
 
 
 def _fsync_dir(directory: str) -> None:

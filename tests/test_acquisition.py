@@ -20,6 +20,7 @@ from scipy.stats import entropy as scipy_entropy
 import ray_al.acquisition as acq
 from ray_al.acquisition import ACQUISITIONS, PoolView, needs, score, select, top_k
 from ray_al.config import Config
+from ray_al.ids import tie_keys
 from ray_al.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,12 +144,33 @@ def test_score_rejects_set_methods() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_top_k_breaks_ties_by_ascending_id() -> None:
+def test_top_k_breaks_ties_by_a_seeded_id_hash() -> None:
     scores = np.array([1.0, 1.0, 1.0, 0.5, 2.0])
     ids = np.array([30, 10, 20, 5, 99])
-    assert top_k(scores, ids, 3).tolist() == [4, 1, 2]  # 99 (score 2), then ids 10, 20 of the tie
+    for seed in (0, 1):
+        tied = sorted([0, 1, 2], key=lambda i: int(tie_keys(ids[[i]], seed)[0]))
+        assert top_k(scores, ids, 3, seed).tolist() == [4, *tied[:2]]  # 99 (score 2), then the tie by hash
     str_ids = np.array(["c", "a", "b", "z", "y"], dtype=object)
-    assert top_k(scores, str_ids, 2).tolist() == [4, 1]
+    assert top_k(scores, str_ids, 1).tolist() == [4]
+
+
+def test_top_k_tie_order_depends_on_the_seed_not_on_row_order() -> None:
+    ids = np.arange(1000)
+    scores = np.zeros(1000)
+    picks = {seed: ids[top_k(scores, ids, 20, seed)].tolist() for seed in range(3)}
+    assert len({tuple(p) for p in picks.values()}) == 3
+    perm = np.random.default_rng(5).permutation(1000)
+    assert ids[perm][top_k(scores[perm], ids[perm], 20, 1)].tolist() == picks[1]
+
+
+def test_top_k_ties_do_not_follow_class_ordered_ids() -> None:
+    """Ids numbered class by class (as `ingest` and CIFAR-10's Parquet have them) and a batch of equal
+    scores (uniform probabilities before any label): the batch spans the classes, not the first one."""
+    ids = np.arange(1000)
+    classes = ids // 100  # 10 classes of 100 consecutive ids
+    for seed in range(5):
+        picked = classes[top_k(np.ones(1000), ids, 20, seed)]
+        assert len(set(picked.tolist())) >= 5, picked
 
 
 @pytest.mark.parametrize("id_kind", ["int", "str"])
@@ -159,9 +181,10 @@ def test_top_k_matches_sorted_reference_with_many_ties(id_kind: str) -> None:
     ids = rng.permutation(5000)[:n]
     if id_kind == "str":
         ids = np.array([f"img-{i:05d}" for i in ids], dtype=object)
+    hashed = tie_keys(ids, 3)
     for k in (0, 1, 7, 50, 299, 300):
-        ref = sorted(range(n), key=lambda i: (-scores[i], ids[i]))[:k]
-        assert top_k(scores, ids, k).tolist() == ref
+        ref = sorted(range(n), key=lambda i: (-scores[i], int(hashed[i])))[:k]
+        assert top_k(scores, ids, k, 3).tolist() == ref
 
 
 def test_top_k_errors() -> None:
@@ -177,7 +200,8 @@ def test_score_based_selection_is_top_k_of_score() -> None:
     view = make_view()
     for method in ("entropy", "margin", "least_confidence", "variation_ratio", "committee_kl", "weibull"):
         s = score(method, view)
-        ref = sorted(range(view.n), key=lambda i: (-s[i], view.ids[i]))[:20]
+        hashed = tie_keys(view.ids, 0)
+        ref = sorted(range(view.n), key=lambda i: (-s[i], int(hashed[i])))[:20]
         assert select(method, view, 20).tolist() == ref
 
 
@@ -397,7 +421,8 @@ def test_hybrid_is_kcenter_among_the_top_scores(base: str) -> None:
     view = make_view(n=150, d=5)
     k, factor = 6, 3
     s = score(base, view, **({"tail_size": 5} if base == "weibull" else {}))
-    kept = np.array(sorted(range(view.n), key=lambda i: (-s[i], view.ids[i]))[: k * factor])
+    hashed = tie_keys(view.ids, 0)
+    kept = np.array(sorted(range(view.n), key=lambda i: (-s[i], int(hashed[i])))[: k * factor])
     ref = kept[reference_greedy(view.embeddings[kept], k, view.labeled_embeddings)]
     opts = {"tail_size": 5} if base == "weibull" else {}
     by_name = select(f"{base}_kcenter", view, k, prefilter_factor=factor, **opts)

@@ -74,7 +74,7 @@ def committee_run(round0, ray_local, tmp_path_factory) -> Path:
 def selected(run_dir: Path, method: str, *overrides: str) -> tuple[list, Ledger, Cycle]:
     cyc = make_cycle(run_dir, f"select.method={method}", *overrides)
     ledger = Ledger.load(cyc.run.uri, id_type=cyc.spec.id_type).up_to_round(0)
-    ids = select_ids(cyc.cfg, cyc.run.round_uri(0, "embeddings"), ledger, K, 0)
+    ids = select_ids(cyc.cfg, cyc.run.round_uri(0, "embeddings"), ledger, K, 0).ids
     return ids, ledger, cyc
 
 

@@ -11,6 +11,7 @@ from ray_al import acquisition, config
 from ray_al.acquisition.heads import heads_committee_probs
 from ray_al.config import ConfigError
 from ray_al.embeddings import fixed_list
+from ray_al.ids import tie_keys
 from ray_al.ledger import Ledger
 from ray_al.loop import BudgetError, check_budget, check_config
 from ray_al.report import area_under_curve, format_table, plot_learning_curves
@@ -48,6 +49,7 @@ def test_report_table_auc_and_plot(tmp_path):
              "seconds": {"train": 1.0, "embed": 2.0}} for r in range(3)]
     text = format_table(rows)
     assert text.splitlines()[2].split()[:3] == ["0", "10", "0.5000"] and "-" in text.splitlines()[2]
+    assert format_table([dict(rows[0], selected_by="typiclust")]).splitlines()[2].split()[-1] == "typiclust"
     assert area_under_curve([10, 20, 30], [0.5, 0.6, 0.7]) == pytest.approx(0.6)
     out = plot_learning_curves(rows + [dict(r, accuracy=r["accuracy"] + 0.02) for r in rows], str(tmp_path / "c.png"))
     assert open(out, "rb").read(4) == b"\x89PNG"
@@ -107,15 +109,17 @@ def test_heads_committee_is_fitted_on_the_labeled_embeddings_in_the_select_step(
 
     cfg = config.load(None, ["select.method=committee_kl", "select.committee=heads", "select.committee_size=4",
                              "al.seed=3"])
-    chosen = select_ids(cfg, str(emb_dir), ledger, 6, 2)
+    chosen = select_ids(cfg, str(emb_dir), ledger, 6, 2).ids
 
     expected_cp = heads_committee_probs(lab_emb, lab_y, unl_emb, 3, size=4, seed=3 * 1000 + 2, labeled_ids=lab_ids)
     view = acquisition.PoolView(ids=unl_ids, probs=probs, committee_probs=expected_cp)
-    assert chosen == unl_ids[acquisition.select("committee_kl", view, 6)].tolist()
+    assert chosen == unl_ids[acquisition.select("committee_kl", view, 6, seed=3 * 1000 + 2)].tolist()
     assert acquisition.score("committee_kl", view).max() > 0  # a real committee, not the unanimous column
-    # with mc_dropout the same step reads the embed-step column instead (unanimous: ties by ascending id)
+    # with mc_dropout the same step reads the embed-step column instead (unanimous: all tied, so the
+    # batch is the seeded hash order of the ids)
     cfg = config.replace(cfg, select={"committee": "mc_dropout"})
-    assert select_ids(cfg, str(emb_dir), ledger, 6, 2) == [0, 1, 2, 3, 4, 5]
+    tied_order = unl_ids[np.argsort(tie_keys(unl_ids, 3 * 1000 + 2), kind="stable")][:6].tolist()
+    assert select_ids(cfg, str(emb_dir), ledger, 6, 2).ids == tied_order
 
 
 def test_a_run_saved_before_a_key_existed_still_matches_its_config():
@@ -290,3 +294,41 @@ def test_unknown_names_are_config_errors_naming_the_key_and_the_valid_names(over
 def test_a_prefilter_needs_a_method_that_takes_one():
     with pytest.raises(ConfigError, match="select.method=entropy takes no pre-filter"):
         check_config(config.load(None, ["select.method=entropy", "select.prefilter=margin"]))
+
+
+def _two_class_round(tmp_path, labels_per_class: int):
+    """Embedding files of a round: 2 well-separated classes, `labels_per_class` labeled in each."""
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [10.0, 10.0]])
+    n_lab = 2 * labels_per_class
+    lab_ids, lab_y = np.arange(1000, 1000 + n_lab), np.arange(n_lab) % 2
+    lab_emb = (centers[lab_y] + rng.normal(size=(n_lab, 2))).astype(np.float32)
+    unl_ids = np.arange(80)
+    unl_emb = (centers[unl_ids % 2] + rng.normal(size=(80, 2))).astype(np.float32)
+    probs = np.eye(2, dtype=np.float32)[unl_ids % 2] * 0.8 + 0.1
+    emb_dir = tmp_path / "embeddings"
+    _write_split(emb_dir, "labeled", lab_ids, lab_emb, np.eye(2, dtype=np.float32)[lab_y] * 0.8 + 0.1)
+    _write_split(emb_dir, "unlabeled", unl_ids, unl_emb, probs)
+    ledger = Ledger.empty("int64").add(lab_ids, lab_y, 0, "initial", num_classes=2)
+    return str(emb_dir), ledger
+
+
+def test_weibull_before_three_labels_in_a_class_falls_back_and_says_so(tmp_path):
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=1)
+    cfg = config.load(None, ["select.method=weibull", "select.fallback=random"])
+    chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
+    assert chosen.method == "random" and "weibull could not run yet" in chosen.why
+    assert len(set(chosen.ids)) == 5
+    emb_dir, ledger = _two_class_round(tmp_path / "more", labels_per_class=6)
+    chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
+    assert (chosen.method, chosen.why) == ("weibull", "select.method")
+
+
+def test_auto_picks_typicality_at_few_labels_per_class_then_margin(tmp_path):
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
+    low = select_ids(config.load(None, ["select.method=auto", "select.auto_switch_per_class=5"]), emb_dir, ledger, 4, 0)
+    assert low.method == "typiclust" and "3.0 labels/class < 5" in low.why
+    high = select_ids(config.load(None, ["select.method=auto", "select.auto_switch_per_class=2"]), emb_dir, ledger, 4, 0)
+    assert high.method == "margin" and "3.0 labels/class >= 2" in high.why
+    view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.8 + 0.1)
+    assert high.ids == np.arange(80)[acquisition.select("margin", view, 4, seed=0)].tolist()

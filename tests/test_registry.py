@@ -59,5 +59,5 @@ def test_builders_raise_the_registry_error() -> None:
         ssl.build("byol", nn.Identity(), 16, 8, 1)
     with pytest.raises(UnknownNameError, match="valid: lenet, resnet18"):
         build_backbone("resnet50", 3, 32)
-    with pytest.raises(UnknownNameError, match="valid: badge, balanced"):
+    with pytest.raises(UnknownNameError, match="valid: auto, badge, balanced"):
         acquisition.get("nope")

@@ -64,6 +64,13 @@ def test_total_bytes_of_a_file_and_of_a_tree(base):
         storage.total_bytes(storage.join(base, "nope"))
 
 
+def test_create_exclusive_lets_one_writer_claim_a_name(base):
+    uri = storage.join(base, "claims", "commit-000001.json")
+    assert storage.create_exclusive(uri, b"first")
+    assert not storage.create_exclusive(uri, b"second")
+    assert storage.read_bytes(uri) == b"first"
+
+
 def test_parquet_roundtrip(base):
     t = pa.table({"id": pa.array([3, 1, 2], pa.int64()), "s": ["a", None, "c"]})
     storage.write_parquet_atomic(storage.join(base, "t.parquet"), t)

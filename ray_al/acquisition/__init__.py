@@ -7,7 +7,7 @@
 select(method, view, k, seed=0, **options) -> (k,) positions into view.ids, best first
 score(method, view, **options)             -> (n,) scores, higher = query first (score-based methods)
 needs(method, **options)                   -> PoolView fields the method reads (what to embed)
-top_k(scores, ids, k)                      -> the one shared ranking, ties by ascending id
+top_k(scores, ids, k, seed)                -> the one shared ranking, ties by a seeded id hash
 
 Registered: random, balanced, entropy, margin, least_confidence, variation_ratio,
 committee_vote_entropy, committee_kl, weibull, badge, kcenter, typiclust, probcover, and hybrids NAME_kcenter
@@ -18,6 +18,7 @@ prefilter=NAME, prefilter_factor=F (default PREFILTER_FACTOR).
 from ray_al.acquisition.base import (
     ACQUISITIONS,
     PROB_SUM_ATOL,
+    NotReady,
     PoolView,
     Strategy,
     check_probabilities,
@@ -50,6 +51,7 @@ REQUIREMENTS: dict[str, dict[str, frozenset[str]]] = {
 
 __all__ = [
     "ACQUISITIONS",
+    "NotReady",
     "PREFILTER_FACTOR",
     "PROB_SUM_ATOL",
     "PoolView",

@@ -6,8 +6,8 @@ Pure module: numpy/scipy only, never `import ray`.
 Conventions every strategy follows:
 - Positions returned by `select` index into `view.ids` and come in selection order (best first).
 - Score-based strategies return a score per candidate, higher = query first, and are turned into a
-  selection by the one shared `top_k` (ties broken by ascending id, so the result does not depend
-  on the row order Ray Data happened to produce).
+  selection by the one shared `top_k` (ties broken by a seeded hash of the id, `ids.tie_keys`, so the
+  result depends neither on the row order Ray Data happened to produce nor on how ids follow classes).
 - Randomised strategies work in the canonical order of the ids (sorted ascending) before drawing
   from `np.random.default_rng(seed)`, for the same reason: same ids + same seed = same picks.
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
-from ray_al.ids import describe_ids, id_sort_keys
+from ray_al.ids import describe_ids, id_sort_keys, tie_keys
 from ray_al.registry import Registry
 
 # Row sums of `probs` may differ from 1 by at most this much (float32 softmax is ~1e-6 off;
@@ -77,6 +77,11 @@ class PoolView:
                 None if self.committee_probs is None else np.asarray(self.committee_probs)[:, pos]
             ),
         )
+
+
+class NotReady(ValueError):
+    """The strategy cannot run on this round's data yet (e.g. weibull before some class has enough
+    labels). The cycle then runs select.fallback and records that it did."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,8 +238,9 @@ def check_k(k: Any, n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def top_k(scores: Any, ids: Any, k: int) -> np.ndarray:
-    """Positions of the k highest scores, highest first; equal scores in ascending id order.
+def top_k(scores: Any, ids: Any, k: int, seed: int = 0) -> np.ndarray:
+    """Positions of the k highest scores, highest first; equal scores in the order of a seeded hash of
+    their ids (`ids.tie_keys`), then by id (a hash collision).
 
     O(n) to find the candidates (argpartition-like threshold), then sorts only those tied with or
     above the k-th value, so it stays cheap for n in the millions and small k.
@@ -257,7 +263,8 @@ def top_k(scores: Any, ids: Any, k: int) -> np.ndarray:
         cand = np.flatnonzero(s >= kth)  # every point tied with it competes for the last places
     else:
         cand = np.arange(n)
-    order = np.lexsort((keys[cand], -s[cand]))  # last key is primary: score desc, then id asc
+    # last key is primary: score desc, then the seeded id hash, then the id itself
+    order = np.lexsort((keys[cand], tie_keys(np.asarray(ids)[cand], seed), -s[cand]))
     return cand[order[:k]].astype(np.int64)
 
 
@@ -292,7 +299,8 @@ class Strategy:
 
 
 # name -> Strategy; filled by the strategy modules when ray_al.acquisition is imported
-ACQUISITIONS: Registry[Strategy] = Registry("acquisition method", "select.method")
+# "auto" is the config's budget-aware policy (policy.py), valid for select.method but not a strategy
+ACQUISITIONS: Registry[Strategy] = Registry("acquisition method", "select.method", extra=("auto",))
 
 
 def register(strategy: Strategy) -> Strategy:

@@ -4,7 +4,7 @@ Imports base.py and nothing else of the package, so the strategy modules (which 
 hybrid.py (which imports this module) never import each other. Pure: numpy only, never `import ray`.
 
 Pre-filter: select("kcenter", view, k, prefilter="entropy", prefilter_factor=F) takes the
-min(n, ceil(F*k)) candidates with the highest `entropy` score (the shared top_k, ties by id), then runs
+min(n, ceil(F*k)) candidates with the highest `entropy` score (the shared top_k, ties by seeded id hash), then runs
 k-center among them (the labeled set still counts as centers). Any score-based method can pre-filter;
 kcenter and badge accept the option. prefilter_options={...} passes options to the score.
 Default F = PREFILTER_FACTOR = 10 (our choice: a pool ten times the batch leaves k-center room to spread
@@ -103,7 +103,7 @@ def select(method: str, view: PoolView, k: int, seed: int = 0, **options: Any) -
     if "prefilter" in strategy.options:  # prefilter=None: plain run, the other prefilter keys unused
         options = {key: v for key, v in options.items() if key not in PREFILTER_OPTIONS}
     if strategy.kind == "score":
-        return top_k(score(method, view, **options), view.ids, k)
+        return top_k(score(method, view, **options), view.ids, k, seed)
     validate_view(view, _fields_used(strategy, view))
     if k == 0:
         return np.empty(0, dtype=np.int64)
@@ -134,5 +134,5 @@ def prefiltered_select(
     if k == 0:
         return np.empty(0, dtype=np.int64)
     m = min(view.n, max(k, math.ceil(factor * k)))
-    kept = top_k(score(prefilter, view, **(prefilter_options or {})), view.ids, m)  # (m,)
+    kept = top_k(score(prefilter, view, **(prefilter_options or {})), view.ids, m, seed)  # (m,)
     return kept[select(method, view.subset(kept), k, seed, **options)]

@@ -17,7 +17,7 @@ What this implementation does exactly:
     2. "all_labeled": otherwise all labeled points with label c (the correct ones are too few for a
        mean and a fit), if there are at least `min_samples`;
     3. otherwise class c has no model.
-  If no class has a model, ValueError (label more images: at least `min_samples` in some class).
+  If no class has a model, NotReady (a ValueError): the cycle falls back to select.fallback and says so.
 - Degenerate tails (fewer than 2 positive distances, or all equal): a step model at the largest
   distance, CDF = 1 beyond it and 0 at or below it (the Weibull limit of infinite shape).
 - Which class an unlabeled point is scored against: assign="predicted" (default, DALBT): its predicted
@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from ray_al.acquisition.base import PoolView, Strategy, register
+from ray_al.acquisition.base import NotReady, PoolView, Strategy, register
 
 WEIBULL_TAIL_SIZE = 20  # OpenMax / libMR tail length; DALBT does not give one
 WEIBULL_MIN_SAMPLES = 3  # fewer points than this give no usable mean + fit
@@ -145,7 +145,7 @@ def weibull_scores(
 ) -> np.ndarray:
     """(n, d) embeddings, (n, C) probs -> (n,) outlier probability under the assigned class model."""
     if not models:
-        raise ValueError("no class has a Weibull model")
+        raise NotReady("no class has a Weibull model")
     labels = np.array(sorted(models), dtype=np.int64)  # (K,) classes with a model
     means = np.stack([models[int(c)].mean for c in labels])  # (K, d)
     x = np.asarray(embeddings)
@@ -183,7 +183,7 @@ def _score(
         view.labeled_embeddings, view.labeled_labels, view.labeled_probs, n_classes, tail_size, int(min_samples)
     )
     if not models:
-        raise ValueError(
+        raise NotReady(
             f"weibull needs at least {min_samples} labeled images in some class to fit a model; "
             f"the labeled set has class counts {np.bincount(np.asarray(view.labeled_labels), minlength=n_classes).tolist()}. "
             "Start with a larger initial labeled set or use another method for the first round."
