@@ -9,9 +9,11 @@ import argparse
 import sys
 
 from ray_al import config as config_mod
+from ray_al import storage
 from ray_al.cli import experiment_parser, run_main
 from ray_al.config import Config, ConfigError
 from ray_al.loop import Cycle, check_config, default_run_dir, finish, open_run
+from ray_al.runlock import RunLock
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,12 +47,16 @@ def cycle(args: argparse.Namespace) -> int:
                           f"({' '.join(args.overrides)}) or start a new run directory.")
     from ray_al.ray_utils import init_ray
 
-    init_ray(cfg.run.ray_num_cpus)
-    run, spec, cfg = open_run(cfg, run_uri(cfg, args), bool(args.resume))
-    print(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
-          f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})", flush=True)
-    Cycle(cfg, run, spec, log=lambda m: print(m, flush=True)).run_all()
-    finish(run)
+    storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
+    uri = run_uri(cfg, args)
+    with RunLock(uri, purpose="cycle") as lock:  # before Ray starts: a second cycle is refused at once
+        init_ray(cfg.run.ray_num_cpus)
+        run, spec, cfg = open_run(cfg, uri, bool(args.resume))
+        lock.renew()  # run.overwrite deleted the directory, the lock with it
+        print(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
+              f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})", flush=True)
+        Cycle(cfg, run, spec, log=lambda m: print(m, flush=True)).run_all()
+        finish(run)
     return 0
 
 

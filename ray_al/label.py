@@ -21,6 +21,7 @@ from ray_al.cli import run_main
 from ray_al.ledger import Ledger
 from ray_al.oracle import OracleError, export_queries, import_labels, load_image_bytes
 from ray_al.rundir import RunDir
+from ray_al.runlock import RunLock
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -46,7 +47,8 @@ def _export(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     rd = RunDir.open(args.run_dir)
     r = rd.pending_query_round()
-    ledger = import_labels(rd, args.labels_csv, allow_partial=args.allow_partial)
+    with RunLock(rd.uri, purpose="label import"):
+        ledger = import_labels(rd, args.labels_csv, allow_partial=args.allow_partial)
     payload = rd.step_payload(r, "label") or {}
     print(f"imported {payload.get('rows')} labels for round {r} (ledger version {ledger.version}, "
           f"{len(ledger)} labels in all; {payload.get('unanswered', 0)} queries left unlabeled)\n"

@@ -172,7 +172,7 @@ class Cycle:
 
     def pretrained_state(self) -> dict | None:
         """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
-        from ray_al.models.weights import state_from_bytes, state_to_bytes
+        from ray_al.models.weights import checkpoint_for, learner_kwargs, state_from_bytes, state_to_bytes
         from ray_al.train import fit
 
         cfg = self.cfg
@@ -183,7 +183,11 @@ class Cycle:
             if not uri or not storage.exists(uri):
                 raise ConfigError(f"train.checkpoint='{uri}' not found: give a model.pt written by a pretrain run "
                                   "(RUN_DIR/pretrain/model.pt).")
-            return state_from_bytes(storage.read_bytes(uri))
+            state, note = checkpoint_for(state_from_bytes(storage.read_bytes(uri)), learner_kwargs(cfg, self.spec),
+                                         f"train.checkpoint='{uri}'")
+            if note:
+                self.log(note)
+            return state
         uri = self.run.path("pretrain", "model.pt")
         if storage.exists(uri):
             return state_from_bytes(storage.read_bytes(uri))

@@ -95,8 +95,8 @@ class RunDir:
                     "--resume to continue that run, choose another run directory, or pass overwrite "
                     "to delete it and start over.")
             storage.remove_tree(rd.uri)
-        elif storage.exists(rd.uri) and storage.isdir(rd.uri) and set(storage.listdir(rd.uri)) - {"data"} and not overwrite:
-            # data/ alone is what the cycle prepares (built-in datasets) just before creating the run
+        elif storage.exists(rd.uri) and storage.isdir(rd.uri) and set(storage.listdir(rd.uri)) - {"data", "LOCK"} and not overwrite:
+            # data/ is what the cycle prepares (built-in datasets) just before creating the run; LOCK, its lock
             raise RunDirError(f"{rd.uri} is a non-empty directory that is not a ray_al run directory "
                               f"(no {RUN_JSON}); choose an empty or new directory, or pass overwrite.")
         storage.makedirs(rd.uri)

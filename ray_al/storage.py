@@ -301,6 +301,12 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         except OSError as e:
             raise _translate(uri, e) from e
         return
+    _write_local(uri, data, os.replace)
+
+
+def _write_local(uri: str, data: bytes, publish) -> None:
+    """Write ``data`` to a synced temp file beside ``uri``, then ``publish(tmp, path)`` (os.replace: swap
+    in; os.link: create, FileExistsError if taken) and make the new name durable."""
     path = os.path.abspath(_local(uri))
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
@@ -310,13 +316,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # gone after os.replace; still there after os.link or a failure
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     _fsync_dir(directory)
 
 
@@ -336,21 +339,10 @@ def create_exclusive(uri: str, data: bytes) -> bool:
                 return False
             raise _translate(uri, e) from e
         return True
-    path = os.path.abspath(_local(uri))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
+        _write_local(uri, data, os.link)
     except FileExistsError:
         return False
-    finally:
-        os.unlink(tmp)
-    _fsync_dir(directory)
     return True
 
 

@@ -271,16 +271,27 @@ def round_metrics(row: dict, auc: float) -> dict:
 def run_trial(params: dict, spec: dict) -> None:
     """Tune function trainable: the AL rounds of one grid point, each committed round reported to Tune."""
     import ray.data
-    from ray import tune
 
-    from ray_al.loop import Cycle, finish, open_run
-    from ray_al.report import area_under_curve
+    from ray_al.loop import open_run
+    from ray_al.runlock import RunLock
 
     # Progress bars of trials interleave into noise in the driver's output; rounds are logged as rows.
     ray.data.DataContext.get_current().enable_progress_bars = False
     values = _values_from_params(params, spec["grid"])
     cfg = trial_config(spec, values)
-    run, pool, cfg = open_run(cfg, cfg.run.dir, resume=False)  # same config: carries on where it stopped
+    with RunLock(cfg.run.dir, purpose="sweep trial") as lock:
+        run, pool, cfg = open_run(cfg, cfg.run.dir, resume=False)  # same config: carries on where it stopped
+        lock.renew()
+        _run_rounds(run, pool, cfg, trial_name(values))
+
+
+def _run_rounds(run, pool, cfg, name: str) -> None:
+    """The trial's rounds, each committed round reported to Tune (again for those committed before a restart)."""
+    from ray import tune
+
+    from ray_al.loop import Cycle, finish
+    from ray_al.report import area_under_curve
+
     history: list[dict] = []
 
     def report(row: dict) -> None:  # after the round's commit, so a reported round is durable
@@ -290,7 +301,6 @@ def run_trial(params: dict, spec: dict) -> None:
 
     for row in run.results():  # rounds committed before this (re)start: report them again, in order
         report(row)
-    name = trial_name(values)
     log = lambda m: print(f"[{name}] {m}", flush=True)  # noqa: E731
     Cycle(cfg, run, pool, log=log, on_round_committed=report).run_all()
     finish(run, log=log)

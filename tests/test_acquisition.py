@@ -484,3 +484,12 @@ def test_acquisition_never_imports_ray() -> None:
     for path in (REPO / "ray_al" / "acquisition").glob("*.py"):
         for line in path.read_text().splitlines():
             assert not pattern.match(line), (path, line)
+
+
+@pytest.mark.parametrize("method", ["kcenter", "typiclust"])
+def test_missing_faiss_says_which_extra_to_install(method: str, monkeypatch) -> None:
+    from ray_al.optional import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what an environment without faiss gives `import faiss`
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[cpu\]' \(faiss-cpu\)"):
+        select(method, make_view(), 5)

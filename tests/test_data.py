@@ -84,6 +84,13 @@ def test_pool_without_id_is_refused(tmp_path):
         check_pool(str(path))
 
 
+def test_empty_pool_is_refused(tmp_path):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "image": pa.array([], pa.binary())}), path)
+    with pytest.raises(PoolError, match="has no rows"):
+        check_pool(str(path))
+
+
 def test_duplicate_ids_are_refused_and_named(tmp_path):
     path = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"id": [1, 2, 2, 3, 3], "image": [b"x"] * 5}), path)
@@ -158,3 +165,36 @@ def test_ingest_cli(tmp_path, cifar_parquet):
     bad = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(tmp_path / "missing"),
                           str(tmp_path / "p2")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_truncated_wrong_mode_and_wrong_size_images():
+    """Truncated or empty bytes are corrupt (reported by id, zero pixels); another mode (grey, RGBA) is
+    converted and another size resized to the pool's, so one odd file does not stop a round."""
+    import io
+
+    from PIL import Image
+
+    def encoded(img, fmt="PNG"):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        return buf.getvalue()
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    jpeg = encoded(rgb, "JPEG")
+    images = [encoded(rgb), jpeg[: len(jpeg) // 2], b"", encoded(rgb.convert("L")), encoded(rgb.convert("RGBA")),
+              encoded(rgb.resize((64, 48)))]
+    out = decode_batch({"id": np.arange(10, 16), "image": np.array(images, dtype=object)}, 32, 3, "skip")
+    assert out["corrupt"].tolist() == [False, True, True, False, False, False]
+    assert out["pixels"].shape == (6, 32, 32, 3) and not out["pixels"][[1, 2]].any()
+    grey = np.asarray(rgb.convert("L"))
+    assert np.array_equal(out["pixels"][3], np.repeat(grey[:, :, None], 3, axis=2))  # grey -> RGB, same values
+    assert np.array_equal(out["pixels"][4], np.asarray(rgb))  # RGBA -> RGB drops alpha
+    with pytest.raises(CorruptImageError, match=r"\b11\b"):
+        decode_batch({"id": np.arange(10, 12), "image": np.array(images[:2], dtype=object)}, 32, 3, "error")
+
+
+def test_path_uris_that_point_nowhere_are_reported_by_id_and_path():
+    batch = {"id": np.arange(7, 9), "path": np.array(["/nonexistent/a.png", "/nonexistent/b.png"], dtype=object)}
+    assert decode_batch(dict(batch), 8, 1, "skip", read_uri=storage.read_bytes)["corrupt"].tolist() == [True, True]
+    with pytest.raises(CorruptImageError, match=r"id=7.*/nonexistent/a.png not found.*data.on_corrupt=skip"):
+        decode_batch(dict(batch), 8, 1, "error", read_uri=storage.read_bytes)

@@ -146,3 +146,29 @@ def test_pure_modules_never_import_ray() -> None:
     assert len(PURE) >= 10
     offenders = [str(p.relative_to(REPO)) for p in PURE if pattern.search(p.read_text())]
     assert not offenders, f"pure modules must not import ray: {offenders}"
+
+
+def _kwargs(**over):
+    kwargs = {"backbone": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": 8, "mean": (0.5,),
+              "std": (0.5,), "ssl": "none", "ssl_options": {}, "dropout": 0.0}
+    return {**kwargs, **over}
+
+
+def test_a_checkpoint_of_another_class_count_loads_without_its_classifier():
+    from ray_al.models.weights import build_learner, checkpoint_for
+
+    five = build_learner(_kwargs(num_classes=5)).state_dict()
+    state, note = checkpoint_for(five, _kwargs(), "train.checkpoint='x'")
+    assert not any(k.startswith("classifier.") for k in state) and "(5 classes) is not used" in note
+    learner = build_learner(_kwargs())
+    learner.load_state_dict(state, strict=False)  # what the training workers do with it
+    assert torch.equal(learner.state_dict()["encoder.1.features.0.weight"], five["encoder.1.features.0.weight"])
+    assert checkpoint_for(build_learner(_kwargs()).state_dict(), _kwargs(), "x")[1] == ""
+
+
+def test_a_checkpoint_of_another_backbone_is_refused_naming_the_tensors():
+    from ray_al.models.weights import build_learner, checkpoint_for
+
+    other = build_learner(_kwargs(backbone="lenet")).state_dict()
+    with pytest.raises(ValueError, match=r"train.checkpoint='x' was written for another model.*small_cnn.*not in the checkpoint"):
+        checkpoint_for(other, _kwargs(), "train.checkpoint='x'")

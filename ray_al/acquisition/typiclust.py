@@ -41,6 +41,7 @@ import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
 from ray_al.ids import canonical_order, splitmix64
+from ray_al.optional import require_faiss
 
 MAX_CLUSTERS = 500  # the authors' MAX_NUM_CLUSTERS
 MIN_CLUSTER_SIZE = 5  # clusters with this many points or fewer are ignored
@@ -165,7 +166,7 @@ def seeded_kmeans(
     K * points_per_centroid rows drawn in P order; then every row is assigned to its nearest centroid
     in chunks (faiss, float32; ties to the lower centroid index). Deterministic for (pool rows, seed).
     """
-    import faiss  # lazy: keeps `import ray_al.acquisition` light
+    faiss = require_faiss()  # lazy: keeps `import ray_al.acquisition` light
 
     N, d = pool.N, pool.d
     K = int(min(max(K, 1), N))
@@ -211,7 +212,7 @@ def mean_knn_distance(x: np.ndarray, knn: int) -> np.ndarray:
     differences in float64, and the mean is rounded to float32 so equal points get equal values.
     knn < 1 (a single point) gives 0.
     """
-    import faiss
+    faiss = require_faiss()
 
     m = x.shape[0]
     knn = int(min(knn, m - 1))

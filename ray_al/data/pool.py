@@ -76,6 +76,9 @@ def check_pool(uri: str, what: str = "pool") -> tuple[pa.Schema, int, str]:
     if image_column is None:
         raise PoolError(f"{what} '{uri}' has neither `image` (encoded bytes) nor `path` (image URIs) columns.")
     ids = ds.to_table(columns=["id"]).column("id")
+    if len(ids) == 0:
+        raise PoolError(f"{what} '{uri}' has no rows: point it at a Parquet dataset with images (or ingest an "
+                        "image folder with python -m ray_al.data ingest).")
     if ids.null_count:
         raise PoolError(f"{what} '{uri}': {ids.null_count} rows have a null `id`; every record needs one.")
     counts = pc.value_counts(ids)

@@ -58,3 +58,25 @@ def state_to_bytes(state: dict) -> bytes:
 
 def state_from_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def checkpoint_for(state: dict, kwargs: dict, source: str) -> tuple[dict, str]:
+    """(the tensors of `state` this learner can load, a note on what was left out). A classifier for
+    another class count is left out (the head is trained from scratch on this pool's classes); any other
+    tensor that is missing or of another shape means another model: ValueError naming it."""
+    model = build_learner(kwargs).state_dict()
+    wrong = [k for k, v in state.items() if k in model and tuple(v.shape) != tuple(model[k].shape)]
+    head = [k for k in wrong if k.startswith("classifier.")]
+    body = [k for k in wrong if k not in head]
+    missing = [k for k in model if k not in state and not k.startswith(("classifier.", "ssl."))]
+    if body or missing:
+        shown = "; ".join([f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(model[k].shape)}"
+                           for k in body[:3]] + [f"{k}: not in the checkpoint" for k in missing[:3]])
+        raise ValueError(
+            f"{source} was written for another model than model.backbone={kwargs['backbone']} with "
+            f"{kwargs['in_channels']} channel(s) at {kwargs['image_size']} px ({len(body) + len(missing)} tensors "
+            f"differ: {shown}). Use a checkpoint of this backbone, or set model.backbone to the one it was "
+            "trained with.")
+    note = (f"{source}: its classifier ({tuple(state[head[0]].shape)[0]} classes) is not used; the head is "
+            f"trained for this pool's {kwargs['num_classes']} classes" if head else "")
+    return {k: v for k, v in state.items() if k not in head}, note

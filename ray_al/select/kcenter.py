@@ -41,6 +41,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from ray_al.optional import require_faiss
+
 _U32 = 2.0**-24  # unit roundoff of float32
 DEFAULT_CHUNK_ROWS = 65536  # rows per faiss call: bounds temporaries (and fp16->fp32 copies) to ~chunk x d
 MIN_BATCH = 64  # smallest number of candidates a shard reports per round
@@ -138,7 +140,7 @@ _GPU_RES: Any = None
 
 def resolve_use_gpu(use_gpu: bool | None) -> bool:
     """None: faiss GPU when faiss sees a GPU, CPU otherwise."""
-    import faiss
+    faiss = require_faiss()
 
     n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if use_gpu is None:
@@ -153,7 +155,7 @@ def resolve_use_gpu(use_gpu: bool | None) -> bool:
 
 def _knn1(xq: np.ndarray, xb: np.ndarray, use_gpu: bool) -> np.ndarray:
     """(nq,) float32 squared L2 from each query row to its nearest row of xb (faiss, float32)."""
-    import faiss
+    faiss = require_faiss()
 
     global _GPU_RES
     if use_gpu:
@@ -173,7 +175,7 @@ def _cpu_pool(threads: int) -> Any:
     4096-row block, so a core stolen by another process slows one chunk instead of every block."""
     global _POOL
     if _POOL is None or _POOL[0] != threads:
-        import faiss
+        faiss = require_faiss()
         from concurrent.futures import ThreadPoolExecutor
 
         _POOL = (threads, ThreadPoolExecutor(threads, initializer=faiss.omp_set_num_threads, initargs=(1,)))
@@ -186,7 +188,7 @@ def update_min_sqdist(
 ) -> None:
     """In place dmin = min(dmin, float32 squared L2 to the nearest of `centers` (M, d)) for x (n, d):
     one pass over x in chunks (nearest-center search), memory O(chunk), never an n x M matrix."""
-    import faiss
+    faiss = require_faiss()
 
     n = x.shape[0]
     xb = np.ascontiguousarray(centers, dtype=np.float32)
