@@ -95,6 +95,7 @@ class SelectConfig:
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
     fallback: str = "typiclust"  # run when the method cannot yet (weibull before 3 labels in a class); recorded
     auto_switch_per_class: float = 10.0  # method=auto: typiclust below this many labels per class, then margin
+    features: str = "model"  # model (the round's model) | pretrained (the self-supervised encoder's, once per run)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class ALConfig:
     budget: int = 50  # labels queried per round
     seed: int = 0
     oracle: str = "simulated"  # simulated | file
+    initial: str = "random"  # seed set: random | typiclust | probcover | kcenter (on self-supervised features)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ def _check_names(cfg: Config) -> None:
         ssl.METHODS.get(cfg.train.method)
     BACKBONES.get(cfg.model.backbone)
     _check_fallback(cfg)
+    _check_features(cfg)
     if cfg.select.method == AUTO:
         if cfg.select.prefilter:
             raise ConfigError("select.method=auto picks its own methods and takes no select.prefilter; clear it.")
@@ -93,6 +94,31 @@ def _check_names(cfg: Config) -> None:
         if "prefilter" not in strategy.options:
             raise ConfigError(f"select.method={cfg.select.method} takes no pre-filter; clear select.prefilter or "
                               "use a diversity method such as kcenter or badge.")
+
+
+INITIAL_METHODS = ("random", "typiclust", "probcover", "kcenter")
+FEATURES = ("model", "pretrained")
+
+
+def _check_features(cfg: Config) -> None:
+    """al.initial and select.features=pretrained select on a self-supervised encoder's features."""
+    if cfg.al.initial not in INITIAL_METHODS:
+        raise ConfigError(f"al.initial='{cfg.al.initial}' is not valid; choose one of {', '.join(INITIAL_METHODS)}.")
+    if cfg.select.features not in FEATURES:
+        raise ConfigError(f"select.features='{cfg.select.features}' is not valid; choose one of {', '.join(FEATURES)}.")
+    wants = [f"al.initial={cfg.al.initial}"] if cfg.al.initial != "random" else []
+    wants += ["select.features=pretrained"] if cfg.select.features == "pretrained" else []
+    if not wants:
+        return
+    if cfg.train.mode == "joint" and not cfg.train.checkpoint:  # joint + a checkpoint: features from it
+        raise ConfigError(f"{' and '.join(wants)} select(s) on self-supervised features, which a joint run does "
+                          "not have before its first round: set train.mode=pretrain (SSL once on the pool) or "
+                          "train.checkpoint=RUN_DIR/pretrain/model.pt of an earlier pretrain run.")
+    if cfg.al.initial != "random" and cfg.al.oracle == "file":
+        raise ConfigError("al.initial other than random needs al.oracle=simulated for now (the seed set of a file "
+                          "oracle is drawn among the pool rows whose labels you already have).")
+    if cfg.select.features == "pretrained" and cfg.select.shards > 1:
+        raise ConfigError("select.features=pretrained runs in one process: set select.shards=1.")
 
 
 def _check_fallback(cfg: Config) -> None:
@@ -132,6 +158,7 @@ class Cycle:
         self.cfg, self.run, self.spec, self.log = cfg, run, spec, log
         self.on_round_committed = on_round_committed
         self.seed = cfg.al.seed
+        self.features_uri = ""  # RUN_DIR/pool_features once computed (al.initial, select.features=pretrained)
         self._oracle = None
 
     def ledger(self) -> Ledger:
@@ -165,29 +192,25 @@ class Cycle:
         if len(known) < self.cfg.al.initial_size:
             raise BudgetError(f"al.initial_size={self.cfg.al.initial_size} but only {len(known)} pool rows have a "
                               "label; lower al.initial_size or label more seed images.")
-        rng = np.random.default_rng(self.seed)
-        chosen = known[np.sort(rng.choice(len(known), self.cfg.al.initial_size, replace=False))]
+        if self.cfg.al.initial == "random":
+            rng = np.random.default_rng(self.seed)
+            chosen = known[np.sort(rng.choice(len(known), self.cfg.al.initial_size, replace=False))]
+        else:
+            chosen = selection.seed_set(self.cfg, self.features_uri, known, self.seed)
+            self.log(f"seed set: {len(chosen)} images by {self.cfg.al.initial} on the self-supervised features")
         labels = self.oracle().answer(chosen)
         ledger.add(chosen, labels, 0, "initial", num_classes=self.spec.num_classes).commit(self.run.uri)
 
     def pretrained_state(self) -> dict | None:
         """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
-        from ray_al.models.weights import checkpoint_for, learner_kwargs, state_from_bytes, state_to_bytes
+        from ray_al.models.weights import state_from_bytes, state_to_bytes
         from ray_al.train import fit
 
         cfg = self.cfg
         if cfg.train.mode == "joint":
             return None
         if cfg.train.mode == "frozen" or cfg.train.checkpoint:
-            uri = cfg.train.checkpoint
-            if not uri or not storage.exists(uri):
-                raise ConfigError(f"train.checkpoint='{uri}' not found: give a model.pt written by a pretrain run "
-                                  "(RUN_DIR/pretrain/model.pt).")
-            state, note = checkpoint_for(state_from_bytes(storage.read_bytes(uri)), learner_kwargs(cfg, self.spec),
-                                         f"train.checkpoint='{uri}'")
-            if note:
-                self.log(note)
-            return state
+            return self.checkpoint_state()
         uri = self.run.path("pretrain", "model.pt")
         if storage.exists(uri):
             return state_from_bytes(storage.read_bytes(uri))
@@ -197,6 +220,40 @@ class Cycle:
                   epochs=cfg.train.pretrain_epochs, use_ce=False, use_ssl=True, desc="pretrain")
         storage.write_bytes_atomic(uri, state_to_bytes(out.state_dict))
         return out.state_dict
+
+    def checkpoint_state(self) -> dict:
+        """train.checkpoint, checked against this run's model (another class count: its head is left out)."""
+        from ray_al.models.weights import checkpoint_for, learner_kwargs, state_from_bytes
+
+        uri = self.cfg.train.checkpoint
+        if not uri or not storage.exists(uri):
+            raise ConfigError(f"train.checkpoint='{uri}' not found: give a model.pt written by a pretrain run "
+                              "(RUN_DIR/pretrain/model.pt).")
+        state, note = checkpoint_for(state_from_bytes(storage.read_bytes(uri)), learner_kwargs(self.cfg, self.spec),
+                                     f"train.checkpoint='{uri}'")
+        if note:
+            self.log(note)
+        return state
+
+    def pool_features(self, init_state: dict | None) -> str:
+        """RUN_DIR/pool_features: the whole pool embedded once by the self-supervised encoder (the pretrain
+        state, or train.checkpoint in a joint run), for al.initial and select.features=pretrained."""
+        import dataclasses
+
+        from ray_al.data.reader import pool_columns, read_split, tag_split
+        from ray_al.embed import embed_splits
+        from ray_al.models.weights import learner_kwargs, state_to_bytes
+
+        uri, done = self.run.path("pool_features"), self.run.path("pool_features.json")
+        if storage.exists(done):
+            return uri
+        state = init_state if init_state is not None else self.checkpoint_state()
+        started = time.perf_counter()
+        options = dataclasses.replace(selection.embed_options(self.cfg), committee_size=0)
+        embed_splits(tag_split(read_split(self.spec.pool_uri, columns=pool_columns(self.spec)), "unlabeled"),
+                     state_to_bytes(state), learner_kwargs(self.cfg, self.spec), self.spec, options, uri)
+        storage.write_json_atomic(done, {"seconds": time.perf_counter() - started})
+        return uri
 
     def train(self, r: int, ledger: Ledger, init_state: dict | None) -> dict:
         from ray_al.models.weights import state_from_bytes, state_to_bytes
@@ -245,7 +302,8 @@ class Cycle:
         started = time.perf_counter()
         k = self.cfg.al.budget
         chosen = selection.select_ids(self.cfg, self.run.round_uri(r, "embeddings"), ledger, k, r,
-                                      zero_shot_uri=self.run.path("zero_shot_order.parquet"))
+                                      zero_shot_uri=self.run.path("zero_shot_order.parquet"),
+                                      features_uri=self.features_uri)
         ids = chosen.ids
         self.run.write_queries(r, ids, query_uris(self.spec.pool_uri, self.spec.image_column, ids))
         self.run.mark_done(r, "select", {"seconds": time.perf_counter() - started, "k": k,
@@ -272,8 +330,10 @@ class Cycle:
     # ----------------------------------------------------------------- the loop
     def run_all(self) -> list[dict]:
         """Every round not committed yet; stops early while a file oracle's labels are pending."""
-        self.initial_set()
         init_state = self.pretrained_state()
+        if self.cfg.al.initial != "random" or self.cfg.select.features == "pretrained":
+            self.features_uri = self.pool_features(init_state)
+        self.initial_set()
         printed = False
         for r in range(self.cfg.al.rounds + 1):
             if self.run.is_round_committed(r):

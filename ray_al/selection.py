@@ -98,15 +98,17 @@ def on_shards(cfg: Config) -> bool:
 
 
 # ----------------------------------------------------------------------------- embeddings -> strategy input
-def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int) -> PoolView | ShardFiles:
-    """A round's embeddings as the strategy's input, undecodable rows dropped (module docstring)."""
-    labeled = drop_corrupt(read_embeddings(emb_uri, "labeled"))
+def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
+                   features_uri: str = "") -> PoolView | ShardFiles:
+    """A round's embeddings as the strategy's input, undecodable rows dropped (module docstring);
+    features_uri: the self-supervised features that replace `embedding` with select.features=pretrained."""
+    labeled = _features(cfg, drop_corrupt(read_embeddings(emb_uri, "labeled")), features_uri)
     labeled_embeddings = matrix(labeled.column("embedding")) if labeled.num_rows else None
     if on_shards(cfg):
         decodable = drop_corrupt(read_embeddings(emb_uri, "unlabeled", columns=["corrupt"]))
         fs = storage.pyarrow_fs(emb_uri)[0] if storage.is_s3(emb_uri) else None
         return ShardFiles(split_files(emb_uri, "unlabeled"), fs, labeled_embeddings, decodable.num_rows)
-    unlabeled = drop_corrupt(read_embeddings(emb_uri, "unlabeled"))
+    unlabeled = _features(cfg, drop_corrupt(read_embeddings(emb_uri, "unlabeled")), features_uri)
     labeled_ids = _ids(labeled)
     probs, embeddings = matrix(unlabeled.column("probs")), matrix(unlabeled.column("embedding"))
     return PoolView(
@@ -119,6 +121,34 @@ def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int) -> Poo
                         if labeled.num_rows else None),
         labeled_probs=matrix(labeled.column("probs")) if labeled.num_rows else None,
     )
+
+
+def _features(cfg: Config, table: pa.Table, features_uri: str) -> pa.Table:
+    """`table` with its `embedding` column taken from the self-supervised features (matched by id) when
+    select.features=pretrained; the class probabilities stay the round model's."""
+    if cfg.select.features != "pretrained" or not table.num_rows:
+        return table
+    features = read_embeddings(features_uri, "unlabeled", columns=["id", "embedding"])
+    at = pc.index_in(table.column("id"), value_set=features.column("id"))
+    if at.null_count:
+        raise ValueError(f"{at.null_count} ids have no self-supervised features in {features_uri}: delete it and "
+                         "its pool_features.json, then --resume to compute them again.")
+    column = table.schema.get_field_index("embedding")
+    return table.set_column(column, "embedding", features.column("embedding").take(at))
+
+
+def seed_set(cfg: Config, features_uri: str, known: np.ndarray, seed: int) -> np.ndarray:
+    """al.initial_size ids chosen by al.initial on the self-supervised features, among the ids whose
+    labels the oracle knows; no labels yet, so the strategies' cold-start behaviour."""
+    table = drop_corrupt(read_embeddings(features_uri, "unlabeled"))
+    table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(known)))
+    if table.num_rows < cfg.al.initial_size:
+        raise BudgetError(f"al.initial_size={cfg.al.initial_size} but only {table.num_rows} decodable pool images "
+                          "have a label the oracle knows.")
+    view = PoolView(ids=_ids(table), probs=matrix(table.column("probs")), embeddings=matrix(table.column("embedding")))
+    positions = acquisition.select(cfg.al.initial, view, cfg.al.initial_size, seed=seed,
+                                   **{k: v for k, v in strategy_options(cfg, cfg.al.initial).items() if k != "prefilter"})
+    return view.ids[positions]
 
 
 def _ids(table: pa.Table) -> np.ndarray:
@@ -148,9 +178,11 @@ def _committee(cfg: Config, unlabeled: pa.Table, labeled: pa.Table, labels_by_id
 
 
 # ----------------------------------------------------------------------------- strategy input -> query ids
-def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "") -> Selection:
-    """The k ids round r queries, and which method chose them. zero_shot_uri: the run's zero-shot order."""
-    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r)
+def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "",
+               features_uri: str = "") -> Selection:
+    """The k ids round r queries, and which method chose them. zero_shot_uri: the run's zero-shot order;
+    features_uri: the self-supervised features (select.features=pretrained)."""
+    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri)
     if k > source.n:
         raise BudgetError(f"round {r}: al.budget={k} is larger than the {source.n} unlabeled images left; "
                           "lower al.budget or al.rounds.")

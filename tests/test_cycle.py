@@ -18,7 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from ray_al import config as config_mod
 from ray_al.ledger import Ledger
+from ray_al.selection import seed_set
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--smoke-test", "al.rounds=1", "al.initial_size=20", "al.budget=15"]
@@ -148,9 +150,15 @@ def test_pretrain_then_frozen_zero_shot(tmp_path):
 
     frozen_dir = tmp_path / "frozen"
     frozen = cycle(*SMOKE, "train.method=rotnet", "train.mode=frozen", f"train.checkpoint={checkpoint}",
-                   "select.zero_shot=true", f"run.dir={frozen_dir}")
+                   "select.zero_shot=true", "al.initial=typiclust", f"run.dir={frozen_dir}")
     assert frozen.returncode == 0, frozen.stdout[-3000:] + frozen.stderr[-3000:]
     assert "pre-training" not in frozen.stdout  # the given checkpoint, not a new pre-training
+    # al.initial=typiclust: the seed set is TypiClust's cold-start pick on the checkpoint's pool features
+    assert "seed set: 20 images by typiclust" in frozen.stdout
+    cfg = config_mod.load(None, ["al.initial=typiclust", "al.initial_size=20"])
+    pool_ids = pq.read_table(frozen_dir / "data" / "pool.parquet", columns=["id"]).column("id").to_numpy()
+    expected = seed_set(cfg, str(frozen_dir / "pool_features"), pool_ids, seed=0)
+    assert sorted(r[0] for r in ledger_rows(frozen_dir) if r[3] == "initial") == sorted(expected.tolist())
     order = pq.read_table(frozen_dir / "zero_shot_order.parquet").column("id").to_pylist()
     queried = pq.read_table(frozen_dir / "rounds" / "0000" / "queries.parquet").column("id").to_pylist()
     initial = {r[0] for r in ledger_rows(frozen_dir) if r[3] == "initial"}

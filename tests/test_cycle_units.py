@@ -16,7 +16,8 @@ from ray_al.ledger import Ledger
 from ray_al.loop import BudgetError, check_budget, check_config
 from ray_al.report import area_under_curve, format_table, plot_learning_curves
 from ray_al.select import kcenter_greedy
-from ray_al.selection import embed_options, needs_committee, select_ids, zero_shot_prefix
+from ray_al.selection import (embed_options, needs_committee, seed_set, select_ids, strategy_input,
+                              zero_shot_prefix)
 
 
 def test_zero_shot_budgets_are_prefixes_of_one_saved_order(tmp_path):
@@ -332,3 +333,46 @@ def test_auto_picks_typicality_at_few_labels_per_class_then_margin(tmp_path):
     assert high.method == "margin" and "3.0 labels/class >= 2" in high.why
     view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.8 + 0.1)
     assert high.ids == np.arange(80)[acquisition.select("margin", view, 4, seed=0)].tolist()
+
+
+def test_pretrained_features_replace_the_model_embeddings_by_id(tmp_path):
+    """select.features=pretrained: distances on the self-supervised features (matched by id, any row
+    order), class probabilities still the round model's."""
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
+    ids = np.concatenate([np.arange(1000, 1006), np.arange(80)])
+    order = np.random.default_rng(1).permutation(len(ids))  # the features file in another row order
+    features = (ids[:, None] * np.array([[1.0, -1.0, 0.5]])).astype(np.float32)  # 3-d, a function of the id
+    _write_split(tmp_path / "features", "unlabeled", ids[order], features[order], np.full((86, 2), 0.5, np.float32))
+    cfg = config.load(None, ["select.features=pretrained"])
+    view = strategy_input(cfg, emb_dir, ledger.labels_by_id(), 0, str(tmp_path / "features"))
+    assert view.embeddings.shape == (80, 3) and view.labeled_embeddings.shape == (6, 3)
+    np.testing.assert_array_equal(view.embeddings[:, 0], view.ids.astype(np.float32))
+    assert view.probs[:, 0].max() == pytest.approx(0.9)  # the round model's, not the features file's 0.5
+    plain = strategy_input(config.load(None, []), emb_dir, ledger.labels_by_id(), 0)
+    assert plain.embeddings.shape == (80, 2)
+
+
+def test_seed_set_by_typiclust_on_features_takes_one_typical_point_per_cluster(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    ids = np.arange(300)
+    feats = (centers[ids % 3] + rng.normal(size=(300, 2))).astype(np.float32)
+    _write_split(tmp_path / "features", "unlabeled", ids, feats, np.full((300, 3), 1 / 3, np.float32))
+    cfg = config.load(None, ["al.initial=typiclust", "al.initial_size=3", "train.mode=pretrain"])
+    chosen = seed_set(cfg, str(tmp_path / "features"), ids, seed=0)
+    assert sorted(int(i) % 3 for i in chosen) == [0, 1, 2]  # one per cluster
+    assert np.linalg.norm(feats[chosen] - centers[chosen % 3], axis=1).max() < 1.0  # near each centre
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["al.initial=typiclust"], "train.mode=pretrain"),
+    (["select.features=pretrained"], "train.mode=pretrain"),
+    (["al.initial=badge", "train.mode=pretrain", "train.method=simsiam"], "al.initial='badge' is not valid"),
+    (["select.features=ssl"], "select.features='ssl' is not valid"),
+    (["al.initial=kcenter", "train.mode=pretrain", "train.method=simsiam", "al.oracle=file"], "al.oracle=simulated"),
+])
+def test_features_and_initial_are_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        check_config(config.load(None, overrides))
+    check_config(config.load(None, ["al.initial=kcenter", "select.features=pretrained", "train.mode=pretrain",
+                                    "train.method=simsiam"]))
