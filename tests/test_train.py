@@ -214,7 +214,20 @@ def _fresh(spec, method: str) -> dict:
     return build_learner(learner_kwargs(_cfg(method), spec)).state_dict()
 
 
-@pytest.mark.parametrize("method", ["none"] + SSL_METHODS)
+@pytest.mark.parametrize("method", [m for m in SSL_METHODS if m != "moby"])
+def test_joint_epoch_of_every_ssl_method(pool, method: str) -> None:
+    """The joint objective (CE + SSL) of every method through the epoch code the Ray Train workers run
+    (`trainloop.train_epoch`, here in this process: one Ray Train fit per method would add ~30 s each to
+    the suite; the fit itself is tested with the default method and with none, below)."""
+    from ray_al.bench.train import run_plain
+
+    spec = pool[0]
+    out = run_plain(_cfg(method), spec, epochs=1, threads=1, seed=0)
+    (epoch,) = out["history"]
+    assert math.isfinite(epoch["loss"]) and epoch["ce"] > 0 and epoch["ssl"] != 0.0 and epoch["images"] > 0
+
+
+@pytest.mark.parametrize("method", ["none", "moby"])
 def test_fit_joint_every_method(pool, method: str) -> None:
     from ray_al.train import fit
     from ray_al.models.weights import build_learner, learner_kwargs
