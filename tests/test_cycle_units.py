@@ -376,3 +376,12 @@ def test_features_and_initial_are_checked(overrides, match):
         check_config(config.load(None, overrides))
     check_config(config.load(None, ["al.initial=kcenter", "select.features=pretrained", "train.mode=pretrain",
                                     "train.method=simsiam"]))
+
+
+def test_probcover_saturation_is_recorded_in_the_rounds_why(tmp_path):
+    """Two tight clusters, both already covered by labeled points: ProbCover has nothing left to cover,
+    the batch comes from its fallback, and the round's record says so."""
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
+    chosen = select_ids(config.load(None, ["select.method=probcover"]), emb_dir, ledger, 5, 0)
+    assert chosen.method == "probcover" and len(set(chosen.ids)) == 5
+    assert "coverage saturated" in chosen.why and "from random" in chosen.why, chosen.why
