@@ -14,14 +14,19 @@ from ray_al.data.pool import PoolSpec
 
 
 def _select_ids(table: pa.Table, ids_ref, keep: bool) -> pa.Table:
+    mask = _member(table, ids_ref)
+    return table.filter(mask if keep else pc.invert(mask))
+
+
+def _member(table: pa.Table, ids_ref):
+    """Whether each row's id is in the id set behind ids_ref."""
     import ray
 
     ids = _cached(ids_ref, ray.get)
     column = table.column("id")
     if ids.type != column.type:  # an empty id list arrives as float64; int32 vs int64 pools, etc.
         ids = ids.cast(column.type)
-    mask = pc.is_in(column, value_set=ids)
-    return table.filter(mask if keep else pc.invert(mask))
+    return pc.is_in(column, value_set=ids)
 
 
 _CACHE: dict = {}
@@ -63,12 +68,7 @@ def _tag(table: pa.Table, split: str) -> pa.Table:
 
 
 def _tag_by_ids(table: pa.Table, ids_ref, inside: str, outside: str) -> pa.Table:
-    import ray
-
-    ids = _cached(ids_ref, ray.get)
-    column = table.column("id")
-    member = pc.is_in(column, value_set=ids.cast(column.type) if ids.type != column.type else ids)
-    return table.append_column("split", pc.if_else(member, inside, outside))
+    return table.append_column("split", pc.if_else(_member(table, ids_ref), inside, outside))
 
 
 def tag_split(ds, name: str):
