@@ -5,9 +5,10 @@
     python -m ray_al.label status RUN_DIR
 
 ``export`` writes the pending query batch (``id,uri,label``; fill in ``label`` with a class index or
-class name); pools that store image bytes get their images written to ``--images-dir``. ``import``
-validates the whole file and commits it (nothing is written if any line is wrong); then resume the
-cycle with ``python -m ray_al.cycle --resume RUN_DIR``. Works with local paths and ``s3://`` (pass
+class name, or ``none`` for an image that belongs to none of the classes); pools that store image bytes
+get their images written to ``--images-dir``. ``import`` validates the whole file and commits it
+(nothing is written if any line is wrong); then resume the cycle with
+``python -m ray_al.cycle --resume RUN_DIR``. Works with local paths and ``s3://`` (pass
 ``--s3-endpoint`` for non-AWS stores). User errors print one paragraph and exit with status 2.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Sequence
 
 from ray_al import storage
 from ray_al.cli import run_main
-from ray_al.ledger import Ledger
+from ray_al.ledger import OOD_LABEL, Ledger
 from ray_al.oracle import OracleError, export_queries, import_labels, load_image_bytes
 from ray_al.rundir import RunDir
 from ray_al.runlock import RunLock
@@ -41,7 +42,8 @@ def _export(args: argparse.Namespace) -> None:
     r = rd.pending_query_round()
     print(f"wrote {n} queries of round {r} to {args.out}"
           + (f" (images in {args.images_dir})" if args.images_dir else "")
-          + f"\nfill in the label column, then: python -m ray_al.label import {rd.uri} {args.out}")
+          + "\nfill in the label column (a class index or name, or none for an image in none of the classes),"
+          + f" then: python -m ray_al.label import {rd.uri} {args.out}")
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -50,7 +52,9 @@ def _import(args: argparse.Namespace) -> None:
     with RunLock(rd.uri, purpose="label import"):
         ledger = import_labels(rd, args.labels_csv, allow_partial=args.allow_partial)
     payload = rd.step_payload(r, "label") or {}
-    print(f"imported {payload.get('rows')} labels for round {r} (ledger version {ledger.version}, "
+    ood = int(((ledger.rounds == r + 1) & (ledger.labels == OOD_LABEL)).sum())
+    print(f"imported {payload.get('rows')} labels for round {r} ({ood} of them 'none of these classes'; "
+          f"ledger version {ledger.version}, "
           f"{len(ledger)} labels in all; {payload.get('unanswered', 0)} queries left unlabeled)\n"
           f"continue with: python -m ray_al.cycle --resume {rd.uri}")
 
@@ -65,6 +69,8 @@ def _status(args: argparse.Namespace) -> None:
     print(f"classes    {rd.num_classes}" + (f": {', '.join(map(str, names))}" if names else ""))
     print(f"labels     {counts['rows']} (by source: {counts['by_source'] or '{}'}; "
           f"by round: {counts['by_round'] or '{}'})")
+    print(f"none       {counts['ood']} answered 'none of these classes' (by source: "
+          f"{counts['ood_by_source'] or '{}'}): never queried again nor trained on, counted in the budget")
     results = {row.get("round", r): row for r, row in zip(rd.committed_rounds(), rd.results())}
     print(f"rounds     committed: {sorted(results) or 'none'}")
     for r, row in sorted(results.items()):

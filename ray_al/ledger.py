@@ -8,6 +8,10 @@ loses nothing it had committed). ``MANIFEST.json`` is then replaced as a pointer
 never edited in place, so a crash before the marker leaves a stray parquet that no marker names:
 :meth:`Ledger.load` ignores it and returns the previous committed state.
 Older versions are kept (they are small) as an audit trail.
+
+A label of ``OOD_LABEL`` (-1) records an answer of "none of these classes" (an out-of-distribution image):
+the id stays in :attr:`Ledger.ids`, so it is never queried again, and counts in the budget, but
+:meth:`Ledger.in_class` (what training and per-class statistics use) leaves it out.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ import pyarrow.parquet as pq
 
 from ray_al import storage
 
-__all__ = ["Ledger", "LedgerError", "SOURCES", "ID_TYPES", "name_rows", "normalize_id_type"]
+__all__ = ["Ledger", "LedgerError", "OOD_LABEL", "SOURCES", "ID_TYPES", "name_rows", "normalize_id_type"]
 
+OOD_LABEL = -1  # "none of these classes": the only negative label a ledger accepts
 SOURCES = ("initial", "query", "import")
 ID_TYPES = {"int64": pa.int64(), "string": pa.string()}
 LEDGER_DIR = "ledger"
@@ -177,7 +182,7 @@ def _as_labels(labels: Any, n: int, num_classes: int) -> np.ndarray:
             f"labels must be integers in range({num_classes}); got dtype {arr.dtype} with non-integer "
             f"values at batch positions {name_rows(bad or range(len(arr)))} "
             f"(e.g. {name_rows([arr.tolist()[i] for i in bad[:3]] if bad else arr.tolist()[:3], 3)}). "
-            "Map class names to their index first.")
+            f"Map class names to their index first (and 'none of these classes' to {OOD_LABEL}).")
     return out
 
 
@@ -204,12 +209,12 @@ def _duplicates(id_list: list) -> str:
 
 
 def _out_of_range(id_list: list, lab: np.ndarray, num_classes: int) -> str:
-    bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
+    bad = np.flatnonzero(((lab < 0) & (lab != OOD_LABEL)) | (lab >= num_classes))
     if not bad.size:
         return ""
     desc = [f"{id_list[i]!r}->{int(lab[i])}" for i in bad]
     return (f"{bad.size} labels are outside range({num_classes}) (id->label): {name_rows(desc, raw=True)}. "
-            f"Labels are class indices 0..{num_classes - 1}.")
+            f"Labels are class indices 0..{num_classes - 1}, or {OOD_LABEL} for 'none of these classes'.")
 
 
 def _outside_pool(id_list: list, pool_ids: set | None) -> str:
@@ -300,6 +305,7 @@ class Ledger:
         return self._table.num_rows
 
     def labels_by_id(self) -> dict:
+        """id -> label, OOD_LABEL included."""
         return dict(zip(self._table.column("id").to_pylist(), self._table.column("label").to_pylist()))
 
     def contains(self, ids: Any) -> np.ndarray:
@@ -315,14 +321,26 @@ class Ledger:
         mask = pc.less_equal(self._table.column("round"), pa.scalar(int(r), pa.int64()))
         return Ledger(self._table.filter(mask), self.id_type, self.version, self._meta)
 
+    def in_class(self) -> "Ledger":
+        """The rows with a class label (OOD answers left out): what training and per-class counts use.
+        Selection still excludes every id of the full ledger."""
+        mask = pc.not_equal(self._table.column("label"), pa.scalar(OOD_LABEL, pa.int64()))
+        return Ledger(self._table.filter(mask), self.id_type, self.version, self._meta)
+
     def counts(self) -> dict[str, Any]:
-        """Small summary for status output: rows per source and per round."""
+        """Small summary for status output: rows per source and per round, and how many of them (and
+        of each source's) were answered 'none of these classes' (``ood``; they count in the budget)."""
         by_source: dict[str, int] = {}
         by_round: dict[int, int] = {}
-        for s, r in zip(self._table.column("source").to_pylist(), self._table.column("round").to_pylist()):
+        ood_by_source: dict[str, int] = {}
+        for s, r, y in zip(self._table.column("source").to_pylist(), self._table.column("round").to_pylist(),
+                           self._table.column("label").to_pylist()):
             by_source[s] = by_source.get(s, 0) + 1
             by_round[r] = by_round.get(r, 0) + 1
-        return {"rows": len(self), "by_source": by_source, "by_round": dict(sorted(by_round.items()))}
+            if y == OOD_LABEL:
+                ood_by_source[s] = ood_by_source.get(s, 0) + 1
+        return {"rows": len(self), "ood": sum(ood_by_source.values()), "by_source": by_source,
+                "by_round": dict(sorted(by_round.items())), "ood_by_source": ood_by_source}
 
     # ------------------------------------------------------------------ changes
     def add(self, ids: Any, labels: Any, round: int, source: str, *, num_classes: int,
@@ -330,7 +348,8 @@ class Ledger:
         """A new ledger with this batch appended, after validating it as a whole.
 
         Rejected (``LedgerError`` naming the rows): ids duplicated within the batch, ids already
-        labeled, labels that are not integers in ``range(num_classes)``, ids absent from ``pool_ids``.
+        labeled, labels that are neither integers in ``range(num_classes)`` nor ``OOD_LABEL``, ids
+        absent from ``pool_ids``.
         """
         _check_add_args(round, source, num_classes)
         id_arr, id_type = _as_id_array(ids, self.id_type)

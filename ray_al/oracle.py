@@ -1,10 +1,11 @@
 """Oracles: where the labels of a query batch come from.
 
-* :class:`SimulatedOracle` answers from the pool's ``label`` column (benchmarks, tests).
+* :class:`SimulatedOracle` answers from the pool's ``label`` column (benchmarks, tests); a pool row
+  labelled -1 is out of distribution and is answered "none of these classes" (``OOD_LABEL``).
 * The file oracle is a round trip through people: :func:`export_queries` writes the pending batch as a
-  CSV (``id,uri,label`` with ``label`` left blank), annotators fill in ``label`` (a class index or a
-  class name), and :func:`import_labels` validates the whole file and commits it to the ledger. It
-  is exposed as ``python -m ray_al.label export|import|status``.
+  CSV (``id,uri,label`` with ``label`` left blank), annotators fill in ``label`` (a class index, a
+  class name, or ``none`` for an image in none of the classes), and :func:`import_labels` validates the
+  whole file and commits it to the ledger. It is exposed as ``python -m ray_al.label export|import|status``.
 
 The queries selected in round ``r`` are stored in the ledger with ``round = r + 1``: a ledger row's round
 is the first training round that uses the label (DEVELOPERS.md).
@@ -22,11 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_al import storage
-from ray_al.ledger import Ledger, LedgerError, name_rows
+from ray_al.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
 from ray_al.rundir import RunDir
 
-__all__ = ["SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
+__all__ = ["NONE_ANSWER", "SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
            "load_image_bytes", "pending_round", "query_uris", "read_pool_rows"]
+
+# What annotators write in the labels CSV for "none of these classes" (case-insensitive; -1 too).
+NONE_ANSWER = "none"
 
 
 class OracleError(ValueError):
@@ -39,7 +43,8 @@ class LabelImportError(LedgerError):
 
 # ----------------------------------------------------------------------------- simulated
 class SimulatedOracle:
-    """Answers queries with the pool's ground-truth labels (``labels_by_id``: id -> int label)."""
+    """Answers queries with the pool's ground-truth labels (``labels_by_id``: id -> int label); an id
+    labelled OOD_LABEL (-1) is answered "none of these classes", which the ledger records as such."""
 
     def __init__(self, labels_by_id: dict):
         self.labels_by_id = labels_by_id
@@ -184,14 +189,18 @@ def export_queries(run: Any, out: str, image_bytes_by_id: dict | None = None,
 
 
 def _parse_label(raw: str, num_classes: int, class_names: list[str] | None) -> int | None:
-    """Class index for ``raw`` (an int or a class name, case-insensitive fallback); None if invalid."""
+    """Class index for ``raw`` (an int or a class name, case-insensitive fallback), OOD_LABEL for
+    ``none`` / ``-1`` ("none of these classes"; a class actually named none keeps its name); None if
+    invalid. Parsed, never evaluated."""
     s = raw.strip()
     try:
         v = int(s)
     except ValueError:
         v = None
     if v is not None:
-        return v if 0 <= v < num_classes else None
+        return v if 0 <= v < num_classes or v == OOD_LABEL else None
+    if s.lower() == NONE_ANSWER and not any(c.lower() == NONE_ANSWER for c in class_names or ()):
+        return OOD_LABEL
     if class_names:
         if s in class_names:
             return class_names.index(s)
@@ -205,7 +214,7 @@ def _parse_label(raw: str, num_classes: int, class_names: list[str] | None) -> i
 class _Answers:
     """A labels CSV read against the pending batch: the answers and every kind of bad line."""
 
-    answers: dict = field(default_factory=dict)  # id -> class index
+    answers: dict = field(default_factory=dict)  # id -> class index or OOD_LABEL
     bad_id: list = field(default_factory=list)  # "line N: 'x'": not an id of this run's type
     unknown: list = field(default_factory=list)  # (line, id): not in the pending batch
     dup_lines: list = field(default_factory=list)
@@ -216,8 +225,10 @@ def import_labels(run: Any, labels_csv: str, *, allow_partial: bool = False) -> 
     """Validate a labels CSV (``id,label``) against the pending query batch and commit it.
 
     Rejected as a whole (nothing is written) when: a line's id is not in the pending batch, an id
-    appears twice, a label is neither an index in ``range(num_classes)`` nor a class name, or some
-    queried ids have no answer (unless ``allow_partial``). Blank labels count as unanswered. Then the
+    appears twice, a label is neither an index in ``range(num_classes)``, a class name nor ``none``, or some
+    queried ids have no answer (unless ``allow_partial``). Blank labels count as unanswered; ``none``
+    (or -1) answers "none of these classes" and is recorded as OOD_LABEL (never queried again, never
+    trained on, counted in the budget). Then the
     labels are added to the ledger (source 'import', round = the pending round + 1, the first training
     round that uses them), the ledger is committed and the round's ``label`` step is marked done.
     """
@@ -297,7 +308,8 @@ def _problems(parsed: _Answers, rd: RunDir, r: int) -> list[str]:
     if parsed.bad_label:
         allowed = f"an integer 0..{rd.num_classes - 1}"
         if rd.class_names:
-            allowed += f" or a class name {name_rows(rd.class_names, 20)}"
+            allowed += f", a class name {name_rows(rd.class_names, 20)},"
+        allowed += f" or {NONE_ANSWER!r} (or {OOD_LABEL}) for an image in none of these classes"
         problems.append(f"{len(parsed.bad_label)} labels are outside the class set: "
                         f"{name_rows(parsed.bad_label, raw=True)}. A label must be {allowed}.")
     return problems

@@ -8,11 +8,18 @@ so it must never be queried nor stand for a labeled example) and returns what th
 * `ShardFiles` for k-center over Ray shard actors (`select.shards > 1`): the unlabeled split's files, which
   each actor loads itself and filters with the same `drop_corrupt`, and the labeled features as centers.
 
+Labeled images answered "none of these classes" (ledger.OOD_LABEL) are in the labeled split, so they are
+never candidates. They stay in the labeled features (a labeled image covers its neighbourhood for k-center,
+typiclust and probcover, so a cluster of foreign images is not queried again), but never stand for a class:
+`for_method` leaves them out wherever labels per class are read (weibull, the heads committee, the `auto`
+policy's labels per class).
+
 `select_ids` runs the configured strategy on it. No Ray here: the shard actors live in
 ray_al.select.distributed, imported only when `select.shards > 1`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +33,7 @@ from ray_al.acquisition import PoolView
 from ray_al.acquisition.policy import AUTO, Choice, auto_choice
 from ray_al.config import BudgetError, Config
 from ray_al.embeddings import drop_corrupt, matrix, read_embeddings, split_files
-from ray_al.ledger import Ledger
+from ray_al.ledger import OOD_LABEL, Ledger
 
 
 log = logging.getLogger("ray_al.selection")
@@ -38,7 +45,7 @@ class ShardFiles:
 
     files: list[str]  # the unlabeled split's Parquet files
     filesystem: Any  # pyarrow filesystem of an s3:// run, else None
-    labeled_embeddings: np.ndarray | None  # (L, d) decodable labeled rows: the initial centers
+    labeled_embeddings: np.ndarray | None  # (L, d) decodable labeled rows, OOD answers too: the initial centers
     n: int  # decodable unlabeled rows
 
 
@@ -101,7 +108,9 @@ def on_shards(cfg: Config) -> bool:
 def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
                    features_uri: str = "") -> PoolView | ShardFiles:
     """A round's embeddings as the strategy's input, undecodable rows dropped (module docstring);
-    features_uri: the self-supervised features that replace `embedding` with select.features=pretrained."""
+    features_uri: the self-supervised features that replace `embedding` with select.features=pretrained.
+    The labeled fields hold every labeled row, OOD answers (label OOD_LABEL) included: pass the view
+    through `for_method` before a strategy reads it."""
     labeled = _features(cfg, drop_corrupt(read_embeddings(emb_uri, "labeled")), features_uri)
     labeled_embeddings = matrix(labeled.column("embedding")) if labeled.num_rows else None
     if on_shards(cfg):
@@ -115,12 +124,35 @@ def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
         ids=_ids(unlabeled),
         probs=probs,
         embeddings=embeddings,
-        committee_probs=_committee(cfg, unlabeled, labeled, labels_by_id, embeddings, probs.shape[1], r),
+        committee_probs=_committee(cfg, unlabeled, _in_class(labeled, labels_by_id), labels_by_id, embeddings,
+                                   probs.shape[1], r),
         labeled_embeddings=labeled_embeddings,
         labeled_labels=(np.asarray([labels_by_id[i] for i in labeled_ids.tolist()], dtype=np.int64)
                         if labeled.num_rows else None),
         labeled_probs=matrix(labeled.column("probs")) if labeled.num_rows else None,
     )
+
+
+def _in_class(labeled: pa.Table, labels_by_id: dict) -> pa.Table:
+    """The labeled rows whose label is a class (OOD answers left out)."""
+    if not labeled.num_rows:
+        return labeled
+    keep = [labels_by_id[i] != OOD_LABEL for i in labeled.column("id").to_pylist()]
+    return labeled.filter(pa.array(keep, pa.bool_()))
+
+
+def for_method(method: str, view: PoolView, prefilter: str | None = None) -> PoolView:
+    """The view `method` (with its pre-filter) reads, in the PoolView contract (labels in range): a
+    method that reads labeled_labels or labeled_probs (weibull) gets the in-class labeled rows only; any
+    other keeps every labeled embedding, OOD answers included, as covered ground, and no labels."""
+    if view.labeled_labels is None:
+        return view
+    if not acquisition.needs(method, prefilter=prefilter) & {"labeled_labels", "labeled_probs"}:
+        return dataclasses.replace(view, labeled_labels=None, labeled_probs=None)
+    keep = np.asarray(view.labeled_labels) != OOD_LABEL
+    rows = {f: None if getattr(view, f) is None else np.asarray(getattr(view, f))[keep]
+            for f in ("labeled_embeddings", "labeled_labels", "labeled_probs")}
+    return dataclasses.replace(view, **rows)
 
 
 def _features(cfg: Config, table: pa.Table, features_uri: str) -> pa.Table:
@@ -192,7 +224,7 @@ def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_s
     if cfg.select.zero_shot:
         return Selection(zero_shot_prefix(zero_shot_uri, source, ledger, k, cfg.al.seed), "kcenter",
                          "select.zero_shot: a prefix of the round-0 k-center order")
-    choice = round_choice(cfg, len(ledger), source.probs.shape[1])
+    choice = round_choice(cfg, len(ledger.in_class()), source.probs.shape[1])
     try:
         positions, choice = _run(cfg, choice, source, k, r)
     except acquisition.NotReady as e:
@@ -205,7 +237,8 @@ def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_s
 
 
 def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:
-    """select.method, or what the `auto` policy picks for a labeled set of this size."""
+    """select.method, or what the `auto` policy picks for a labeled set of this size (in-class labels:
+    an OOD answer adds to no class)."""
     if cfg.select.method == AUTO:
         return auto_choice(n_labeled, n_classes, cfg.select.auto_switch_per_class)
     return Choice(cfg.select.method, "select.method")
@@ -215,6 +248,7 @@ def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[n
     """Positions chosen by choice.method; a strategy that fell back part-way (probcover's saturated
     coverage) says so in the returned choice."""
     options = strategy_options(cfg, choice.method)
+    view = for_method(choice.method, view, options.get("prefilter"))
     positions = acquisition.select(choice.method, view, k, seed=selection_seed(cfg, r), **options)
     info = options.get("info") or {}
     if info.get("fallback_used"):

@@ -71,8 +71,9 @@ def test_rejects_already_labeled():
 
 def test_rejects_labels_outside_range_and_non_integers():
     led = Ledger.empty("string")
-    with pytest.raises(LedgerError, match=r"2 labels are outside range\(3\).*'b'->3.*'c'->-1"):
-        led.add(["a", "b", "c"], [0, 3, -1], 0, "initial", num_classes=3)
+    # -1 is OOD_LABEL ("none of these classes"); any other negative is refused
+    with pytest.raises(LedgerError, match=r"2 labels are outside range\(3\).*'b'->3.*'c'->-2"):
+        led.add(["a", "b", "c"], [0, 3, -2], 0, "initial", num_classes=3)
     with pytest.raises(LedgerError, match="non-integer"):
         led.add(["a", "b"], [0.0, 1.5], 0, "initial", num_classes=3)
     with pytest.raises(LedgerError, match="non-integer"):

@@ -24,7 +24,8 @@ class Choice:
 
 
 def auto_choice(n_labeled: int, n_classes: int, switch_per_class: float) -> Choice:
-    """typiclust below `switch_per_class` labels per class, margin from there on."""
+    """typiclust below `switch_per_class` labels per class, margin from there on. n_labeled counts the
+    labels with a class: an answer of "none of these classes" adds to no class."""
     per_class = n_labeled / max(1, n_classes)
     if per_class < switch_per_class:
         return Choice(EARLY_METHOD, f"auto: {per_class:.1f} labels/class < {switch_per_class:g}: typicality")

@@ -49,6 +49,18 @@ def read_results(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def run_logged(cmd: list[str], log: Path, name: str) -> float:
+    """Run one cycle command with its output appended to `log` (a rerun resumes the run, and keeps the
+    first run's log); its wall seconds. A failure stops the benchmark, naming the log."""
+    started = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+    if rc != 0:
+        raise SystemExit(f"{name} failed (exit {rc}); see {log}")
+    return round(time.perf_counter() - started, 1)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -65,14 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("$ python " + " ".join(cmd[1:]), flush=True)
             if args.dry_run:
                 continue
-            started = time.perf_counter()
-            log = out / f"{arm}-seed{seed}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "a") as f:  # a rerun (resume) keeps the first run's log
-                rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
-            seconds[f"{arm}-seed{seed}"] = round(time.perf_counter() - started, 1)
-            if rc != 0:
-                raise SystemExit(f"{arm} seed {seed} failed (exit {rc}); see {log}")
+            seconds[f"{arm}-seed{seed}"] = run_logged(cmd, out / f"{arm}-seed{seed}.log", f"{arm} seed {seed}")
     if args.dry_run:
         return {}
     table: dict[str, dict[int, list[float]]] = {}

@@ -26,14 +26,19 @@ def _table(ids: np.ndarray, images: list[bytes], labels: np.ndarray, names: list
     })
 
 
-def digits(seed: int = 0, test_fraction: float = 0.2) -> tuple[pa.Table, pa.Table, list[str]]:
-    """scikit-learn's 8x8 digits (1,797 images, 10 classes), split into pool and test by a seeded shuffle."""
+def digits_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as uint8 pixels (1797, 8, 8) and their int64 labels (1797,)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     # 0..16 grey levels -> 0..255 so they decode like any 8-bit image
     pixels = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    labels = bunch.target.astype(np.int64)
+    return pixels, bunch.target.astype(np.int64)
+
+
+def digits(seed: int = 0, test_fraction: float = 0.2) -> tuple[pa.Table, pa.Table, list[str]]:
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), split into pool and test by a seeded shuffle."""
+    pixels, labels = digits_pixels()
     order = np.random.default_rng(seed).permutation(len(labels))
     n_test = int(round(len(labels) * test_fraction))
     names = [str(i) for i in range(10)]

@@ -1,7 +1,9 @@
 """The pool and test split of a run: where they live, their schema, and their checks (no Ray here).
 
 Built-in datasets are written once into RUN_DIR/data/ in the pool contract; user pools (Parquet, local or
-s3://) are used in place after their schema and ids are checked.
+s3://) are used in place after their schema and ids are checked. A pool `label` of -1 (ledger.OOD_LABEL)
+marks an out-of-distribution image: the simulated oracle answers it "none of these classes". The test
+split holds in-class images only.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ray_al import storage
 from ray_al.config import DataConfig
 from ray_al.data import builtin
 from ray_al.data.images import decode_one
+from ray_al.ledger import OOD_LABEL
 
 BUILTIN = ("digits", "cifar10")  # written into the run directory; the others are the user's
 DATASETS = (*BUILTIN, "parquet", "folder")
@@ -26,7 +29,8 @@ NATIVE_SHAPE = {"digits": (8, 1), "cifar10": (32, 3)}
 
 
 class PoolError(ValueError):
-    """A pool that breaks the contract (DESIGN.md: unique `id`, `image` bytes or `path` URI, int `label`)."""
+    """A pool that breaks the contract (DESIGN.md: unique `id`, `image` bytes or `path` URI, int `label`,
+    -1 for an out-of-distribution image)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def _dataset(uri: str) -> pads.Dataset:
         ) from exc
 
 
-def check_pool(uri: str, what: str = "pool") -> tuple[pa.Schema, int, str]:
-    """Check the contract on `uri`; returns (schema, rows, image column). Reads only the `id` column."""
+def check_pool(uri: str, what: str = "pool", allow_ood: bool = True) -> tuple[pa.Schema, int, str]:
+    """Check the contract on `uri`; returns (schema, rows, image column). Reads only the `id` and `label`
+    columns. allow_ood: whether a `label` of -1 (out of distribution) may appear."""
     ds = _dataset(uri)
     names = ds.schema.names
     if "id" not in names:
@@ -89,9 +94,25 @@ def check_pool(uri: str, what: str = "pool") -> tuple[pa.Schema, int, str]:
             f"{what} '{uri}' has {len(dup)} duplicate ids (e.g. {shown}). Ids must be unique: de-duplicate the "
             "rows or regenerate the ids."
         )
-    if "label" in names and not pa.types.is_integer(ds.schema.field("label").type):
-        raise PoolError(f"{what} '{uri}': `label` must be an integer class index, got {ds.schema.field('label').type}.")
+    if "label" in names:
+        _check_labels(ds, uri, what, allow_ood)
     return ds.schema, len(ids), image_column
+
+
+def _check_labels(ds: pads.Dataset, uri: str, what: str, allow_ood: bool) -> None:
+    """Integer labels, none below OOD_LABEL; OOD_LABEL itself only where allow_ood."""
+    if not pa.types.is_integer(ds.schema.field("label").type):
+        raise PoolError(f"{what} '{uri}': `label` must be an integer class index, got {ds.schema.field('label').type}.")
+    table = ds.to_table(columns=["id", "label"])
+    lowest = OOD_LABEL if allow_ood else 0
+    bad = table.filter(pc.less(table.column("label"), lowest))
+    if bad.num_rows:
+        shown = ", ".join(f"{i!r}->{y}" for i, y in zip(bad.column("id")[:10].to_pylist(),
+                                                         bad.column("label")[:10].to_pylist()))
+        allowed = f"class indices from 0, or {OOD_LABEL} for an out-of-distribution image" if allow_ood else \
+            "class indices from 0 (accuracy is measured on in-class images: drop the out-of-distribution rows)"
+        raise PoolError(f"{what} '{uri}': {bad.num_rows} rows have a negative `label` (id->label: {shown}). "
+                        f"Labels are {allowed}.")
 
 
 def read_labels(uri: str) -> tuple[list, list]:
@@ -189,7 +210,7 @@ def _ingested(src: str, dest: str) -> str:
 def _check_splits(pool_uri: str, test_uri: str) -> tuple[pa.Schema, int, str]:
     """The pool and test contracts; returns the pool's (schema, rows, image column)."""
     schema, rows, image_column = check_pool(pool_uri, "pool")
-    test_schema, _test_rows, _ = check_pool(test_uri, "test split")
+    test_schema, _test_rows, _ = check_pool(test_uri, "test split", allow_ood=False)
     if "label" not in test_schema.names:
         raise PoolError(f"test split '{test_uri}' has no `label` column; accuracy needs labels.")
     id_type = schema.field("id").type
