@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_every_s: float = 10.0  # epoch checkpoints at most this often (0 = every epoch); the last always
     sync_bn: bool = True  # SyncBatchNorm when num_workers > 1
     seed_offset: int = 0
+    resident: str = "auto"  # one worker group serves every round: auto (pools that fit in memory) | always | never
 
 
 @dataclass(frozen=True)

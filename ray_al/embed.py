@@ -34,33 +34,27 @@ class EmbedOptions:
     normalize: bool = False  # store unit-length embeddings: distances become cosine distances
 
 
-class Embedder:
-    """Ray Data callable class: holds the learner; one instance per actor."""
+class FeatureModel:
+    """A learner in eval mode turning decoded pool rows into the contract's columns (all but `split`).
+    Used by the Ray Data actors (`Embedder`) and by a resident training worker (ray_al.resident)."""
 
-    def __init__(self, weights_box: list, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions):
-        # torch only here, in the actors: the driver imports this module and stays light
-        import ray
+    def __init__(self, weights: bytes, learner_kwargs: dict, options: EmbedOptions, device: str = "cpu"):
+        # torch only here, in the workers: the driver imports this module and stays light
         import torch
 
         from ray_al.models.weights import build_learner, state_from_bytes
 
-        self.torch = torch
-        self.spec, self.options = spec, options
-        # One torch thread per CPU Ray gave this actor: more threads only fight the other actors for cores.
-        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
-        self.device = "cuda" if self.options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        self.torch, self.options, self.device = torch, options, device
         self.learner = build_learner(learner_kwargs)
-        self.learner.load_state_dict(state_from_bytes(ray.get(weights_box[0])))
-        self.learner.to(self.device).eval()
-        self.dtype = torch.bfloat16 if self.options.dtype == "bfloat16" else torch.float32
+        self.learner.load_state_dict(state_from_bytes(weights))
+        self.learner.to(device).eval()
+        self.dtype = torch.bfloat16 if options.dtype == "bfloat16" else torch.float32
 
-    def __call__(self, batch: dict) -> pa.Table:
+    def table(self, decoded: dict) -> pa.Table:
+        """decoded: `id`, `pixels` uint8 (B, H, W, C), `corrupt` and, for test rows, `label`."""
         from ray_al.augment import to_model_input
 
         torch = self.torch
-        split = batch.pop("split")
-        decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
-                               read_uri=storage.read_bytes)
         x = to_model_input(torch.from_numpy(decoded["pixels"]), self.device)
         with torch.no_grad(), torch.autocast(device_type=self.device, dtype=self.dtype,
                                              enabled=self.dtype != torch.float32):
@@ -71,7 +65,6 @@ class Embedder:
             feats = torch.nn.functional.normalize(feats.float(), dim=1)
         columns = {
             "id": pa.array(decoded["id"]),
-            "split": pa.array(split),
             "embedding": fixed_list(feats.float().cpu().numpy()),
             "probs": fixed_list(probs),
             "corrupt": pa.array(decoded["corrupt"]),
@@ -93,6 +86,30 @@ class Embedder:
         mask = torch.from_numpy((u >= p).astype(np.float32) / (1.0 - p)).to(feats.device)  # (B, members, D)
         logits = self.learner.classifier(feats[:, None, :] * mask)  # (B, members, C)
         return torch.softmax(logits.float(), dim=2).cpu().numpy()
+
+
+class Embedder:
+    """Ray Data callable class: decodes a batch and runs a `FeatureModel`; one instance per actor."""
+
+    def __init__(self, weights_box: list, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions):
+        import ray
+        import torch
+
+        # One torch thread per CPU Ray gave this actor: more threads only fight the other actors for cores.
+        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
+        device = "cuda" if options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        self.model = FeatureModel(ray.get(weights_box[0]), learner_kwargs, options, device)
+        self.spec, self.options = spec, options
+
+    @property
+    def learner(self):
+        return self.model.learner
+
+    def __call__(self, batch: dict) -> pa.Table:
+        split = batch.pop("split")
+        decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
+                               read_uri=storage.read_bytes)
+        return self.model.table(decoded).append_column("split", pa.array(split))
 
 
 def _hash_uniform(ids, members: int, width: int) -> np.ndarray:

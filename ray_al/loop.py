@@ -26,6 +26,7 @@ from ray_al.config import BudgetError, Config, ConfigError
 from ray_al.data.pool import PoolError, PoolSpec
 from ray_al.ledger import Ledger
 from ray_al.registry import Registry, UnknownNameError
+from ray_al.resident import RESIDENT
 from ray_al.rundir import RunDir
 
 __all__ = ["BudgetError", "Cycle", "check_budget", "check_config", "default_run_dir", "finish", "open_run",
@@ -59,7 +60,8 @@ def check_config(cfg: Config) -> None:
     for key, value, valid in (("train.mode", cfg.train.mode, MODES), ("al.oracle", cfg.al.oracle, ORACLES),
                               ("data.on_corrupt", cfg.data.on_corrupt, ("skip", "error")),
                               ("embed.dtype", cfg.embed.dtype, ("float32", "bfloat16")),
-                              ("select.committee", cfg.select.committee, COMMITTEES)):
+                              ("select.committee", cfg.select.committee, COMMITTEES),
+                              ("train.resident", cfg.train.resident, RESIDENT)):
         if value not in valid:
             raise ConfigError(f"{key}='{value}' is not valid; choose one of {', '.join(valid)}.")
     if cfg.select.committee_size < 2:
@@ -160,6 +162,7 @@ class Cycle:
         self.seed = cfg.al.seed
         self.features_uri = ""  # RUN_DIR/pool_features once computed (al.initial, select.features=pretrained)
         self._oracle = None
+        self._group = None  # the resident worker group (ray_al.resident), once a round needs it
 
     def ledger(self) -> Ledger:
         return Ledger.load(self.run.uri, id_type=self.spec.id_type)
@@ -263,15 +266,33 @@ class Cycle:
             return state_from_bytes(storage.read_bytes(self._model_uri(r)))
         cfg = self.cfg
         joint = cfg.train.mode == "joint"
-        out = fit(
-            cfg, self.spec, labeled_ids=ledger.ids, labeled_labels=ledger.labels,
-            storage_uri=self.run.path("ray_train"), name=f"round_{r:04d}", seed=train_seed(cfg, r),
-            epochs=cfg.train.epochs, use_ce=True, use_ssl=joint and cfg.train.method != "none",
-            head_only=not joint and not cfg.train.finetune, init_state=init_state, desc=f"train round {r}",
-        )
+        known = ledger.in_class()  # "none of these classes" answers count in the budget, not in training
+        run = dict(labeled_ids=known.ids, labeled_labels=known.labels, seed=train_seed(cfg, r),
+                   epochs=cfg.train.epochs, use_ce=True, use_ssl=joint and cfg.train.method != "none",
+                   head_only=not joint and not cfg.train.finetune, init_state=init_state, desc=f"train round {r}")
+        group = self.resident_group()
+        if group is not None:
+            out = group.train(f"round_{r:04d}", **run)
+        else:
+            out = fit(cfg, self.spec, storage_uri=self.run.path("ray_train"), name=f"round_{r:04d}", **run)
         storage.write_bytes_atomic(self._model_uri(r), state_to_bytes(out.state_dict))
         self.run.mark_done(r, "train", {"seconds": out.seconds, "metrics": out.metrics, "labels": len(ledger)})
         return out.state_dict
+
+    def resident_group(self):
+        """The worker group that serves every round (train.resident), started on first use; None when
+        rounds run a fit and an embedding actor pool each."""
+        from ray_al import resident
+
+        if self._group is None and resident.wanted(self.cfg, self.spec):
+            self._group = resident.ResidentGroup(self.cfg, self.spec, self.run.path("ray_train"))
+        return self._group
+
+    def close(self) -> None:
+        """Stop the resident group, if one was started."""
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     def embed(self, r: int, ledger: Ledger, state: dict) -> dict:
         """Embed the unlabeled, labeled and test splits; the test split gives the round's accuracy."""
@@ -284,8 +305,12 @@ class Cycle:
         spec = self.spec
         started = time.perf_counter()
         out_uri = self.run.round_uri(r, "embeddings")
-        embed_splits(embedding_input(spec, ledger.ids), state_to_bytes(state), learner_kwargs(self.cfg, spec), spec,
-                     selection.embed_options(self.cfg), out_uri)
+        weights, kwargs, options = state_to_bytes(state), learner_kwargs(self.cfg, spec), selection.embed_options(self.cfg)
+        group = self.resident_group()
+        if group is not None:
+            group.embed(weights, kwargs, options, out_uri, ledger.ids)
+        else:
+            embed_splits(embedding_input(spec, ledger.ids), weights, kwargs, spec, options, out_uri)
         payload = {"seconds": time.perf_counter() - started, **_evaluate(out_uri)}
         if payload["corrupt"]:
             bad = payload["corrupt_ids"]
@@ -335,14 +360,17 @@ class Cycle:
             self.features_uri = self.pool_features(init_state)
         self.initial_set()
         printed = False
-        for r in range(self.cfg.al.rounds + 1):
-            if self.run.is_round_committed(r):
-                continue
-            row = self.run_round(r, init_state)
-            if row is None:
-                break
-            self._log_row(row, header=not printed)
-            printed = True
+        try:
+            for r in range(self.cfg.al.rounds + 1):
+                if self.run.is_round_committed(r):
+                    continue
+                row = self.run_round(r, init_state)
+                if row is None:
+                    break
+                self._log_row(row, header=not printed)
+                printed = True
+        finally:
+            self.close()
         return self.run.results()
 
     def run_round(self, r: int, init_state: dict | None) -> dict | None:

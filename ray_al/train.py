@@ -115,23 +115,20 @@ def train_loop_per_worker(config: dict) -> dict:
     import ray.train
 
     spec: TrainSpec = config["spec"]
-    _quiet_train_logs()
+    quiet_train_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    nodes = _all_gather_strings(ray.get_runtime_context().get_node_id(), world)
-    objective, learner = _prepare_model(spec, world)
+    nodes = all_gather_strings(ray.get_runtime_context().get_node_id(), world)
+    objective, learner = prepare_model(spec, world)
     data = _load_data(spec)
-    plan = _epoch_plan(spec, data, rank, world)
-    optimizer, scheduler = trainloop.make_optimizer(
-        learner.trainable_parameters(), spec.lr, spec.momentum, spec.weight_decay, plan.n_steps * spec.epochs,
-        spec.milestones, spec.optimizer, spec.lr_schedule)
-    state = trainloop.TrainState(objective, learner, optimizer, scheduler)
+    plan = epoch_plan(spec, data, rank, world)
+    state = train_state(spec, plan, objective, learner)
     start_epoch = _restore(state)
-    history = _run_epochs(spec, plan, state, data, start_epoch)
+    history = run_epochs(spec, plan, state, data, start_epoch)
     return {"history": history, "nodes": nodes, "start_epoch": start_epoch}
 
 
-def _quiet_train_logs() -> None:
+def quiet_train_logs() -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per checkpoint
     try:  # Train v2 logs every report at INFO under a logger named by its file path
         from ray.train.v2._internal.execution import context as _train_context
@@ -141,7 +138,7 @@ def _quiet_train_logs() -> None:
         pass
 
 
-def _prepare_model(spec: TrainSpec, world: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def prepare_model(spec: TrainSpec, world: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(objective wrapped for DDP by Ray Train, the learner inside it)."""
     import ray.train.torch
 
@@ -155,6 +152,13 @@ def _prepare_model(spec: TrainSpec, world: int) -> tuple[torch.nn.Module, torch.
     objective = ray.train.torch.prepare_model(trainloop.JointObjective(learner),
                                               parallel_strategy_kwargs=dict(DDP_KWARGS))
     return objective, (objective.module if hasattr(objective, "module") else objective).learner
+
+
+def train_state(spec: TrainSpec, plan: trainloop.EpochPlan, objective, learner) -> trainloop.TrainState:
+    optimizer, scheduler = trainloop.make_optimizer(
+        learner.trainable_parameters(), spec.lr, spec.momentum, spec.weight_decay, plan.n_steps * spec.epochs,
+        spec.milestones, spec.optimizer, spec.lr_schedule)
+    return trainloop.TrainState(objective, learner, optimizer, scheduler)
 
 
 def _collect(name: str, labels_by_id: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,7 +195,7 @@ def _load_data(spec: TrainSpec) -> trainloop.TrainTensors:
     )
 
 
-def _epoch_plan(spec: TrainSpec, data: trainloop.TrainTensors, rank: int, world: int) -> trainloop.EpochPlan:
+def epoch_plan(spec: TrainSpec, data: trainloop.TrainTensors, rank: int, world: int) -> trainloop.EpochPlan:
     import ray.train.torch
 
     device = ray.train.torch.get_device()
@@ -219,8 +223,11 @@ def _restore(state: trainloop.TrainState) -> int:
         return state.restore(load_checkpoint(d))
 
 
-def _run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.TrainState,
-                data: trainloop.TrainTensors, start_epoch: int) -> list[dict]:
+def run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.TrainState,
+               data: trainloop.TrainTensors, start_epoch: int, tag: str = "", last_checkpoint_due: bool = True
+               ) -> list[dict]:
+    """Epochs start_epoch.. with reports when due. tag: stored in the checkpoints (a resident group tells
+    its rounds apart by it); last_checkpoint_due=False when the caller takes the weights another way."""
     bar = _progress_bar(spec, plan.rank, start_epoch)
     history = []
     last_checkpoint = time.monotonic()
@@ -230,9 +237,9 @@ def _run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.Tra
             bar.update(1)
             bar.set_description(f"{spec.desc} loss {metrics['loss']:.3f}")
         started = time.perf_counter()
-        if _checkpoint_due(last_checkpoint, spec.checkpoint_every_s, epoch == spec.epochs - 1, plan.world,
-                           plan.device):
-            _report(metrics, state, epoch, plan.rank)
+        if _checkpoint_due(last_checkpoint, spec.checkpoint_every_s,
+                           last_checkpoint_due and epoch == spec.epochs - 1, plan.world, plan.device):
+            _report(metrics, state, epoch, plan.rank, tag)
             last_checkpoint = time.monotonic()
         history.append({**metrics, "report_seconds": time.perf_counter() - started})
     if bar is not None:
@@ -254,14 +261,14 @@ def _train_epoch(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.Tr
     return metrics
 
 
-def _report(metrics: dict, state: trainloop.TrainState, epoch: int, rank: int) -> None:
+def _report(metrics: dict, state: trainloop.TrainState, epoch: int, rank: int, tag: str = "") -> None:
     """ray.train.report with rank 0's checkpoint; collective, so every rank calls it."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
-            torch.save(state.checkpoint(epoch), os.path.join(tmp, CHECKPOINT_FILE))
+            torch.save({**state.checkpoint(epoch), "tag": tag}, os.path.join(tmp, CHECKPOINT_FILE))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -293,7 +300,7 @@ def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
     return on_step
 
 
-def _all_gather_strings(value: str, world: int) -> list[str]:
+def all_gather_strings(value: str, world: int) -> list[str]:
     if world == 1:
         return [value]
     import torch.distributed as dist
@@ -390,14 +397,21 @@ def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> T
     run: the keywords of `train_spec` (labeled_ids=, labeled_labels=, seed=, epochs=, use_ce=, use_ssl=,
     ssl_on_pool=, head_only=, init_state=, method=, desc=, sharding=, fault_injection=, progress=).
     """
-    job = train_spec(cfg, spec, **run)
+    job = checked_spec(cfg, spec, **run)
     workers = max(1, cfg.train.num_workers)
-    n_ssl = spec.pool_rows if job.has_unlabeled else len(job.labeled_ids) if job.use_ce else 0
-    _check_sizes(len(job.labeled_ids), n_ssl, workers, job.batch_size, job.use_ce, job.use_ssl)
     trainer = _trainer(cfg, job, _datasets(cfg, spec, job, workers), storage_uri, name, workers)
     started = time.perf_counter()
     result = trainer.fit()
     return _outcome(result, name, time.perf_counter() - started)
+
+
+def checked_spec(cfg: Config, pool: PoolSpec, **run) -> TrainSpec:
+    """`train_spec`, refused in the driver when the data cannot feed the workers."""
+    job = train_spec(cfg, pool, **run)
+    n_ssl = pool.pool_rows if job.has_unlabeled else len(job.labeled_ids) if job.use_ce else 0
+    _check_sizes(len(job.labeled_ids), n_ssl, max(1, cfg.train.num_workers), job.batch_size, job.use_ce,
+                 job.use_ssl)
+    return job
 
 
 def _check_sizes(n_labeled: int, n_ssl: int, workers: int, batch_size: int, use_ce: bool, use_ssl: bool) -> None:
@@ -439,13 +453,23 @@ def _cpu_starved(workers: int, cpus_per_worker: float) -> bool:
 
 
 def _trainer(cfg: Config, job: TrainSpec, datasets: dict, storage_uri: str, name: str, workers: int):
+    # the labeled set goes whole to every worker (global batches); the pool is split unless replicated.
+    # One worker needs no split (and then Ray starts no SplitCoordinator actor).
+    split = ["unlabeled"] if job.sharding == "split" and "unlabeled" in datasets and workers > 1 else []
+    return torch_trainer(cfg, train_loop_per_worker, {"spec": job}, storage_uri, name, workers,
+                         datasets=datasets, datasets_to_split=split)
+
+
+def torch_trainer(cfg: Config, loop, loop_config: dict, storage_uri: str, name: str, workers: int, *,
+                  datasets: dict | None = None, datasets_to_split: list | None = None):
+    """A TorchTrainer with the run's scaling, failure and checkpoint settings (per-round and resident)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     fs, path = _storage(storage_uri)
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": job},
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
@@ -456,12 +480,8 @@ def _trainer(cfg: Config, job: TrainSpec, datasets: dict, storage_uri: str, name
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets=datasets,
-        # the labeled set goes whole to every worker (global batches); the pool is split unless replicated.
-        # One worker needs no split (and then Ray starts no SplitCoordinator actor).
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=["unlabeled"] if job.sharding == "split" and "unlabeled" in datasets
-            and workers > 1 else []),
+        datasets=datasets or {},
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets_to_split or [])),
     )
 
 

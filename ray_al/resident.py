@@ -1,0 +1,327 @@
+"""A Ray Train worker group that lives for a whole run and serves its rounds (train.resident).
+
+Per round, a new `TorchTrainer.fit` pays ~20 s of Ray start-up (controller, worker actors, `import torch`,
+train context) and the embedding's actor pool ~10 s more, for well under a second of work on a small pool
+(docs/RESULTS.md, session 4). A resident group starts once, decodes the pool and the test split once into
+every worker's memory, and then runs jobs the driver posts on a `JobBoard` actor:
+* train: one round's model from this round's labeled set (the same data, seeds and steps as a per-round
+  fit with sharding="replicate", so the same model), epoch checkpoints through `ray.train.report` tagged
+  with the round; a worker group that Ray Train restarts (FailureConfig), or a new group after a killed
+  driver, continues the round from its last checkpoint;
+* embed: the round's embeddings, each rank writing its share of every split to
+  RUN_DIR/rounds/NNNN/embeddings/split=<s>/part-<rank>.parquet (the DESIGN.md contract).
+It holds the whole decoded pool in every worker, so it is for pools that fit (`wanted`); larger pools take
+the per-round path (Ray Data streaming into a fit, an embedding actor pool).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ray_al import storage
+from ray_al.config import Config, ConfigError
+from ray_al.data.pool import PoolSpec
+
+RESIDENT = ("auto", "always", "never")
+# train.resident=auto: resident while the decoded pool + test split (uint8) fit in this per worker
+MAX_DECODED_BYTES = 2 << 30
+RUN_NAME = "resident"
+_DECODE_ROWS = 1024
+
+
+def wanted(cfg: Config, spec: PoolSpec) -> bool:
+    """Whether this run's rounds go to a resident group (train.resident; module docstring)."""
+    mode = cfg.train.resident
+    if mode not in RESIDENT:
+        raise ConfigError(f"train.resident='{mode}' is not valid; choose one of {', '.join(RESIDENT)}.")
+    if mode != "auto":
+        return mode == "always"
+    # sharded k-center's actors and GPU embedding actors need resources the group would hold
+    if cfg.select.shards > 1 or (cfg.embed.gpus_per_actor > 0 and not cfg.train.use_gpu):
+        return False
+    rows = spec.pool_rows + _count_rows(spec.test_uri)
+    return rows * spec.image_size ** 2 * spec.channels <= MAX_DECODED_BYTES
+
+
+def _count_rows(uri: str) -> int:
+    import pyarrow.dataset as pads
+
+    fs, path = storage.pyarrow_fs(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
+# ----------------------------------------------------------------------------- the board (an actor)
+
+
+@dataclass(frozen=True)
+class Job:
+    seq: int
+    kind: str  # "train" | "embed" | "stop"
+    name: str = ""  # the round's name: tags its checkpoints
+    spec: object = None  # train: a ray_al.train.TrainSpec
+    weights: object = None  # embed: ObjectRef of the learner's state bytes
+    learner: dict = field(default_factory=dict)  # embed: learner kwargs
+    options: object = None  # embed: ray_al.embed.EmbedOptions
+    out_uri: str = ""
+    labeled_ids: np.ndarray | None = None
+
+
+class JobBoard:
+    """The driver posts one job at a time; every rank takes it, does its part and reports. A job counts
+    as done when all ranks reported in one go: a restarted group (after=0) redoes an unfinished job."""
+
+    def __init__(self, world: int):
+        self.world, self.job, self.done, self.result = world, None, set(), None
+        self.cv = threading.Condition()
+
+    def post(self, job: Job) -> None:
+        with self.cv:
+            self.job, self.done, self.result = job, set(), None
+            self.cv.notify_all()
+
+    def next_job(self, after: int, timeout: float) -> Job | None:
+        with self.cv:
+            self.cv.wait_for(self._pending(after), timeout)
+            return self.job if self._pending(after)() else None
+
+    def _pending(self, after: int):
+        return lambda: self.job is not None and self.job.seq > after and len(self.done) < self.world
+
+    def restart(self) -> None:
+        """A new worker group: what the old one finished of an unfinished job no longer counts."""
+        with self.cv:
+            if len(self.done) < self.world:
+                self.done = set()
+
+    def finish(self, seq: int, rank: int, result) -> None:
+        with self.cv:
+            if self.job is None or seq != self.job.seq:
+                return
+            self.done.add(rank)
+            if rank == 0:
+                self.result = result
+            self.cv.notify_all()
+
+    def wait_done(self, seq: int, timeout: float) -> tuple[bool, object]:
+        with self.cv:
+            self.cv.wait_for(lambda: self._done(seq), timeout)
+            return self._done(seq), self.result
+
+    def _done(self, seq: int) -> bool:
+        return self.job is not None and seq == self.job.seq and len(self.done) >= self.world
+
+
+# ----------------------------------------------------------------------------- in the workers
+
+
+@dataclass
+class DecodedRows:
+    """A split decoded once, sorted by id: ids, uint8 pixels (N, H, W, C), corrupt flags, labels or None."""
+
+    ids: np.ndarray
+    pixels: np.ndarray
+    corrupt: np.ndarray
+    labels: np.ndarray | None = None
+
+    @classmethod
+    def read(cls, uri: str, spec: PoolSpec, on_corrupt: str, with_label: bool) -> "DecodedRows":
+        from ray_al.data.images import decode_batch
+
+        columns = ["id", spec.image_column] + (["label"] if with_label else [])
+        table = storage.read_parquet(uri, columns=columns)
+        parts = []
+        for batch in table.to_batches(max_chunksize=_DECODE_ROWS):
+            raw = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
+            parts.append(decode_batch(raw, spec.image_size, spec.channels, on_corrupt, read_uri=storage.read_bytes))
+        del table
+        ids = np.concatenate([p["id"] for p in parts])
+        order = np.argsort(ids, kind="stable")  # the order a per-round fit trains in (train._collect)
+        return cls(ids[order], np.concatenate([p["pixels"] for p in parts])[order],
+                   np.concatenate([p["corrupt"] for p in parts])[order],
+                   np.concatenate([p["label"] for p in parts])[order] if with_label else None)
+
+    def rows(self, mask: np.ndarray) -> dict:
+        out = {"id": self.ids[mask], "pixels": self.pixels[mask], "corrupt": self.corrupt[mask]}
+        if self.labels is not None:
+            out["label"] = self.labels[mask]
+        return out
+
+
+def train_tensors(pool: DecodedRows, spec):
+    """This round's TrainTensors from the decoded pool, as a per-round fit collects them."""
+    import torch
+
+    from ray_al.trainloop import TrainTensors, ids_to_keys
+
+    usable = ~pool.corrupt
+    labeled = np.isin(pool.ids, spec.labeled_ids) & usable if spec.use_ce else np.zeros(len(pool.ids), bool)
+    unlabeled = usable & ~labeled if spec.use_ssl and spec.has_unlabeled else np.zeros(len(pool.ids), bool)
+    lid = pool.ids[labeled]
+    labels_by_id = dict(zip(spec.labeled_ids.tolist(), spec.labeled_labels.tolist()))
+    ly = np.asarray([labels_by_id[i] for i in lid.tolist()], dtype=np.int64)
+    return TrainTensors(torch.from_numpy(pool.pixels[labeled]), torch.from_numpy(ly),
+                        torch.from_numpy(pool.pixels[unlabeled]),
+                        labeled_keys=torch.from_numpy(ids_to_keys(lid)),
+                        unlabeled_keys=torch.from_numpy(ids_to_keys(pool.ids[unlabeled])))
+
+
+def resident_loop(config: dict) -> dict:
+    """Every worker: decode the data once, then take jobs until told to stop."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from ray_al.train import all_gather_strings, load_checkpoint, quiet_train_logs
+
+    quiet_train_logs()
+    board, spec, on_corrupt = config["board"], config["pool"], config["on_corrupt"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0:
+        ray.get(board.restart.remote())
+    nodes = all_gather_strings(ray.get_runtime_context().get_node_id(), world)
+    pool = DecodedRows.read(spec.pool_uri, spec, on_corrupt, with_label=False)
+    test = DecodedRows.read(spec.test_uri, spec, on_corrupt, with_label=True)
+    checkpoint = ray.train.get_checkpoint()
+    restored = None
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            restored = load_checkpoint(d)
+    after = 0
+    while True:
+        job = ray.get(board.next_job.remote(after, 5.0))
+        if job is None:
+            continue
+        after = job.seq
+        if job.kind == "stop":
+            return {"nodes": nodes}
+        if job.kind == "train":
+            result = _train_job(job, pool, rank, world, restored)
+            restored = None  # only the job the group restarted in continues a checkpoint
+        else:
+            result = _embed_job(job, pool, test, rank, world, ray.train.torch.get_device())
+        ray.get(board.finish.remote(job.seq, rank, {**result, "nodes": nodes} if rank == 0 else None))
+
+
+def _train_job(job: Job, pool: DecodedRows, rank: int, world: int, restored: dict | None) -> dict:
+    from ray_al.models.weights import state_to_bytes
+    from ray_al.train import epoch_plan, prepare_model, run_epochs, train_state
+
+    spec = job.spec
+    data = train_tensors(pool, spec)
+    objective, learner = prepare_model(spec, world)
+    plan = epoch_plan(spec, data, rank, world)
+    state = train_state(spec, plan, objective, learner)
+    start_epoch = state.restore(restored) if restored and restored.get("tag") == job.name else 0
+    history = run_epochs(spec, plan, state, data, start_epoch, tag=job.name, last_checkpoint_due=False)
+    if rank != 0:
+        return {}
+    metrics = {k: v for k, v in (history[-1] if history else {}).items() if k != "report_seconds"}
+    return {"state": state_to_bytes(learner.state_dict()), "metrics": metrics, "history": history,
+            "start_epoch": start_epoch}
+
+
+def _embed_job(job: Job, pool: DecodedRows, test: DecodedRows, rank: int, world: int, device) -> dict:
+    import ray
+
+    from ray_al.embed import FeatureModel
+
+    model = FeatureModel(ray.get(job.weights), job.learner, job.options, str(device.type))
+    labeled = np.isin(pool.ids, job.labeled_ids)
+    mine = np.arange(len(pool.ids)) % world == rank
+    for split, rows, mask in (("labeled", pool, labeled & mine), ("unlabeled", pool, ~labeled & mine),
+                              ("test", test, np.arange(len(test.ids)) % world == rank)):
+        index = np.flatnonzero(mask)
+        if not len(index):
+            continue
+        tables = [model.table(rows.rows(index[i:i + job.options.batch_size]))
+                  for i in range(0, len(index), job.options.batch_size)]
+        storage.write_parquet_atomic(storage.join(job.out_uri, f"split={split}", f"part-{rank:04d}.parquet"),
+                                     pa.concat_tables(tables))
+    return {}
+
+
+# ----------------------------------------------------------------------------- in the driver
+
+
+class ResidentGroup:
+    """Starts the group on first use; `train` and `embed` post a job and wait for it; `close` stops it."""
+
+    def __init__(self, cfg: Config, spec: PoolSpec, storage_uri: str):
+        self.cfg, self.spec, self.storage_uri = cfg, spec, storage_uri
+        self.workers = max(1, cfg.train.num_workers)
+        self.board = None
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.seq = 0
+
+    def _start(self) -> None:
+        import ray
+
+        from ray_al.train import torch_trainer
+
+        self.board = ray.remote(num_cpus=0, max_concurrency=4 * self.workers + 4)(JobBoard).remote(self.workers)
+        trainer = torch_trainer(self.cfg, resident_loop,
+                                {"board": self.board, "pool": self.spec, "on_corrupt": self.cfg.data.on_corrupt},
+                                self.storage_uri, RUN_NAME, self.workers)
+        self.thread = threading.Thread(target=self._fit, args=(trainer,), name="ray_al-resident", daemon=True)
+        self.thread.start()
+
+    def _fit(self, trainer) -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # handed to the driver's thread by _wait
+            self.error = exc
+
+    def _run(self, **job) -> dict:
+        import ray
+
+        if self.thread is None:
+            self._start()
+        self.seq += 1
+        ray.get(self.board.post.remote(Job(seq=self.seq, **job)))  # a threaded actor may reorder calls
+        return self._wait(self.seq)
+
+    def _wait(self, seq: int) -> dict:
+        import ray
+
+        while True:
+            done, result = ray.get(self.board.wait_done.remote(seq, 1.0))
+            if done:
+                return result or {}
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the resident training group stopped: {self.error or 'no error given'}. "
+                                   "See the worker logs above; train.resident=never runs a fit per round."
+                                   ) from self.error
+
+    def train(self, name: str, **run):
+        """One round's training; `run` takes the keywords of ray_al.train.train_spec."""
+        from ray_al.models.weights import state_from_bytes
+        from ray_al.train import TrainOutcome, checked_spec
+
+        started = time.perf_counter()
+        spec = checked_spec(self.cfg, self.spec, sharding="replicate", **run)
+        out = self._run(kind="train", name=name, spec=spec)
+        return TrainOutcome(state_dict=state_from_bytes(out["state"]), metrics=out["metrics"],
+                            seconds=time.perf_counter() - started, history=out["history"], nodes=out["nodes"])
+
+    def embed(self, weights: bytes, learner_kwargs: dict, options, out_uri: str, labeled_ids) -> None:
+        import ray
+
+        if storage.exists(out_uri):  # a rerun after a crash: start the directory afresh
+            storage.remove_tree(out_uri)
+        self._run(kind="embed", weights=ray.put(weights), learner=learner_kwargs, options=options,
+                  out_uri=out_uri, labeled_ids=np.asarray(labeled_ids))
+
+    def close(self) -> None:
+        if self.thread is None:
+            return
+        if self.thread.is_alive():
+            self.seq += 1
+            self.board.post.remote(Job(seq=self.seq, kind="stop"))  # no wait: a dead board is fine here
+            self.thread.join(timeout=120)
+        self.thread = None

@@ -1,0 +1,155 @@
+"""The resident worker group (ray_al.resident): one Ray Train fit serving round after round.
+
+It must train the very model a per-round fit trains (same data, seeds, steps), write the embeddings the
+Ray Data actor pool writes, keep nothing from one round in the next, and continue a round from its
+checkpoint when Ray Train restarts a killed worker.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ray_al import config as config_mod
+from ray_al.resident import Job, JobBoard
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ----------------------------------------------------------------------------- the board (plain Python)
+
+
+def test_board_hands_a_job_to_every_rank_and_counts_it_done_once_all_report() -> None:
+    board = JobBoard(world=2)
+    assert board.next_job(after=0, timeout=0) is None
+    board.post(Job(seq=1, kind="train", name="round_0000"))
+    assert board.next_job(0, 0).seq == 1 and board.next_job(1, 0) is None  # rank already past it
+    board.finish(1, rank=1, result=None)
+    assert board.wait_done(1, 0) == (False, None)
+    board.finish(1, rank=0, result={"state": b"x"})
+    assert board.wait_done(1, 0) == (True, {"state": b"x"})
+    assert board.next_job(0, 0) is None  # done: a restarted group does not redo it
+    board.finish(7, rank=0, result="stale")  # a report for another job changes nothing
+    assert board.wait_done(1, 0) == (True, {"state": b"x"})
+
+
+def test_board_restart_makes_every_rank_redo_an_unfinished_job() -> None:
+    board = JobBoard(world=2)
+    board.post(Job(seq=3, kind="train"))
+    board.finish(3, rank=0, result="from the dead group")
+    board.restart()  # rank 1 died: DDP needs both ranks again, so rank 0's report no longer counts
+    board.finish(3, rank=1, result=None)
+    assert board.wait_done(3, 0)[0] is False
+    assert board.next_job(0, 0).seq == 3
+    board.finish(3, rank=0, result="redone")
+    assert board.wait_done(3, 0) == (True, "redone")
+    board.restart()  # a finished job stays finished
+    assert board.wait_done(3, 0) == (True, "redone")
+
+
+# ----------------------------------------------------------------------------- through Ray Train
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tmp_path_factory):
+    from ray_al.data.pool import prepare, read_labels
+
+    root = tmp_path_factory.mktemp("resident")
+    cfg = config_mod.load(None, ["data.pool_size=64", "data.test_size=20"])
+    spec = prepare(cfg.data, str(root), seed=0)
+    ids, labels = read_labels(spec.pool_uri)
+    order = np.argsort(ids)
+    return spec, np.asarray(ids)[order], np.asarray(labels)[order], root
+
+
+def _cfg(**train) -> config_mod.Config:
+    cfg = config_mod.load(None, ["train.method=moby", "train.batch_size=8", "train.unlabeled_batch_size=16",
+                                 "train.ssl_options.queue_size=64", "train.checkpoint_every_s=0"])
+    return config_mod.replace(cfg, train=train) if train else cfg
+
+
+def _round(pool, n: int, seed: int) -> dict:
+    _, ids, labels, _ = pool
+    return dict(labeled_ids=ids[:n], labeled_labels=labels[:n], seed=seed, epochs=2, progress=False)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.fixture(scope="module")
+def per_round_fit(pool):
+    """Round 1 (24 labels) as a fit of its own: the reference."""
+    from ray_al.train import fit
+
+    spec, _, _, root = pool
+    return fit(_cfg(), spec, storage_uri=str(root / "per_round"), name="round_0001", **_round(pool, 24, 1001))
+
+
+@pytest.fixture(scope="module")
+def served(pool):
+    """One resident group: round 0, round 1, then round 1's embedding."""
+    from ray_al.embed import EmbedOptions
+    from ray_al.models.weights import learner_kwargs, state_to_bytes
+    from ray_al.resident import ResidentGroup
+
+    spec, ids, _, root = pool
+    group = ResidentGroup(_cfg(), spec, str(root / "resident"))
+    try:
+        first = group.train("round_0000", **_round(pool, 16, 1000))
+        second = group.train("round_0001", **_round(pool, 24, 1001))
+        out = str(root / "resident_embeddings")
+        group.embed(state_to_bytes(second.state_dict), learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=16),
+                    out, ids[:24])
+    finally:
+        group.close()
+    assert group.thread is None
+    return first, second, out
+
+
+def test_a_resident_round_trains_the_model_of_a_fit_of_its_own(served, per_round_fit) -> None:
+    first, second, _ = served
+    assert second.metrics["steps"] == per_round_fit.metrics["steps"] and second.metrics["start_epoch"] == 0
+    assert [h["epoch"] for h in second.history] == [0, 1]
+    # the second round of the group starts from nothing of the first (weights, MoBY queues, BN statistics)
+    _assert_same_state(second.state_dict, per_round_fit.state_dict)
+    assert not torch.equal(first.state_dict["classifier.weight"], second.state_dict["classifier.weight"])
+
+
+def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, tmp_path) -> None:
+    from ray_al.data.reader import embedding_input
+    from ray_al.embed import EmbedOptions, embed_splits
+    from ray_al.embeddings import matrix, read_embeddings
+    from ray_al.models.weights import learner_kwargs, state_to_bytes
+
+    spec, ids, _, _ = pool
+    _, _, resident_out = served
+    reference = str(tmp_path / "actor_pool")
+    embed_splits(embedding_input(spec, ids[:24]), state_to_bytes(per_round_fit.state_dict),
+                 learner_kwargs(_cfg(), spec), spec, EmbedOptions(batch_size=16), reference)
+    for split, rows in (("labeled", 24), ("unlabeled", 40), ("test", 20)):
+        got, want = (read_embeddings(u, split).sort_by("id") for u in (resident_out, reference))
+        assert got.num_rows == want.num_rows == rows, split
+        assert got.column("id").to_pylist() == want.column("id").to_pylist()
+        for column in ("embedding", "probs"):
+            np.testing.assert_allclose(matrix(got.column(column)), matrix(want.column(column)), atol=1e-5)
+        if split == "test":
+            assert got.column("label").to_pylist() == want.column("label").to_pylist()
+
+
+def test_a_killed_resident_worker_continues_the_round_from_its_checkpoint(pool, per_round_fit, tmp_path) -> None:
+    from ray_al.resident import ResidentGroup
+
+    spec = pool[0]
+    marker = tmp_path / "killed"
+    group = ResidentGroup(_cfg(), spec, str(tmp_path / "resident"))
+    try:
+        out = group.train("round_0001", **_round(pool, 24, 1001),
+                          fault_injection={"epoch": 1, "step": 0, "rank": 0, "marker": str(marker), "delay_s": 3.0})
+    finally:
+        group.close()
+    assert "epoch 1 step 0" in marker.read_text()  # the worker was killed in the second epoch
+    assert out.metrics["start_epoch"] == 1 and [h["epoch"] for h in out.history] == [1]
+    _assert_same_state(out.state_dict, per_round_fit.state_dict)
