@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_every_s: float = 10.0  # epoch checkpoints at most this often (0 = every epoch); the last always
     sync_bn: bool = True  # SyncBatchNorm when num_workers > 1
     seed_offset: int = 0
+    unlabeled_per_round: int = 0  # joint SSL on a seeded sample of about this many unlabeled images a round (0 = all)
     resident: str = "auto"  # one worker group serves every round: auto (pools that fit in memory) | always | never
 
 
@@ -104,6 +105,7 @@ class ALConfig:
     rounds: int = 5  # selection rounds after the initial set
     initial_size: int = 50
     budget: int = 50  # labels queried per round
+    budgets: tuple[int, ...] = ()  # per-round batch sizes instead (round r queries budgets[r]); len = al.rounds
     seed: int = 0
     oracle: str = "simulated"  # simulated | file
     initial: str = "random"  # seed set: random | typiclust | probcover | kcenter (on self-supervised features)
@@ -284,8 +286,14 @@ def smoke(cfg: Config) -> Config:
         data={"pool_size": min(cfg.data.pool_size or 400, 400), "test_size": min(cfg.data.test_size or 200, 200)},
         train={"epochs": 1, "pretrain_epochs": 1, "batch_size": min(cfg.train.batch_size, 32),
                "unlabeled_batch_size": min(cfg.train.unlabeled_batch_size, 32), "use_gpu": False},
-        al={"rounds": min(cfg.al.rounds, 2), "initial_size": min(cfg.al.initial_size, 20), "budget": min(cfg.al.budget, 20)},
+        al={"rounds": min(cfg.al.rounds, 2), "initial_size": min(cfg.al.initial_size, 20), "budget": min(cfg.al.budget, 20),
+            "budgets": tuple(min(b, 20) for b in cfg.al.budgets[:2])},
     )
+
+
+def round_budget(cfg: Config, r: int) -> int:
+    """Labels queried in round r: al.budgets[r] when a schedule is given, else al.budget."""
+    return int(cfg.al.budgets[r]) if cfg.al.budgets else cfg.al.budget
 
 
 def describe() -> str:

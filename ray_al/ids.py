@@ -75,6 +75,19 @@ def tie_keys(ids: Any, seed: int) -> np.ndarray:
         return splitmix64(id_keys(ids) ^ salt)
 
 
+_SAMPLE_SALT = 0x5A3F_0C1D_77E2_9B41  # keeps sample draws apart from tie-breaks of the same seed
+
+
+def seeded_sample(ids: Any, seed: int, fraction: float) -> np.ndarray:
+    """(n,) bool: whether each id belongs to the seeded sample of about `fraction` of the pool. A pure
+    function of (id, seed): every reader, batch and process keeps the same rows, so a sample can be
+    taken while streaming, one batch at a time."""
+    if fraction >= 1.0:
+        return np.ones(len(np.asarray(ids)), dtype=bool)
+    threshold = np.uint64(min(int(max(fraction, 0.0) * 2.0 ** 64), 2 ** 64 - 1))
+    return tie_keys(ids, int(seed) ^ _SAMPLE_SALT) < threshold
+
+
 def canonical_order(ids: Any) -> np.ndarray:
     """Positions that sort the ids ascending (stable); randomised strategies draw in this order."""
     return np.argsort(id_sort_keys(ids), kind="stable")

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_al import config as config_mod
-from ray_al import selection, storage
+from ray_al import faults, selection, storage
 from ray_al.acquisition.policy import AUTO
 from ray_al.config import BudgetError, Config, ConfigError
 from ray_al.data.pool import PoolError, PoolSpec
@@ -70,6 +70,10 @@ def check_config(cfg: Config) -> None:
     for key in ("initial_size", "budget", "rounds"):
         if getattr(cfg.al, key) < (1 if key != "rounds" else 0):
             raise ConfigError(f"al.{key} must be positive, got {getattr(cfg.al, key)}.")
+    if cfg.al.budgets and (len(cfg.al.budgets) != cfg.al.rounds or min(cfg.al.budgets) < 1):
+        raise ConfigError(f"al.budgets={list(cfg.al.budgets)} must hold one positive batch size per round: "
+                          f"al.rounds={cfg.al.rounds}, so give {cfg.al.rounds} sizes or set al.rounds="
+                          f"{len(cfg.al.budgets)}.")
 
 
 def _check_names(cfg: Config) -> None:
@@ -130,18 +134,21 @@ def _check_fallback(cfg: Config) -> None:
     for name, strategy in acquisition.ACQUISITIONS.items():
         methods.add(name, strategy)
     fallback = methods.get(cfg.select.fallback)
-    if fallback.name == cfg.select.method or "labeled_labels" in fallback.required:
+    if "labeled_labels" in fallback.required:  # the one way a method is not ready yet (weibull)
         raise ConfigError(f"select.fallback={cfg.select.fallback} cannot stand in for a method that cannot run "
                           "yet: choose one that needs no labels per class, e.g. typiclust or random.")
 
 
 def check_budget(cfg: Config, pool_rows: int) -> None:
-    needed = cfg.al.initial_size + cfg.al.rounds * cfg.al.budget
+    queried = [config_mod.round_budget(cfg, r) for r in range(cfg.al.rounds)]
+    needed = cfg.al.initial_size + sum(queried)
     if needed > pool_rows:
+        plan = (f"al.budgets={list(cfg.al.budgets)}" if cfg.al.budgets
+                else f"al.rounds={cfg.al.rounds} x al.budget={cfg.al.budget}")
         raise BudgetError(
-            f"the labelling plan needs {needed} labels (al.initial_size={cfg.al.initial_size} + al.rounds="
-            f"{cfg.al.rounds} x al.budget={cfg.al.budget}) but the pool has only {pool_rows} images. Lower "
-            "al.budget or al.rounds, or use a larger pool (data.pool_size=0 takes all of it)."
+            f"the labelling plan needs {needed} labels (al.initial_size={cfg.al.initial_size} + {plan}) but the "
+            f"pool has only {pool_rows} images. Lower al.budget(s) or al.rounds, or use a larger pool "
+            "(data.pool_size=0 takes all of it)."
         )
 
 
@@ -311,6 +318,7 @@ class Cycle:
             group.embed(weights, kwargs, options, out_uri, ledger.ids)
         else:
             embed_splits(embedding_input(spec, ledger.ids), weights, kwargs, spec, options, out_uri)
+        faults.kill_point("embed.written")
         payload = {"seconds": time.perf_counter() - started, **_evaluate(out_uri)}
         if payload["corrupt"]:
             bad = payload["corrupt_ids"]
@@ -325,12 +333,13 @@ class Cycle:
         if self.run.is_done(r, "select"):
             return self.run.read_queries(r).column("id").to_pylist()
         started = time.perf_counter()
-        k = self.cfg.al.budget
+        k = config_mod.round_budget(self.cfg, r)
         chosen = selection.select_ids(self.cfg, self.run.round_uri(r, "embeddings"), ledger, k, r,
                                       zero_shot_uri=self.run.path("zero_shot_order.parquet"),
                                       features_uri=self.features_uri)
         ids = chosen.ids
         self.run.write_queries(r, ids, query_uris(self.spec.pool_uri, self.spec.image_column, ids))
+        faults.kill_point("select.written")
         self.run.mark_done(r, "select", {"seconds": time.perf_counter() - started, "k": k,
                                          "selected_by": chosen.method, "why": chosen.why})
         return list(ids)
@@ -349,6 +358,7 @@ class Cycle:
         labels = self.oracle().answer(ids)
         # ledger round r + 1: the first training round that uses these labels
         new = ledger.add(ids, labels, r + 1, "query", num_classes=self.spec.num_classes).commit(self.run.uri)
+        faults.kill_point("label.committed")
         self.run.mark_done(r, "label", {"seconds": time.perf_counter() - started, "labels": len(ids)})
         return new
 
@@ -377,15 +387,19 @@ class Cycle:
         """Round r's steps, then its commit; None while its queries await a file oracle's labels."""
         ledger = self.ledger().up_to_round(r)
         state = self.train(r, ledger, init_state)
+        faults.kill_point("train.done")
         embedded = self.embed(r, ledger, state)
+        faults.kill_point("embed.done")
         seconds = {"train": self.run.step_payload(r, "train")["seconds"], "embed": embedded["seconds"]}
         if r < self.cfg.al.rounds:
             ids = self.select(r, ledger)
+            faults.kill_point("select.done")
             chosen = self.run.step_payload(r, "select")
             seconds["select"] = chosen["seconds"]
             if self.label(r, ids, self.ledger()) is None:
                 self._ask_for_labels(r, len(ids))
                 return None
+            faults.kill_point("label.done")
             seconds["label"] = self.run.step_payload(r, "label").get("seconds", 0.0)  # an import has no timing
         cfg = self.cfg
         row = {"round": r, "labels": len(ledger), "accuracy": embedded["accuracy"], "seconds": seconds,
@@ -395,6 +409,7 @@ class Cycle:
         if r < cfg.al.rounds:  # the last round trains and evaluates only
             row.update(selected_by=chosen.get("selected_by", cfg.select.method), why=chosen.get("why", ""))
         self.run.commit_round(r, row)
+        faults.kill_point("round.committed")
         if self.on_round_committed is not None:
             self.on_round_committed(row)
         return row

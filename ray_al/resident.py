@@ -25,6 +25,7 @@ import pyarrow as pa
 from ray_al import storage
 from ray_al.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
+from ray_al.ids import seeded_sample
 
 RESIDENT = ("auto", "always", "never")
 # train.resident=auto: resident while the decoded pool + test split (uint8) fit in this per worker
@@ -160,6 +161,7 @@ def train_tensors(pool: DecodedRows, spec):
     usable = ~pool.corrupt
     labeled = np.isin(pool.ids, spec.labeled_ids) & usable if spec.use_ce else np.zeros(len(pool.ids), bool)
     unlabeled = usable & ~labeled if spec.use_ssl and spec.has_unlabeled else np.zeros(len(pool.ids), bool)
+    unlabeled &= seeded_sample(pool.ids, spec.seed, spec.unlabeled_fraction)  # as the per-round read samples
     lid = pool.ids[labeled]
     labels_by_id = dict(zip(spec.labeled_ids.tolist(), spec.labeled_labels.tolist()))
     ly = np.asarray([labels_by_id[i] for i in lid.tolist()], dtype=np.int64)

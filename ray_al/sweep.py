@@ -47,7 +47,8 @@ Outputs in SWEEP_DIR:
   results.jsonl, results.parquet   one row per (trial, round) (read from the trials' run directories,
                                    so a resumed trial never duplicates rows), grid keys as columns
   summary.csv, summary.txt         final accuracy and area under the learning curve per trial, and their
-                                   mean +- std over seeds per setting
+                                   mean +- std over seeds per setting (AUC also +- standard error); the
+                                   accuracy at each labelled-set size per setting, mean +- standard error
   learning_curves.png              accuracy vs labels, mean +- std over seeds, one curve per setting
   tune/<name>/                     Tune's experiment (trial results, TensorBoard event files:
                                    `tensorboard --logdir SWEEP_DIR/tune`)
@@ -356,9 +357,42 @@ def summarize(rows: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
             **{k: members[0][k] for k in setting_keys}, "seeds": len(members),
             "final_labels": max(m["final_labels"] for m in members),
             "final_accuracy_mean": _mean(acc), "final_accuracy_std": _std(acc),
-            "auc_mean": _mean(auc), "auc_std": _std(auc),
+            "auc_mean": _mean(auc), "auc_std": _std(auc), "auc_se": _se(auc),
         })
     return per_trial, per_setting
+
+
+def per_budget(rows: list[dict], grid: dict) -> list[dict]:
+    """Accuracy at each labelled-set size per setting: mean and standard error over seeds (the
+    comparison users read: is a method above random at the budgets they have?)."""
+    keys = _setting_keys(grid)
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((tuple(json.dumps(r.get(k)) for k in keys), int(r["labels"])), []).append(
+            float(r["accuracy"]))
+    out = []
+    for (setting, labels), acc in sorted(groups.items()):
+        out.append({**{k: json.loads(v) for k, v in zip(keys, setting)}, "labels": labels, "seeds": len(acc),
+                    "accuracy_mean": _mean(acc), "accuracy_se": _se(acc)})
+    return out
+
+
+def format_per_budget(table: list[dict], grid: dict) -> str:
+    """Settings as rows, labelled-set sizes as columns: mean +- standard error of the accuracy."""
+    keys = _setting_keys(grid)
+    sizes = sorted({t["labels"] for t in table})
+    cells: dict[tuple, dict[int, str]] = {}
+    for t in table:
+        cells.setdefault(tuple(str(t.get(k)) for k in keys), {})[t["labels"]] = (
+            f"{t['accuracy_mean']:.3f}+-{t['accuracy_se']:.3f}")
+    width = max([len(" / ".join(s)) for s in cells] + [len(" / ".join(keys))])
+    lines = ["accuracy by labels, mean +- standard error over seeds:",
+             f"{' / '.join(keys):<{width}}  " + "  ".join(f"{n:>13}" for n in sizes)]
+    lines.append("-" * len(lines[-1]))
+    for setting in sorted(cells):
+        lines.append(f"{' / '.join(setting):<{width}}  " + "  ".join(f"{cells[setting].get(n, '-'):>13}"
+                                                                     for n in sizes))
+    return "\n".join(lines)
 
 
 def _mean(xs: list[float]) -> float:
@@ -370,6 +404,14 @@ def _std(xs: list[float]) -> float:
         return 0.0
     m = _mean(xs)
     return float(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)))  # population std, as report.curves
+
+
+def _se(xs: list[float]) -> float:
+    """Standard error of the mean (sample std / sqrt(n)); 0 for a single seed."""
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return float(math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)))
 
 
 def format_summary(per_trial: list[dict], per_setting: list[dict], grid: dict) -> str:
@@ -430,7 +472,8 @@ def write_outputs(spec: dict, rows: list[dict], log=print) -> dict[str, str]:
         return out
     storage.write_bytes_atomic(out["parquet"], _parquet_bytes(_results_table(rows)))
     per_trial, per_setting = summarize(rows, spec["grid"])
-    text = format_summary(per_trial, per_setting, spec["grid"])
+    text = format_summary(per_trial, per_setting, spec["grid"]) + "\n\n" + format_per_budget(
+        per_budget(rows, spec["grid"]), spec["grid"])
     storage.write_text_atomic(out["summary_txt"], text + "\n")
     storage.write_text_atomic(out["summary_csv"], _csv_text(per_setting))
     group_by = tuple(_setting_keys(spec["grid"])) or ("select",)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ray_al import trainloop
+from ray_al import faults, trainloop
 from ray_al.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
 from ray_al.models import convert_sync_batchnorm
@@ -46,7 +46,8 @@ DDP_KWARGS = {"broadcast_buffers": False}
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """Test/chaos drill: SIGKILL rank `rank` at (epoch, step), once (the `marker` file remembers).
+    """Test/chaos drill: SIGKILL rank `rank` at (epoch, step), once (the `marker` file remembers); with
+    `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.faults' `train.epoch`).
 
     The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
     Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
@@ -57,6 +58,7 @@ class FaultInjection:
     step: int = 0
     rank: int = 0
     delay_s: float = 5.0
+    pid: int = 0  # 0: the worker itself
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +81,7 @@ class TrainSpec:
     use_ce: bool
     use_ssl: bool
     has_unlabeled: bool  # SSL reads the pool too, not only the labeled images
+    unlabeled_fraction: float  # of the unlabeled pool, a seeded sample by id (train.unlabeled_per_round)
     head_only: bool
     sync_bn: bool
     checkpoint_every_s: float
@@ -293,9 +296,11 @@ def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
         if step != fault.step or os.path.exists(fault.marker):
             return
         with open(fault.marker, "w") as f:
-            f.write(f"killed rank {rank} pid {os.getpid()} at epoch {epoch} step {step}\n")
+            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")
         time.sleep(float(fault.delay_s))
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(fault.pid or os.getpid(), signal.SIGKILL)
+        if fault.pid:  # the driver is gone: train no further (no later checkpoint) until Ray ends this worker
+            time.sleep(3600)
 
     return on_step
 
@@ -373,6 +378,7 @@ def train_spec(
         raise ConfigError(f"sharding='{sharding}' is not valid; choose one of {', '.join(SHARDING)}.")
     if isinstance(fault_injection, dict):
         fault_injection = FaultInjection(**fault_injection)
+    fault_injection = fault_injection or _driver_kill()
     t = cfg.train
     order = np.argsort(np.asarray(labeled_ids), kind="stable")
     return TrainSpec(
@@ -382,12 +388,33 @@ def train_spec(
         lr=t.pretrain_lr if not use_ce and t.pretrain_lr > 0 else t.lr, optimizer=t.optimizer,
         lr_schedule=t.lr_schedule, momentum=t.momentum, weight_decay=t.weight_decay,
         milestones=tuple(t.milestones), ssl_weight=t.ssl_weight, use_ce=use_ce, use_ssl=use_ssl,
-        has_unlabeled=use_ssl and ssl_on_pool, head_only=head_only, sync_bn=t.sync_bn,
+        has_unlabeled=use_ssl and ssl_on_pool, unlabeled_fraction=_unlabeled_fraction(cfg, pool, len(order)),
+        head_only=head_only, sync_bn=t.sync_bn,
         checkpoint_every_s=t.checkpoint_every_s, sharding=sharding, desc=desc, progress=progress,
         labeled_ids=np.asarray(labeled_ids)[order], labeled_labels=np.asarray(labeled_labels)[order],
         init_state=state_to_bytes(init_state) if init_state is not None else None,
         fault_injection=fault_injection,
     )
+
+
+def _driver_kill() -> FaultInjection | None:
+    """ray_al.faults' `train.epoch`: rank 0 SIGKILLs this process (the driver) once epoch 0 is checkpointed."""
+    marker = faults.armed("train.epoch")
+    if marker is None:
+        return None
+    if not marker:
+        raise ConfigError(f"{faults.KILL_AT}=train.epoch needs {faults.KILL_MARKER} (a worker cannot tell "
+                          "a resumed driver from the killed one without it).")
+    return FaultInjection(epoch=1, marker=marker, pid=os.getpid())
+
+
+def _unlabeled_fraction(cfg: Config, pool: PoolSpec, n_labeled: int) -> float:
+    """train.unlabeled_per_round as a fraction of the unlabeled pool (1.0: all of it). A worker then holds
+    about that many pool images whatever the pool's size (MoBYv2AL and CoreGCN subsample alike)."""
+    wanted = cfg.train.unlabeled_per_round
+    if wanted < 0:
+        raise ConfigError(f"train.unlabeled_per_round must be >= 0 (0 = the whole pool), got {wanted}.")
+    return min(1.0, wanted / max(1, pool.pool_rows - n_labeled)) if wanted else 1.0
 
 
 def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> TrainOutcome:
@@ -408,7 +435,8 @@ def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> T
 def checked_spec(cfg: Config, pool: PoolSpec, **run) -> TrainSpec:
     """`train_spec`, refused in the driver when the data cannot feed the workers."""
     job = train_spec(cfg, pool, **run)
-    n_ssl = pool.pool_rows if job.has_unlabeled else len(job.labeled_ids) if job.use_ce else 0
+    n_ssl = (int(pool.pool_rows * job.unlabeled_fraction) if job.has_unlabeled
+             else len(job.labeled_ids) if job.use_ce else 0)
     _check_sizes(len(job.labeled_ids), n_ssl, max(1, cfg.train.num_workers), job.batch_size, job.use_ce,
                  job.use_ssl)
     return job
@@ -430,14 +458,15 @@ def _datasets(cfg: Config, pool: PoolSpec, job: TrainSpec, workers: int) -> dict
     """Decoded Ray Datasets: "labeled" (CE) and "unlabeled" (the pool without them, when SSL reads it)."""
     from ray_al.data.reader import decoded, pool_columns, read_split
 
-    def read(**ids):
-        return decoded(read_split(pool.pool_uri, columns=pool_columns(pool), **ids), pool, cfg.data.on_corrupt)
+    def read(**rows):
+        return decoded(read_split(pool.pool_uri, columns=pool_columns(pool), **rows), pool, cfg.data.on_corrupt)
 
     datasets = {}
     if job.use_ce:
         datasets["labeled"] = read(include_ids=job.labeled_ids)
     if job.has_unlabeled:
-        datasets["unlabeled"] = read(exclude_ids=job.labeled_ids if job.use_ce else None)
+        datasets["unlabeled"] = read(exclude_ids=job.labeled_ids if job.use_ce else None,
+                                     sample=(job.seed, job.unlabeled_fraction))
     if _cpu_starved(workers, cfg.train.cpus_per_worker):
         # Decode now, while the CPUs are free: once the workers hold them all, Ray Data's read tasks
         # would wait forever for a CPU. The workers keep their data in memory anyway.

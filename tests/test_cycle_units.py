@@ -45,6 +45,20 @@ def test_budget_larger_than_pool_is_refused():
         check_budget(cfg, 129)
 
 
+def test_a_budget_schedule_sets_each_rounds_batch_and_is_checked():
+    cfg = config.load(None, ["al.initial_size=10", "al.rounds=3", "al.budgets=[10,20,50]"])
+    check_config(cfg)
+    assert [config.round_budget(cfg, r) for r in range(3)] == [10, 20, 50]
+    check_budget(cfg, 90)
+    with pytest.raises(BudgetError, match=r"needs 90 labels.*al.budgets=\[10, 20, 50\].*only 89 images"):
+        check_budget(cfg, 89)
+    with pytest.raises(ConfigError, match=r"one positive batch size per round: al.rounds=4"):
+        check_config(config.replace(cfg, al={"rounds": 4}))
+    smoke = config.smoke(cfg)
+    assert smoke.al.rounds == 2 and smoke.al.budgets == (10, 20)
+    check_config(smoke)
+
+
 def test_report_table_auc_and_plot(tmp_path):
     rows = [{"round": r, "labels": 10 * (r + 1), "accuracy": 0.5 + 0.1 * r, "method": "m", "select": "s",
              "seconds": {"train": 1.0, "embed": 2.0}} for r in range(3)]
@@ -385,3 +399,9 @@ def test_probcover_saturation_is_recorded_in_the_rounds_why(tmp_path):
     chosen = select_ids(config.load(None, ["select.method=probcover"]), emb_dir, ledger, 5, 0)
     assert chosen.method == "probcover" and len(set(chosen.ids)) == 5
     assert "coverage saturated" in chosen.why and "from random" in chosen.why, chosen.why
+
+
+def test_a_fallback_that_needs_labels_per_class_is_refused_and_others_pass():
+    check_config(config.load(None, ["select.method=typiclust"]))  # its own fallback: it is never "not ready"
+    with pytest.raises(ConfigError, match="select.fallback=weibull cannot stand in"):
+        check_config(config.load(None, ["select.method=kcenter", "select.fallback=weibull"]))

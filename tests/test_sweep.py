@@ -90,6 +90,19 @@ def test_summary_matches_numpy(tmp_path):
         assert s["final_accuracy_mean"] == pytest.approx(np.mean(finals))
         assert s["final_accuracy_std"] == pytest.approx(np.std(finals))
         assert s["auc_mean"] == pytest.approx(np.mean(aucs)) and s["auc_std"] == pytest.approx(np.std(aucs))
+        assert s["auc_se"] == pytest.approx(np.std(aucs, ddof=1) / np.sqrt(2))
+    from ray_al.sweep import format_per_budget, per_budget
+
+    table = per_budget(rows, grid)
+    assert [(t["select.method"], t["labels"]) for t in table] == [(m, n) for m in "ab" for n in (10, 20, 40)]
+    for t in table:
+        at = [acc[(t["select.method"], seed)][1][[10, 20, 40].index(t["labels"])] for seed in (0, 1)]
+        assert t["seeds"] == 2 and t["accuracy_mean"] == pytest.approx(np.mean(at))
+        assert t["accuracy_se"] == pytest.approx(np.std(at, ddof=1) / np.sqrt(2))
+    text = format_per_budget(table, grid).splitlines()
+    b40 = next(t for t in table if t["select.method"] == "b" and t["labels"] == 40)
+    assert text[1].split() == ["select.method", "10", "20", "40"]
+    assert text[-1].split()[0] == "b" and text[-1].split()[-1] == f"{b40['accuracy_mean']:.3f}+-{b40['accuracy_se']:.3f}"
 
 
 # ----------------------------------------------------------------------------- a real Tune sweep

@@ -131,3 +131,38 @@ def test_killed_worker_resumes_from_last_checkpoint(pool, moby_two_workers, tmp_
     assert [h["epoch"] for h in out.history] == [1]
     # deterministic per (seed, epoch, rank): the resumed run ends where the uninterrupted one does
     _assert_same_state(out.state_dict, moby_two_workers.state_dict, rtol=1e-6, atol=1e-7)
+
+
+def _test_accuracy(spec, cfg, state: dict) -> float:
+    from ray_al.embed import EmbedOptions, FeatureModel
+    from ray_al.models.weights import state_to_bytes
+    from ray_al.resident import DecodedRows
+
+    test = DecodedRows.read(spec.test_uri, spec, "skip", with_label=True)
+    probs = FeatureModel(state_to_bytes(state), learner_kwargs(cfg, spec), EmbedOptions()).table(
+        test.rows(np.ones(len(test.ids), bool))).column("probs")
+    from ray_al.embeddings import matrix
+
+    return float((matrix(probs).argmax(axis=1) == test.labels).mean())
+
+
+def test_a_joint_moby_round_on_two_nodes_with_the_default_sharding_learns_like_one_worker(cluster, tmp_path) -> None:
+    """The scalable default: each worker trains MoBY on its own Ray Data shard of the pool (sharding="split"),
+    so the two runs see different SSL batches; the round's test accuracy must still match one worker's."""
+    from ray_al.data.pool import prepare, read_labels
+
+    _, node_ids = cluster
+    cfg = config_mod.load(None, ["data.pool_size=600", "data.test_size=300"])
+    spec = prepare(cfg.data, str(tmp_path), seed=0)
+    ids, labels = (np.asarray(a) for a in read_labels(spec.pool_uri))
+    chosen = np.sort(np.random.default_rng(0).choice(len(ids), 100, replace=False))
+    accuracy, nodes = {}, {}
+    for workers in (1, 2):
+        run_cfg = config_mod.replace(_cfg("moby", workers), train={"checkpoint_every_s": 10.0})
+        out = fit(run_cfg, spec, labeled_ids=ids[chosen], labeled_labels=labels[chosen],
+                  storage_uri=str(tmp_path / "ray_train"), name=f"round_{workers}w", seed=3, epochs=6, progress=False)
+        accuracy[workers], nodes[workers] = _test_accuracy(spec, run_cfg, out.state_dict), out.nodes
+    assert set(nodes[2]) == node_ids  # one worker per node
+    assert accuracy[1] > 0.5, accuracy  # it learned (10 classes: chance is 0.1)
+    assert abs(accuracy[2] - accuracy[1]) <= 0.08, accuracy
+    print(accuracy)

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from ray_al import storage
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
+from ray_al.ids import seeded_sample
 
 
 def _select_ids(table: pa.Table, ids_ref, keep: bool) -> pa.Table:
@@ -46,8 +47,14 @@ def _cached(ref, getter):
     return _CACHE[key]
 
 
-def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, exclude_ids=None):
-    """A Ray Dataset over a pool/test Parquet, optionally restricted to (or excluding) some ids."""
+def _sampled(table: pa.Table, seed: int, fraction: float) -> pa.Table:
+    return table.filter(pa.array(seeded_sample(table.column("id").to_numpy(zero_copy_only=False), seed, fraction)))
+
+
+def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, exclude_ids=None,
+               sample: tuple[int, float] | None = None):
+    """A Ray Dataset over a pool/test Parquet, optionally restricted to (or excluding) some ids, and to a
+    seeded sample (seed, fraction) by id (`ids.seeded_sample`), taken as the rows stream by."""
     import ray
 
     # The flag is read when the Dataset is created (see _SMALL_PARQUET_BYTES).
@@ -59,6 +66,9 @@ def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, 
             continue
         ids_ref = ray.put(pa.array(np.asarray(ids)))
         ds = ds.map_batches(_select_ids, fn_kwargs={"ids_ref": ids_ref, "keep": keep}, batch_format="pyarrow",
+                            batch_size=None, zero_copy_batch=True)
+    if sample is not None and sample[1] < 1.0:
+        ds = ds.map_batches(_sampled, fn_kwargs={"seed": sample[0], "fraction": sample[1]}, batch_format="pyarrow",
                             batch_size=None, zero_copy_batch=True)
     return ds
 
