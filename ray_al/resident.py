@@ -15,6 +15,7 @@ the per-round path (Ray Data streaming into a fit, an embedding actor pool).
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -254,7 +255,10 @@ class ResidentGroup:
     """Starts the group on first use; `train` and `embed` post a job and wait for it; `close` stops it."""
 
     def __init__(self, cfg: Config, spec: PoolSpec, storage_uri: str):
-        self.cfg, self.spec, self.storage_uri = cfg, spec, storage_uri
+        # the workers run in Ray Train's artifacts directory: relative paths would land there
+        self.spec = dataclasses.replace(spec, pool_uri=storage.absolute(spec.pool_uri),
+                                        test_uri=storage.absolute(spec.test_uri))
+        self.cfg, self.storage_uri = cfg, storage_uri
         self.workers = max(1, cfg.train.num_workers)
         self.board = None
         self.thread: threading.Thread | None = None
@@ -317,7 +321,7 @@ class ResidentGroup:
         if storage.exists(out_uri):  # a rerun after a crash: start the directory afresh
             storage.remove_tree(out_uri)
         self._run(kind="embed", weights=ray.put(weights), learner=learner_kwargs, options=options,
-                  out_uri=out_uri, labeled_ids=np.asarray(labeled_ids))
+                  out_uri=storage.absolute(out_uri), labeled_ids=np.asarray(labeled_ids))
 
     def close(self) -> None:
         if self.thread is None:

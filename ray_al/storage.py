@@ -86,6 +86,12 @@ def _local(uri: str) -> str:
     return uri
 
 
+def absolute(uri: str) -> str:
+    """``uri`` usable from any working directory: s3:// as is, a local path made absolute. Ray workers
+    (a Ray Train worker runs in its trial's artifacts directory) do not share the driver's."""
+    return uri if is_s3(uri) else os.path.abspath(_local(uri))
+
+
 def _s3_path(uri: str) -> str:
     """'s3://bucket/a/b/' -> 'bucket/a/b' (pyarrow's path form)."""
     path = uri[len("s3://"):].strip("/")
@@ -309,18 +315,31 @@ def _write_local(uri: str, data: bytes, publish) -> None:
     in; os.link: create, FileExistsError if taken) and make the new name durable."""
     path = os.path.abspath(_local(uri))
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path)
+    except FileExistsError:  # os.link: the name is taken (create_exclusive's answer, not a failure)
+        raise
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
         if os.path.exists(tmp):  # gone after os.replace; still there after os.link or a failure
             os.unlink(tmp)
     _fsync_dir(directory)
+
+
+def _write_error(path: str, err: OSError) -> OSError:
+    """The same kind of error, naming the file: a full disk's ENOSPC names none, a read-only directory's
+    EACCES only the temporary file."""
+    return type(err)(err.errno, f"cannot write {path}: {err.strerror or err}")
 
 
 def create_exclusive(uri: str, data: bytes) -> bool:

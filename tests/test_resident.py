@@ -153,3 +153,29 @@ def test_a_killed_resident_worker_continues_the_round_from_its_checkpoint(pool, 
     assert "epoch 1 step 0" in marker.read_text()  # the worker was killed in the second epoch
     assert out.metrics["start_epoch"] == 1 and [h["epoch"] for h in out.history] == [1]
     _assert_same_state(out.state_dict, per_round_fit.state_dict)
+
+
+def test_relative_paths_mean_the_drivers_working_directory(pool, tmp_path, monkeypatch) -> None:
+    """`make run` uses run.dir=runs/default: the workers, which run in Ray Train's artifacts directory,
+    must still read the pool and write the embeddings where the driver means."""
+    import dataclasses
+    import os
+
+    from ray_al.embed import EmbedOptions
+    from ray_al.embeddings import read_embeddings
+    from ray_al.models.weights import learner_kwargs, state_to_bytes
+    from ray_al.resident import ResidentGroup
+
+    spec, ids, _, _ = pool
+    monkeypatch.chdir(tmp_path)
+    relative = dataclasses.replace(spec, pool_uri=os.path.relpath(spec.pool_uri), test_uri=os.path.relpath(spec.test_uri))
+    assert not os.path.isabs(relative.pool_uri)
+    cfg = config_mod.load(None, ["train.batch_size=8", "train.epochs=1"])
+    group = ResidentGroup(cfg, relative, "ray_train")
+    try:
+        out = group.train("round_0000", **{**_round(pool, 16, 1000), "epochs": 1})
+        group.embed(state_to_bytes(out.state_dict), learner_kwargs(cfg, spec), EmbedOptions(), "run/embeddings",
+                    ids[:16])
+    finally:
+        group.close()
+    assert read_embeddings(str(tmp_path / "run" / "embeddings"), "unlabeled").num_rows == 48
