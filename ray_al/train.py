@@ -88,6 +88,7 @@ class TrainSpec:
     sharding: str
     desc: str
     progress: bool
+    progress_lines: bool  # the driver logs to a file: EpochLines instead of a tqdm bar
     labeled_ids: np.ndarray  # sorted
     labeled_labels: np.ndarray  # aligned with labeled_ids
     init_state: bytes | None = None  # weights to start from (state_to_bytes)
@@ -237,8 +238,8 @@ def run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.Trai
     for epoch in range(start_epoch, spec.epochs):
         metrics = _train_epoch(spec, plan, state, data, epoch, start_epoch)
         if bar is not None:
-            bar.update(1)
             bar.set_description(f"{spec.desc} loss {metrics['loss']:.3f}")
+            bar.update(1)
         started = time.perf_counter()
         if _checkpoint_due(last_checkpoint, spec.checkpoint_every_s,
                            last_checkpoint_due and epoch == spec.epochs - 1, plan.world, plan.device):
@@ -276,9 +277,34 @@ def _report(metrics: dict, state: trainloop.TrainState, epoch: int, rank: int, t
         ray.train.report(metrics, checkpoint=ckpt)
 
 
+class EpochLines:
+    """Progress for logs (the driver's stdout is no terminal: `ray job logs`, CI): a line at most every
+    `every_s` and at the end, where a tqdm bar would print several lines per epoch."""
+
+    def __init__(self, total: int, desc: str, every_s: float = 30.0):
+        self.total, self.desc, self.every_s = total, desc, every_s
+        self.done, self.last, self.note = 0, time.monotonic(), desc
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.done >= self.total or time.monotonic() - self.last >= self.every_s:
+            print(f"{self.note}: epoch {self.done}/{self.total}", flush=True)
+            self.last = time.monotonic()
+
+    def set_description(self, note: str) -> None:
+        self.note = note
+
+    def close(self) -> None:
+        pass
+
+
 def _progress_bar(spec: TrainSpec, rank: int, start_epoch: int):
     if rank != 0 or not spec.progress:
         return None
+    if spec.progress_lines:
+        lines = EpochLines(spec.epochs, spec.desc)
+        lines.done = start_epoch
+        return lines
     from ray.experimental.tqdm_ray import tqdm
 
     bar = tqdm(total=spec.epochs, desc=spec.desc)
@@ -391,6 +417,7 @@ def train_spec(
         has_unlabeled=use_ssl and ssl_on_pool, unlabeled_fraction=_unlabeled_fraction(cfg, pool, len(order)),
         head_only=head_only, sync_bn=t.sync_bn,
         checkpoint_every_s=t.checkpoint_every_s, sharding=sharding, desc=desc, progress=progress,
+        progress_lines=not sys.stdout.isatty(),
         labeled_ids=np.asarray(labeled_ids)[order], labeled_labels=np.asarray(labeled_labels)[order],
         init_state=state_to_bytes(init_state) if init_state is not None else None,
         fault_injection=fault_injection,
