@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import storage
+from ray_al import faults, storage
 from ray_al.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
 from ray_al.rundir import RunDir
 
@@ -321,6 +321,7 @@ def _commit_answers(rd: RunDir, r: int, answers: dict, unanswered: int, labels_c
     ledger = Ledger.load(rd).without_round(r + 1)
     ids = list(answers)
     ledger = ledger.add(ids, [answers[i] for i in ids], r + 1, "import", num_classes=rd.num_classes).commit(rd)
+    faults.kill_point("import.committed")
     rd.mark_done(r, "label", {"source": "import", "file": str(labels_csv), "rows": len(ids),
                               "unanswered": unanswered, "ledger_version": ledger.version})
     return ledger
