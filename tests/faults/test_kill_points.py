@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from ray_al.ledger import Ledger
 from ray_al.rundir import RunDir
 from tests.faults.drill import ARGS, kill_at, launch, ledger_rows, queried, read_only, results, round_dir
 
 CYCLE = "ray_al.cycle"
+# Up to 11 Ray starts per test: ~4 min idle, but 10-15 min on a shared 2-core box (pyproject's 900 s is per test)
+pytestmark = pytest.mark.timeout(1800)
 DEAD_PART = "part-dead-attempt.parquet"
 
 
