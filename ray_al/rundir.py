@@ -35,6 +35,13 @@ ROUND_MANIFEST = "MANIFEST.json"
 _STEP_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def _foreign(names: list[str]) -> set[str]:
+    """Entries of a directory without run.json that a cycle killed while creating its run would not have
+    left: data/ (the built-in datasets, prepared just before), LOCK (its lock) and the temporary files of
+    atomic writes it was killed in (seen: a sweep trial killed while taking the lock)."""
+    return {n for n in names if n not in ("data", "LOCK") and not n.startswith(storage.TMP_PREFIX)}
+
+
 class RunDirError(ValueError):
     """The run directory is missing, belongs to another run, or a round is in an unexpected state."""
 
@@ -95,8 +102,7 @@ class RunDir:
                     "--resume to continue that run, choose another run directory, or pass overwrite "
                     "to delete it and start over.")
             storage.remove_tree(rd.uri)
-        elif storage.exists(rd.uri) and storage.isdir(rd.uri) and set(storage.listdir(rd.uri)) - {"data", "LOCK"} and not overwrite:
-            # data/ is what the cycle prepares (built-in datasets) just before creating the run; LOCK, its lock
+        elif storage.exists(rd.uri) and storage.isdir(rd.uri) and _foreign(storage.listdir(rd.uri)) and not overwrite:
             raise RunDirError(f"{rd.uri} is a non-empty directory that is not a ray_al run directory "
                               f"(no {RUN_JSON}); choose an empty or new directory, or pass overwrite.")
         storage.makedirs(rd.uri)

@@ -86,6 +86,9 @@ def _local(uri: str) -> str:
     return uri
 
 
+TMP_PREFIX = ".tmp-"  # a local atomic write's temporary file; one left behind means its writer was killed
+
+
 def absolute(uri: str) -> str:
     """``uri`` usable from any working directory: s3:// as is, a local path made absolute. Ray workers
     (a Ray Train worker runs in its trial's artifacts directory) do not share the driver's."""
@@ -317,7 +320,7 @@ def _write_local(uri: str, data: bytes, publish) -> None:
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.path.basename(path)}-", dir=directory)
     except OSError as e:
         raise _write_error(path, e) from e
     try:

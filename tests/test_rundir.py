@@ -56,6 +56,21 @@ def test_create_validates_info_and_refuses_foreign_dirs(tmp_path):
     assert (tmp_path / "busy" / "thesis.tex").read_text() == "precious"  # not deleted
 
 
+def test_a_run_killed_while_being_created_can_be_created_again(tmp_path):
+    """Seen in a sweep: a trial killed while taking its lock left data/ and a temporary file of the lock's
+    atomic write, and every retry of the trial was refused as a foreign directory."""
+    from ray_al.storage import TMP_PREFIX
+
+    half = tmp_path / "trial"
+    (half / "data").mkdir(parents=True)
+    (half / f"{TMP_PREFIX}LOCK-0ms9qmir").write_text("pid 1")
+    assert RunDir.create(str(half), INFO).exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tmp-notes.txt").write_text("mine")  # not our temporary: still foreign
+    with pytest.raises(RunDirError, match="not a ray_al run directory"):
+        RunDir.create(str(tmp_path / "other"), INFO)
+
+
 def test_open_missing_is_clear(run_uri):
     with pytest.raises(RunDirError, match="not a ray_al run directory.*run.json is missing"):
         RunDir.open(run_uri)
