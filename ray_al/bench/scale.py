@@ -1,0 +1,518 @@
+"""Benchmark: one complete active-learning round on a pool of N real small images, stage by stage.
+
+    python -m ray_al.bench.scale --rows 100000 [--device cuda] [--keep]
+
+Stages, each timed and watched for memory:
+  build           N distinct JPEGs in an image folder (class sub-folders): CIFAR-10 train images
+                  (../shared/datasets/cifar10/train.parquet) repeated, each with a seeded pad-and-crop,
+                  flip and Gaussian noise, re-encoded (PIL, quality 90). Streamed in chunks by a pool of
+                  processes: never N images in memory. Also a labeled test split (--test-rows of CIFAR-10 test).
+  ingest          `ray_al.data.ingest.ingest` (what `python -m ray_al.data ingest` runs): the folder ->
+                  pool Parquet. The folder is deleted after the round (it is ~4x the Parquet on disk).
+  open            `loop.open_run` (pool and test checks) + `Cycle.initial_set` (the seed set, labels read).
+  train           `Cycle.train` round 0: joint MoBY + CE, train.epochs=1, train.resident=never (a Ray Train
+                  fit per round, the path for large pools) and train.unlabeled_per_round (SSL on a seeded
+                  sample of the streamed pool, so a worker's memory does not grow with N).
+  embed           `Cycle.embed`: the whole pool + test split through the Ray Data actor pool.
+  select_kcenter  `Cycle.select` with select.method=kcenter, select.shards=--shards (Ray shard actors).
+  select_default  `selection.select_ids` on the same embeddings with the default select.method and
+                  select.shards (config.SelectConfig(): k-center in the driver).
+  label_commit    `Cycle.label` (simulated oracle, ledger commit) and `Cycle.run_round` (the round's commit).
+
+rows/s is N / the stage's seconds for every stage (train streams all N rows but trains on a sample).
+
+Memory, sampled from /proc every 0.1 s (this process and every process below it, i.e. the local Ray's
+services and workers): per stage and per process kind (by process title), the largest resident set of one
+process of that kind (`rss`: VmHWM, reset at each stage start and whenever a worker changes kind, and the
+sampled VmRSS; object-store pages a process touched count in it) and its largest private heap (`anon`:
+RssAnon). Kinds: driver, train_worker (RayTrainWorker), embed_actor (MapWorker(...Embedder...)),
+shard_actor (ShardActor), data_task (Ray Data read/map/write tasks), builder (the build's processes),
+other (Ray's raylet/GCS/dashboard, idle workers, controllers). Object store: the raylet's
+`object_store_bytes_used` (FormatGlobalMemoryInfo, what `ray memory --stats-only` prints), sampled every
+second: bytes held in the store's shared memory, spilled objects not included (spilled bytes reported apart).
+
+Prints a table and, as the last line, JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ray_al.bench.embed import descendants
+from ray_al.data.builtin import SHARED_CIFAR10
+
+CHUNK_ROWS = 1000  # images per build job and per sub-folder
+PAD, NOISE_STD, QUALITY = 4, 4.0, 90
+KINDS = ("driver", "train_worker", "embed_actor", "shard_actor", "data_task", "builder", "other")
+STAGES = ("build", "ingest", "open", "train", "embed", "select_kcenter", "select_default", "label_commit")
+
+
+# ----------------------------------------------------------------------------------------------
+# building N distinct images
+
+_SOURCE: dict = {}
+
+
+def _source(path: str, seed: int) -> tuple[list, list]:
+    """(JPEG bytes, class names) of the source Parquet in a seeded order, once per build process (~50 MB
+    for CIFAR-10). CIFAR-10's Parquet is sorted by class: without the shuffle a small N has one class."""
+    if (path, seed) not in _SOURCE:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path, columns=["image", "label_name"])
+        t = t.take(pa.array(np.random.default_rng(seed).permutation(t.num_rows)))
+        _SOURCE.clear()
+        _SOURCE[(path, seed)] = (t.column("image").to_pylist(), t.column("label_name").to_pylist())
+    return _SOURCE[(path, seed)]
+
+
+def variant(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A seeded random pad-and-crop, horizontal flip and Gaussian noise of one (H, W, C) uint8 image."""
+    h, w = pixels.shape[:2]
+    padded = np.pad(pixels, ((PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * PAD + 1, size=2)
+    out = padded[dy:dy + h, dx:dx + w]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    noisy = out.astype(np.float32) + rng.normal(0.0, NOISE_STD, out.shape).astype(np.float32)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def image_path(folder: str, class_name: str, i: int) -> str:
+    return os.path.join(folder, class_name, f"{i // CHUNK_ROWS:05d}", f"{i:08d}.jpg")
+
+
+def build_chunk(job: tuple) -> int:
+    """Rows [start, stop) of the folder: row i is shuffled source row i mod len(source), varied by a
+    generator seeded with (seed, start)."""
+    import io
+
+    from PIL import Image
+
+    source, folder, start, stop, seed = job
+    images, names = _source(source, seed)
+    rng = np.random.default_rng([seed, start])
+    for i in range(start, stop):
+        j = i % len(images)
+        with Image.open(io.BytesIO(images[j])) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        path = image_path(folder, names[j], i)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(variant(pixels, rng)).save(path, format="JPEG", quality=QUALITY)
+    return stop - start
+
+
+def build_folder(source: str, folder: str, rows: int, seed: int, workers: int, log=print) -> None:
+    """The image folder, written chunk by chunk by `workers` spawned processes (no Ray yet)."""
+    jobs = [(source, folder, s, min(s + CHUNK_ROWS, rows), seed) for s in range(0, rows, CHUNK_ROWS)]
+    done, step = 0, max(rows // 10, 1)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for n in pool.imap_unordered(build_chunk, jobs):
+            if (done + n) // step > done // step:
+                log(f"  build: {done + n}/{rows} images")
+            done += n
+
+
+def write_test_split(source: str, dest: str, rows: int, seed: int) -> None:
+    """A seeded subsample of the CIFAR-10 test split with string ids (the pool's ids are paths)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(source, columns=["image", "label", "label_name"])
+    keep = np.sort(np.random.default_rng(seed).choice(t.num_rows, min(rows, t.num_rows), replace=False))
+    t = t.take(pa.array(keep))
+    ids = pa.array([f"test/{i:05d}" for i in keep.tolist()], pa.string())
+    pq.write_table(t.append_column("id", ids).append_column("path", ids), dest)
+
+
+# ----------------------------------------------------------------------------------------------
+# watching memory
+
+
+def _title(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+_DATA_WORDS = ("Read", "Map", "Write", "Split", "Repartition", "Union", "Filter", "Project", "Limit",
+               "_fetch", "_get_file", "_sample")
+
+
+def kind_of(title: str) -> str:
+    """The process kind of a descendant of the driver, by its title (Ray workers retitle as they switch)."""
+    if not title.startswith("ray::"):
+        return "other"  # raylet, GCS, dashboard, log monitor
+    for word, kind in (("RayTrainWorker", "train_worker"), ("Embedder", "embed_actor"),
+                       ("ShardActor", "shard_actor")):
+        if word in title:
+            return kind
+    if any(w in title for w in _DATA_WORDS):
+        return "data_task"
+    return "other"  # IDLE workers, the Train controller, Ray Data's coordinators
+
+
+def _status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmHWM", "VmRSS", "RssAnon"):
+                out[key] = int(line.split()[1]) / 1024  # MiB
+    return out
+
+
+def _reset_peak(pid: int) -> None:
+    try:  # 5: reset the kernel's peak-RSS mark (VmHWM) to the current RSS
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not permitted: the mark then covers the process's life so far (peaks can only look larger)
+
+
+def object_store_sampler():
+    """A function returning (bytes used, bytes spilled in total) of the local Ray's object store."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+
+    def sample() -> tuple[int, int]:
+        stats = get_memory_info_reply(state, timeout_seconds=5.0).store_stats
+        return int(stats.object_store_bytes_used), int(stats.spilled_bytes_total)
+
+    return sample
+
+
+class StageWatch:
+    """Peak memory per (stage, process kind) and the object store's peak per stage (module docstring)."""
+
+    def __init__(self, interval_s: float = 0.1):
+        self.interval_s = interval_s
+        self.me = os.getpid()
+        self.current = ""
+        self.peaks: dict = {}  # stage -> kind -> {"rss", "anon", "processes"}
+        self.store: dict = {}  # stage -> peak bytes used
+        self.spilled = 0
+        self.titles: dict = {}  # kind -> a few titles seen (to check the classification)
+        self._kind: dict = {}  # pid -> (stage, kind) it was last seen as
+        self._store_fn = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "StageWatch":
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Samples taken inside the block count for stage `name`; peaks restart at its start."""
+        with self._lock:
+            self.current = name
+            self._kind.clear()  # every process's peak mark is reset when next seen
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sample_all()
+                self.current = ""
+
+    def watch_object_store(self) -> None:
+        """Start sampling the object store (once Ray runs)."""
+        self._store_fn = object_store_sampler()
+
+    def _poll(self) -> None:
+        pids, listed, stored = [], 0.0, 0.0
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                if not self.current:
+                    continue
+                if time.monotonic() - listed > 0.5:
+                    pids, listed = descendants(self.me), time.monotonic()
+                self._sample(pids)
+                if self._store_fn is not None and time.monotonic() - stored > 1.0:
+                    self._sample_store()
+                    stored = time.monotonic()
+
+    def _sample_all(self) -> None:
+        self._sample(descendants(self.me))
+        if self._store_fn is not None:
+            self._sample_store()
+
+    def _sample(self, pids: list[int]) -> None:
+        for pid in [self.me, *pids]:
+            try:
+                # Ray is not started before the build: every process below the driver then is a builder
+                kind = "driver" if pid == self.me else "builder" if self.current == "build" else kind_of(_title(pid))
+                if self._kind.get(pid) != (self.current, kind):  # new here: count from now
+                    _reset_peak(pid)
+                    self._kind[pid] = (self.current, kind)
+                    self._note(kind, pid)
+                s = _status(pid)
+            except (OSError, IndexError, ValueError):  # exited between listing and reading
+                continue
+            if not s.get("VmRSS"):
+                continue  # a zombie: exited, not yet reaped
+            peak = self.peaks.setdefault(self.current, {}).setdefault(kind, {"rss": 0.0, "anon": 0.0, "pids": set()})
+            peak["rss"] = max(peak["rss"], s.get("VmHWM", 0.0), s.get("VmRSS", 0.0))
+            peak["anon"] = max(peak["anon"], s.get("RssAnon", 0.0))
+            peak["pids"].add(pid)
+
+    def _note(self, kind: str, pid: int) -> None:
+        seen = self.titles.setdefault(kind, [])
+        if len(seen) < 6 and pid != self.me:
+            title = _title(pid)[:80]
+            if title not in seen:
+                seen.append(title)
+
+    def _sample_store(self) -> None:
+        try:
+            used, spilled = self._store_fn()
+        except Exception:  # Ray shutting down, or a slow raylet: skip this sample
+            return
+        self.store[self.current] = max(self.store.get(self.current, 0), used)
+        self.spilled = max(self.spilled, spilled)
+
+    def report(self, stage: str) -> dict:
+        kinds = self.peaks.get(stage, {})
+        return {"peak_rss_mib": {k: round(v["rss"], 1) for k, v in kinds.items()},
+                "peak_anon_mib": {k: round(v["anon"], 1) for k, v in kinds.items()},
+                "processes": {k: len(v["pids"]) for k, v in kinds.items()},
+                "object_store_peak_mib": round(self.store.get(stage, 0) / 2**20, 1)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the round
+
+
+def round_config(args, pool_uri: str, test_uri: str, run_uri: str):
+    """One round of joint MoBY on the ingested pool, k-center over Ray shard actors, the per-round paths."""
+    from ray_al import config as config_mod
+
+    gpu = args.device == "cuda"
+    return config_mod.load(None, [
+        "data.dataset=parquet", f"data.pool={pool_uri}", f"data.test={test_uri}",
+        "model.backbone=small_cnn", "train.method=moby", "train.mode=joint", "train.epochs=1",
+        "train.resident=never", f"train.unlabeled_per_round={args.unlabeled_per_round}",
+        f"train.use_gpu={gpu}", f"embed.gpus_per_actor={1.0 if gpu else 0.0}",
+        "select.method=kcenter", f"select.shards={args.shards}",
+        "al.rounds=1", f"al.initial_size={args.initial}", f"al.budget={args.budget}", f"al.seed={args.seed}",
+        f"run.dir={run_uri}", "run.overwrite=true",
+    ])
+
+
+def default_selection_config(cfg):
+    """cfg with select.method and select.shards at their defaults (config.SelectConfig)."""
+    from ray_al import config as config_mod
+
+    d = config_mod.SelectConfig()
+    return config_mod.replace(cfg, select={"method": d.method, "shards": d.shards})
+
+
+class Round:
+    """Round 0 of the library's own loop (loop.open_run + Cycle), step by step so each is a stage."""
+
+    def __init__(self, cfg, log=print):
+        self.cfg, self.log = cfg, log
+        self.info: dict = {}
+
+    def open(self) -> None:
+        from ray_al.loop import Cycle, check_config, open_run
+
+        check_config(self.cfg)
+        run, spec, cfg = open_run(self.cfg, self.cfg.run.dir, resume=False)
+        self.cycle = Cycle(cfg, run, spec, log=self.log)
+        self.cycle.initial_set()
+        self.ledger = self.cycle.ledger().up_to_round(0)
+
+    def train(self) -> None:
+        self.state = self.cycle.train(0, self.ledger, None)
+        metrics = self.cycle.run.step_payload(0, "train")["metrics"]
+        self.info["train"] = {k: metrics[k] for k in ("images", "steps", "loss") if k in metrics}
+
+    def embed(self) -> None:
+        payload = self.cycle.embed(0, self.ledger, self.state)
+        self.info["embed"] = {"accuracy": payload["accuracy"], "corrupt": payload["corrupt"],
+                              "test_rows": payload["test_rows"]}
+
+    def select_kcenter(self) -> None:
+        self.ids = self.cycle.select(0, self.ledger)
+        self.info["select_kcenter"] = {"k": len(self.ids), "shards": self.cfg.select.shards,
+                                       "selected_by": self.cycle.run.step_payload(0, "select")["selected_by"]}
+
+    def select_default(self) -> None:
+        from ray_al import config as config_mod
+        from ray_al.selection import select_ids
+
+        cfg = default_selection_config(self.cfg)
+        chosen = select_ids(cfg, self.cycle.run.round_uri(0, "embeddings"), self.ledger,
+                            config_mod.round_budget(cfg, 0), 0)
+        self.info["select_default"] = {"method": cfg.select.method, "shards": cfg.select.shards,
+                                       "k": len(chosen.ids), "selected_by": chosen.method,
+                                       "same_ids_as_sharded": len(set(chosen.ids) & set(self.ids))}
+
+    def label_commit(self) -> None:
+        self.cycle.label(0, self.ids, self.cycle.ledger())
+        row = self.cycle.run_round(0, None)  # every step is done: this is the round's commit
+        self.cycle.close()
+        self.info["label_commit"] = {"labels": len(self.cycle.ledger()), "committed": row is not None}
+
+
+# ----------------------------------------------------------------------------------------------
+# driving and reporting
+
+
+def parquet_layout(uri: str) -> dict:
+    """Files, row groups, rows and bytes of a Parquet directory (how ingest laid the pool out)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(p for p in Path(uri).rglob("*.parquet"))
+    groups = [pq.ParquetFile(f).metadata.num_row_groups for f in files]
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    return {"files": len(files), "row_groups": int(sum(groups)), "rows": int(sum(rows)),
+            "max_rows_per_row_group": int(max((r // max(g, 1) for r, g in zip(rows, groups)), default=0)),
+            "mib": round(sum(f.stat().st_size for f in files) / 2**20, 1)}
+
+
+def pool_reusable(pool_uri: str, rows: int) -> bool:
+    """An earlier ingest of the same N finished here (--keep)."""
+    done = Path(pool_uri) / "_classes.json"
+    return done.is_file() and json.loads(done.read_text()).get("images") == rows
+
+
+def build_and_ingest(args, watch: StageWatch, timed, paths: dict, log=print) -> dict:
+    """Stages build and ingest (skipped with --keep when the pool of this N is there); Ray starts between."""
+    from ray_al.data.ingest import ingest
+    from ray_al.ray_utils import init_ray
+
+    reuse = args.keep and pool_reusable(paths["pool"], args.rows) and Path(paths["test"]).is_file()
+    if not reuse:
+        shutil.rmtree(paths["images"], ignore_errors=True)
+        with timed("build"):
+            build_folder(str(args.source), paths["images"], args.rows, args.seed, args.build_workers, log)
+            write_test_split(str(args.test_source), paths["test"], args.test_rows, args.seed)
+    started = time.perf_counter()
+    init_ray()
+    watch.watch_object_store()
+    ray_start = time.perf_counter() - started
+    if not reuse:
+        with timed("ingest"):
+            ingest(paths["images"], paths["pool"], overwrite=True)
+    return {"reused_pool": reuse, "ray_start_seconds": round(ray_start, 2)}
+
+
+def run(args, log=print) -> dict:
+    """Every stage, in order; the result the JSON line prints."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Its own local Ray: with no address, ray.init() joins any Ray it finds running on the machine (seen:
+    # another session's). Under `ray job submit`, RAY_ADDRESS is set and kept.
+    os.environ.setdefault("RAY_ADDRESS", "local")
+    base = Path(args.out) / f"rows_{args.rows}"
+    base.mkdir(parents=True, exist_ok=True)
+    paths = {"images": str(base / "images"), "pool": str(base / "pool"), "test": str(base / "test.parquet"),
+             "run": str(base / "run")}
+    seconds: dict = {}
+
+    with StageWatch() as watch:
+        @contextlib.contextmanager
+        def timed(name: str):
+            log(f"[{time.strftime('%H:%M:%S')}] {name} ...")
+            started = time.perf_counter()
+            with watch.stage(name):
+                yield
+            seconds[name] = time.perf_counter() - started
+            log(f"[{time.strftime('%H:%M:%S')}] {name}: {seconds[name]:.1f} s")
+
+        setup = build_and_ingest(args, watch, timed, paths, log)
+        cfg = round_config(args, paths["pool"], paths["test"], paths["run"])
+        rnd = Round(cfg, log)
+        for name in STAGES[2:]:
+            with timed(name):
+                getattr(rnd, name)()
+        ray.shutdown()
+    started = time.perf_counter()  # after the round: 100k small files take minutes to delete
+    shutil.rmtree(paths["images"], ignore_errors=True)  # ~4x the Parquet on disk (4 KiB blocks)
+    setup["delete_images_seconds"] = round(time.perf_counter() - started, 1)
+    return result(args, cfg, watch, seconds, {**setup, **rnd.info, "pool": parquet_layout(paths["pool"])})
+
+
+def result(args, cfg, watch: StageWatch, seconds: dict, info: dict) -> dict:
+    stages = {name: {"seconds": round(s, 2), "rows_per_s": round(args.rows / s, 1), **watch.report(name)}
+              for name, s in seconds.items()}
+    overall = {kind: max((st["peak_rss_mib"].get(kind, 0.0) for st in stages.values()), default=0.0)
+               for kind in KINDS}
+    return {
+        "bench": "scale", "rows": args.rows, "device": args.device, "cpus": os.cpu_count(),
+        "config": {"backbone": cfg.model.backbone, "train.method": cfg.train.method,
+                   "train.epochs": cfg.train.epochs, "train.resident": cfg.train.resident,
+                   "train.unlabeled_per_round": cfg.train.unlabeled_per_round, "select.shards": cfg.select.shards,
+                   "al.initial_size": cfg.al.initial_size, "al.budget": cfg.al.budget,
+                   "embed.actors": cfg.embed.actors, "test_rows": args.test_rows},
+        "stages": stages, "peak_rss_mib": {k: v for k, v in overall.items() if v},
+        "object_store_peak_mib": max((st["object_store_peak_mib"] for st in stages.values()), default=0.0),
+        "object_store_spilled_mib": round(watch.spilled / 2**20, 1),
+        "total_seconds": round(sum(seconds.values()), 2), "titles": watch.titles,
+        "loadavg_1min": round(os.getloadavg()[0], 2), **info,
+    }
+
+
+def print_table(res: dict) -> None:
+    shown = [k for k in KINDS if any(k in st["peak_rss_mib"] for st in res["stages"].values())]
+    print(f"\nbench.scale: {res['rows']} rows, device {res['device']}; peak RSS MiB of the largest process of "
+          f"each kind; train.unlabeled_per_round={res['config']['train.unlabeled_per_round']} "
+          f"(SSL on a sample: training memory bounded), train.resident=never")
+    print(f"{'stage':<16}{'seconds':>9}{'rows/s':>10}" + "".join(f"{k:>13}" for k in shown) + f"{'obj store':>11}")
+    for name, st in res["stages"].items():
+        cells = "".join(f"{st['peak_rss_mib'][k]:>13.0f}" if k in st["peak_rss_mib"] else f"{'-':>13}" for k in shown)
+        print(f"{name:<16}{st['seconds']:>9.1f}{st['rows_per_s']:>10.0f}{cells}{st['object_store_peak_mib']:>11.0f}")
+    train, emb = res.get("train", {}), res.get("embed", {})
+    print(f"train: {train.get('images', '?')} images in {train.get('steps', '?')} steps; test accuracy "
+          f"{emb.get('accuracy', float('nan')):.3f}; pool Parquet {res['pool']}; object store peak "
+          f"{res['object_store_peak_mib']:.0f} MiB, spilled {res['object_store_spilled_mib']:.0f} MiB; "
+          f"total {res['total_seconds']:.0f} s; load average {res['loadavg_1min']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=10000, help="pool images N")
+    p.add_argument("--out", default="runs/bench_scale", help="work directory (pool, run) under OUT/rows_N")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--keep", action="store_true", help="reuse OUT/rows_N's pool when one of N rows is there")
+    p.add_argument("--shards", type=int, default=2, help="k-center shard actors of the first selection")
+    p.add_argument("--unlabeled-per-round", type=int, default=5000, help="train.unlabeled_per_round")
+    p.add_argument("--initial", type=int, default=100, help="al.initial_size")
+    p.add_argument("--budget", type=int, default=100, help="al.budget")
+    p.add_argument("--test-rows", type=int, default=1000, help="CIFAR-10 test images in the test split")
+    p.add_argument("--build-workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", type=Path, default=SHARED_CIFAR10 / "train.parquet")
+    p.add_argument("--test-source", type=Path, default=SHARED_CIFAR10 / "test.parquet")
+    args = p.parse_args(argv)
+    for f in (args.source, args.test_source):
+        if not f.is_file():
+            raise SystemExit(f"{f} not found: point --source/--test-source at CIFAR-10 Parquet files (`image`, "
+                             "`label`, `label_name`).")
+    res = run(args)
+    print_table(res)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
