@@ -33,6 +33,9 @@ RESIDENT = ("auto", "always", "never")
 MAX_DECODED_BYTES = 2 << 30
 RUN_NAME = "resident"
 _DECODE_ROWS = 1024
+# Embedding files of a few batches each, as the Ray Data path writes them: sharded k-center hands whole
+# files to its shard actors, so one file per rank would leave all but one shard empty.
+FILE_BATCHES = 4
 
 
 def wanted(cfg: Config, spec: PoolSpec) -> bool:
@@ -239,12 +242,13 @@ def _embed_job(job: Job, pool: DecodedRows, test: DecodedRows, rank: int, world:
     for split, rows, mask in (("labeled", pool, labeled & mine), ("unlabeled", pool, ~labeled & mine),
                               ("test", test, np.arange(len(test.ids)) % world == rank)):
         index = np.flatnonzero(mask)
-        if not len(index):
-            continue
-        tables = [model.table(rows.rows(index[i:i + job.options.batch_size]))
-                  for i in range(0, len(index), job.options.batch_size)]
-        storage.write_parquet_atomic(storage.join(job.out_uri, f"split={split}", f"part-{rank:04d}.parquet"),
-                                     pa.concat_tables(tables))
+        step = FILE_BATCHES * job.options.batch_size
+        for n, start in enumerate(range(0, len(index), step)):
+            part = index[start:start + step]
+            tables = [model.table(rows.rows(part[i:i + job.options.batch_size]))
+                      for i in range(0, len(part), job.options.batch_size)]
+            storage.write_parquet_atomic(
+                storage.join(job.out_uri, f"split={split}", f"part-{rank:04d}-{n:05d}.parquet"), pa.concat_tables(tables))
     return {}
 
 

@@ -101,7 +101,7 @@ def served(pool):
         first = group.train("round_0000", **_round(pool, 16, 1000))
         second = group.train("round_0001", **_round(pool, 24, 1001))
         out = str(root / "resident_embeddings")
-        group.embed(state_to_bytes(second.state_dict), learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=16),
+        group.embed(state_to_bytes(second.state_dict), learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=4),
                     out, ids[:24])
     finally:
         group.close()
@@ -121,7 +121,7 @@ def test_a_resident_round_trains_the_model_of_a_fit_of_its_own(served, per_round
 def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, tmp_path) -> None:
     from ray_al.data.reader import embedding_input
     from ray_al.embed import EmbedOptions, embed_splits
-    from ray_al.embeddings import matrix, read_embeddings
+    from ray_al.embeddings import matrix, read_embeddings, split_files
     from ray_al.models.weights import learner_kwargs, state_to_bytes
 
     spec, ids, _, _ = pool
@@ -129,6 +129,8 @@ def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, 
     reference = str(tmp_path / "actor_pool")
     embed_splits(embedding_input(spec, ids[:24]), state_to_bytes(per_round_fit.state_dict),
                  learner_kwargs(_cfg(), spec), spec, EmbedOptions(batch_size=16), reference)
+    # files of FILE_BATCHES batches (4 x 4 rows): sharded k-center hands whole files to its shards
+    assert len(split_files(resident_out, "unlabeled")) == 3 and len(split_files(resident_out, "labeled")) == 2
     for split, rows in (("labeled", 24), ("unlabeled", 40), ("test", 20)):
         got, want = (read_embeddings(u, split).sort_by("id") for u in (resident_out, reference))
         assert got.num_rows == want.num_rows == rows, split
