@@ -25,8 +25,7 @@ def test_variants_are_distinct_seeded_images() -> None:
     assert not np.array_equal(a, variant(pixels, np.random.default_rng([0, 6])))
 
 
-@pytest.mark.skipif(not (CIFAR10 / "train.parquet").is_file(), reason="needs ../shared/datasets/cifar10")
-def test_scale_bench_reports_every_stage(tmp_path) -> None:
+def test_scale_bench_reports_every_stage(tmp_path, cifar_parquet) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "ray_al.bench.scale", "--rows", str(ROWS), "--out", str(out),
            "--unlabeled-per-round", "200", "--initial", "20", "--budget", "10", "--test-rows", "100"]
@@ -54,8 +53,7 @@ def test_scale_bench_reports_every_stage(tmp_path) -> None:
     assert not (out / f"rows_{ROWS}" / "images").exists()  # the folder goes once ingested
 
 
-@pytest.mark.skipif(not (CIFAR10 / "test.parquet").is_file(), reason="needs ../shared/datasets/cifar10")
-def test_built_images_are_distinct_decodable_jpegs(tmp_path) -> None:
+def test_built_images_are_distinct_decodable_jpegs(tmp_path, cifar_parquet) -> None:
     """The build writes one distinct JPEG per row, in class sub-folders, even past the source's end."""
     import pyarrow.parquet as pq
     from PIL import Image
