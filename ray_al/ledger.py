@@ -61,6 +61,15 @@ def _head(root: str) -> tuple[str, dict | None]:
     return where, manifest
 
 
+def _ours(marker: str, fname: str) -> bool:
+    """Whether the existing commit marker is this writer's own: an S3 PUT that landed while its answer
+    was lost, then retried, finds its own marker there."""
+    try:
+        return storage.read_json(marker).get("file") == fname
+    except (OSError, ValueError):
+        return False
+
+
 def _version(where: str, manifest: dict | None) -> int:
     if manifest is None:
         return 0
@@ -413,7 +422,8 @@ class Ledger:
                     "sha256": hashlib.sha256(data).hexdigest(), "id_type": self.id_type,
                     "committed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         # The commit point: exactly one writer can create this version's marker.
-        if not storage.create_exclusive(_commit_uri(ldir, version), json.dumps(manifest).encode()):
+        marker = _commit_uri(ldir, version)
+        if not storage.create_exclusive(marker, json.dumps(manifest).encode()) and not _ours(marker, fname):
             storage.remove_tree(storage.join(ldir, fname))
             raise LedgerError(
                 f"another process committed version {version} of the ledger in {root} at the same moment; "

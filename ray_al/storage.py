@@ -151,7 +151,11 @@ def fsspec_fs(uri: str):
     client_kwargs: dict[str, str] = {"region_name": region}
     if endpoint:
         client_kwargs["endpoint_url"] = endpoint
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs), _s3_path(uri)
+    # Few, short retries (as pyarrow_fs): an endpoint that went away fails in seconds, not a minute.
+    config = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
+    fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config)
+    fs.retries = 3  # s3fs's own retries around botocore's (class default 5)
+    return fs, _s3_path(uri)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -173,6 +177,15 @@ _MISSING_MARKERS = ("NoSuchBucket", "NO_SUCH_BUCKET", "NoSuchKey", "NO_SUCH_KEY"
                     "Path does not exist", "not found", "NotFound", "HTTP status 404")
 _CONNECT_MARKERS = ("Couldn't connect", "curlCode", "NETWORK_CONNECTION", "Connection refused",
                     "Could not connect", "Unable to connect", "Timeout was reached")
+
+
+def _botocore_connection_failure(err: BaseException) -> bool:
+    """botocore's lost connections and timeouts, which are no OSErrors and which s3fs passes on as they are."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(err, (BotoConnectionError, HTTPClientError))
 
 
 def _translate(uri: str, err: OSError) -> OSError:
@@ -360,6 +373,11 @@ def create_exclusive(uri: str, data: bytes) -> bool:
             if "PreconditionFailed" in str(e) or "412" in str(e):
                 return False
             raise _translate(uri, e) from e
+        except Exception as e:
+            if _botocore_connection_failure(e):
+                raise ConnectionError(f"cannot reach S3 for {uri} ({_where()}): {e}. Check the endpoint URL "
+                                      "(RAY_AL_S3_ENDPOINT / AWS_ENDPOINT_URL or the config) and the network.") from e
+            raise
         return True
     try:
         _write_local(uri, data, os.link)
