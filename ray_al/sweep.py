@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_al import config as config_mod
-from ray_al import storage
+from ray_al import faults, storage
 from ray_al.cli import experiment_parser, run_main
 from ray_al.config import Config, ConfigError
 
@@ -581,8 +581,24 @@ def _new_tuner(spec: dict):
         tune_config=tune.TuneConfig(max_concurrent_trials=spec["max_concurrent_trials"] or None,
                                     trial_name_creator=name_of, trial_dirname_creator=name_of),
         run_config=tune.RunConfig(name=spec["name"], storage_path=path, storage_filesystem=fs, verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=spec["max_failures"])),
+                                  failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),
+                                  callbacks=_kill_point_callbacks()),
     )
+
+
+def _kill_point_callbacks() -> list:
+    """The sweep driver's fault-drill kill point (`ray_al.faults`) at each round a trial reports; none
+    unless a drill arms it."""
+    from ray import tune
+
+    if faults.armed("sweep.result") is None:
+        return []
+
+    class KillPoint(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            faults.kill_point("sweep.result")
+
+    return [KillPoint()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ import yaml
 from ray_al import config
 from ray_al.config import ConfigError
 from ray_al.sweep import combinations, load_spec, main, summarize, trial_config, trial_name, trial_run_dir
+from tests.faults.drill import kill_at
 
 
 def write_sweep(tmp_path: Path, sweep: dict, base) -> Path:
@@ -130,9 +131,19 @@ def fresh_ray():
     ray.shutdown()
 
 
+def committed_rounds(trial_dir: Path) -> dict[str, float]:
+    """round directory -> mtime of its MANIFEST.json (the round's commit)."""
+    return {m.parent.name: m.stat().st_mtime for m in trial_dir.glob("rounds/*/MANIFEST.json")}
+
+
+def newest_event_file(trial_dir: Path) -> Path:
+    """A trial restarted by --resume writes a new event file holding every round it reports again."""
+    return sorted(trial_dir.glob("events.out.tfevents.*"))[-1]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_tune_sweep_reports_every_round_and_writes_tables_plot_and_tensorboard(tmp_path, fresh_ray, capsys):
+def test_tune_sweep_killed_mid_trial_resumes_and_writes_tables_plot_and_tensorboard(tmp_path, fresh_ray, capsys):
     out = tmp_path / "sweep"
     path = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "max_failures": 0,
                                   "grid": {"select.method": ["random", "entropy"]}},
@@ -140,7 +151,20 @@ def test_tune_sweep_reports_every_round_and_writes_tables_plot_and_tensorboard(t
                         "train": {"epochs": 1, "batch_size": 32},
                         "embed": {"batch_size": 128},
                         "al": {"initial_size": 10, "budget": 10, "rounds": 1}})
-    assert main(["--config", str(path)]) == 0
+    # The sweep driver dies when the third round is reported (trials run one at a time): one trial
+    # finished, the other killed after its round 0, while it trains round 1.
+    kill_at("sweep.result", "ray_al.sweep", "--config", str(path), tmp=tmp_path, nth=3)
+    trials = {m: out / "trials" / f"select.method={m}" for m in ("random", "entropy")}
+    before = {m: committed_rounds(d) for m, d in trials.items()}
+    assert sorted(len(r) for r in before.values()) == [1, 2], before
+
+    # starting the same sweep again is refused; --resume restores it (Tuner.restore) without redoing a round
+    assert main(["--config", str(path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["--config", str(path), "--resume"]) == 0
+    for m, d in trials.items():
+        after = committed_rounds(d)
+        assert set(after) == {"0000", "0001"} and all(after[r] == t for r, t in before[m].items()), m
 
     # one row per (trial, round), read back from the trials' run directories
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -149,10 +173,9 @@ def test_tune_sweep_reports_every_round_and_writes_tables_plot_and_tensorboard(t
     assert all(r["select"] == r["select.method"] and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
     table = pq.read_table(out / "results.parquet")
     assert table.num_rows == 4 and {"trial", "round", "labels", "accuracy", "seconds_train"} <= set(table.column_names)
-    # each trial's rounds went through its own run directory and ledger
-    for method in ("random", "entropy"):
-        run = out / "trials" / f"select.method={method}"
-        assert [json.loads(ln)["labels"] for ln in (run / "results.jsonl").read_text().splitlines()] == [10, 20]
+    # each trial's rounds went through its own run directory and ledger, each round once
+    for d in trials.values():
+        assert [json.loads(ln)["labels"] for ln in (d / "results.jsonl").read_text().splitlines()] == [10, 20]
     csv_lines = (out / "summary.csv").read_text().splitlines()
     header = csv_lines[0].split(",")
     summary = {c[0]: dict(zip(header, c)) for c in (line.split(",") for line in csv_lines[1:])}
@@ -163,22 +186,13 @@ def test_tune_sweep_reports_every_round_and_writes_tables_plot_and_tensorboard(t
     assert "mean +- std over seeds" in capsys.readouterr().out
 
     # Tune's TensorBoard files hold the same accuracies, one step per round
-    events = sorted((out / "tune" / "tiny").glob("select.method=*/events.out.tfevents.*"))
-    assert {e.parent.name for e in events} == {"select.method=random", "select.method=entropy"}
-    for event_file in events:
-        method = event_file.parent.name.split("=", 1)[1]
+    for method in ("random", "entropy"):
+        event_file = newest_event_file(out / "tune" / "tiny" / f"select.method={method}")
         logged = [v for _, v in tensorboard_scalars(event_file)["ray/tune/accuracy"]]
         expected = [r["accuracy"] for r in sorted((r for r in rows if r["select.method"] == method),
                                                   key=lambda r: r["round"])]
         assert logged == pytest.approx(expected, abs=1e-6)
 
-    # starting the same sweep again is refused; --resume restores it (Tuner.restore) without rerunning rounds
-    assert main(["--config", str(path)]) == 2
-    assert "--resume" in capsys.readouterr().err
-    mtime = (out / "trials" / "select.method=random" / "rounds" / "0001" / "MANIFEST.json").stat().st_mtime
-    assert main(["--config", str(path), "--resume"]) == 0
-    assert len((out / "results.jsonl").read_text().splitlines()) == 4
-    assert (out / "trials" / "select.method=random" / "rounds" / "0001" / "MANIFEST.json").stat().st_mtime == mtime
     # a changed sweep file is not resumed silently
     changed = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "grid": {"select.method": ["random"]}}, {})
     assert main(["--config", str(changed), "--resume"]) == 2

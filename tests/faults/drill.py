@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ray_al.faults import KILL_AT, KILL_MARKER
+from ray_al.faults import KILL_AT, KILL_MARKER, KILL_NTH
 from tests.test_cycle import REPO, ledger_rows
 
 # The smoke test's sizes spelled out (--smoke-test forces one epoch): two epochs with a checkpoint after
@@ -58,10 +58,11 @@ def launch(module: str, *args: str, tmp: Path, env: dict | None = None, preexec_
     return Launch(proc.returncode, out.read_text(), err.read_text())
 
 
-def kill_at(point: str, module: str, *args: str, tmp: Path) -> Path:
-    """Launch with `point` armed and check the process died there by SIGKILL; returns the marker."""
+def kill_at(point: str, module: str, *args: str, tmp: Path, nth: int = 1) -> Path:
+    """Launch with `point` armed (to kill at its `nth` reach) and check the process died there by SIGKILL;
+    returns the marker."""
     marker = tmp / f"killed-at-{point}"
-    run = launch(module, *args, tmp=tmp, env={KILL_AT: point, KILL_MARKER: str(marker)})
+    run = launch(module, *args, tmp=tmp, env={KILL_AT: point, KILL_MARKER: str(marker), KILL_NTH: str(nth)})
     assert run.returncode == -signal.SIGKILL, f"not killed at {point} (exit {run.returncode}):\n{run.tail()}"
     assert marker.is_file(), f"killed, but not by the {point} kill point"
     return marker

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_al.faults import KILL_AT, KILL_MARKER, POINTS
+from ray_al.faults import KILL_AT, KILL_MARKER, KILL_NTH, POINTS
 from tests.test_cycle import REPO
 
 PROBE = "from ray_al.faults import kill_point; kill_point('embed.written'); print('went past')"
@@ -35,6 +35,13 @@ def test_other_points_and_no_setting_do_nothing(tmp_path):
         run = probe(env)
         assert run.returncode == 0 and "went past" in run.stdout
     assert not (tmp_path / "m").exists()
+
+
+def test_nth_kills_at_the_nth_reach_of_the_point(tmp_path):
+    reaches = "from ray_al.faults import kill_point\nfor i in range(1, 5):\n    kill_point('sweep.result'); print(i, flush=True)"
+    env = {KILL_AT: "sweep.result", KILL_MARKER: str(tmp_path / "m"), KILL_NTH: "3"}
+    run = subprocess.run([sys.executable, "-c", reaches], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == -signal.SIGKILL and run.stdout.split() == ["1", "2"]
 
 
 @pytest.mark.parametrize("point", POINTS)
