@@ -198,3 +198,14 @@ def test_path_uris_that_point_nowhere_are_reported_by_id_and_path():
     assert decode_batch(dict(batch), 8, 1, "skip", read_uri=storage.read_bytes)["corrupt"].tolist() == [True, True]
     with pytest.raises(CorruptImageError, match=r"id=7.*/nonexistent/a.png not found.*data.on_corrupt=skip"):
         decode_batch(dict(batch), 8, 1, "error", read_uri=storage.read_bytes)
+
+
+def test_builtin_digits_are_scikit_learns_digits_read_without_importing_its_datasets():
+    from sklearn.datasets import load_digits
+
+    from ray_al.data.builtin import digits_pixels
+
+    pixels, labels = digits_pixels()
+    bunch = load_digits()
+    assert pixels.dtype == np.uint8 and pixels.shape == (1797, 8, 8) and labels.tolist() == bunch.target.tolist()
+    assert np.array_equal(pixels, np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8))
