@@ -45,14 +45,16 @@ def cycle(args: argparse.Namespace) -> int:
     if args.resume and args.overrides:
         raise ConfigError("--resume continues a run with its own saved config; drop the overrides "
                           f"({' '.join(args.overrides)}) or start a new run directory.")
-    from ray_al.ray_utils import init_ray
+    from ray_al.ray_utils import defer_ray
 
     storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
     uri = run_uri(cfg, args)
     with RunLock(uri, purpose="cycle") as lock:  # before Ray starts: a second cycle is refused at once
-        init_ray(cfg.run.ray_num_cpus)
+        # Ray starts at the first step that needs it: bad input is refused in a second, not ten
+        defer_ray(cfg.run.ray_num_cpus)
         run, spec, cfg = open_run(cfg, uri, bool(args.resume))
         lock.renew()  # run.overwrite deleted the directory, the lock with it
+        defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
         print(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
               f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})", flush=True)
         Cycle(cfg, run, spec, log=lambda m: print(m, flush=True)).run_all()

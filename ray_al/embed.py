@@ -136,6 +136,9 @@ def embed_splits(dataset, weights: bytes, learner_kwargs: dict, spec: PoolSpec, 
     `tag_split`) in one actor pool into out_uri, partitioned by split."""
     import ray
 
+    from ray_al.ray_utils import ensure_ray
+
+    ensure_ray()
     union = dataset
     # A Parquet read yields blocks of up to 128 MiB (a whole CIFAR-sized file is one block), and an actor
     # takes whole blocks: without this, one actor embeds the whole pool while the others idle. Streaming

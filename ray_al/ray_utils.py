@@ -12,6 +12,20 @@ _POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = "0.2"
 
 
+_deferred: dict = {}
+
+
+def defer_ray(num_cpus: int = 0) -> None:
+    """Start Ray only once a step needs it (`ensure_ray`, called by the Ray plumbing), with these settings:
+    refused input, and a resumed run whose next steps are selection and labelling, never wait for Ray."""
+    _deferred["num_cpus"] = num_cpus
+
+
+def ensure_ray() -> None:
+    """Ray started with `defer_ray`'s settings, unless it runs already (a sweep trial, a test's cluster)."""
+    init_ray(_deferred.get("num_cpus", 0))
+
+
 def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     import ray
 

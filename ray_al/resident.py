@@ -272,8 +272,10 @@ class ResidentGroup:
     def _start(self) -> None:
         import ray
 
+        from ray_al.ray_utils import ensure_ray
         from ray_al.train import torch_trainer
 
+        ensure_ray()
         self.board = ray.remote(num_cpus=0, max_concurrency=4 * self.workers + 4)(JobBoard).remote(self.workers)
         trainer = torch_trainer(self.cfg, resident_loop,
                                 {"board": self.board, "pool": self.spec, "on_corrupt": self.cfg.data.on_corrupt},

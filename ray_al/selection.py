@@ -258,8 +258,10 @@ def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[n
 
 
 def _kcenter_on_shards(source: ShardFiles, k: int, shards: int, seed: int) -> list:
+    from ray_al.ray_utils import ensure_ray
     from ray_al.select import kcenter_select_distributed
 
+    ensure_ray()
     chosen, _stats = kcenter_select_distributed(source.files, k, labeled_features=source.labeled_embeddings,
                                                 shards=shards, seed=seed, filesystem=source.filesystem)
     return list(chosen)

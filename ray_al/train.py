@@ -451,6 +451,9 @@ def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> T
     run: the keywords of `train_spec` (labeled_ids=, labeled_labels=, seed=, epochs=, use_ce=, use_ssl=,
     ssl_on_pool=, head_only=, init_state=, method=, desc=, sharding=, fault_injection=, progress=).
     """
+    from ray_al.ray_utils import ensure_ray
+
+    ensure_ray()
     job = checked_spec(cfg, spec, **run)
     workers = max(1, cfg.train.num_workers)
     trainer = _trainer(cfg, job, _datasets(cfg, spec, job, workers), storage_uri, name, workers)

@@ -1,6 +1,6 @@
 """Ids users really have: `ingest` writes string ids (the file paths, class folder by class folder). The
-whole cycle on such a pool: the resident group's rounds, every selection method on the round's embeddings,
-sharded k-center on the per-round path, and the file oracle over several rounds with a partial import."""
+whole cycle on such a pool: the resident group's rounds, every selection method on the round's embeddings
+(k-center over shard actors too), and the file oracle over several rounds with a partial import."""
 from __future__ import annotations
 
 import csv
@@ -68,13 +68,11 @@ def test_a_string_id_pool_runs_every_round_and_every_method(string_pool, tmp_pat
         assert len(chosen.ids) == 20 == len(set(chosen.ids)), method
         assert all(isinstance(i, str) and i.startswith("pool/") for i in chosen.ids), method
         assert not set(chosen.ids) & set(before.ids.tolist()), method
-
-
-def test_sharded_kcenter_on_string_ids(string_pool, tmp_path) -> None:
-    run, _ = _run(_cfg(string_pool, "al.rounds=1", "select.method=kcenter", "select.shards=2"), str(tmp_path / "run"))
-    queried = _ledger(run).up_to_round(1)
-    assert len(queried) == 40 and len(set(queried.ids.tolist())) == 40
-    assert run.step_payload(0, "select")["why"].startswith("select.method=kcenter on 2 shard actors")
+    # k-center over two shard actors (the cycle's select.shards path) picks the one-process batch
+    one = select_ids(_cfg(string_pool, "select.method=kcenter"), run.round_uri(1, "embeddings"), before, 20, 1)
+    two = select_ids(_cfg(string_pool, "select.method=kcenter", "select.shards=2"), run.round_uri(1, "embeddings"),
+                     before, 20, 1)
+    assert two.ids == one.ids and two.why.startswith("select.method=kcenter on 2 shard actors"), two.why
 
 
 def _answer(run, path, ids: list, labels_by_id: dict) -> str:

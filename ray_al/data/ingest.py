@@ -65,14 +65,14 @@ def ingest(src: str, dest: str, *, overwrite: bool = False) -> dict:
     """Ingest an image folder into DEST (a directory of Parquet files plus `_classes.json`)."""
     import ray
 
-    from ray_al.ray_utils import init_ray
+    from ray_al.ray_utils import ensure_ray
 
     if storage.exists(dest) and storage.listdir(dest) and not overwrite:
         raise FileExistsError(f"ingest destination '{dest}' is not empty; choose a new one or pass --overwrite.")
     if overwrite and storage.exists(dest):
         storage.remove_tree(dest)
     uris, _ids, classes = list_image_folder(src)
-    init_ray()
+    ensure_ray()
     fs, root = storage.pyarrow_fs(src)
     paths = [storage.pyarrow_fs(u)[1] for u in uris]
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs)

@@ -57,6 +57,9 @@ def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, 
     seeded sample (seed, fraction) by id (`ids.seeded_sample`), taken as the rows stream by."""
     import ray
 
+    from ray_al.ray_utils import ensure_ray
+
+    ensure_ray()
     # The flag is read when the Dataset is created (see _SMALL_PARQUET_BYTES).
     ray.data.DataContext.get_current().use_datasource_v2 = storage.total_bytes(uri) > _SMALL_PARQUET_BYTES
     fs, path = storage.pyarrow_fs(uri)
@@ -90,6 +93,9 @@ def embedding_input(spec: PoolSpec, labeled_ids) -> "ray.data.Dataset":
     """The pool, read once with `split` = labeled | unlabeled by id, then the test set (`split` = test)."""
     import ray
 
+    from ray_al.ray_utils import ensure_ray
+
+    ensure_ray()
     ids_ref = ray.put(pa.array(np.asarray(labeled_ids)))
     pool = read_split(spec.pool_uri, columns=pool_columns(spec)).map_batches(
         _tag_by_ids, fn_kwargs={"ids_ref": ids_ref, "inside": "labeled", "outside": "unlabeled"},
