@@ -175,12 +175,10 @@ class Cycle:
         return Ledger.load(self.run.uri, id_type=self.spec.id_type)
 
     def oracle(self):
-        from ray_al.data.pool import read_labels
-        from ray_al.oracle import SimulatedOracle
+        from ray_al.oracle import PoolOracle
 
         if self._oracle is None:
-            ids, labels = read_labels(self.spec.pool_uri)
-            self._oracle = SimulatedOracle({i: int(y) for i, y in zip(ids, labels) if y is not None})
+            self._oracle = PoolOracle(self.spec.pool_uri)
         return self._oracle
 
     def _model_uri(self, r: int) -> str:
@@ -198,7 +196,7 @@ class Cycle:
                 "the pool has no `label` column, so there is no seed set to start from: add a `label` column "
                 f"holding the labels you already have (null elsewhere), at least al.initial_size="
                 f"{self.cfg.al.initial_size} of them, and use al.oracle=file for the rest.")
-        known = np.asarray(sorted(self.oracle().labels_by_id))
+        known = self.oracle().labelled_ids()
         if len(known) < self.cfg.al.initial_size:
             raise BudgetError(f"al.initial_size={self.cfg.al.initial_size} but only {len(known)} pool rows have a "
                               "label; lower al.initial_size or label more seed images.")

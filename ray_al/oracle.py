@@ -26,7 +26,7 @@ from ray_al import faults, storage
 from ray_al.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
 from ray_al.rundir import RunDir
 
-__all__ = ["NONE_ANSWER", "SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
+__all__ = ["NONE_ANSWER", "PoolOracle", "SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
            "load_image_bytes", "pending_round", "query_uris", "read_pool_rows"]
 
 # What annotators write in the labels CSV for "none of these classes" (case-insensitive; -1 too).
@@ -62,16 +62,48 @@ class SimulatedOracle:
 
     def answer(self, ids: Any) -> np.ndarray:
         """int64 labels for ``ids`` in the same order."""
-        if isinstance(ids, (pa.Array, pa.ChunkedArray)):
-            ids = ids.to_pylist()
-        ids = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
-        missing = [i for i in ids if i not in self.labels_by_id]
-        if missing:
-            raise OracleError(
-                f"the simulated oracle has no label for {len(missing)} queried ids {name_rows(missing)}: "
-                "the pool has no `label` column or these rows have none. Use al.oracle=file to label "
-                "them with annotators (python -m ray_al.label export / import).")
-        return np.asarray([self.labels_by_id[i] for i in ids], dtype=np.int64)
+        return _answer(_id_list(ids), self.labels_by_id)
+
+
+class PoolOracle:
+    """The run's simulated oracle: answers from the pool's `label` column, reading only the asked rows
+    (a dict of every label, as SimulatedOracle holds, would grow the driver with the pool)."""
+
+    def __init__(self, pool_uri: str):
+        self.pool_uri = pool_uri
+
+    def answer(self, ids: Any) -> np.ndarray:
+        """int64 labels for ``ids`` in the same order (rows with a null label have none)."""
+        ids = _id_list(ids)
+        rows = read_pool_rows(self.pool_uri, ids, ["id", "label"])
+        known = {i: int(y) for i, y in zip(rows.column("id").to_pylist(), rows.column("label").to_pylist())
+                 if y is not None}
+        return _answer(ids, known)
+
+    def labelled_ids(self) -> np.ndarray:
+        """The ids of the pool rows whose label is known (not null), sorted: a numpy array, not a list."""
+        import pyarrow.dataset as pads
+
+        fs, path = storage.pyarrow_fs(self.pool_uri)
+        table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+            columns=["id"], filter=pc.field("label").is_valid())
+        return np.sort(table.column("id").to_numpy(zero_copy_only=False))
+
+
+def _id_list(ids: Any) -> list:
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        return ids.to_pylist()
+    return list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
+
+
+def _answer(ids: list, labels_by_id: dict) -> np.ndarray:
+    missing = [i for i in ids if i not in labels_by_id]
+    if missing:
+        raise OracleError(
+            f"the simulated oracle has no label for {len(missing)} queried ids {name_rows(missing)}: "
+            "the pool has no `label` column or these rows have none. Use al.oracle=file to label "
+            "them with annotators (python -m ray_al.label export / import).")
+    return np.asarray([labels_by_id[i] for i in ids], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- file oracle

@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -235,3 +236,17 @@ def test_cli_on_s3(s3, tmp_path):
     assert Ledger.load(rd.uri).labels_by_id() == {1: 0, 2: 1, 10: 2, 11: 0, 12: 1}
     p = cli("status", f"s3://no-bucket-{uuid.uuid4().hex[:6]}/run", *env_args)
     assert p.returncode == 2 and "not a ray_al run directory" in p.stderr and s3.endpoint in p.stderr
+
+
+def test_pool_oracle_reads_only_the_asked_rows_in_their_order(tmp_path):
+    from ray_al.oracle import PoolOracle
+
+    uri = str(tmp_path / "pool.parquet")
+    pq.write_table(pa.table({"id": pa.array(["c", "a", "b", "d", "e"]), "label": pa.array([2, 0, None, -1, 1]),
+                             "image": pa.array([b""] * 5)}), uri)
+    oracle = PoolOracle(uri)
+    assert oracle.answer(["e", "c", "a"]).tolist() == [1, 2, 0]
+    assert oracle.answer(np.asarray(["d"], dtype=object)).tolist() == [-1]  # "none of these classes"
+    assert oracle.labelled_ids().tolist() == ["a", "c", "d", "e"]  # sorted, the null label left out
+    with pytest.raises(OracleError, match=r"no label for 2 queried ids.*'b'.*'zz'"):
+        oracle.answer(["a", "b", "zz"])
