@@ -23,7 +23,7 @@ from ray_al import config as config_mod
 from ray_al import faults, selection, storage
 from ray_al.acquisition.policy import AUTO
 from ray_al.config import BudgetError, Config, ConfigError
-from ray_al.data.pool import PoolError, PoolSpec
+from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.ledger import Ledger
 from ray_al.registry import Registry, UnknownNameError
 from ray_al.resident import RESIDENT
@@ -196,7 +196,7 @@ class Cycle:
                 "the pool has no `label` column, so there is no seed set to start from: add a `label` column "
                 f"holding the labels you already have (null elsewhere), at least al.initial_size="
                 f"{self.cfg.al.initial_size} of them, and use al.oracle=file for the rest.")
-        known = self.oracle().labelled_ids()
+        known = labelled_ids(self.spec.pool_uri)
         if len(known) < self.cfg.al.initial_size:
             raise BudgetError(f"al.initial_size={self.cfg.al.initial_size} but only {len(known)} pool rows have a "
                               "label; lower al.initial_size or label more seed images.")

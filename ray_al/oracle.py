@@ -80,15 +80,6 @@ class PoolOracle:
                  if y is not None}
         return _answer(ids, known)
 
-    def labelled_ids(self) -> np.ndarray:
-        """The ids of the pool rows whose label is known (not null), sorted: a numpy array, not a list."""
-        import pyarrow.dataset as pads
-
-        fs, path = storage.pyarrow_fs(self.pool_uri)
-        table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-            columns=["id"], filter=pc.field("label").is_valid())
-        return np.sort(table.column("id").to_numpy(zero_copy_only=False))
-
 
 def _id_list(ids: Any) -> list:
     if isinstance(ids, (pa.Array, pa.ChunkedArray)):

@@ -188,6 +188,12 @@ def _botocore_connection_failure(err: BaseException) -> bool:
     return isinstance(err, (BotoConnectionError, HTTPClientError))
 
 
+def _unreachable(uri: str, text: str) -> ConnectionError:
+    return ConnectionError(
+        f"cannot reach S3 for {uri} ({_where()}): {text.strip().splitlines()[0]}. Check the "
+        "endpoint URL (RAY_AL_S3_ENDPOINT / AWS_ENDPOINT_URL or the config) and the network.")
+
+
 def _translate(uri: str, err: OSError) -> OSError:
     """Map a filesystem error to FileNotFoundError / ConnectionError with an actionable message."""
     if isinstance(err, FileNotFoundError):
@@ -197,9 +203,7 @@ def _translate(uri: str, err: OSError) -> OSError:
         if any(m in text for m in _MISSING_MARKERS):
             return _not_found(uri, err)
         if any(m in text for m in _CONNECT_MARKERS):
-            return ConnectionError(
-                f"cannot reach S3 for {uri} ({_where()}): {text.strip().splitlines()[0]}. Check the "
-                "endpoint URL (RAY_AL_S3_ENDPOINT / AWS_ENDPOINT_URL or the config) and the network.")
+            return _unreachable(uri, text)
         if "AccessDenied" in text or "ACCESS_DENIED" in text or "403" in text:
             return PermissionError(f"access denied to {uri} ({_where()}): check your AWS credentials "
                                    f"and the bucket policy. [{text.strip().splitlines()[0]}]")
@@ -375,8 +379,7 @@ def create_exclusive(uri: str, data: bytes) -> bool:
             raise _translate(uri, e) from e
         except Exception as e:
             if _botocore_connection_failure(e):
-                raise ConnectionError(f"cannot reach S3 for {uri} ({_where()}): {e}. Check the endpoint URL "
-                                      "(RAY_AL_S3_ENDPOINT / AWS_ENDPOINT_URL or the config) and the network.") from e
+                raise _unreachable(uri, str(e)) from e
             raise
         return True
     try:
