@@ -32,6 +32,7 @@ class DataConfig:
     test: str = ""  # test split URI; empty: digits/cifar10 use their own test split
     pool_size: int = 0  # 0 = whole pool; otherwise a seeded subsample (CPU-sized runs)
     test_size: int = 0  # 0 = whole test split
+    subsample_seed: int = -1  # seed of the pool/test subsamples; -1 = al.seed (>= 0: one pool for every seed)
     image_size: int = 0  # 0 = the dataset's own (digits 8, cifar10 32)
     channels: int = 0  # 0 = the dataset's own (digits 1, cifar10 3)
     num_classes: int = 0  # 0 = infer from the labels

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ray_al import storage
+from ray_al import faults, storage
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
 from ray_al.embeddings import fixed_list
@@ -106,6 +106,7 @@ class Embedder:
         return self.model.learner
 
     def __call__(self, batch: dict) -> pa.Table:
+        faults.hold_point("embed.batch")
         split = batch.pop("split")
         decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
                                read_uri=storage.read_bytes)

@@ -15,17 +15,30 @@ The points (docs/RELIABILITY.md lists them with their tests):
   round to Tune (the trial runs on; killing the driver there kills the sweep mid-trial);
 * `train.epoch`: a training worker SIGKILLs the cycle driver at the first step of epoch 1 (after epoch 0's
   checkpoint; needs train.epochs >= 2), through `ray_al.train.FaultInjection`.
+
+Hold points stand in for a lost node: `RAY_AL_HOLD_AT=<point> RAY_AL_HOLD_MARKER=<file>` makes the first
+process to reach the point (in any Ray worker of the job) write the marker, a JSON object with its `node`
+id and `pid`, and wait there until it is killed. A drill then removes that node
+(`ray.cluster_utils.Cluster.remove_node`); the retried work finds the marker and goes on. Points
+(`HOLD_POINTS`): `embed.batch` (an embedding actor, at a batch). A training worker holds the same way
+through `ray_al.train.FaultInjection` with `hold=True`, at the rank, epoch and step it names. (k-center
+shards need no hold point: the selection's `on_pass` callback runs in the driver between passes.)
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 
 KILL_AT = "RAY_AL_KILL_AT"
 KILL_MARKER = "RAY_AL_KILL_MARKER"
 KILL_NTH = "RAY_AL_KILL_NTH"
 POINTS = ("train.epoch", "train.done", "embed.written", "embed.done", "select.written", "select.done",
           "label.committed", "label.done", "round.committed", "import.committed", "sweep.result")
+HOLD_AT = "RAY_AL_HOLD_AT"
+HOLD_MARKER = "RAY_AL_HOLD_MARKER"
+HOLD_POINTS = ("embed.batch",)
 _reached: dict[str, int] = {}
 
 
@@ -54,3 +67,29 @@ def kill_point(name: str) -> None:
         return
     write_marker(marker, f"killed at {name}")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_point(name: str) -> None:
+    """Wait here until killed when `RAY_AL_HOLD_AT` names `name` and no process held there yet (module
+    docstring): the drill takes this process's node away while it holds."""
+    marker = os.environ.get(HOLD_MARKER, "")
+    if os.environ.get(HOLD_AT) == name and marker:
+        hold(marker, name)
+
+
+def hold(marker: str, what: str) -> None:
+    """Write the note to `marker` and wait until killed, unless the marker exists (then return)."""
+    import ray
+
+    note = {"point": what, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    draft = f"{marker}.{os.getpid()}"
+    with open(draft, "w") as f:
+        json.dump(note, f)
+    try:
+        os.link(draft, marker)  # atomic and exclusive: one holder, and readers never see half a note
+    except FileExistsError:
+        return  # held once already: this is the retried work
+    finally:
+        os.unlink(draft)
+    while True:
+        time.sleep(1.0)

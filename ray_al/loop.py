@@ -495,7 +495,7 @@ def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec,
             return RunDir.open(run_uri), PoolSpec.from_dict(existing["pool"]["spec"]), cfg
     if cfg.run.overwrite and storage.exists(run_uri):
         storage.remove_tree(run_uri)
-    spec = prepare(cfg.data, run_uri, cfg.al.seed)
+    spec = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed)
     check_budget(cfg, spec.pool_rows)
     info = {"config": snapshot, "num_classes": spec.num_classes, "class_names": list(spec.class_names),
             "id_type": spec.id_type,

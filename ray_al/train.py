@@ -47,7 +47,8 @@ DDP_KWARGS = {"broadcast_buffers": False}
 @dataclass(frozen=True)
 class FaultInjection:
     """Test/chaos drill: SIGKILL rank `rank` at (epoch, step), once (the `marker` file remembers); with
-    `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.faults' `train.epoch`).
+    `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.faults' `train.epoch`); with
+    `hold`, it notes its node in `marker` and waits for the drill to remove that node (a lost node).
 
     The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
     Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
@@ -59,6 +60,7 @@ class FaultInjection:
     rank: int = 0
     delay_s: float = 5.0
     pid: int = 0  # 0: the worker itself
+    hold: bool = False  # instead of a kill, note this node in `marker` and wait: the drill removes the node
 
 
 @dataclass(frozen=True, eq=False)
@@ -320,6 +322,10 @@ def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
 
     def on_step(step: int) -> None:
         if step != fault.step or os.path.exists(fault.marker):
+            return
+        if fault.hold:
+            time.sleep(float(fault.delay_s))
+            faults.hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}")
             return
         with open(fault.marker, "w") as f:
             f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")

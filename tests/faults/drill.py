@@ -12,8 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import pyarrow.parquet as pq
 
@@ -25,7 +28,8 @@ from tests.test_cycle import REPO, ledger_rows
 ARGS = ["data.pool_size=400", "data.test_size=200", "train.epochs=2", "train.checkpoint_every_s=0",
         "train.batch_size=32", "train.unlabeled_batch_size=32", "embed.batch_size=128",
         "al.rounds=1", "al.initial_size=20", "al.budget=15"]
-__all__ = ["ARGS", "Launch", "kill_at", "launch", "ledger_rows", "queried", "read_only", "results", "round_dir"]
+__all__ = ["ARGS", "Launch", "kill_at", "launch", "ledger_rows", "lose_node_during", "queried", "read_only", "results",
+           "round_dir"]
 
 
 @dataclass
@@ -95,3 +99,21 @@ def read_only(directory: Path):
                 raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
     return drop_dac_override
+
+
+def lose_node_during(cluster, marker: Path, work: Callable[[], Any], replacement: dict,
+                     timeout: float = 300) -> tuple[Any, str]:
+    """Run `work` in a thread; once a Ray process holds (ray_al.faults.hold writes `marker` with its node),
+    remove that node from the `ray.cluster_utils.Cluster` and add one with `replacement` node args, as an
+    autoscaler would. Returns (what `work` returned, the lost node's id)."""
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(work)
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert not done.done(), f"the work ended without holding at the fault point: {done.result()!r}"
+            assert time.monotonic() < deadline, f"nothing held within {timeout:.0f} s ({marker})"
+            time.sleep(0.2)
+        lost = json.loads(marker.read_text())["node"]
+        cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == lost))
+        cluster.add_node(**replacement)
+        return done.result(timeout=timeout), lost
