@@ -1,6 +1,7 @@
 """The documented cluster command, for real: `ray start --head` on loopback, then cluster/README.md's
-`ray job submit --runtime-env-json '{"env_vars": {"AWS_ACCESS_KEY_ID": ...}}'` of a cycle whose run
-directory is on S3 (moto's server on loopback), to SUCCEEDED (the CLI prints "Job '...' succeeded").
+`ray job submit --runtime-env-json '{"env_vars": {"AWS_ACCESS_KEY_ID": ...}}'` of a cycle whose pool and
+run directory are on S3 (moto's server on loopback), killed, then resubmitted with `--resume` to SUCCEEDED
+(the CLI prints "Job '...' succeeded").
 
 The driver forwards AWS_* to its workers through ray.init(runtime_env=...); when the job's runtime env
 already sets the same keys, Ray refuses the merge ("Failed to merge the Job's runtime env"). So the
@@ -9,15 +10,17 @@ forwarding leaves out what the job set (`ray_utils.job_env_keys`).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 from ray_al import storage
-from ray_al.bench.overhead import JOB_EXCLUDES, LocalHead, _env
+from ray_al.bench.overhead import JOB_EXCLUDES, LocalHead
+from ray_al.data.builtin import digits
+from ray_al.faults import KILL_AT, KILL_MARKER
 from ray_al.ray_utils import forwarded_env, job_env_keys
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
+from tests.test_cycle import ledger_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "job-secret-" + uuid.uuid4().hex[:12]  # moto accepts any key; this one must never be logged
@@ -32,23 +35,57 @@ def test_forwarding_leaves_out_what_the_job_already_sets():
     assert job_env_keys({}) == set() and job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}) == set()
 
 
-def test_cluster_readme_job_submit_with_credentials_in_the_runtime_env_succeeds_on_s3(s3):
+def _submit(head: LocalHead, runtime_env: dict, *cycle_args: str) -> tuple[int, str]:
+    """cluster/README.md's command: `ray job submit --working-dir . --runtime-env-json ... -- python -m
+    ray_al.cycle ...`; returns (exit code, output)."""
+    proc = head.submit(REPO, runtime_env, [sys.executable, "-m", "ray_al.cycle", *cycle_args], timeout=900)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _s3_pool(s3) -> list[str]:
+    """The digits written to S3 as a user's Parquet pool and test split: the cycle's data overrides."""
+    pool, test, _ = digits(seed=0)
+    folder = f"data-{uuid.uuid4().hex[:8]}"
+    pool_uri, test_uri = s3.uri(folder, "pool.parquet"), s3.uri(folder, "test.parquet")
+    storage.write_parquet_atomic(pool_uri, pool)
+    storage.write_parquet_atomic(test_uri, test)
+    return ["data.dataset=parquet", f"data.pool={pool_uri}", f"data.test={test_uri}"]
+
+
+def _objects(run_uri: str) -> dict[str, bytes]:
+    fs, root = storage.fsspec_fs(run_uri)
+    return {key: fs.cat_file(key) for key in fs.find(root)}
+
+
+def test_cluster_readme_job_submit_on_s3_killed_and_resumed_with_credentials_in_the_runtime_env(s3, tmp_path):
+    """Pool, run directory, Ray Train checkpoints and embeddings on S3; the job's driver is SIGKILLed once
+    round 0's embeddings are written (before their marker); a second `ray job submit ... --resume s3://...`
+    finishes the run to SUCCEEDED, and the credentials are in no log line and no file of the run."""
     run_uri = s3.uri(f"runs/job-{uuid.uuid4().hex[:8]}")
+    marker = tmp_path / "killed"
+    runtime_env = {"env_vars": {"AWS_ACCESS_KEY_ID": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET,
+                                "RAY_AL_S3_ENDPOINT": s3.endpoint, "AWS_REGION": s3.region,
+                                KILL_AT: "embed.written", KILL_MARKER: str(marker)},
+                   "excludes": JOB_EXCLUDES}
     head = LocalHead(REPO, cpus=2)
     try:
         head.wait_ready()
-        runtime_env = {"env_vars": {"AWS_ACCESS_KEY_ID": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET,
-                                    "RAY_AL_S3_ENDPOINT": s3.endpoint, "AWS_REGION": s3.region},
-                       "excludes": JOB_EXCLUDES}
-        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.address,
-               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-               sys.executable, "-m", "ray_al.cycle", "--smoke-test", "al.rounds=0", f"run.dir={run_uri}"]
-        proc = subprocess.run(cmd, cwd=REPO, env=_env(REPO), capture_output=True, text=True, timeout=900)
+        first = _submit(head, runtime_env, "--smoke-test", "al.rounds=1", *_s3_pool(s3), f"run.dir={run_uri}")
+        second = _submit(head, runtime_env, "--resume", run_uri)
     finally:
         head.stop()
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "succeeded" in out, out[-4000:]  # the CLI: "Job 'raysubmit_...' succeeded"
+    assert first[0] != 0 and marker.is_file(), first[1][-4000:]
+    assert "killed at embed.written" in marker.read_text()
+    assert second[0] == 0 and "succeeded" in second[1], second[1][-4000:]  # "Job 'raysubmit_...' succeeded"
     rows = [json.loads(line) for line in storage.read_text(storage.join(run_uri, "results.jsonl")).splitlines()]
-    assert [r["round"] for r in rows] == [0]
-    assert SECRET not in out, "a credential was printed in the job's logs"
-    assert SECRET not in storage.read_text(storage.join(run_uri, "run.json"))
+    assert [r["round"] for r in rows] == [0, 1]
+    ledger = ledger_rows(run_uri)
+    queried = storage.read_parquet(storage.join(run_uri, "rounds", "0000", "queries.parquet")).column("id")
+    assert len({i for i, *_ in ledger}) == len(ledger) == 20 + 20  # the seed set and round 0's batch, once each
+    assert sorted(i for i, _, r, _ in ledger if r == 1) == sorted(queried.to_pylist())
+    objects = _objects(run_uri)
+    assert any("/ray_train/" in k for k in objects) and any("/embeddings/" in k for k in objects)
+    for text in (first[1], second[1]):
+        assert SECRET not in text, "a credential was printed in the job's logs"
+    leaked = [k for k, data in objects.items() if SECRET.encode() in data]
+    assert not leaked, f"the credential is in run-directory files: {leaked}"

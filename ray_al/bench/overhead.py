@@ -62,7 +62,11 @@ class LocalHead:
         ray_bin = str(Path(sys.executable).parent / "ray")
         cmd = [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", f"--temp-dir={self.temp}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
-               f"--num-cpus={cpus}", "--num-gpus=0"]
+               f"--num-cpus={cpus}", "--num-gpus=0",
+               # ports of its own: another Ray on this machine (a test's, a user's) holds the defaults, and a
+               # job agent that cannot bind its port leaves the head answering "No available agent"
+               f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+               f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
         self.log = open(Path(self.temp) / "head.log", "w")
         self.proc = subprocess.Popen(cmd, env=_env(tree), stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -85,6 +89,20 @@ class LocalHead:
                 time.sleep(1.0)
         raise TimeoutError(f"the local head's job server did not come up in {timeout:.0f} s")
 
+    def submit(self, tree: Path, runtime_env: dict, entrypoint: list[str], timeout: float = 3600,
+               agent_wait_s: float = 90.0) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir tree --runtime-env-json ... -- entrypoint`, run to its end. A head
+        whose job agent has not registered yet answers "No available agent" before starting anything: that
+        submission is repeated (for up to agent_wait_s), nothing else."""
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", self.address,
+               "--working-dir", str(tree), "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+        deadline = time.monotonic() + agent_wait_s
+        while True:
+            proc = subprocess.run(cmd, cwd=tree, env=_env(tree), capture_output=True, text=True, timeout=timeout)
+            if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
+                return proc
+            time.sleep(2.0)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -106,22 +124,18 @@ def run_once(tree: Path, mode: str, run_dir: Path, extra: list[str], cpus: int) 
     """Wall seconds of one smoke cycle of `tree` launched in `mode`."""
     cmd = cycle_command(run_dir, extra)
     cmd[0] = sys.executable
-    head = None
     if mode == "job":
         head = LocalHead(tree, cpus)
         head.wait_ready()
-        runtime_env = json.dumps({"excludes": JOB_EXCLUDES})
-        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.address,
-               "--working-dir", str(tree), "--runtime-env-json", runtime_env, "--", *cycle_command(run_dir, extra)]
-        cmd[cmd.index("python")] = sys.executable
-    else:
-        cmd += [f"run.ray_num_cpus={cpus}"]
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=tree, env=_env(tree), capture_output=True, text=True, timeout=3600)
-    finally:
-        if head is not None:
+        started = time.perf_counter()
+        try:
+            proc = head.submit(tree, {"excludes": JOB_EXCLUDES}, cmd)
+        finally:
             head.stop()
+    else:
+        started = time.perf_counter()
+        proc = subprocess.run(cmd + [f"run.ray_num_cpus={cpus}"], cwd=tree, env=_env(tree), capture_output=True,
+                              text=True, timeout=3600)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run of {tree} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

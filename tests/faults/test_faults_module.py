@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_al.faults import KILL_AT, KILL_MARKER, KILL_NTH, POINTS
+from ray_al.faults import HOLD_POINTS, KILL_AT, KILL_MARKER, KILL_NTH, POINTS
 from tests.test_cycle import REPO
 
 PROBE = "from ray_al.faults import kill_point; kill_point('embed.written'); print('went past')"
@@ -49,3 +49,9 @@ def test_every_point_has_one_call_site(point):
     source = "\n".join(p.read_text() for p in (REPO / "ray_al").rglob("*.py"))
     call = r"faults\.armed\(" if point == "train.epoch" else r"kill_point\("
     assert len(re.findall(call + re.escape(f'"{point}"') + r"\)", source)) == 1
+
+
+@pytest.mark.parametrize("point", HOLD_POINTS)
+def test_every_hold_point_has_one_call_site(point):
+    source = "\n".join(p.read_text() for p in (REPO / "ray_al").rglob("*.py"))
+    assert len(re.findall(r"hold_point\(" + re.escape(f'"{point}"') + r"\)", source)) == 1
