@@ -105,7 +105,7 @@ class RunDir:
         elif storage.exists(rd.uri) and storage.isdir(rd.uri) and _foreign(storage.listdir(rd.uri)) and not overwrite:
             raise RunDirError(f"{rd.uri} is a non-empty directory that is not a ray_al run directory "
                               f"(no {RUN_JSON}); choose an empty or new directory, or pass overwrite.")
-        storage.makedirs(rd.uri)
+        storage.makedirs(rd.uri, private=True)
         info["created"] = _now()
         storage.write_json_atomic(run_json, info)
         rd._info = info

@@ -55,6 +55,7 @@ class RunLock:
 
     def acquire(self) -> None:
         self._started = time.time()
+        storage.makedirs(self.run_uri, private=True)  # the lock is a new run's first file
         for _ in range(3):  # the holder may release between our create and our read
             if storage.create_exclusive(self.uri, json.dumps(self._record()).encode()):
                 self._start_heartbeat()

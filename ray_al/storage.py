@@ -250,12 +250,13 @@ def _check_bucket(uri: str) -> None:
         raise _not_found(f"s3://{bucket}")
 
 
-def makedirs(uri: str) -> None:
-    """Create a local directory (and parents). On S3 directories are implicit: only checks the bucket."""
+def makedirs(uri: str, private: bool = False) -> None:
+    """Create a local directory (and parents); `private`: a new leaf is the user's only (0700: a run's
+    labels are the team's spend). On S3 directories are implicit: only checks the bucket."""
     if is_s3(uri):
         _check_bucket(uri)
         return
-    os.makedirs(_local(uri), exist_ok=True)
+    os.makedirs(_local(uri), mode=0o700 if private else 0o777, exist_ok=True)
 
 
 def listdir(uri: str) -> list[str]:

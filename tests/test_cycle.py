@@ -52,6 +52,9 @@ def test_end_to_end_writes_table_results_plot_and_ledger(reference_run):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     assert set(rows[0]["seconds"]) == {"train", "embed", "select", "label"}
     assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the run directory is the user's only; the files ray_al writes itself too
+    assert (run_dir.stat().st_mode & 0o777) == 0o700
+    assert all(f.stat().st_mode & 0o077 == 0 for f in (run_dir / "results.jsonl", run_dir / "run.json"))
     ledger = ledger_rows(run_dir)
     assert len(ledger) == 35 and len({r[0] for r in ledger}) == 35
     assert sum(1 for r in ledger if r[3] == "initial") == 20 and sum(1 for r in ledger if r[2] == 1) == 15
@@ -79,6 +82,7 @@ def test_file_oracle_export_import_resume(reference_run, tmp_path):
     out = subprocess.run([*label, "export", str(run_dir), "--out", str(queries), "--images-dir",
                           str(tmp_path / "images")], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    assert queries.stat().st_mode & 0o077 == 0  # the exported batch is the user's only
     rows = list(csv.DictReader(queries.open()))
     assert len(rows) == 15 and all(Path(r["uri"]).is_file() for r in rows)
     pool = pq.read_table(run_dir / "data" / "pool.parquet", columns=["id", "label"]).to_pydict()

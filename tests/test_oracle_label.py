@@ -91,6 +91,7 @@ def test_import_commits_ints_and_class_names(tmp_path):
     ([(10, 0), (11, 3), (12, "dog")], r"2 labels are outside the class set.*line 3: id 11 label '3'"
                                       r".*line 4: id 12 label 'dog'.*'airplane', 'bird', 'cat'"),
     ([(10, 0), ("x1", 1), (12, 2)], r"not integers.*line 3: 'x1'"),
+    ([(10, 0), (11, "__import__('os').getpid()"), (12, 2)], r"outside the class set.*line 3: id 11 label \"__import__"),
     ([(10, 0), (12, 2)], r"1 of the 3 queried ids have no label: \[11\].*--allow-partial"),
     ([(10, 0), (11, ""), (12, 2)], r"1 of the 3 queried ids have no label: \[11\]"),
 ])
