@@ -21,7 +21,7 @@ from ray_al import storage
 from ray_al.cli import run_main
 from ray_al.ledger import OOD_LABEL, Ledger
 from ray_al.oracle import OracleError, export_queries, import_labels, load_image_bytes
-from ray_al.rundir import RunDir
+from ray_al.rundir import RunDir, batch_name
 from ray_al.runlock import RunLock
 
 
@@ -40,7 +40,7 @@ def _export(args: argparse.Namespace) -> None:
                 image_bytes = load_image_bytes(rd.pool, need)
     n = export_queries(rd, args.out, image_bytes_by_id=image_bytes, images_dir=args.images_dir)
     r = rd.pending_query_round()
-    print(f"wrote {n} queries of round {r} to {args.out}"
+    print(f"wrote {n} queries of {batch_name(r)} to {args.out}"
           + (f" (images in {args.images_dir})" if args.images_dir else "")
           + "\nfill in the label column (a class index or name, or none for an image in none of the classes),"
           + f" then: python -m ray_al.label import {rd.uri} {args.out}")
@@ -53,7 +53,7 @@ def _import(args: argparse.Namespace) -> None:
         ledger = import_labels(rd, args.labels_csv, allow_partial=args.allow_partial)
     payload = rd.step_payload(r, "label") or {}
     ood = int(((ledger.rounds == r + 1) & (ledger.labels == OOD_LABEL)).sum())
-    print(f"imported {payload.get('rows')} labels for round {r} ({ood} of them 'none of these classes'; "
+    print(f"imported {payload.get('rows')} labels for {batch_name(r)} ({ood} of them 'none of these classes'; "
           f"ledger version {ledger.version}, "
           f"{len(ledger)} labels in all; {payload.get('unanswered', 0)} queries left unlabeled)\n"
           f"continue with: python -m ray_al.cycle --resume {rd.uri}")

@@ -27,7 +27,7 @@ from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.ledger import Ledger
 from ray_al.registry import Registry, UnknownNameError
 from ray_al.resident import RESIDENT
-from ray_al.rundir import RunDir
+from ray_al.rundir import SEED_ROUND, RunDir, batch_name
 
 __all__ = ["BudgetError", "Cycle", "check_budget", "check_config", "default_run_dir", "finish", "open_run",
            "train_seed"]
@@ -120,9 +120,6 @@ def _check_features(cfg: Config) -> None:
         raise ConfigError(f"{' and '.join(wants)} select(s) on self-supervised features, which a joint run does "
                           "not have before its first round: set train.mode=pretrain (SSL once on the pool) or "
                           "train.checkpoint=RUN_DIR/pretrain/model.pt of an earlier pretrain run.")
-    if cfg.al.initial != "random" and cfg.al.oracle == "file":
-        raise ConfigError("al.initial other than random needs al.oracle=simulated for now (the seed set of a file "
-                          "oracle is drawn among the pool rows whose labels you already have).")
     if cfg.select.features == "pretrained" and cfg.select.shards > 1:
         raise ConfigError("select.features=pretrained runs in one process: set select.shards=1.")
 
@@ -185,12 +182,17 @@ class Cycle:
         return self.run.round_uri(r, "model.pt")
 
     # ----------------------------------------------------------------- steps
-    def initial_set(self) -> None:
-        """A seeded random seed set. With al.oracle=file it is drawn among the pool rows whose `label` is
-        already known (null = unlabeled), so a real pool needs only its seed labels filled in."""
+    def initial_set(self) -> bool:
+        """The seed set, in the ledger as round 0; False while a file oracle has yet to label it.
+
+        al.initial=random: seeded, drawn among the pool rows whose `label` is known (null = unlabeled), so a
+        real pool needs only its seed labels filled in. Any other al.initial picks on the self-supervised
+        features; with al.oracle=file among every pool row, as the first query batch (`seed_batch`)."""
         ledger = self.ledger()
         if len(ledger):
-            return
+            return True
+        if self.cfg.al.initial != "random" and self.cfg.al.oracle == "file":
+            return self.seed_batch()
         if not self.spec.has_labels:
             raise ConfigError(
                 "the pool has no `label` column, so there is no seed set to start from: add a `label` column "
@@ -208,6 +210,19 @@ class Cycle:
             self.log(f"seed set: {len(chosen)} images by {self.cfg.al.initial} on the self-supervised features")
         labels = self.oracle().answer(chosen)
         ledger.add(chosen, labels, 0, "initial", num_classes=self.spec.num_classes).commit(self.run.uri)
+        return True
+
+    def seed_batch(self) -> bool:
+        """al.initial's pick among all pool rows, written as the seed query batch for annotators; the run
+        stops until `python -m ray_al.label import` commits the answers as ledger round 0."""
+        from ray_al.oracle import query_uris
+
+        if not self.run.is_done(SEED_ROUND, "select"):
+            chosen = selection.seed_set(self.cfg, self.features_uri, None, self.seed)
+            self.run.write_queries(SEED_ROUND, chosen, query_uris(self.spec.pool_uri, self.spec.image_column, chosen))
+            self.run.mark_done(SEED_ROUND, "select", {"k": len(chosen), "selected_by": self.cfg.al.initial})
+        self._ask_for_labels(SEED_ROUND, self.run.step_payload(SEED_ROUND, "select")["k"])
+        return False
 
     def pretrained_state(self) -> dict | None:
         """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
@@ -366,7 +381,9 @@ class Cycle:
         init_state = self.pretrained_state()
         if self.cfg.al.initial != "random" or self.cfg.select.features == "pretrained":
             self.features_uri = self.pool_features(init_state)
-        self.initial_set()
+        if not self.initial_set():
+            self.close()
+            return self.run.results()
         printed = False
         try:
             for r in range(self.cfg.al.rounds + 1):
@@ -413,7 +430,7 @@ class Cycle:
         return row
 
     def _ask_for_labels(self, r: int, n: int) -> None:
-        self.log(f"\nround {r}: {n} images await labels. Export them with\n"
+        self.log(f"\n{batch_name(r)}: {n} images await labels. Export them with\n"
                  f"  python -m ray_al.label export {self.run.uri} --out queries.csv\n"
                  f"then import the answers and continue with\n"
                  f"  python -m ray_al.label import {self.run.uri} labels.csv\n"

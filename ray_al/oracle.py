@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from ray_al import faults, storage
 from ray_al.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
-from ray_al.rundir import RunDir
+from ray_al.rundir import RunDir, batch_name
 
 __all__ = ["NONE_ANSWER", "PoolOracle", "SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
            "load_image_bytes", "pending_round", "query_uris", "read_pool_rows"]
@@ -322,7 +322,7 @@ def _problems(parsed: _Answers, rd: RunDir, r: int) -> list[str]:
     if parsed.unknown:
         already = Ledger.load(rd).contains([k for _, k in parsed.unknown])
         note = f" ({int(already.sum())} of them are already labeled)" if already.any() else ""
-        problems.append(f"{len(parsed.unknown)} ids are not in the pending query batch of round {r}{note}: "
+        problems.append(f"{len(parsed.unknown)} ids are not in the pending query batch of {batch_name(r)}{note}: "
                         f"{name_rows([f'line {n}: {k!r}' for n, k in parsed.unknown], raw=True)}. "
                         "Only ids from the exported queries can be labeled.")
     if parsed.dup_lines:

@@ -32,6 +32,7 @@ __all__ = ["RunDir", "RunDirError"]
 RUN_JSON = "run.json"
 ROUNDS = "rounds"
 ROUND_MANIFEST = "MANIFEST.json"
+SEED_ROUND = -1  # the seed set's query batch (al.initial with al.oracle=file): its answers are ledger round 0
 _STEP_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -44,6 +45,11 @@ def _foreign(names: list[str]) -> set[str]:
 
 class RunDirError(ValueError):
     """The run directory is missing, belongs to another run, or a round is in an unexpected state."""
+
+
+def batch_name(r: int) -> str:
+    """How messages name round r's query batch."""
+    return "the seed set" if r == SEED_ROUND else f"round {r}"
 
 
 def _now() -> str:
@@ -155,10 +161,11 @@ class RunDir:
 
     # ------------------------------------------------------------------ rounds and steps
     def round_uri(self, r: int, *parts: str) -> str:
-        """``RUN_DIR/rounds/0003/<parts...>``."""
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+        """``RUN_DIR/rounds/0003/<parts...>``; SEED_ROUND: ``RUN_DIR/rounds/seed/...``, the seed set's query
+        batch when a file oracle labels it (steps select and label only; never a round of results)."""
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < SEED_ROUND:
             raise RunDirError(f"round must be a non-negative int, got {r!r}")
-        return storage.join(self.uri, ROUNDS, f"{int(r):04d}", *parts)
+        return storage.join(self.uri, ROUNDS, "seed" if r == SEED_ROUND else f"{int(r):04d}", *parts)
 
     def _step_uri(self, r: int, step: str) -> str:
         if not _STEP_RE.match(step):
@@ -254,7 +261,7 @@ class RunDir:
 
     def pending_query_round(self) -> int | None:
         """The latest uncommitted round whose ``select`` step is done but whose ``label`` step is not."""
-        for r in reversed(self.rounds()):
+        for r in [*reversed(self.rounds()), SEED_ROUND]:
             if (not self.is_round_committed(r) and self.is_done(r, "select")
                     and not self.is_done(r, "label")):
                 return r

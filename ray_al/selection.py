@@ -169,14 +169,16 @@ def _features(cfg: Config, table: pa.Table, features_uri: str) -> pa.Table:
     return table.set_column(column, "embedding", features.column("embedding").take(at))
 
 
-def seed_set(cfg: Config, features_uri: str, known: np.ndarray, seed: int) -> np.ndarray:
+def seed_set(cfg: Config, features_uri: str, known: np.ndarray | None, seed: int) -> np.ndarray:
     """al.initial_size ids chosen by al.initial on the self-supervised features, among the ids whose
-    labels the oracle knows; no labels yet, so the strategies' cold-start behaviour."""
+    labels the oracle knows (None: every pool row, for a file oracle); no labels yet, so the strategies'
+    cold-start behaviour."""
     table = drop_corrupt(read_embeddings(features_uri, "unlabeled"))
-    table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(known)))
+    if known is not None:
+        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(known)))
     if table.num_rows < cfg.al.initial_size:
-        raise BudgetError(f"al.initial_size={cfg.al.initial_size} but only {table.num_rows} decodable pool images "
-                          "have a label the oracle knows.")
+        among = "pool images" if known is None else "pool images have a label the oracle knows and"
+        raise BudgetError(f"al.initial_size={cfg.al.initial_size} but only {table.num_rows} {among} decode.")
     view = PoolView(ids=_ids(table), probs=matrix(table.column("probs")), embeddings=matrix(table.column("embedding")))
     positions = acquisition.select(cfg.al.initial, view, cfg.al.initial_size, seed=seed,
                                    **{k: v for k, v in strategy_options(cfg, cfg.al.initial).items() if k != "prefilter"})

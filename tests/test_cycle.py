@@ -118,10 +118,10 @@ def test_bad_input_is_refused_with_exit_2(tmp_path, args, message):
     assert not (tmp_path / "run" / "ledger").exists()
 
 
-def test_pretrain_then_frozen_zero_shot(tmp_path):
-    """pretrain: SSL once on the pool (saved, reused by every round), then head-only rounds. frozen: a
-    second run reuses that checkpoint as is, with zero-shot k-center (one saved order, budgets are prefixes)."""
-    pre_dir = tmp_path / "pretrain"
+@pytest.fixture(scope="module")
+def rotnet_checkpoint(tmp_path_factory) -> Path:
+    """pretrain: SSL once on the pool (saved, reused by every round), then head-only rounds."""
+    pre_dir = tmp_path_factory.mktemp("pretrain") / "run"
     pre = cycle(*SMOKE, "train.method=rotnet", "train.mode=pretrain", f"run.dir={pre_dir}")
     assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
     assert "pre-training rotnet" in pre.stdout
@@ -129,7 +129,13 @@ def test_pretrain_then_frozen_zero_shot(tmp_path):
     assert checkpoint.is_file()
     rows = [json.loads(line) for line in (pre_dir / "results.jsonl").read_text().splitlines()]
     assert [(r["mode"], r["labels"]) for r in rows] == [("pretrain", 20), ("pretrain", 35)]
+    return checkpoint
 
+
+def test_pretrain_then_frozen_zero_shot(rotnet_checkpoint, tmp_path):
+    """frozen: a second run reuses the pretrain checkpoint as is, with zero-shot k-center (one saved order,
+    budgets are prefixes)."""
+    checkpoint = rotnet_checkpoint
     frozen_dir = tmp_path / "frozen"
     frozen = cycle(*SMOKE, "train.method=rotnet", "train.mode=frozen", f"train.checkpoint={checkpoint}",
                    "select.zero_shot=true", "al.initial=typiclust", f"run.dir={frozen_dir}")
@@ -145,3 +151,33 @@ def test_pretrain_then_frozen_zero_shot(tmp_path):
     queried = pq.read_table(frozen_dir / "rounds" / "0000" / "queries.parquet").column("id").to_pylist()
     initial = {r[0] for r in ledger_rows(frozen_dir) if r[3] == "initial"}
     assert queried == [i for i in order if i not in initial][:15]
+
+
+def test_file_oracle_labels_the_seed_set_al_initial_picked_as_the_first_query_batch(rotnet_checkpoint, tmp_path):
+    """al.initial=typiclust with al.oracle=file: the seed set is TypiClust's pick among every pool row, exported
+    to annotators before round 0; once imported it is the ledger's round 0 and round 0 trains on it."""
+    run_dir = tmp_path / "run"
+    args = ["train.method=rotnet", "train.mode=frozen", f"train.checkpoint={rotnet_checkpoint}", "al.initial=typiclust",
+            "al.oracle=file", "al.rounds=0"]
+    first = cycle("--smoke-test", "al.initial_size=20", *args, f"run.dir={run_dir}")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "the seed set: 20 images await labels" in first.stdout
+    assert not (run_dir / "rounds" / "0000").exists()  # round 0 waits for the seed labels
+    assert len(Ledger.load(str(run_dir))) == 0  # nothing labeled before the annotators answer
+    queries, answers = tmp_path / "seed.csv", tmp_path / "labels.csv"
+    label = [sys.executable, "-m", "ray_al.label"]
+    out = subprocess.run([*label, "export", str(run_dir), "--out", str(queries)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and "queries of the seed set" in out.stdout, out.stderr
+    ids = [int(r["id"]) for r in csv.DictReader(queries.open())]
+    cfg = config_mod.load(None, ["al.initial=typiclust", "al.initial_size=20"])
+    assert sorted(ids) == sorted(seed_set(cfg, str(run_dir / "pool_features"), None, seed=0).tolist())
+    pool = pq.read_table(run_dir / "data" / "pool.parquet", columns=["id", "label"]).to_pydict()
+    truth = dict(zip(pool["id"], pool["label"]))
+    answers.write_text("id,label\n" + "".join(f"{i},{truth[i]}\n" for i in ids))
+    ok = subprocess.run([*label, "import", str(run_dir), str(answers)], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0 and "labels for the seed set" in ok.stdout, ok.stderr
+    resumed = cycle("--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert sorted((i, y, r) for i, y, r, _ in ledger_rows(run_dir)) == sorted((i, truth[i], 0) for i in ids)
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["labels"]) for r in rows] == [(0, 20)]

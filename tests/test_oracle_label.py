@@ -18,7 +18,7 @@ from ray_al import storage
 from ray_al.ledger import Ledger
 from ray_al.oracle import (LabelImportError, OracleError, SimulatedOracle, export_queries, import_labels,
                            load_image_bytes, query_uris, read_pool_rows)
-from ray_al.rundir import RunDir
+from ray_al.rundir import SEED_ROUND, RunDir
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,3 +252,18 @@ def test_pool_oracle_reads_only_the_asked_rows_in_their_order(tmp_path):
     assert labelled_ids(uri).tolist() == ["a", "c", "d", "e"]  # sorted, the null label left out
     with pytest.raises(OracleError, match=r"no label for 2 queried ids.*'b'.*'zz'"):
         oracle.answer(["a", "b", "zz"])
+
+
+def test_the_seed_set_as_a_query_batch_becomes_ledger_round_0(tmp_path):
+    """A file oracle's seed batch (al.initial other than random): exported and imported like a round's
+    queries, committed as round 0; ids outside it are refused naming the seed set."""
+    rd = RunDir.create(str(tmp_path / "run"), {"num_classes": 3, "class_names": CLASSES, "id_type": "int64"})
+    rd.write_queries(SEED_ROUND, [5, 6, 7])
+    rd.mark_done(SEED_ROUND, "select", {"k": 3})
+    assert rd.pending_query_round() == SEED_ROUND and rd.rounds() == []  # a batch, not a round of results
+    assert export_queries(rd, str(tmp_path / "q.csv")) == 3
+    with pytest.raises(LabelImportError, match="not in the pending query batch of the seed set"):
+        import_labels(rd, write_csv(tmp_path / "bad.csv", [(5, 0), (6, 1), (7, 2), (8, 0)]))
+    ledger = import_labels(rd, write_csv(tmp_path / "l.csv", [(5, 0), (6, 1), (7, "none")]))
+    assert [(r["id"], r["label"], r["round"]) for r in ledger.table.to_pylist()] == [(5, 0, 0), (6, 1, 0), (7, -1, 0)]
+    assert rd.pending_query_round() is None and rd.is_done(SEED_ROUND, "label")
