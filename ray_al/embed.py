@@ -52,13 +52,38 @@ class FeatureModel:
 
     def table(self, decoded: dict) -> pa.Table:
         """decoded: `id`, `pixels` uint8 (B, H, W, C), `corrupt` and, for test rows, `label`."""
+        return self.table_from_features(decoded, self.features(decoded["pixels"]))
+
+    def _autocast(self):
+        torch = self.torch
+        return torch.autocast(device_type=self.device, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, D) float32 encoder features of uint8 pixels (B, H, W, C), before any normalisation."""
         from ray_al.augment import to_model_input
 
         torch = self.torch
-        x = to_model_input(torch.from_numpy(decoded["pixels"]), self.device)
-        with torch.no_grad(), torch.autocast(device_type=self.device, dtype=self.dtype,
-                                             enabled=self.dtype != torch.float32):
-            logits, feats = self.learner(x)
+        with torch.no_grad(), self._autocast():
+            feats = self.learner.encoder(to_model_input(torch.from_numpy(pixels), self.device))
+        return feats.float().cpu().numpy()
+
+    def encoder_digest(self) -> str:
+        """A digest of the encoder's weights and the inference dtype: equal digests, equal features."""
+        import hashlib
+
+        h = hashlib.sha1(self.options.dtype.encode())
+        for name, tensor in sorted(self.learner.encoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def table_from_features(self, decoded: dict, features: np.ndarray) -> pa.Table:
+        """The contract's columns for `decoded` (its pixels unused) from its encoder `features`: the head's
+        probabilities, the committee and the (normalised) embeddings."""
+        torch = self.torch
+        feats = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device)
+        with torch.no_grad(), self._autocast():
+            logits = self.learner.classifier(feats)
             committee = self._mc_dropout(feats, decoded["id"]) if self.options.committee_size else None
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         if self.options.normalize:  # after the committee, which feeds raw features to the classifier

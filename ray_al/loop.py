@@ -328,7 +328,8 @@ class Cycle:
         weights, kwargs, options = state_to_bytes(state), learner_kwargs(self.cfg, spec), selection.embed_options(self.cfg)
         group = self.resident_group()
         if group is not None:
-            group.embed(weights, kwargs, options, out_uri, ledger.ids)
+            frozen = self.cfg.train.mode != "joint" and not self.cfg.train.finetune  # head-only rounds
+            group.embed(weights, kwargs, options, out_uri, ledger.ids, keep_features=frozen)
         else:
             embed_splits(embedding_input(spec, ledger.ids), weights, kwargs, spec, options, out_uri)
         faults.kill_point("embed.written")

@@ -73,6 +73,7 @@ class Job:
     options: object = None  # embed: ray_al.embed.EmbedOptions
     out_uri: str = ""
     labeled_ids: np.ndarray | None = None
+    keep_features: bool = False  # embed: the encoder is frozen for the run, its features may be kept
 
 
 class JobBoard:
@@ -231,25 +232,60 @@ def _train_job(job: Job, pool: DecodedRows, rank: int, world: int, restored: dic
             "start_epoch": start_epoch}
 
 
+# This worker's encoder features of its share of the pool and of the test split, kept while the encoder
+# does not change: a frozen encoder (train.mode=frozen, or pretrain's head-only rounds) embeds them once per
+# run, and every later round only runs its head. Kept up to MAX_KEPT_FEATURES bytes.
+_kept: dict = {}
+MAX_KEPT_FEATURES = 512 << 20
+
+
 def _embed_job(job: Job, pool: DecodedRows, test: DecodedRows, rank: int, world: int, device) -> dict:
     import ray
 
     from ray_al.embed import FeatureModel
 
     model = FeatureModel(ray.get(job.weights), job.learner, job.options, str(device.type))
+    digest = model.encoder_digest() if job.keep_features else None
+    reused = digest is not None and _kept.get("digest") == digest
+    if not reused:
+        _kept.clear()
+    batch = job.options.batch_size
     labeled = np.isin(pool.ids, job.labeled_ids)
     mine = np.arange(len(pool.ids)) % world == rank
-    for split, rows, mask in (("labeled", pool, labeled & mine), ("unlabeled", pool, ~labeled & mine),
-                              ("test", test, np.arange(len(test.ids)) % world == rank)):
+    mine_test = np.arange(len(test.ids)) % world == rank
+    features = {name: _kept[name] if reused else RankFeatures.of(model, rows, share, batch)
+                for name, rows, share in (("pool", pool, mine), ("test", test, mine_test))}
+    splits = (("labeled", pool, labeled & mine, "pool"), ("unlabeled", pool, ~labeled & mine, "pool"),
+              ("test", test, mine_test, "test"))
+    for split, rows, mask, name in splits:
         index = np.flatnonzero(mask)
-        step = FILE_BATCHES * job.options.batch_size
+        step = FILE_BATCHES * batch
         for n, start in enumerate(range(0, len(index), step)):
             part = index[start:start + step]
-            tables = [model.table(rows.rows(part[i:i + job.options.batch_size]))
-                      for i in range(0, len(part), job.options.batch_size)]
+            tables = [model.table_from_features(rows.rows(chunk), features[name].at(chunk))
+                      for chunk in (part[i:i + batch] for i in range(0, len(part), batch))]
             storage.write_parquet_atomic(
                 storage.join(job.out_uri, f"split={split}", f"part-{rank:04d}-{n:05d}.parquet"), pa.concat_tables(tables))
-    return {}
+    if digest is not None and sum(f.values.nbytes for f in features.values()) <= MAX_KEPT_FEATURES:
+        _kept.update(features, digest=digest)
+    return {"features_reused": reused}
+
+
+@dataclass
+class RankFeatures:
+    """Encoder features of this rank's rows of a split: `values[k]` belongs to row `rows[k]`."""
+
+    rows: np.ndarray  # (K,) row positions in the DecodedRows, ascending
+    values: np.ndarray  # (K, D) float32
+
+    @classmethod
+    def of(cls, model, decoded: DecodedRows, share: np.ndarray, batch: int) -> "RankFeatures":
+        rows = np.flatnonzero(share)
+        parts = [model.features(decoded.pixels[rows[i:i + batch]]) for i in range(0, len(rows), batch)]
+        return cls(rows, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32))
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.rows, positions)]
 
 
 # ----------------------------------------------------------------------------- in the driver
@@ -321,13 +357,17 @@ class ResidentGroup:
         return TrainOutcome(state_dict=state_from_bytes(out["state"]), metrics=out["metrics"],
                             seconds=time.perf_counter() - started, history=out["history"], nodes=out["nodes"])
 
-    def embed(self, weights: bytes, learner_kwargs: dict, options, out_uri: str, labeled_ids) -> None:
+    def embed(self, weights: bytes, learner_kwargs: dict, options, out_uri: str, labeled_ids,
+              keep_features: bool = False) -> dict:
+        """Rank 0's answer: `features_reused` when the encoder's kept features served (keep_features: the
+        encoder is frozen for the run, so the workers keep its features for the next embedding)."""
         import ray
 
         if storage.exists(out_uri):  # a rerun after a crash: start the directory afresh
             storage.remove_tree(out_uri)
-        self._run(kind="embed", weights=ray.put(weights), learner=learner_kwargs, options=options,
-                  out_uri=storage.absolute(out_uri), labeled_ids=np.asarray(labeled_ids))
+        return self._run(kind="embed", weights=ray.put(weights), learner=learner_kwargs, options=options,
+                         out_uri=storage.absolute(out_uri), labeled_ids=np.asarray(labeled_ids),
+                         keep_features=keep_features)
 
     def close(self) -> None:
         if self.thread is None:

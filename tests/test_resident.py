@@ -97,20 +97,24 @@ def served(pool):
 
     spec, ids, _, root = pool
     group = ResidentGroup(_cfg(), spec, str(root / "resident"))
+    kwargs, options = learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=4)
     try:
         first = group.train("round_0000", **_round(pool, 16, 1000))
         second = group.train("round_0001", **_round(pool, 24, 1001))
         out = str(root / "resident_embeddings")
-        group.embed(state_to_bytes(second.state_dict), learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=4),
-                    out, ids[:24])
+        computed = group.embed(state_to_bytes(second.state_dict), kwargs, options, out, ids[:24], keep_features=True)
+        # the next round of a frozen encoder: second's encoder, another head (first's), another labeled set
+        mixed = {**second.state_dict, **{k: v for k, v in first.state_dict.items() if k.startswith("classifier.")}}
+        again = group.embed(state_to_bytes(mixed), kwargs, options, str(root / "kept"), ids[:16], keep_features=True)
     finally:
         group.close()
     assert group.thread is None
-    return first, second, out
+    assert computed["features_reused"] is False and again["features_reused"] is True
+    return first, second, out, (mixed, str(root / "kept"))
 
 
 def test_a_resident_round_trains_the_model_of_a_fit_of_its_own(served, per_round_fit) -> None:
-    first, second, _ = served
+    first, second, _, _ = served
     assert second.metrics["steps"] == per_round_fit.metrics["steps"] and second.metrics["start_epoch"] == 0
     assert [h["epoch"] for h in second.history] == [0, 1]
     # the second round of the group starts from nothing of the first (weights, MoBY queues, BN statistics)
@@ -125,7 +129,7 @@ def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, 
     from ray_al.models.weights import learner_kwargs, state_to_bytes
 
     spec, ids, _, _ = pool
-    _, _, resident_out = served
+    _, _, resident_out, _ = served
     reference = str(tmp_path / "actor_pool")
     embed_splits(embedding_input(spec, ids[:24]), state_to_bytes(per_round_fit.state_dict),
                  learner_kwargs(_cfg(), spec), spec, EmbedOptions(batch_size=16), reference)
@@ -181,3 +185,24 @@ def test_relative_paths_mean_the_drivers_working_directory(pool, tmp_path, monke
     finally:
         group.close()
     assert read_embeddings(str(tmp_path / "run" / "embeddings"), "unlabeled").num_rows == 48
+
+
+def test_a_frozen_encoders_kept_features_give_the_embeddings_of_a_fresh_forward(pool, served) -> None:
+    """The second embedding of one encoder ran its head on the features the workers kept: the same columns
+    as an in-process forward of that state (keep_features is the loop's choice for head-only rounds)."""
+    from ray_al.embed import EmbedOptions, FeatureModel
+    from ray_al.embeddings import matrix, read_embeddings
+    from ray_al.models.weights import learner_kwargs, state_to_bytes
+    from ray_al.resident import DecodedRows
+
+    spec, ids, _, _ = pool
+    mixed, kept_out = served[3]
+    model = FeatureModel(state_to_bytes(mixed), learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=4))
+    for split, uri, with_label in (("unlabeled", spec.pool_uri, False), ("test", spec.test_uri, True)):
+        rows = DecodedRows.read(uri, spec, "skip", with_label=with_label)
+        mask = ~np.isin(rows.ids, ids[:16])
+        want = model.table(rows.rows(mask))
+        got = read_embeddings(kept_out, split).sort_by("id")
+        assert got.column("id").to_pylist() == want.column("id").to_pylist()
+        for column in ("embedding", "probs"):
+            np.testing.assert_allclose(matrix(got.column(column)), matrix(want.column(column)), atol=1e-5)
