@@ -264,6 +264,10 @@ def train_epoch(state: TrainState, data: TrainTensors, plan: EpochPlan, epoch: i
     """One epoch of `plan.n_steps` steps. Returns mean losses and the images this rank fed through the
     model (`images`: labeled + SSL inputs, before views). `on_step(step)` runs after each step."""
     state.objective.train()
+    if not any(p.requires_grad for p in state.learner.encoder.parameters()):
+        # linear evaluation: a frozen encoder keeps its batch-norm statistics (the pre-training's), which
+        # train mode would re-estimate from the few labeled images of each round
+        state.learner.encoder.eval()
     labeled, ssl = _streams(data, plan, epoch)
     totals = {"loss": 0.0, "ce": 0.0, "ssl": 0.0}
     images = 0
