@@ -17,6 +17,7 @@ from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
 from ray_al.embeddings import fixed_list
 from ray_al.ids import id_keys, splitmix64
+from ray_al.ray_utils import node_id
 
 _ROWS_PER_BLOCK_IN_BATCHES = 4  # blocks handed to the actors: a few batches each, so every actor gets work
 
@@ -131,7 +132,7 @@ class Embedder:
         return self.model.learner
 
     def __call__(self, batch: dict) -> pa.Table:
-        faults.hold_point("embed.batch")
+        faults.hold_point("embed.batch", node_id)
         split = batch.pop("split")
         decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
                                read_uri=storage.read_bytes)

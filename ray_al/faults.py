@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import time
+from typing import Callable
 
 KILL_AT = "RAY_AL_KILL_AT"
 KILL_MARKER = "RAY_AL_KILL_MARKER"
@@ -69,19 +70,17 @@ def kill_point(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def hold_point(name: str) -> None:
+def hold_point(name: str, node_id: Callable[[], str]) -> None:
     """Wait here until killed when `RAY_AL_HOLD_AT` names `name` and no process held there yet (module
-    docstring): the drill takes this process's node away while it holds."""
+    docstring): the drill takes this process's node (`node_id()`, asked only when armed) away."""
     marker = os.environ.get(HOLD_MARKER, "")
     if os.environ.get(HOLD_AT) == name and marker:
-        hold(marker, name)
+        hold(marker, name, node_id())
 
 
-def hold(marker: str, what: str) -> None:
+def hold(marker: str, what: str, node: str) -> None:
     """Write the note to `marker` and wait until killed, unless the marker exists (then return)."""
-    import ray
-
-    note = {"point": what, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    note = {"point": what, "node": node, "pid": os.getpid()}
     draft = f"{marker}.{os.getpid()}"
     with open(draft, "w") as f:
         json.dump(note, f)

@@ -15,6 +15,13 @@ TRAIN_POLL_INTERVAL_S = "0.2"
 _deferred: dict = {}
 
 
+def node_id() -> str:
+    """The Ray node this process runs on (a worker's or the driver's)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def defer_ray(num_cpus: int = 0) -> None:
     """Start Ray only once a step needs it (`ensure_ray`, called by the Ray plumbing), with these settings:
     refused input, and a resumed run whose next steps are selection and labelling, never wait for Ray."""

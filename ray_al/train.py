@@ -32,6 +32,7 @@ import torch
 
 from ray_al import faults, trainloop
 from ray_al.config import Config, ConfigError
+from ray_al.ray_utils import node_id
 from ray_al.data.pool import PoolSpec
 from ray_al.models import convert_sync_batchnorm
 from ray_al.models.weights import build_learner, learner_kwargs, state_from_bytes, state_to_bytes
@@ -325,7 +326,7 @@ def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
             return
         if fault.hold:
             time.sleep(float(fault.delay_s))
-            faults.hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}")
+            faults.hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}", node_id())
             return
         with open(fault.marker, "w") as f:
             f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")

@@ -54,4 +54,4 @@ def test_every_point_has_one_call_site(point):
 @pytest.mark.parametrize("point", HOLD_POINTS)
 def test_every_hold_point_has_one_call_site(point):
     source = "\n".join(p.read_text() for p in (REPO / "ray_al").rglob("*.py"))
-    assert len(re.findall(r"hold_point\(" + re.escape(f'"{point}"') + r"\)", source)) == 1
+    assert len(re.findall(r"hold_point\(" + re.escape(f'"{point}"') + r", node_id\)", source)) == 1
