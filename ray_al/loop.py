@@ -289,7 +289,7 @@ class Cycle:
         known = ledger.in_class()  # "none of these classes" answers count in the budget, not in training
         run = dict(labeled_ids=known.ids, labeled_labels=known.labels, seed=train_seed(cfg, r),
                    epochs=cfg.train.epochs, use_ce=True, use_ssl=joint and cfg.train.method != "none",
-                   head_only=not joint and not cfg.train.finetune, init_state=init_state, desc=f"train round {r}")
+                   head_only=_head_only(cfg), init_state=init_state, desc=f"train round {r}")
         group = self.resident_group()
         if group is not None:
             out = group.train(f"round_{r:04d}", **run)
@@ -328,8 +328,7 @@ class Cycle:
         weights, kwargs, options = state_to_bytes(state), learner_kwargs(self.cfg, spec), selection.embed_options(self.cfg)
         group = self.resident_group()
         if group is not None:
-            frozen = self.cfg.train.mode != "joint" and not self.cfg.train.finetune  # head-only rounds
-            group.embed(weights, kwargs, options, out_uri, ledger.ids, keep_features=frozen)
+            group.embed(weights, kwargs, options, out_uri, ledger.ids, keep_features=_head_only(self.cfg))
         else:
             embed_splits(embedding_input(spec, ledger.ids), weights, kwargs, spec, options, out_uri)
         faults.kill_point("embed.written")
@@ -443,6 +442,11 @@ class Cycle:
         if header:
             self.log(format_table([]).split("\n")[0])
         self.log(format_table([row]).split("\n")[-1])
+
+
+def _head_only(cfg: Config) -> bool:
+    """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
+    return cfg.train.mode != "joint" and not cfg.train.finetune
 
 
 def _evaluate(out_uri: str) -> dict:

@@ -164,7 +164,7 @@ class RunDir:
         """``RUN_DIR/rounds/0003/<parts...>``; SEED_ROUND: ``RUN_DIR/rounds/seed/...``, the seed set's query
         batch when a file oracle labels it (steps select and label only; never a round of results)."""
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < SEED_ROUND:
-            raise RunDirError(f"round must be a non-negative int, got {r!r}")
+            raise RunDirError(f"round must be a non-negative int (or SEED_ROUND, {SEED_ROUND}), got {r!r}")
         return storage.join(self.uri, ROUNDS, "seed" if r == SEED_ROUND else f"{int(r):04d}", *parts)
 
     def _step_uri(self, r: int, step: str) -> str:
