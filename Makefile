@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# --no-compile: pip would byte-compile every module of ray and torch (~2 of a ~5 min install); Python
+# compiles the ones a run imports, on first import.
 # torch/torchvision pinned to the wheels on our machines' disk (DEVELOPERS.md); a bare `torch` would download GBs.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export RAY_AUTH_MODE ?= disabled
@@ -14,8 +16,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cpu,test]' -c constraints.txt $(TORCH_PIN)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile $(TORCH_PIN)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[cpu,test]' -c constraints.txt $(TORCH_PIN)
 	touch $(STAMP)
 
 run: $(STAMP)

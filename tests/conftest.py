@@ -36,7 +36,17 @@ def ray_local(s3_server):
     os.environ.setdefault("AWS_REGION", s3_server.region)
     init_ray(num_cpus=2)
     yield ray
+    _no_resident_thread_left()
     ray.shutdown()
+
+
+def _no_resident_thread_left() -> None:
+    """A resident group's driver thread blocked in Ray while Ray shuts down can crash the whole pytest
+    process (ray-project/ray#31145; CI died so): a test that starts one must close it (Cycle.close)."""
+    import threading
+
+    left = [t.name for t in threading.enumerate() if t.name == "ray_al-resident" and t.is_alive()]
+    assert not left, f"{left}: a test left a resident group running; close its Cycle (Cycle.close)"
 
 
 @pytest.fixture

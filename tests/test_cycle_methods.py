@@ -64,9 +64,12 @@ def committee_run(round0, ray_local, tmp_path_factory) -> Path:
         stale.unlink()
     shutil.rmtree(rnd / "embeddings")
     cyc = make_cycle(run_dir, "select.method=committee_vote_entropy")
-    ledger = cyc.ledger().up_to_round(0)
-    state = cyc.train(0, ledger, None)  # marked done in round 0: the saved model, no retraining
-    payload = cyc.embed(0, ledger, state)
+    try:
+        ledger = cyc.ledger().up_to_round(0)
+        state = cyc.train(0, ledger, None)  # marked done in round 0: the saved model, no retraining
+        payload = cyc.embed(0, ledger, state)
+    finally:
+        cyc.close()  # the resident group's driver thread must not outlive this module's Ray
     assert 0.0 <= payload["accuracy"] <= 1.0
     return run_dir
 
