@@ -33,6 +33,7 @@ class EmbedOptions:
     committee_dropout: float = 0.25
     on_corrupt: str = "skip"
     normalize: bool = False  # store unit-length embeddings: distances become cosine distances
+    features_only: bool = False  # store the encoder's raw features only (FeatureModel.feature_table)
 
 
 class FeatureModel:
@@ -69,14 +70,19 @@ class FeatureModel:
         return feats.float().cpu().numpy()
 
     def encoder_digest(self) -> str:
-        """A digest of the encoder's weights and the inference dtype: equal digests, equal features."""
-        import hashlib
+        """models.weights.encoder_digest of this learner: equal digests, equal features."""
+        from ray_al.models.weights import encoder_digest
 
-        h = hashlib.sha1(self.options.dtype.encode())
-        for name, tensor in sorted(self.learner.encoder.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        return encoder_digest(self.learner.state_dict(), self.options.dtype)
+
+    def feature_table(self, decoded: dict) -> pa.Table:
+        """`id`, the encoder's raw `features`, `corrupt` (and test rows' `label`): what a frozen encoder's
+        run stores once (EmbedOptions.features_only) and `HeadEmbedder` turns into the contract's columns."""
+        columns = {"id": pa.array(decoded["id"]), "features": fixed_list(self.features(decoded["pixels"])),
+                   "corrupt": pa.array(decoded["corrupt"])}
+        if "label" in decoded:
+            columns["label"] = _labels(decoded["label"])
+        return pa.table(columns)
 
     def table_from_features(self, decoded: dict, features: np.ndarray) -> pa.Table:
         """The contract's columns for `decoded` (its pixels unused) from its encoder `features`: the head's
@@ -98,8 +104,7 @@ class FeatureModel:
         if committee is not None:
             columns["committee"] = fixed_list(committee.reshape(len(probs), -1))
         if "label" in decoded:  # test rows only; the union gives other splits a null label
-            columns["label"] = pa.array([None if v is None or v != v else int(v) for v in decoded["label"]],
-                                        pa.int64())
+            columns["label"] = _labels(decoded["label"])
         return pa.table(columns)
 
     def _mc_dropout(self, feats, ids) -> np.ndarray:
@@ -112,6 +117,10 @@ class FeatureModel:
         mask = torch.from_numpy((u >= p).astype(np.float32) / (1.0 - p)).to(feats.device)  # (B, members, D)
         logits = self.learner.classifier(feats[:, None, :] * mask)  # (B, members, C)
         return torch.softmax(logits.float(), dim=2).cpu().numpy()
+
+
+def _labels(values) -> pa.Array:
+    return pa.array([None if v is None or v != v else int(v) for v in values], pa.int64())
 
 
 class Embedder:
@@ -136,7 +145,33 @@ class Embedder:
         split = batch.pop("split")
         decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
                                read_uri=storage.read_bytes)
-        return self.model.table(decoded).append_column("split", pa.array(split))
+        table = self.model.feature_table(decoded) if self.options.features_only else self.model.table(decoded)
+        return table.append_column("split", pa.array(split))
+
+
+class HeadEmbedder:
+    """Ray Data callable class: the contract's columns from stored encoder features (a frozen encoder's
+    run: `features_only` once, then only the head per round). Refuses weights whose encoder is not the
+    one that computed the features (`digest`)."""
+
+    def __init__(self, weights_box: list, learner_kwargs: dict, options: EmbedOptions, digest: str):
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
+        self.model = FeatureModel(ray.get(weights_box[0]), learner_kwargs, options)
+        if self.model.encoder_digest() != digest:
+            raise RuntimeError("the stored encoder features were computed by another encoder than this round's "
+                               "model: delete the run's frozen_features.json to recompute them")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ray_al.embeddings import matrix
+
+        decoded = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("id", "corrupt")}
+        if "label" in batch.column_names:
+            decoded["label"] = batch.column("label").to_pylist()
+        table = self.model.table_from_features(decoded, matrix(batch.column("features")))
+        return table.append_column("split", batch.column("split"))
 
 
 def _hash_uniform(ids, members: int, width: int) -> np.ndarray:
@@ -161,25 +196,37 @@ def embed_splits(dataset, weights: bytes, learner_kwargs: dict, spec: PoolSpec, 
                  out_uri: str) -> str:
     """Embed a Ray Dataset of raw pool rows with a `split` column (`data.reader.embedding_input`,
     `tag_split`) in one actor pool into out_uri, partitioned by split."""
+    return _actor_pool_to_parquet(dataset, Embedder, {"learner_kwargs": learner_kwargs, "spec": spec},
+                                  weights, options, out_uri, batch_format="numpy")
+
+
+def embed_heads(dataset, weights: bytes, learner_kwargs: dict, options: EmbedOptions, out_uri: str,
+                digest: str) -> str:
+    """The contract's columns from stored encoder features with a `split` column
+    (`data.reader.features_input`): only the learner's head runs, in one actor pool, into out_uri."""
+    return _actor_pool_to_parquet(dataset, HeadEmbedder, {"learner_kwargs": learner_kwargs, "digest": digest},
+                                  weights, options, out_uri, batch_format="pyarrow")
+
+
+def _actor_pool_to_parquet(dataset, callable_class, ctor_kwargs: dict, weights: bytes, options: EmbedOptions,
+                           out_uri: str, batch_format: str) -> str:
     import ray
 
     from ray_al.ray_utils import ensure_ray
 
     ensure_ray()
-    union = dataset
     # A Parquet read yields blocks of up to 128 MiB (a whole CIFAR-sized file is one block), and an actor
     # takes whole blocks: without this, one actor embeds the whole pool while the others idle. Streaming
     # (no shuffle, no barrier): big blocks are cut into pieces of a few batches.
-    union = union.repartition(target_num_rows_per_block=_ROWS_PER_BLOCK_IN_BATCHES * int(options.batch_size))
+    union = dataset.repartition(target_num_rows_per_block=_ROWS_PER_BLOCK_IN_BATCHES * int(options.batch_size))
     _check_cpus(options, ray.cluster_resources().get("CPU", 0.0))
     weights_box = [ray.put(weights)]  # boxed so Ray passes the ref, not the bytes, to each actor
     out = union.map_batches(
-        Embedder,
-        fn_constructor_kwargs={"weights_box": weights_box, "learner_kwargs": learner_kwargs,
-                               "spec": spec, "options": options},
+        callable_class,
+        fn_constructor_kwargs={"weights_box": weights_box, "options": options, **ctor_kwargs},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.actors)),
         batch_size=int(options.batch_size),
-        batch_format="numpy",
+        batch_format=batch_format,
         num_cpus=options.cpus_per_actor,
         num_gpus=options.gpus_per_actor or None,
     )

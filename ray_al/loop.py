@@ -11,6 +11,7 @@ is called after each round's commit (the sweep reports rounds to Ray Tune throug
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -261,8 +262,6 @@ class Cycle:
     def pool_features(self, init_state: dict | None) -> str:
         """RUN_DIR/pool_features: the whole pool embedded once by the self-supervised encoder (the pretrain
         state, or train.checkpoint in a joint run), for al.initial and select.features=pretrained."""
-        import dataclasses
-
         from ray_al.data.reader import pool_columns, read_split, tag_split
         from ray_al.embed import embed_splits
         from ray_al.models.weights import learner_kwargs, state_to_bytes
@@ -277,6 +276,27 @@ class Cycle:
                      state_to_bytes(state), learner_kwargs(self.cfg, self.spec), self.spec, options, uri)
         storage.write_json_atomic(done, {"seconds": time.perf_counter() - started})
         return uri
+
+    def frozen_features(self, state: dict) -> tuple[str, str]:
+        """(RUN_DIR/frozen_features, its encoder digest): the pool's and the test split's features by the
+        encoder of a run whose rounds train only the head, computed once and recomputed only for another
+        encoder (the per-round path's counterpart of a resident group's kept features)."""
+        from ray_al.data.reader import frozen_input
+        from ray_al.embed import embed_splits
+        from ray_al.models.weights import encoder_digest, learner_kwargs, state_to_bytes
+
+        uri, done = self.run.path("frozen_features"), self.run.path("frozen_features.json")
+        options = dataclasses.replace(selection.embed_options(self.cfg), committee_size=0, features_only=True)
+        digest = encoder_digest(state, options.dtype)
+        if storage.exists(done) and storage.read_json(done).get("digest") == digest:
+            return uri, digest
+        started = time.perf_counter()
+        embed_splits(frozen_input(self.spec), state_to_bytes(state), learner_kwargs(self.cfg, self.spec), self.spec,
+                     options, uri)
+        storage.write_json_atomic(done, {"seconds": time.perf_counter() - started, "digest": digest})
+        self.log(f"encoder features of the pool and test split stored once for the run "
+                 f"({time.perf_counter() - started:.1f} s); rounds run only the head")
+        return uri, digest
 
     def train(self, r: int, ledger: Ledger, init_state: dict | None) -> dict:
         from ray_al.models.weights import state_from_bytes, state_to_bytes
@@ -316,8 +336,8 @@ class Cycle:
 
     def embed(self, r: int, ledger: Ledger, state: dict) -> dict:
         """Embed the unlabeled, labeled and test splits; the test split gives the round's accuracy."""
-        from ray_al.data.reader import embedding_input
-        from ray_al.embed import embed_splits
+        from ray_al.data.reader import embedding_input, features_input
+        from ray_al.embed import embed_heads, embed_splits
         from ray_al.models.weights import learner_kwargs, state_to_bytes
 
         if self.run.is_done(r, "embed"):
@@ -329,6 +349,10 @@ class Cycle:
         group = self.resident_group()
         if group is not None:
             group.embed(weights, kwargs, options, out_uri, ledger.ids, keep_features=_head_only(self.cfg))
+        elif _head_only(self.cfg):  # the encoder's features, computed once for the run; the head per round
+            features_uri, digest = self.frozen_features(state)
+            embed_heads(features_input(features_uri, ledger.ids), weights, kwargs,
+                        dataclasses.replace(options, gpus_per_actor=0.0), out_uri, digest)
         else:
             embed_splits(embedding_input(spec, ledger.ids), weights, kwargs, spec, options, out_uri)
         faults.kill_point("embed.written")

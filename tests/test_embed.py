@@ -245,6 +245,89 @@ def test_normalize_stores_unit_embeddings_with_the_same_direction_and_probs(embe
                                rtol=1e-4, atol=1e-6)
 
 
+def _same_embeddings(got_uri: str, want_uri: str, test_labels: bool = True) -> None:
+    for split in ("labeled", "unlabeled", "test"):
+        got, want = by_id(read_embeddings(got_uri, split)), by_id(read_embeddings(want_uri, split))
+        assert got.num_rows and ids_of(got) == ids_of(want), split
+        for column in {"embedding", "probs", "committee"} & set(want.column_names):
+            np.testing.assert_allclose(matrix(got.column(column)), matrix(want.column(column)), atol=1e-5,
+                                       err_msg=f"{split} {column}")
+    if test_labels:
+        test = by_id(read_embeddings(got_uri, "test"))
+        assert test.column("label").to_pylist() == by_id(read_embeddings(want_uri, "test")).column("label").to_pylist()
+
+
+def test_a_frozen_encoders_stored_features_and_a_new_head_give_the_full_embedding(embedded: Embedded, tmp_path):
+    """A run whose rounds train only the head stores the encoder's features of the pool and the test split
+    once (features_only); a round then runs only its head (embed_heads) and gets what embedding every image
+    with the round's model gives. A model with another encoder is refused."""
+    from dataclasses import replace
+
+    from ray_al.data.reader import features_input, frozen_input
+    from ray_al.embed import embed_heads
+    from ray_al.models.weights import encoder_digest
+
+    e = embedded
+    options = EmbedOptions(batch_size=64, actors=2, committee_size=e.committee)
+    features = str(tmp_path / "frozen_features")
+    embed_splits(frozen_input(e.spec), state_to_bytes(e.state), e.kwargs, e.spec,
+                 replace(options, committee_size=0, features_only=True), features)
+    stored = by_id(read_embeddings(features, "pool"))
+    assert ids_of(stored) == sorted(ids_of(e.pool)) and "probs" not in stored.column_names
+    ref = reference(e.pool, e.kwargs, e.state, e.size)
+    np.testing.assert_allclose(matrix(stored.column("features")), np.stack([ref[i][0] for i in ids_of(stored)]),
+                               rtol=1e-4, atol=1e-5)
+    head = {"classifier.weight": -2.0 * e.state["classifier.weight"], "classifier.bias": e.state["classifier.bias"] + 0.3}
+    round_state = {**e.state, **head}  # a later round: the same encoder, another head
+    labeled = sorted(e.labeled)[:60]
+    heads, full = str(tmp_path / "heads"), str(tmp_path / "full")
+    embed_heads(features_input(features, labeled), state_to_bytes(round_state), e.kwargs, options, heads,
+                encoder_digest(e.state))
+    embed_splits(embedding_input(e.spec, labeled), state_to_bytes(round_state), e.kwargs, e.spec, options, full)
+    _same_embeddings(heads, full)
+    assert np.abs(matrix(read_embeddings(heads, "test").column("probs"))
+                  - matrix(read_embeddings(e.out, "test").column("probs"))).max() > 1e-3  # the new head ran
+    with pytest.raises(Exception) as info:
+        embed_heads(features_input(features, labeled), state_to_bytes(model_state(e.kwargs, seed=1)), e.kwargs,
+                    options, str(tmp_path / "other"), encoder_digest(e.state))
+    assert "computed by another encoder" in error_text(info.value)
+
+
+def test_a_frozen_runs_rounds_embed_images_once_on_the_per_round_path(embedded: Embedded, tmp_path):
+    """train.mode=frozen with train.resident=never: round 0 stores the encoder features, round 1 reuses
+    them (one pass over the images in the run) and its embeddings equal an in-process forward of its model."""
+    from ray_al import config as config_mod
+    from ray_al.ledger import Ledger
+    from ray_al.loop import Cycle
+    from ray_al.models.weights import learner_kwargs as kwargs_of
+    from ray_al.rundir import RunDir
+
+    e = embedded
+    cfg = config_mod.load(None, ["train.mode=frozen", "train.method=simclr", "train.resident=never",
+                                 "embed.batch_size=64"])
+    kwargs = kwargs_of(cfg, e.spec)
+    state0 = model_state(kwargs)
+    state1 = {**state0, "classifier.bias": state0["classifier.bias"] + torch.linspace(-1, 1, CLASSES)}
+    logs: list = []
+    cyc = Cycle(cfg, RunDir.create(str(tmp_path / "run"), {"num_classes": CLASSES, "id_type": "int64"}), e.spec,
+                log=logs.append)
+    pool_ids = sorted(ids_of(e.pool))
+    ledger0 = Ledger.empty("int64").add(pool_ids[:20], [0] * 20, 0, "initial", num_classes=CLASSES)
+    ledger1 = ledger0.add(pool_ids[20:50], [1] * 30, 1, "query", num_classes=CLASSES)
+    cyc.embed(0, ledger0, state0)
+    stored = storage.read_json(cyc.run.path("frozen_features.json"))
+    cyc.embed(1, ledger1, state1)
+    assert storage.read_json(cyc.run.path("frozen_features.json")) == stored  # not recomputed in round 1
+    assert sum("stored once for the run" in m for m in logs) == 1
+    ref = reference(pa.concat_tables([e.pool, e.test.select(["id", "image", "label"])]), kwargs, state1, e.size)
+    for split, ids in (("labeled", ledger1.ids.tolist()), ("unlabeled", pool_ids[50:]), ("test", ids_of(e.test))):
+        got = by_id(read_embeddings(cyc.run.round_uri(1, "embeddings"), split))
+        assert ids_of(got) == sorted(ids), split
+        for column, k in (("embedding", 0), ("probs", 1)):
+            np.testing.assert_allclose(matrix(got.column(column)), np.stack([ref[i][k] for i in ids_of(got)]),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{split} {column}")
+
+
 def test_probabilities_read_back_are_checked_and_bad_rows_named(embedded: Embedded, tmp_path):
     good = read_embeddings(embedded.out, "unlabeled")
     ids = ids_of(good)

@@ -30,6 +30,7 @@ def _member(table: pa.Table, ids_ref):
     return pc.is_in(column, value_set=ids)
 
 
+FROZEN_POOL = "pool"  # frozen_input's split of the whole pool
 _CACHE: dict = {}
 # Ray 2.60's default Parquet reader (DataSourceV2) lists files in a task of its own before any read task
 # may start: on a 2-CPU node a 600-row read took 5-8 s, against 0.3-2.7 s with the V1 reader, which plans
@@ -91,17 +92,31 @@ def tag_split(ds, name: str):
 
 def embedding_input(spec: PoolSpec, labeled_ids) -> "ray.data.Dataset":
     """The pool, read once with `split` = labeled | unlabeled by id, then the test set (`split` = test)."""
+    pool = _tag_labeled(read_split(spec.pool_uri, columns=pool_columns(spec)), labeled_ids)
+    return pool.union(tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test"))
+
+
+def frozen_input(spec: PoolSpec) -> "ray.data.Dataset":
+    """The pool (`split` = pool) and the test set (`split` = test): what a frozen encoder embeds once."""
+    pool = tag_split(read_split(spec.pool_uri, columns=pool_columns(spec)), FROZEN_POOL)
+    return pool.union(tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test"))
+
+
+def features_input(features_uri: str, labeled_ids) -> "ray.data.Dataset":
+    """frozen_input's stored features (embed.FeatureModel.feature_table), tagged like embedding_input."""
+    columns = ["id", "features", "corrupt"]
+    pool = _tag_labeled(read_split(storage.join(features_uri, f"split={FROZEN_POOL}"), columns=columns), labeled_ids)
+    test = read_split(storage.join(features_uri, "split=test"), columns=[*columns, "label"])
+    return pool.union(tag_split(test, "test"))
+
+
+def _tag_labeled(ds, labeled_ids):
+    """Add `split` = labeled | unlabeled by id."""
     import ray
 
-    from ray_al.ray_utils import ensure_ray
-
-    ensure_ray()
     ids_ref = ray.put(pa.array(np.asarray(labeled_ids)))
-    pool = read_split(spec.pool_uri, columns=pool_columns(spec)).map_batches(
-        _tag_by_ids, fn_kwargs={"ids_ref": ids_ref, "inside": "labeled", "outside": "unlabeled"},
-        batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    test = tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test")
-    return pool.union(test)
+    return ds.map_batches(_tag_by_ids, fn_kwargs={"ids_ref": ids_ref, "inside": "labeled", "outside": "unlabeled"},
+                          batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
 
 
 def _decode(batch: dict, image_size: int, channels: int, on_corrupt: str) -> dict:

@@ -60,6 +60,18 @@ def state_from_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def encoder_digest(state: dict, dtype: str = "float32") -> str:
+    """A digest of a learner state's encoder tensors (weights and batch-norm statistics) and the inference
+    dtype: equal digests, equal features. Rounds that train only the head keep their encoder's digest."""
+    import hashlib
+
+    h = hashlib.sha1(dtype.encode())
+    for name in sorted(k for k in state if k.startswith("encoder.")):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def checkpoint_for(state: dict, kwargs: dict, source: str) -> tuple[dict, str]:
     """(the tensors of `state` this learner can load, a note on what was left out). A classifier for
     another class count is left out (the head is trained from scratch on this pool's classes); any other
