@@ -97,7 +97,7 @@ class SelectConfig:
     committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
     fallback: str = "typiclust"  # run when the method cannot yet (weibull before 3 labels in a class); recorded
-    auto_switch_per_class: float = 10.0  # method=auto: typiclust below this many labels per class, then margin
+    auto_switch_per_class: float = 3.0  # method=auto: typiclust below this many labels per class, then margin
     features: str = "model"  # model (the round's model) | pretrained (the self-supervised encoder's, once per run)
 
 
