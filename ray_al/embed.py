@@ -119,6 +119,13 @@ class FeatureModel:
         return torch.softmax(logits.float(), dim=2).cpu().numpy()
 
 
+def _actor_threads(options: EmbedOptions) -> None:
+    """One torch thread per CPU Ray gave this actor: more threads only fight the other actors for cores."""
+    import torch
+
+    torch.set_num_threads(max(1, int(options.cpus_per_actor)))
+
+
 def _labels(values) -> pa.Array:
     return pa.array([None if v is None or v != v else int(v) for v in values], pa.int64())
 
@@ -130,8 +137,7 @@ class Embedder:
         import ray
         import torch
 
-        # One torch thread per CPU Ray gave this actor: more threads only fight the other actors for cores.
-        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
+        _actor_threads(options)
         device = "cuda" if options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
         self.model = FeatureModel(ray.get(weights_box[0]), learner_kwargs, options, device)
         self.spec, self.options = spec, options
@@ -156,9 +162,8 @@ class HeadEmbedder:
 
     def __init__(self, weights_box: list, learner_kwargs: dict, options: EmbedOptions, digest: str):
         import ray
-        import torch
 
-        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
+        _actor_threads(options)
         self.model = FeatureModel(ray.get(weights_box[0]), learner_kwargs, options)
         if self.model.encoder_digest() != digest:
             raise RuntimeError("the stored encoder features were computed by another encoder than this round's "

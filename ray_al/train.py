@@ -32,10 +32,10 @@ import torch
 
 from ray_al import faults, trainloop
 from ray_al.config import Config, ConfigError
-from ray_al.ray_utils import node_id
 from ray_al.data.pool import PoolSpec
 from ray_al.models import convert_sync_batchnorm
 from ray_al.models.weights import build_learner, learner_kwargs, state_from_bytes, state_to_bytes
+from ray_al.ray_utils import node_id
 
 CHECKPOINT_FILE = "state.pt"
 SHARDING = ("split", "replicate")

@@ -93,13 +93,17 @@ def tag_split(ds, name: str):
 def embedding_input(spec: PoolSpec, labeled_ids) -> "ray.data.Dataset":
     """The pool, read once with `split` = labeled | unlabeled by id, then the test set (`split` = test)."""
     pool = _tag_labeled(read_split(spec.pool_uri, columns=pool_columns(spec)), labeled_ids)
-    return pool.union(tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test"))
+    return pool.union(_test_split(spec))
 
 
 def frozen_input(spec: PoolSpec) -> "ray.data.Dataset":
     """The pool (`split` = pool) and the test set (`split` = test): what a frozen encoder embeds once."""
     pool = tag_split(read_split(spec.pool_uri, columns=pool_columns(spec)), FROZEN_POOL)
-    return pool.union(tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test"))
+    return pool.union(_test_split(spec))
+
+
+def _test_split(spec: PoolSpec):
+    return tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test")
 
 
 def features_input(features_uri: str, labeled_ids) -> "ray.data.Dataset":
