@@ -89,8 +89,8 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    method: str = "kcenter"
-    shards: int = 1  # k-center shards; > 1 runs Ray actors
+    method: str = "auto"  # typiclust at few labels per class, then margin (docs/RESULTS.md, session 9)
+    shards: int = 1  # plain k-center's shards (method=kcenter); > 1 runs Ray actors
     prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
     prefilter_factor: int = 10  # must equal ray_al.acquisition.PREFILTER_FACTOR (one default; a test checks)
     committee: str = "mc_dropout"  # committee methods: mc_dropout (embed-step passes) | heads (bagged linear heads)

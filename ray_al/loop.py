@@ -75,6 +75,19 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"al.budgets={list(cfg.al.budgets)} must hold one positive batch size per round: "
                           f"al.rounds={cfg.al.rounds}, so give {cfg.al.rounds} sizes or set al.rounds="
                           f"{len(cfg.al.budgets)}.")
+    _check_shards(cfg)
+
+
+def _check_shards(cfg: Config) -> None:
+    """select.shards spreads plain k-center only; for anything else it would be ignored without a word."""
+    if cfg.select.shards < 1:
+        raise ConfigError(f"select.shards must be >= 1, got {cfg.select.shards}.")
+    one_process = [f"select.method={cfg.select.method}"] if cfg.select.method != "kcenter" else []
+    one_process += ["select.prefilter"] * bool(cfg.select.prefilter) + ["select.zero_shot"] * cfg.select.zero_shot
+    if cfg.select.shards > 1 and one_process:
+        raise ConfigError(f"select.shards={cfg.select.shards} spreads plain k-center over Ray actors, but "
+                          f"{' with '.join(one_process)} runs in one process: set select.method=kcenter (no "
+                          "pre-filter, no zero-shot) to shard, or select.shards=1.")
 
 
 def _check_names(cfg: Config) -> None:

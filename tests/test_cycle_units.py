@@ -9,7 +9,7 @@ import pytest
 
 from ray_al import acquisition, config
 from ray_al.acquisition.heads import heads_committee_probs
-from ray_al.config import ConfigError
+from ray_al.config import Config, ConfigError
 from ray_al.embeddings import fixed_list
 from ray_al.ids import tie_keys
 from ray_al.ledger import Ledger
@@ -267,7 +267,7 @@ def test_strategy_input_drops_undecodable_rows_for_every_path(tmp_path):
         view = strategy_input(config.load(None, overrides), str(emb_dir), labels, 0)
         assert view.ids.tolist() == [0, 1, 2, 4, 5, 6, 8, 9] and view.embeddings.shape == (8, 4)
         assert view.labeled_labels.tolist() == [0, 1] and view.labeled_embeddings.shape == (2, 4)
-    shards = strategy_input(config.load(None, ["select.shards=2"]), str(emb_dir), labels, 0)
+    shards = strategy_input(config.load(None, ["select.method=kcenter", "select.shards=2"]), str(emb_dir), labels, 0)
     assert isinstance(shards, ShardFiles) and shards.n == 8 and shards.labeled_embeddings.shape == (2, 4)
     assert [f.rsplit("/", 1)[-1] for f in shards.files] == ["part-0.parquet"]  # the unlabeled split only
     assert "split=unlabeled" in shards.files[0]
@@ -277,7 +277,7 @@ def test_budget_above_the_decodable_unlabeled_rows_is_refused(tmp_path):
     emb_dir = tmp_path / "embeddings"
     _write_split(emb_dir, "unlabeled", np.arange(4), np.eye(4, dtype=np.float32), np.full((4, 2), 0.5, np.float32),
                  corrupt=[False, True, False, False])
-    for overrides in ([], ["select.shards=2"]):
+    for overrides in ([], ["select.method=kcenter", "select.shards=2"]):
         with pytest.raises(BudgetError, match="al.budget=4 is larger than the 3 unlabeled images"):
             select_ids(config.load(None, overrides), str(emb_dir), Ledger.empty("int64"), 4, 0)
 
@@ -298,11 +298,11 @@ def test_every_strategy_that_takes_a_prefilter_factor_gets_the_configured_one(ov
     ("model.backbone=resnet19", ["model.backbone", "resnet18", "small_cnn"]),
     ("train.method=mobi", ["train.method", "moby", "none"]),
     ("select.method=entropyy", ["select.method", "entropy", "kcenter"]),
-    ("select.prefilter=kcenter", ["select.prefilter", "entropy", "margin"]),
+    ("select.method=kcenter select.prefilter=kcenter", ["select.prefilter", "entropy", "margin"]),
 ])
 def test_unknown_names_are_config_errors_naming_the_key_and_the_valid_names(override, names):
     with pytest.raises(ConfigError) as err:
-        check_config(config.load(None, [override]))
+        check_config(config.load(None, override.split()))
     assert all(n in str(err.value) for n in names), str(err.value)
 
 
@@ -310,6 +310,20 @@ def test_a_prefilter_needs_a_method_that_takes_one():
     with pytest.raises(ConfigError, match="select.method=entropy takes no pre-filter"):
         check_config(config.load(None, ["select.method=entropy", "select.prefilter=margin"]))
 
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["select.shards=4"], "select.method=auto runs in one process"),
+    (["select.method=kcenter", "select.shards=2", "select.prefilter=entropy"], "select.prefilter runs in one"),
+    (["select.method=kcenter", "select.shards=2", "select.zero_shot=true"], "select.zero_shot runs in one"),
+    (["select.method=kcenter", "select.shards=0"], "select.shards must be >= 1, got 0"),
+])
+def test_shards_that_would_be_ignored_are_refused(overrides, named):
+    """The default method is auto, which runs in one process: select.shards alone must not be a silent no-op."""
+    assert Config().select.method == config.load(None, []).select.method == "auto"
+    with pytest.raises(ConfigError, match=named):
+        check_config(config.load(None, overrides))
+    check_config(config.load(None, ["select.method=kcenter", "select.shards=4"]))
 
 def _two_class_round(tmp_path, labels_per_class: int):
     """Embedding files of a round: 2 well-separated classes, `labels_per_class` labeled in each."""

@@ -16,7 +16,7 @@ Stages, each timed and watched for memory:
   embed           `Cycle.embed`: the whole pool + test split through the Ray Data actor pool.
   select_kcenter  `Cycle.select` with select.method=kcenter, select.shards=--shards (Ray shard actors).
   select_default  `selection.select_ids` on the same embeddings with the default select.method and
-                  select.shards (config.SelectConfig(): k-center in the driver).
+                  select.shards (config.SelectConfig(): auto, in the driver).
   label_commit    `Cycle.label` (simulated oracle, ledger commit) and `Cycle.run_round` (the round's commit).
 
 rows/s is N / the stage's seconds for every stage (train streams all N rows but trains on a sample).
