@@ -7,12 +7,17 @@ test split, `label`. ray_al.embed writes them; ray_al.selection and the evaluati
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ray_al import storage
 
 SPLITS = ("unlabeled", "labeled", "test")
+BATCH_ROWS = 8192  # rows a streaming read holds at once
 
 
 def fixed_list(matrix: np.ndarray) -> pa.Array:
@@ -36,19 +41,99 @@ def split_files(out_uri: str, split: str) -> list[str]:
 
 
 def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list column -> (n, width) float32."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(arr) == 0:
+    """A fixed-size-list column -> (n, width) float32: one chunk as a view of its Arrow buffer where the
+    values are float32 already, several chunks copied once, chunk by chunk, into one array."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    chunks = [c for c in chunks if len(c)]
+    if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
-    width = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else len(arr[0])
-    return np.asarray(arr.flatten(), dtype=np.float32).reshape(len(arr), width)
+    if len(chunks) == 1:
+        return _rows(chunks[0])
+    out = np.empty((sum(len(c) for c in chunks), _width(chunks[0])), dtype=np.float32)
+    start = 0
+    for chunk in chunks:
+        out[start:start + len(chunk)] = _rows(chunk)
+        start += len(chunk)
+    return out
 
 
-def drop_corrupt(table: pa.Table) -> pa.Table:
+def _width(arr: pa.Array) -> int:
+    return arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else len(arr[0])
+
+
+def _rows(arr: pa.Array) -> np.ndarray:
+    """One non-empty list array -> (n, width) float32, zero-copy where Arrow allows."""
+    return np.asarray(arr.flatten(), dtype=np.float32).reshape(len(arr), _width(arr))
+
+
+def drop_corrupt(table: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     """The rows whose image decoded: an undecodable image was embedded as zero pixels, so its features say
-    nothing and it must never be selected or used as a labeled example. The one place this filter lives."""
+    nothing and it must never be selected or used as a labeled example. The one place this filter lives;
+    `table` itself (no copy) when every row decoded."""
     import pyarrow.compute as pc
 
-    if table.num_rows and "corrupt" in table.column_names:
-        return table.filter(pc.invert(table.column("corrupt")))
-    return table
+    if not table.num_rows or "corrupt" not in table.schema.names:
+        return table
+    corrupt = table.column("corrupt")
+    if not corrupt.null_count and not pc.any(corrupt).as_py():
+        return table
+    return table.filter(pc.invert(corrupt))
+
+
+def _dataset(out_uri: str, split: str) -> ds.Dataset | None:
+    """The split's files as pq.read_table (read_embeddings) finds them, in the same order; None if absent."""
+    uri = storage.join(out_uri, f"split={split}")
+    if not storage.exists(uri):
+        return None
+    fs, path = storage.pyarrow_fs(uri)
+    return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+
+
+def split_columns(out_uri: str, split: str) -> list[str]:
+    dataset = _dataset(out_uri, split)
+    return dataset.schema.names if dataset is not None else ["id"]
+
+
+def batches(out_uri: str, split: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The split's rows in read_embeddings' order, `columns` only, one record batch at a time: a file's
+    row group in memory, never the split."""
+    dataset = _dataset(out_uri, split)
+    for fragment in dataset.get_fragments() if dataset is not None else ():
+        with pq.ParquetFile(fragment.path, filesystem=dataset.filesystem, buffer_size=1 << 20) as file:
+            yield from file.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+
+
+def read_decodable(out_uri: str, split: str, columns: list[str]) -> tuple[pa.ChunkedArray, dict[str, np.ndarray]]:
+    """The split's decodable rows (drop_corrupt) as their ids and one (n, width) float32 matrix per
+    fixed-size-list column of `columns`, same rows and order as matrix(drop_corrupt(read_embeddings(...))):
+    each matrix is allocated once and filled batch by batch, so the peak is the result plus one batch."""
+    marks = [c for c in ("id", "corrupt") if c in split_columns(out_uri, split)]
+    ids = drop_corrupt(read_embeddings(out_uri, split, columns=marks)).column("id")
+    if not len(ids):
+        return ids, {c: np.zeros((0, 0), dtype=np.float32) for c in columns}
+    schema = _dataset(out_uri, split).schema
+    out = {c: np.empty((len(ids), schema.field(c).type.list_size), dtype=np.float32) for c in columns}
+    start = 0
+    for batch in batches(out_uri, split, columns + marks[1:]):
+        batch = drop_corrupt(batch)
+        for c in columns if batch.num_rows else ():
+            out[c][start:start + batch.num_rows] = matrix(batch.column(c))
+        start += batch.num_rows
+    return ids, out
+
+
+def gather(out_uri: str, split: str, column: str, at: np.ndarray) -> np.ndarray:
+    """(len(at), width) float32 whose row i is row at[i] of the split's `column` (corrupt rows counted):
+    filled batch by batch, never the whole split in memory."""
+    if not len(at):
+        return np.zeros((0, 0), dtype=np.float32)
+    order = np.argsort(at, kind="stable")
+    wanted = np.asarray(at)[order]
+    out = np.empty((len(at), _dataset(out_uri, split).schema.field(column).type.list_size), dtype=np.float32)
+    start = 0
+    for batch in batches(out_uri, split, [column]):
+        lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
+        if hi > lo:
+            out[order[lo:hi]] = matrix(batch.column(column))[wanted[lo:hi] - start]
+        start += batch.num_rows
+    return out

@@ -10,6 +10,7 @@ _FORWARDED_ENV = ("RAY_AL_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_D
                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_AL_SHARED")
 _POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_INTERVAL_S = "0.2"
+_PREEMPTION_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 _deferred: dict = {}
@@ -43,12 +44,14 @@ def init_ray(num_cpus: int = 0, quiet: bool = True) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     env_vars = forwarded_env(os.environ)
     env_vars.update(_train_poll_interval())
+    joining = os.environ.get("RAY_ADDRESS", "local") != "local"
+    if not joining:
+        env_vars.update(_no_preemption_watcher())
     env_vars = {k: v for k, v in env_vars.items() if k not in job_env_keys(os.environ)}
     kwargs: dict = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
     if quiet:
         kwargs["logging_level"] = logging.WARNING
     # RAY_ADDRESS=local (tests) forces a fresh local instance even if a `ray start` cluster is around.
-    joining = os.environ.get("RAY_ADDRESS", "local") != "local"
     if num_cpus and not joining:
         kwargs["num_cpus"] = num_cpus
     # Keep the dashboard: Ray Train's placement-group cleaner queries the State API it serves, and
@@ -89,6 +92,16 @@ def _train_poll_interval() -> dict:
         return {}
     os.environ[_POLL_ENV] = TRAIN_POLL_INTERVAL_S
     return {_POLL_ENV: TRAIN_POLL_INTERVAL_S}
+
+
+def _no_preemption_watcher() -> dict:
+    """Ray Train starts an actor per fit that watches for nodes being drained (spot instances); a local Ray
+    that ray_al starts has no node to drain, and the actor costs a process start and its imports on every
+    fit (python -m ray_al.bench.overhead). On a cluster, or where the user chose, it is left alone."""
+    if _PREEMPTION_ENV in os.environ:
+        return {}
+    os.environ[_PREEMPTION_ENV] = "0"
+    return {_PREEMPTION_ENV: "0"}
 
 
 def quiet_logs() -> None:

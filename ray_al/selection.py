@@ -32,7 +32,8 @@ from ray_al import acquisition, storage
 from ray_al.acquisition import PoolView
 from ray_al.acquisition.policy import AUTO, Choice, auto_choice
 from ray_al.config import BudgetError, Config
-from ray_al.embeddings import drop_corrupt, matrix, read_embeddings, split_files
+from ray_al.embeddings import (drop_corrupt, fixed_list, gather, matrix, read_decodable, read_embeddings,
+                               split_columns, split_files)
 from ray_al.ledger import OOD_LABEL, Ledger
 
 
@@ -117,20 +118,33 @@ def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
         decodable = drop_corrupt(read_embeddings(emb_uri, "unlabeled", columns=["corrupt"]))
         fs = storage.pyarrow_fs(emb_uri)[0] if storage.is_s3(emb_uri) else None
         return ShardFiles(split_files(emb_uri, "unlabeled"), fs, labeled_embeddings, decodable.num_rows)
-    unlabeled = _features(cfg, drop_corrupt(read_embeddings(emb_uri, "unlabeled")), features_uri)
+    ids, probs, embeddings, stored = _unlabeled(cfg, emb_uri, features_uri)
     labeled_ids = _ids(labeled)
-    probs, embeddings = matrix(unlabeled.column("probs")), matrix(unlabeled.column("embedding"))
     return PoolView(
-        ids=_ids(unlabeled),
+        ids=ids,
         probs=probs,
         embeddings=embeddings,
-        committee_probs=_committee(cfg, unlabeled, _in_class(labeled, labels_by_id), labels_by_id, embeddings,
+        committee_probs=_committee(cfg, stored, _in_class(labeled, labels_by_id), labels_by_id, embeddings,
                                    probs.shape[1], r),
         labeled_embeddings=labeled_embeddings,
         labeled_labels=(np.asarray([labels_by_id[i] for i in labeled_ids.tolist()], dtype=np.int64)
                         if labeled.num_rows else None),
         labeled_probs=matrix(labeled.column("probs")) if labeled.num_rows else None,
     )
+
+
+def _unlabeled(cfg: Config, emb_uri: str, features_uri: str
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The decodable unlabeled rows' ids, probs, embeddings (_features') and stored committee (when
+    _committee reads it), each read straight into its own array: the driver never holds the split as a
+    table, so its peak is about these arrays."""
+    pretrained = cfg.select.features == "pretrained"
+    stored = (not cfg.select.zero_shot and not _heads(cfg)
+              and "committee" in split_columns(emb_uri, "unlabeled"))
+    columns = ["probs"] + ([] if pretrained else ["embedding"]) + (["committee"] if stored else [])
+    ids, read = read_decodable(emb_uri, "unlabeled", columns)
+    embeddings = _pretrained(ids, features_uri) if pretrained else read["embedding"]
+    return _ids(ids), read["probs"], embeddings, read.get("committee")
 
 
 def _in_class(labeled: pa.Table, labels_by_id: dict) -> pa.Table:
@@ -160,13 +174,19 @@ def _features(cfg: Config, table: pa.Table, features_uri: str) -> pa.Table:
     select.features=pretrained; the class probabilities stay the round model's."""
     if cfg.select.features != "pretrained" or not table.num_rows:
         return table
-    features = read_embeddings(features_uri, "unlabeled", columns=["id", "embedding"])
-    at = pc.index_in(table.column("id"), value_set=features.column("id"))
+    column = table.schema.get_field_index("embedding")
+    return table.set_column(column, "embedding", fixed_list(_pretrained(table.column("id"), features_uri)))
+
+
+def _pretrained(ids: pa.ChunkedArray, features_uri: str) -> np.ndarray:
+    """(len(ids), d) self-supervised features of these ids, matched by id, read batch by batch."""
+    if not len(ids):
+        return np.zeros((0, 0), dtype=np.float32)
+    at = pc.index_in(ids, value_set=read_embeddings(features_uri, "unlabeled", columns=["id"]).column("id"))
     if at.null_count:
         raise ValueError(f"{at.null_count} ids have no self-supervised features in {features_uri}: delete it and "
                          "its pool_features.json, then --resume to compute them again.")
-    column = table.schema.get_field_index("embedding")
-    return table.set_column(column, "embedding", features.column("embedding").take(at))
+    return gather(features_uri, "unlabeled", "embedding", at.to_numpy())
 
 
 def seed_set(cfg: Config, features_uri: str, known: np.ndarray | None, seed: int) -> np.ndarray:
@@ -185,18 +205,25 @@ def seed_set(cfg: Config, features_uri: str, known: np.ndarray | None, seed: int
     return view.ids[positions]
 
 
-def _ids(table: pa.Table) -> np.ndarray:
-    """(n,) ids as numpy (int64, or objects for string ids), without a Python list of them all."""
-    return table.column("id").to_numpy() if table.num_rows else np.zeros(0, np.int64)
+def _ids(table: pa.Table | pa.ChunkedArray) -> np.ndarray:
+    """(n,) ids (of a table, or its id column) as numpy (int64, or objects for string ids), without a
+    Python list of them all."""
+    column = table.column("id") if isinstance(table, pa.Table) else table
+    return column.to_numpy() if len(column) else np.zeros(0, np.int64)
 
 
-def _committee(cfg: Config, unlabeled: pa.Table, labeled: pa.Table, labels_by_id: dict, embeddings: np.ndarray,
+def _heads(cfg: Config) -> bool:
+    """Whether selection fits a heads committee now (any stored MC-dropout column is then not read)."""
+    return cfg.select.committee == "heads" and needs_committee(cfg)
+
+
+def _committee(cfg: Config, stored: np.ndarray | None, labeled: pa.Table, labels_by_id: dict, embeddings: np.ndarray,
                n_classes: int, r: int) -> np.ndarray | None:
     """(m, n, C) committee probabilities: heads bagged on the labeled embeddings now, or the embed step's
-    MC-dropout passes; None when no committee is in the files or needed."""
+    MC-dropout passes (`stored`, rows x members*classes); None when no committee is in the files or needed."""
     if cfg.select.zero_shot:
         return None
-    if cfg.select.committee == "heads" and needs_committee(cfg):
+    if _heads(cfg):
         from ray_al.acquisition.heads import heads_committee_probs
 
         ids = _ids(labeled)
@@ -205,9 +232,8 @@ def _committee(cfg: Config, unlabeled: pa.Table, labeled: pa.Table, labels_by_id
             np.asarray([labels_by_id[i] for i in ids.tolist()], dtype=np.int64), embeddings, n_classes,
             size=cfg.select.committee_size,
             seed=selection_seed(cfg, r), labeled_ids=ids)
-    if "committee" in unlabeled.column_names:
-        members = matrix(unlabeled.column("committee")).reshape(unlabeled.num_rows, cfg.select.committee_size, -1)
-        return members.transpose(1, 0, 2)
+    if stored is not None:
+        return stored.reshape(len(stored), cfg.select.committee_size, -1).transpose(1, 0, 2)
     return None
 
 

@@ -158,10 +158,14 @@ def test_ingest_cli(tmp_path, cifar_parquet):
     import sys
 
     src = _image_folder(tmp_path / "folder", _cifar_rows(cifar_parquet, 10))
+    first_class = sorted(p.name for p in src.iterdir())[0]
+    (src / first_class / "notes.txt").write_text("not an image")
     proc = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(src), str(tmp_path / "pool")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ingested 10 images" in proc.stdout and storage.read_parquet(str(tmp_path / "pool")).num_rows == 10
+    assert "images/s)" in proc.stdout  # throughput
+    assert "skipped 1 files that are not images" in proc.stdout and f"e.g. {first_class}/notes.txt" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(tmp_path / "missing"),
                           str(tmp_path / "p2")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not found" in bad.stderr

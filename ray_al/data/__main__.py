@@ -27,11 +27,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from ray_al.data.ingest import ingest
+    from ray_al.data.ingest import IMAGE_EXTENSIONS, ingest
 
     summary = ingest(args.src, args.dest, overwrite=args.overwrite)
     print(f"ingested {summary['images']} images of {len(summary['classes'])} classes "
-          f"({', '.join(summary['classes'][:10])}{' ...' if len(summary['classes']) > 10 else ''}) into {args.dest}")
+          f"({', '.join(summary['classes'][:10])}{' ...' if len(summary['classes']) > 10 else ''}) into {args.dest} "
+          f"in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s)")
+    if summary["skipped_files"]:
+        print(f"skipped {summary['skipped_files']} files that are not images ({', '.join(IMAGE_EXTENSIONS)}), "
+              f"e.g. {summary['skipped_example']}")
     return 0
 
 
