@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = experiment_parser(
         "python -m ray_al.cycle",
         "Run active-learning rounds: train, embed, select, label. With no arguments: the embedded "
-        "default (digits, small CNN, k-center) on a local Ray.",
+        "default (digits, small CNN, auto selection: typiclust, then margin) on a local Ray.",
         "Overrides: section.key=value, e.g. al.rounds=3 train.epochs=2. Keys and defaults:\n\n"
         + config_mod.describe(),
         config_help="YAML experiment config (see configs/)")
