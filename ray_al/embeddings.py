@@ -94,10 +94,9 @@ def split_columns(out_uri: str, split: str) -> list[str]:
     return dataset.schema.names if dataset is not None else ["id"]
 
 
-def batches(out_uri: str, split: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The split's rows in read_embeddings' order, `columns` only, one record batch at a time: a file's
-    row group in memory, never the split."""
-    dataset = _dataset(out_uri, split)
+def batches(dataset: ds.Dataset | None, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A split's rows (`_dataset`) in read_embeddings' order, `columns` only, one record batch at a time:
+    a file's row group in memory, never the split."""
     for fragment in dataset.get_fragments() if dataset is not None else ():
         with pq.ParquetFile(fragment.path, filesystem=dataset.filesystem, buffer_size=1 << 20) as file:
             yield from file.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
@@ -106,15 +105,19 @@ def batches(out_uri: str, split: str, columns: list[str]) -> Iterator[pa.RecordB
 def read_decodable(out_uri: str, split: str, columns: list[str]) -> tuple[pa.ChunkedArray, dict[str, np.ndarray]]:
     """The split's decodable rows (drop_corrupt) as their ids and one (n, width) float32 matrix per
     fixed-size-list column of `columns`, same rows and order as matrix(drop_corrupt(read_embeddings(...))):
-    each matrix is allocated once and filled batch by batch, so the peak is the result plus one batch."""
-    marks = [c for c in ("id", "corrupt") if c in split_columns(out_uri, split)]
-    ids = drop_corrupt(read_embeddings(out_uri, split, columns=marks)).column("id")
+    each matrix is allocated once and filled batch by batch, so the peak is the result plus one batch.
+    The split's files are listed once (on S3 a listing is a LIST request)."""
+    dataset = _dataset(out_uri, split)
+    if dataset is None:
+        return pa.chunked_array([], pa.int64()), {c: np.zeros((0, 0), dtype=np.float32) for c in columns}
+    marks = [c for c in ("id", "corrupt") if c in dataset.schema.names]
+    ids = pa.chunked_array([drop_corrupt(b).column("id") for b in batches(dataset, marks)],
+                           dataset.schema.field("id").type)
     if not len(ids):
         return ids, {c: np.zeros((0, 0), dtype=np.float32) for c in columns}
-    schema = _dataset(out_uri, split).schema
-    out = {c: np.empty((len(ids), schema.field(c).type.list_size), dtype=np.float32) for c in columns}
+    out = {c: np.empty((len(ids), dataset.schema.field(c).type.list_size), dtype=np.float32) for c in columns}
     start = 0
-    for batch in batches(out_uri, split, columns + marks[1:]):
+    for batch in batches(dataset, columns + marks[1:]):
         batch = drop_corrupt(batch)
         for c in columns if batch.num_rows else ():
             out[c][start:start + batch.num_rows] = matrix(batch.column(c))
@@ -129,9 +132,10 @@ def gather(out_uri: str, split: str, column: str, at: np.ndarray) -> np.ndarray:
         return np.zeros((0, 0), dtype=np.float32)
     order = np.argsort(at, kind="stable")
     wanted = np.asarray(at)[order]
-    out = np.empty((len(at), _dataset(out_uri, split).schema.field(column).type.list_size), dtype=np.float32)
+    dataset = _dataset(out_uri, split)
+    out = np.empty((len(at), dataset.schema.field(column).type.list_size), dtype=np.float32)
     start = 0
-    for batch in batches(out_uri, split, [column]):
+    for batch in batches(dataset, [column]):
         lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
         if hi > lo:
             out[order[lo:hi]] = matrix(batch.column(column))[wanted[lo:hi] - start]
