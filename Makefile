@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 run: $(STAMP)
 	$(PY) -m ray_al.cycle $(ARGS)
 
+# Two pytest workers, each taking whole test modules in collection order (module-scoped Ray fixtures stay in
+# one process; tests/conftest.py puts the longest first): Ray start-up leaves a 2-core box partly idle.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

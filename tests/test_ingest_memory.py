@@ -41,7 +41,7 @@ def _listing_peak(folder, warm) -> dict:
     # Arrow on malloc: mimalloc reserves memory in MiB steps, which would hide what the listing holds
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(folder), str(warm)],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

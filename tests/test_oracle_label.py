@@ -186,7 +186,7 @@ def test_query_uris_read_only_the_queried_rows(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ray_al.label", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=180)
 
 
 def test_cli_export_import_status(tmp_path):

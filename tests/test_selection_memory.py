@@ -45,7 +45,7 @@ def _peaks(uri: str) -> dict:
     `uri` in a fresh process: allocator counts, not RSS, so the figure does not move from run to run."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, uri], capture_output=True, text=True,
-                         timeout=120, env=env)
+                         timeout=400, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
