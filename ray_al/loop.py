@@ -218,7 +218,8 @@ class Cycle:
                               "label; lower al.initial_size or label more seed images.")
         if self.cfg.al.initial == "random":
             rng = np.random.default_rng(self.seed)
-            chosen = known[np.sort(rng.choice(len(known), self.cfg.al.initial_size, replace=False))]
+            at = np.sort(rng.choice(len(known), self.cfg.al.initial_size, replace=False))
+            chosen = known.take(pa.array(at)).to_numpy(zero_copy_only=False)
         else:
             chosen = selection.seed_set(self.cfg, self.features_uri, known, self.seed)
             self.log(f"seed set: {len(chosen)} images by {self.cfg.al.initial} on the self-supervised features")

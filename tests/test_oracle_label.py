@@ -249,7 +249,7 @@ def test_pool_oracle_reads_only_the_asked_rows_in_their_order(tmp_path):
     oracle = PoolOracle(uri)
     assert oracle.answer(["e", "c", "a"]).tolist() == [1, 2, 0]
     assert oracle.answer(np.asarray(["d"], dtype=object)).tolist() == [-1]  # "none of these classes"
-    assert labelled_ids(uri).tolist() == ["a", "c", "d", "e"]  # sorted, the null label left out
+    assert labelled_ids(uri).to_pylist() == ["a", "c", "d", "e"]  # sorted, the null label left out
     with pytest.raises(OracleError, match=r"no label for 2 queried ids.*'b'.*'zz'"):
         oracle.answer(["a", "b", "zz"])
 
