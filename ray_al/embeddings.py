@@ -94,6 +94,12 @@ def split_columns(out_uri: str, split: str) -> list[str]:
     return dataset.schema.names if dataset is not None else ["id"]
 
 
+def list_width(out_uri: str, split: str, column: str) -> int:
+    """The width of a fixed-size-list column of the split (0 when the split has no files)."""
+    dataset = _dataset(out_uri, split)
+    return dataset.schema.field(column).type.list_size if dataset is not None else 0
+
+
 def batches(dataset: ds.Dataset | None, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """A split's rows (`_dataset`) in read_embeddings' order, `columns` only, one record batch at a time:
     a file's row group in memory, never the split."""

@@ -32,8 +32,8 @@ from ray_al import acquisition, storage
 from ray_al.acquisition import PoolView
 from ray_al.acquisition.policy import AUTO, Choice, auto_choice
 from ray_al.config import BudgetError, Config
-from ray_al.embeddings import (drop_corrupt, fixed_list, gather, matrix, read_decodable, read_embeddings,
-                               split_columns, split_files)
+from ray_al.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
+                               read_embeddings, split_columns, split_files)
 from ray_al.ledger import OOD_LABEL, Ledger
 
 
@@ -107,25 +107,29 @@ def on_shards(cfg: Config) -> bool:
 
 # ----------------------------------------------------------------------------- embeddings -> strategy input
 def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
-                   features_uri: str = "") -> PoolView | ShardFiles:
+                   features_uri: str = "", fields: set[str] | None = None) -> PoolView | ShardFiles:
     """A round's embeddings as the strategy's input, undecodable rows dropped (module docstring);
     features_uri: the self-supervised features that replace `embedding` with select.features=pretrained.
     The labeled fields hold every labeled row, OOD answers (label OOD_LABEL) included: pass the view
-    through `for_method` before a strategy reads it."""
+    through `for_method` before a strategy reads it. fields: the PoolView fields the method reads
+    (`fields_for`; None = all): the unlabeled embeddings (n x d, the driver's largest matrix) and the
+    committee are read only when asked for."""
     labeled = _features(cfg, drop_corrupt(read_embeddings(emb_uri, "labeled")), features_uri)
     labeled_embeddings = matrix(labeled.column("embedding")) if labeled.num_rows else None
     if on_shards(cfg):
         decodable = drop_corrupt(read_embeddings(emb_uri, "unlabeled", columns=["corrupt"]))
         fs = storage.pyarrow_fs(emb_uri)[0] if storage.is_s3(emb_uri) else None
         return ShardFiles(split_files(emb_uri, "unlabeled"), fs, labeled_embeddings, decodable.num_rows)
-    ids, probs, embeddings, stored = _unlabeled(cfg, emb_uri, features_uri)
+    wants = (lambda field: True) if fields is None else fields.__contains__
+    ids, probs, embeddings, stored = _unlabeled(cfg, emb_uri, features_uri, wants("embeddings"),
+                                                wants("committee_probs"))
     labeled_ids = _ids(labeled)
     return PoolView(
         ids=ids,
         probs=probs,
         embeddings=embeddings,
         committee_probs=_committee(cfg, stored, _in_class(labeled, labels_by_id), labels_by_id, embeddings,
-                                   probs.shape[1], r),
+                                   probs.shape[1], r) if wants("committee_probs") else None,
         labeled_embeddings=labeled_embeddings,
         labeled_labels=(np.asarray([labels_by_id[i] for i in labeled_ids.tolist()], dtype=np.int64)
                         if labeled.num_rows else None),
@@ -133,18 +137,19 @@ def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
     )
 
 
-def _unlabeled(cfg: Config, emb_uri: str, features_uri: str
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """The decodable unlabeled rows' ids, probs, embeddings (_features') and stored committee (when
-    _committee reads it), each read straight into its own array: the driver never holds the split as a
-    table, so its peak is about these arrays."""
+def _unlabeled(cfg: Config, emb_uri: str, features_uri: str, embeddings: bool = True, committee: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The decodable unlabeled rows' ids, probs, embeddings (_features'; when asked for, or a heads
+    committee needs them) and stored committee (when _committee reads it), each read straight into its own
+    array: the driver never holds the split as a table, so its peak is about these arrays."""
     pretrained = cfg.select.features == "pretrained"
-    stored = (not cfg.select.zero_shot and not _heads(cfg)
+    embeddings = embeddings or (committee and _heads(cfg))
+    stored = (committee and not cfg.select.zero_shot and not _heads(cfg)
               and "committee" in split_columns(emb_uri, "unlabeled"))
-    columns = ["probs"] + ([] if pretrained else ["embedding"]) + (["committee"] if stored else [])
+    columns = ["probs"] + (["embedding"] if embeddings and not pretrained else []) + (["committee"] if stored else [])
     ids, read = read_decodable(emb_uri, "unlabeled", columns)
-    embeddings = _pretrained(ids, features_uri) if pretrained else read["embedding"]
-    return _ids(ids), read["probs"], embeddings, read.get("committee")
+    features = (_pretrained(ids, features_uri) if pretrained else read["embedding"]) if embeddings else None
+    return _ids(ids), read["probs"], features, read.get("committee")
 
 
 def _in_class(labeled: pa.Table, labels_by_id: dict) -> pa.Table:
@@ -241,8 +246,12 @@ def _committee(cfg: Config, stored: np.ndarray | None, labeled: pa.Table, labels
 def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "",
                features_uri: str = "") -> Selection:
     """The k ids round r queries, and which method chose them. zero_shot_uri: the run's zero-shot order;
-    features_uri: the self-supervised features (select.features=pretrained)."""
-    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri)
+    features_uri: the self-supervised features (select.features=pretrained). The round's method is
+    chosen before the embeddings are read, so only what it reads is (margin: no n x d matrix)."""
+    in_one_process = not on_shards(cfg) and not cfg.select.zero_shot
+    choice = (round_choice(cfg, len(ledger.in_class()), list_width(emb_uri, "unlabeled", "probs"))
+              if in_one_process else None)
+    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields_for(cfg, choice))
     if k > source.n:
         raise BudgetError(f"round {r}: al.budget={k} is larger than the {source.n} unlabeled images left; "
                           "lower al.budget or al.rounds.")
@@ -252,16 +261,27 @@ def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_s
     if cfg.select.zero_shot:
         return Selection(zero_shot_prefix(zero_shot_uri, source, ledger, k, cfg.al.seed), "kcenter",
                          "select.zero_shot: a prefix of the round-0 k-center order")
-    choice = round_choice(cfg, len(ledger.in_class()), source.probs.shape[1])
     try:
         positions, choice = _run(cfg, choice, source, k, r)
+        return Selection(source.ids[positions].tolist(), choice.method, choice.why)
     except acquisition.NotReady as e:
         log.warning("round %d: %s cannot select yet (%s); using select.fallback=%s", r, choice.method, e,
                     cfg.select.fallback)
         fallback = Choice(cfg.select.fallback, f"{choice.method} could not run yet: fell back to "
                                                f"select.fallback={cfg.select.fallback}")
-        positions, choice = _run(cfg, fallback, source, k, r)
+    if not fields_for(cfg, fallback) <= fields_for(cfg, choice):  # the fallback reads more: read again
+        source = None  # one copy of the split's arrays at a time
+        source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields_for(cfg, fallback))
+    positions, choice = _run(cfg, fallback, source, k, r)
     return Selection(source.ids[positions].tolist(), choice.method, choice.why)
+
+
+def fields_for(cfg: Config, choice: Choice | None) -> set[str] | None:
+    """The PoolView fields `choice`'s method reads, its pre-filter's included (None: every field)."""
+    if choice is None:
+        return None
+    prefilter = strategy_options(cfg, choice.method).get("prefilter")
+    return {"probs"} | acquisition.needs(choice.method, prefilter=prefilter)
 
 
 def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:

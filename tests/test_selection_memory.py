@@ -77,3 +77,43 @@ def test_strategy_input_peaks_at_about_one_copy_of_the_pool(tmp_path):
     extra = {name: r["numpy_peak"] + r["arrow_peak"] - r["held"] for name, r in (("20k", small), ("200k", big))}
     assert extra["200k"] < 0.25 * big["held"], (extra, big)
     assert extra["200k"] - extra["20k"] < 0.25 * (big["held"] - small["held"]), (extra, small, big)
+
+
+_SELECT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, tracemalloc
+    import pyarrow as pa
+    from ray_al import config
+    from ray_al.ledger import Ledger
+    from ray_al.selection import select_ids
+
+    cfg = config.load(None, sys.argv[2:])
+    ledger = Ledger.empty().add([-1 - i for i in range(50)], [i % 10 for i in range(50)], 0, "initial",
+                                num_classes=10)
+    tracemalloc.start()
+    chosen = select_ids(cfg, sys.argv[1], ledger, 20, 1)
+    print(json.dumps({"peak": tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory(),
+                      "method": chosen.method, "k": len(chosen.ids)}))
+    """
+)
+
+
+def _select_peak(uri: str, *overrides: str) -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _SELECT_SCRIPT, uri, *overrides], capture_output=True, text=True,
+                         timeout=400, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_method_that_reads_only_probabilities_never_loads_the_embeddings(tmp_path, monkeypatch):
+    """`auto` past its switch runs margin, which reads class probabilities only: the driver must not load
+    the n x d embedding matrix for it (at d=512, ten million rows would be 20 GB for nothing). The
+    embedding-reading method on the same files shows the measurement can tell."""
+    monkeypatch.setattr(sys.modules[__name__], "D", 512)
+    uri = _write_pool(tmp_path / "pool", 20_000)
+    matrix_bytes = 20_000 * 512 * 4
+    late = _select_peak(uri, "select.auto_switch_per_class=1")  # 5 labels per class: margin
+    early = _select_peak(uri, "select.auto_switch_per_class=100")  # typiclust, on the embeddings
+    assert (late["method"], early["method"]) == ("margin", "typiclust") and late["k"] == early["k"] == 20
+    assert late["peak"] < 0.25 * matrix_bytes < matrix_bytes < early["peak"], (late, early, matrix_bytes)
