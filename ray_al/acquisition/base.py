@@ -89,10 +89,14 @@ class NotReady(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
-def check_probabilities(probs: Any, ids: Any, field: str = "probs") -> np.ndarray:
-    """`probs` (n, C) as float64, or ValueError naming the ids whose rows are not probabilities.
+ROW_CHUNK = 65_536  # rows a per-row check or score takes at once: float64 temporaries O(chunk), not O(n)
 
-    A row is bad when it holds NaN/inf, a value outside [0, 1], or sums to 1 +- PROB_SUM_ATOL.
+
+def check_probabilities(probs: Any, ids: Any, field: str = "probs") -> np.ndarray:
+    """`probs` (n, C) as given, or ValueError naming the ids whose rows are not probabilities.
+
+    A row is bad when it holds NaN/inf, a value outside [0, 1], or sums to 1 +- PROB_SUM_ATOL. Checked
+    ROW_CHUNK rows at a time, in float64: no whole-pool float64 copy.
     """
     p = np.asarray(probs)
     ids = np.asarray(ids)
@@ -104,11 +108,9 @@ def check_probabilities(probs: Any, ids: Any, field: str = "probs") -> np.ndarra
         raise ValueError(f"{field} has {p.shape[1]} class column(s); a classifier needs at least 2.")
     if p.dtype.kind not in "fiu":
         raise ValueError(f"{field} must be a float array, got dtype {p.dtype}")
-    p = p.astype(np.float64, copy=False)
-    nonfinite = ~np.isfinite(p).all(axis=1)
-    out_of_range = ~nonfinite & ((p < -PROB_RANGE_ATOL) | (p > 1 + PROB_RANGE_ATOL)).any(axis=1)
-    with np.errstate(invalid="ignore"):
-        bad_sum = ~nonfinite & ~out_of_range & (np.abs(p.sum(axis=1) - 1.0) > PROB_SUM_ATOL)
+    chunks = ([_bad_probability_rows(p[start:start + ROW_CHUNK]) for start in range(0, len(p), ROW_CHUNK)]
+              or [(np.zeros(0, bool),) * 3])
+    nonfinite, out_of_range, bad_sum = (np.concatenate(masks) for masks in zip(*chunks))
     problems = []
     if nonfinite.any():
         problems.append(f"NaN/inf values for ids {describe_ids(ids, nonfinite)}")
@@ -125,6 +127,16 @@ def check_probabilities(probs: Any, ids: Any, field: str = "probs") -> np.ndarra
             "bfloat16 probabilities) and that inference did not produce NaN, then re-run the embed step."
         )
     return p
+
+
+def _bad_probability_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(non-finite, out of [0, 1], not summing to 1) row masks of some rows of probabilities."""
+    p = rows.astype(np.float64, copy=False)
+    nonfinite = ~np.isfinite(p).all(axis=1)
+    out_of_range = ~nonfinite & ((p < -PROB_RANGE_ATOL) | (p > 1 + PROB_RANGE_ATOL)).any(axis=1)
+    with np.errstate(invalid="ignore"):
+        bad_sum = ~nonfinite & ~out_of_range & (np.abs(p.sum(axis=1) - 1.0) > PROB_SUM_ATOL)
+    return nonfinite, out_of_range, bad_sum
 
 
 def _check_finite_matrix(x: Any, rows: int, field: str, ids: Any | None = None) -> np.ndarray:
@@ -322,6 +334,21 @@ def on_field(fn: Callable[[Any], np.ndarray], field: str = "probs") -> Callable[
 
 def _apply_to_field(fn: Callable[[Any], np.ndarray], field: str, view: PoolView) -> np.ndarray:
     return fn(getattr(view, field))
+
+
+def on_rows(fn: Callable[[Any], np.ndarray], field: str = "probs") -> Callable[[PoolView], np.ndarray]:
+    """A per-row score of one (n, ...) PoolView field as a strategy fn, computed ROW_CHUNK rows at a time:
+    the same scores as fn(view.<field>), without fn's whole-pool temporaries (margin's float64 copy and
+    partition of a million rows x C would be twice 8C MB)."""
+    return functools.partial(_apply_by_rows, fn, field)
+
+
+def _apply_by_rows(fn: Callable[[Any], np.ndarray], field: str, view: PoolView) -> np.ndarray:
+    rows = getattr(view, field)
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), ROW_CHUNK):
+        out[start:start + ROW_CHUNK] = fn(rows[start:start + ROW_CHUNK])
+    return out
 
 
 def recording(select_fn: Callable[..., tuple[np.ndarray, dict]]) -> Callable[..., np.ndarray]:

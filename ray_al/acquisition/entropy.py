@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import Strategy, on_field, register
+from ray_al.acquisition.base import Strategy, on_rows, register
 
 
 def entropy_scores(probs: np.ndarray) -> np.ndarray:
@@ -15,5 +15,5 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
     return -plogp.sum(axis=1)
 
 
-STRATEGY = register(Strategy("entropy", "score", on_field(entropy_scores),
+STRATEGY = register(Strategy("entropy", "score", on_rows(entropy_scores),
                             summary="predictive entropy of the class probabilities"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import Strategy, on_field, register
+from ray_al.acquisition.base import Strategy, on_rows, register
 
 
 def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
@@ -12,5 +12,5 @@ def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
 
 
-STRATEGY = register(Strategy("least_confidence", "score", on_field(least_confidence_scores),
+STRATEGY = register(Strategy("least_confidence", "score", on_rows(least_confidence_scores),
                             summary="1 - max class probability"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_al.acquisition.base import Strategy, on_field, register
+from ray_al.acquisition.base import Strategy, on_rows, register
 
 
 def margin_scores(probs: np.ndarray) -> np.ndarray:
@@ -14,5 +14,5 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
     return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
-STRATEGY = register(Strategy("margin", "score", on_field(margin_scores),
+STRATEGY = register(Strategy("margin", "score", on_rows(margin_scores),
                             summary="1 - (top-1 minus top-2 probability)"))
