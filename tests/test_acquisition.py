@@ -518,3 +518,26 @@ def test_per_row_scores_in_chunks_equal_the_whole_and_stay_small(method, monkeyp
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8e6 + 40e6, f"{peak / 1e6:.0f} MB for {method}: the scores (8 MB) plus chunks, not the pool"
+
+
+def test_string_ids_are_not_copied_into_fixed_width_unicode_for_the_whole_pool():
+    """Path ids (what ingest gives) checked and tie-broken without a unicode copy of every id: numpy's
+    fixed-width str takes 4 bytes per character of the longest id for each id (a million 60-character
+    paths: 240 MB, and the duplicate check's sort a second copy). Only the top-k candidates are converted."""
+    import tracemalloc
+
+    n = 200_000
+    ids = np.array([f"class_{i % 10}/shard_{i // 1000:05d}/image_{i:012d}_with_a_long_name.jpg" for i in range(n)],
+                   dtype=object)
+    unicode_bytes = n * max(map(len, ids)) * 4
+    probs = np.random.default_rng(1).dirichlet(np.ones(10), size=n).astype(np.float32)
+    view = PoolView(ids=ids, probs=probs)
+    tracemalloc.start()
+    picked = select("margin", view, 50, seed=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    scores = acq.margin.margin_scores(probs)
+    assert set(picked.tolist()) == set(np.argsort(-scores, kind="stable")[:50].tolist())  # no ties here
+    with pytest.raises(ValueError, match="duplicated ids"):
+        select("margin", PoolView(ids=np.concatenate([ids[:10], ids[:1]]), probs=probs[:11]), 2)
+    assert peak < 0.5 * unicode_bytes, f"{peak / 1e6:.0f} MB against {unicode_bytes / 1e6:.0f} MB of unicode ids"

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
-from ray_al.ids import describe_ids, id_sort_keys, tie_keys
+from ray_al.ids import describe_ids, id_sort_keys, sortable_ids, tie_keys
 from ray_al.registry import Registry
 
 # Row sums of `probs` may differ from 1 by at most this much (float32 softmax is ~1e-6 off;
@@ -165,7 +165,7 @@ def validate_view(view: PoolView, fields: Iterable[str]) -> None:
     """
     if not isinstance(view, PoolView):
         raise TypeError(f"expected a PoolView, got {type(view).__name__}")
-    ids = id_sort_keys(view.ids)
+    ids = sortable_ids(view.ids)
     n = ids.shape[0]
     sorted_ids = np.sort(ids, kind="stable")
     dup = sorted_ids[1:] == sorted_ids[:-1]
@@ -258,9 +258,9 @@ def top_k(scores: Any, ids: Any, k: int, seed: int = 0) -> np.ndarray:
     above the k-th value, so it stays cheap for n in the millions and small k.
     """
     s = np.asarray(scores, dtype=np.float64)
-    keys = id_sort_keys(ids)
-    if s.ndim != 1 or s.shape[0] != keys.shape[0]:
-        raise ValueError(f"scores must have shape (n,) = ({keys.shape[0]},), got {s.shape}")
+    ids = sortable_ids(ids)  # the sort keys proper (unicode for string ids) only for the candidates, below
+    if s.ndim != 1 or s.shape[0] != ids.shape[0]:
+        raise ValueError(f"scores must have shape (n,) = ({ids.shape[0]},), got {s.shape}")
     n = s.shape[0]
     k = check_k(k, n)
     nan = np.isnan(s)
@@ -276,7 +276,7 @@ def top_k(scores: Any, ids: Any, k: int, seed: int = 0) -> np.ndarray:
     else:
         cand = np.arange(n)
     # last key is primary: score desc, then the seeded id hash, then the id itself
-    order = np.lexsort((keys[cand], tie_keys(np.asarray(ids)[cand], seed), -s[cand]))
+    order = np.lexsort((id_sort_keys(ids[cand]), tie_keys(ids[cand], seed), -s[cand]))
     return cand[order[:k]].astype(np.int64)
 
 
