@@ -60,10 +60,11 @@ class Selection:
 
 
 def needs_committee(cfg: Config) -> bool:
-    """Whether the selection method or its pre-filter scores committee disagreement (auto's methods never)."""
-    if cfg.select.method == AUTO:
-        return False
-    return "committee_probs" in acquisition.needs(cfg.select.method, optional=False, prefilter=cfg.select.prefilter)
+    """Whether the selection method, its fallback or a pre-filter scores committee disagreement (auto's
+    methods never): a committee fallback needs one the rounds its method cannot run yet."""
+    return any("committee_probs" in acquisition.needs(method, optional=False, prefilter=cfg.select.prefilter
+                                                      if method == cfg.select.method else None)
+               for method in (cfg.select.method, cfg.select.fallback) if method != AUTO)
 
 
 def embed_options(cfg: Config):

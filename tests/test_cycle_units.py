@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import acquisition, config
+from ray_al import acquisition, config, selection
+from ray_al.acquisition.policy import Choice
 from ray_al.acquisition.heads import heads_committee_probs
 from ray_al.config import Config, ConfigError
 from ray_al.embeddings import fixed_list
@@ -83,6 +84,7 @@ def test_a_committee_is_needed_by_committee_methods_and_prefilters_only():
     assert needs_committee(config.load(None, ["select.method=kcenter", "select.prefilter=committee_vote_entropy"]))
     assert not needs_committee(config.load(None, ["select.method=variation_ratio"]))  # optional: not computed
     assert not needs_committee(config.load(None, ["select.method=kcenter", "select.prefilter=entropy"]))
+    assert needs_committee(config.load(None, ["select.method=weibull", "select.fallback=committee_kl"]))  # its fallback
 
 
 @pytest.mark.parametrize(("overrides", "passes"), [
@@ -351,6 +353,17 @@ def test_weibull_before_three_labels_in_a_class_falls_back_and_says_so(tmp_path)
     emb_dir, ledger = _two_class_round(tmp_path / "more", labels_per_class=6)
     chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
     assert (chosen.method, chosen.why) == ("weibull", "select.method")
+
+
+def test_a_fallback_that_reads_more_than_its_method_gets_what_it_reads(tmp_path):
+    """Selection reads only what the round's method reads; a fallback reading more (a heads committee,
+    which weibull never needs) is given it: the split is read again for the fallback."""
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=1)
+    cfg = config.load(None, ["select.method=weibull", "select.fallback=committee_kl", "select.committee=heads"])
+    assert "committee_probs" not in selection.fields_for(cfg, Choice("weibull", ""))
+    chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
+    assert chosen.method == "committee_kl" and "weibull could not run yet" in chosen.why
+    assert len(set(chosen.ids)) == 5
 
 
 def test_auto_picks_typicality_at_few_labels_per_class_then_margin(tmp_path):
