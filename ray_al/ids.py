@@ -55,9 +55,9 @@ def id_sort_keys(ids: Any) -> np.ndarray:
             return arr.astype(np.int64)
         if all(isinstance(x, str) for x in arr):
             return arr.astype(str)
-        bad = sorted({type(x).__name__ for x in arr} - {"int", "str"})
+        found = sorted({type(x).__name__ for x in arr})
         raise ValueError(
-            f"ids must be all int64 or all str; got a mix including {bad}. "
+            f"ids must be all int64 or all str; got a mix of {found}. "
             "Fix the pool's `id` column so it has one type."
         )
     raise ValueError(f"ids must be int64 or str, got dtype {arr.dtype}; cast the pool's `id` column.")
