@@ -195,7 +195,7 @@ def _pretrained(ids: pa.ChunkedArray, features_uri: str) -> np.ndarray:
     return gather(features_uri, "unlabeled", "embedding", at.to_numpy())
 
 
-def seed_set(cfg: Config, features_uri: str, known: np.ndarray | None, seed: int) -> np.ndarray:
+def seed_set(cfg: Config, features_uri: str, known: np.ndarray | pa.ChunkedArray | None, seed: int) -> np.ndarray:
     """al.initial_size ids chosen by al.initial on the self-supervised features, among the ids whose
     labels the oracle knows (None: every pool row, for a file oracle); no labels yet, so the strategies'
     cold-start behaviour."""
@@ -252,7 +252,8 @@ def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_s
     in_one_process = not on_shards(cfg) and not cfg.select.zero_shot
     choice = (round_choice(cfg, len(ledger.in_class()), list_width(emb_uri, "unlabeled", "probs"))
               if in_one_process else None)
-    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields_for(cfg, choice))
+    fields = fields_for(cfg, choice)
+    source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields)
     if k > source.n:
         raise BudgetError(f"round {r}: al.budget={k} is larger than the {source.n} unlabeled images left; "
                           "lower al.budget or al.rounds.")
@@ -270,9 +271,10 @@ def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_s
                     cfg.select.fallback)
         fallback = Choice(cfg.select.fallback, f"{choice.method} could not run yet: fell back to "
                                                f"select.fallback={cfg.select.fallback}")
-    if not fields_for(cfg, fallback) <= fields_for(cfg, choice):  # the fallback reads more: read again
+    fallback_fields = fields_for(cfg, fallback)
+    if not fallback_fields <= fields:  # the fallback reads more: read again
         source = None  # one copy of the split's arrays at a time
-        source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields_for(cfg, fallback))
+        source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fallback_fields)
     positions, choice = _run(cfg, fallback, source, k, r)
     return Selection(source.ids[positions].tolist(), choice.method, choice.why)
 

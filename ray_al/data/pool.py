@@ -123,7 +123,7 @@ def read_labels(uri: str) -> tuple[list, list]:
 
 def labelled_ids(uri: str) -> pa.ChunkedArray:
     """The ids of the pool rows whose label is known (not null), sorted, as Arrow: string ids stay packed in
-    one buffer (a numpy array of them would hold a Python object per id: ~200 MB at a million)."""
+    one buffer (a numpy array of them holds a Python object per id: 81 MB against 37 at a million paths)."""
     column = _dataset(uri).to_table(columns=["id"], filter=pc.field("label").is_valid()).column("id")
     return column.take(pc.sort_indices(column))
 
