@@ -10,7 +10,7 @@ from typing import Callable
 # Our user-facing errors are ValueErrors that say what to do (ConfigError, PoolError, LedgerError, ...)
 # and the OS errors of a path or bucket that is missing or not ours.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError)
-# A full disk, a read-only file system or a spent quota: the user's to fix (ray_al.storage names the path).
+# A full disk, a read-only file system or a spent quota: the user's to fix (ray_al.core.storage names the path).
 USER_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG})
 
 

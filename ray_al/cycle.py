@@ -1,4 +1,4 @@
-"""`python -m ray_al.cycle`: the command line of the active-learning loop (ray_al.loop runs the rounds).
+"""`python -m ray_al.cycle`: the command line of the active-learning loop (ray_al.loop.rounds runs the rounds).
 
 Each round: train (Ray Train) -> embed + evaluate (Ray Data) -> select -> label (oracle) -> commit. A killed
 run resumes (`--resume RUN_DIR`) at the first step without a marker, so no label is lost or duplicated.
@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_al import config as config_mod
-from ray_al import storage
+from ray_al.core import config as config_mod
+from ray_al.core import storage
 from ray_al.cli import experiment_parser, run_main
-from ray_al.config import Config, ConfigError
-from ray_al.loop import Cycle, check_config, default_run_dir, finish, open_run
-from ray_al.runlock import RunLock
+from ray_al.core.config import Config, ConfigError
+from ray_al.loop.rounds import Cycle, check_config, default_run_dir, finish, open_run
+from ray_al.run.runlock import RunLock
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,7 @@ def cycle(args: argparse.Namespace) -> int:
     if args.resume and args.overrides:
         raise ConfigError("--resume continues a run with its own saved config; drop the overrides "
                           f"({' '.join(args.overrides)}) or start a new run directory.")
-    from ray_al.ray_utils import defer_ray
+    from ray_al.workers.ray_utils import defer_ray
 
     storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
     uri = run_uri(cfg, args)

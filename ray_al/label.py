@@ -17,12 +17,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from ray_al import storage
+from ray_al.core import storage
 from ray_al.cli import run_main
-from ray_al.ledger import OOD_LABEL, Ledger
-from ray_al.oracle import OracleError, export_queries, import_labels, load_image_bytes
-from ray_al.rundir import RunDir, batch_name
-from ray_al.runlock import RunLock
+from ray_al.run.ledger import OOD_LABEL, Ledger
+from ray_al.run.oracle import OracleError, export_queries, import_labels, load_image_bytes
+from ray_al.run.rundir import RunDir, batch_name
+from ray_al.run.runlock import RunLock
 
 
 def _export(args: argparse.Namespace) -> None:

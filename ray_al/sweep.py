@@ -26,10 +26,10 @@ base: configs/default.yaml        # the config every trial starts from: a path (
 ```
 
 `section.key=value` arguments on the command line override the base before the grid is applied;
-`--smoke-test` applies `ray_al.config.smoke` to every trial (note: it caps al.budget at 20).
+`--smoke-test` applies `ray_al.core.config.smoke` to every trial (note: it caps al.budget at 20).
 
 Each trial builds its Config (base + grid values), runs the active-learning rounds with the round loop
-(`ray_al.loop`: `open_run` + `Cycle`, whose Ray Train `TorchTrainer` and Ray Data actors are started from
+(`ray_al.loop.rounds`: `open_run` + `Cycle`, whose Ray Train `TorchTrainer` and Ray Data actors are started from
 inside the trial), and reports every committed round to Tune with `ray.tune.report` (round, labels,
 accuracy, area under the curve so far, seconds per stage). Each trial has its own run directory
 `SWEEP_DIR/trials/<key=value_...>`, so a restarted trial (`--resume`, or a Tune retry) continues at its
@@ -73,10 +73,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_al import config as config_mod
-from ray_al import faults, storage
+from ray_al.core import config as config_mod
+from ray_al.core import faults, storage
 from ray_al.cli import experiment_parser, run_main
-from ray_al.config import Config, ConfigError
+from ray_al.core.config import Config, ConfigError
 
 SWEEP_KEYS = ("name", "dir", "grid", "max_concurrent_trials", "max_failures", "trial_cpus", "trial_gpus",
               "trial_memory_mb")
@@ -215,7 +215,7 @@ def trial_run_dir(spec: dict, values: dict[str, Any]) -> str:
 
 def trial_config(spec: dict, values: dict[str, Any]) -> Config:
     """The Config of one grid point: base + grid values (+ smoke), with its own run directory."""
-    from ray_al.loop import check_config
+    from ray_al.loop.rounds import check_config
 
     raw = copy.deepcopy(spec["base"])
     for key, value in values.items():
@@ -273,8 +273,8 @@ def run_trial(params: dict, spec: dict) -> None:
     """Tune function trainable: the AL rounds of one grid point, each committed round reported to Tune."""
     import ray.data
 
-    from ray_al.loop import open_run
-    from ray_al.runlock import RunLock
+    from ray_al.loop.rounds import open_run
+    from ray_al.run.runlock import RunLock
 
     # Progress bars of trials interleave into noise in the driver's output; rounds are logged as rows.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -290,8 +290,8 @@ def _run_rounds(run, pool, cfg, name: str) -> None:
     """The trial's rounds, each committed round reported to Tune (again for those committed before a restart)."""
     from ray import tune
 
-    from ray_al.loop import Cycle, finish
-    from ray_al.report import area_under_curve
+    from ray_al.loop.rounds import Cycle, finish
+    from ray_al.core.report import area_under_curve
 
     history: list[dict] = []
 
@@ -310,7 +310,7 @@ def _run_rounds(run, pool, cfg, name: str) -> None:
 # ----------------------------------------------------------------------------- results
 def collect_rows(spec: dict) -> list[dict]:
     """One row per (trial, committed round), read from the trials' run directories (the source of truth)."""
-    from ray_al.rundir import RunDir
+    from ray_al.run.rundir import RunDir
 
     rows = []
     for values in combinations(spec["grid"]):
@@ -332,7 +332,7 @@ def _seed_of(row: dict, grid: dict) -> str:
 
 def summarize(rows: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
     """(per trial: final accuracy and AUC; per setting: their mean and std over seeds)."""
-    from ray_al.report import area_under_curve
+    from ray_al.core.report import area_under_curve
 
     by_trial: dict[str, list[dict]] = {}
     for r in rows:
@@ -460,7 +460,7 @@ def _results_table(rows: list[dict]):
 
 def write_outputs(spec: dict, rows: list[dict], log=print) -> dict[str, str]:
     """results.jsonl/.parquet, summary.csv/.txt and learning_curves.png in the sweep directory."""
-    from ray_al.report import learning_curve_png
+    from ray_al.core.report import learning_curve_png
 
     out = {k: storage.join(spec["dir"], f) for k, f in (
         ("jsonl", "results.jsonl"), ("parquet", "results.parquet"), ("summary_csv", "summary.csv"),
@@ -587,7 +587,7 @@ def _new_tuner(spec: dict):
 
 
 def _kill_point_callbacks() -> list:
-    """The sweep driver's fault-drill kill point (`ray_al.faults`) at each round a trial reports; none
+    """The sweep driver's fault-drill kill point (`ray_al.core.faults`) at each round a trial reports; none
     unless a drill arms it."""
     from ray import tune
 
@@ -609,7 +609,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from ray_al.ray_utils import init_ray
+    from ray_al.workers.ray_utils import init_ray
 
     spec = load_spec(args.config, args.overrides, smoke=args.smoke_test)
     init_ray(config_mod.from_dict(spec["base"]).run.ray_num_cpus)

@@ -40,7 +40,7 @@ def ray_local(s3_server):
     Ray workers inherit the environment at start-up, so the test S3 endpoint is exported first."""
     import ray
 
-    from ray_al.ray_utils import init_ray
+    from ray_al.workers.ray_utils import init_ray
 
     if ray.is_initialized():
         ray.shutdown()

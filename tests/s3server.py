@@ -6,7 +6,7 @@ Use from a conftest with ``from tests.s3server import *`` or ``pytest_plugins = 
 * ``s3_server`` (session): starts the server once, creates a bucket, yields an object with
   ``.endpoint`` (``http://127.0.0.1:<port>``), ``.bucket``, ``.region`` and ``.uri(*parts)``. It sets
   dummy AWS credentials in the environment only if none are set (moto accepts any) and restores them.
-* ``s3`` (function): the same object with ``ray_al.storage.configure_s3`` pointed at it for the test, and
+* ``s3`` (function): the same object with ``ray_al.core.storage.configure_s3`` pointed at it for the test, and
   the previous S3 settings restored afterwards.
 """
 from __future__ import annotations
@@ -86,8 +86,8 @@ def s3_server():
 
 @pytest.fixture
 def s3(s3_server, monkeypatch):
-    """``s3_server`` with ray_al.storage configured to use it for this test only."""
-    from ray_al import storage
+    """``s3_server`` with ray_al.core.storage configured to use it for this test only."""
+    from ray_al.core import storage
 
     saved = dict(storage._explicit)
     for k in ("RAY_AL_S3_ENDPOINT", "AWS_REGION"):

@@ -19,9 +19,9 @@ from scipy.stats import entropy as scipy_entropy
 
 import ray_al.acquisition as acq
 from ray_al.acquisition import ACQUISITIONS, PoolView, needs, score, select, top_k
-from ray_al.config import Config
-from ray_al.ids import tie_keys
-from ray_al.registry import UnknownNameError
+from ray_al.core.config import Config
+from ray_al.core.ids import tie_keys
+from ray_al.core.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -488,7 +488,7 @@ def test_acquisition_never_imports_ray() -> None:
 
 @pytest.mark.parametrize("method", ["kcenter", "typiclust"])
 def test_missing_faiss_says_which_extra_to_install(method: str, monkeypatch) -> None:
-    from ray_al.optional import MissingDependencyError
+    from ray_al.core.optional import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # what an environment without faiss gives `import faiss`
     with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[cpu\]' \(faiss-cpu\)"):

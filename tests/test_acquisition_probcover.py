@@ -260,7 +260,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import json, resource, sys, time
     import numpy as np
     import faiss  # imported (and the libraries loaded) before the baseline
-    import ray_al.select.kcenter
+    import ray_al.acquisition.kcenter_greedy
     from ray_al.acquisition import PoolView
     from ray_al.acquisition.probcover import probcover_select
     from ray_al.acquisition.typiclust import typiclust_select

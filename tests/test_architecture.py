@@ -4,7 +4,8 @@
     __init__'s re-export counts as an import of the module that defines the name);
 (b) the pure parts never import ray, directly or through the modules they import;
 (c) nothing imports the command lines (cycle, sweep, label, data.__main__);
-(d) no function outside ray_al/bench/ is longer than MAX_FUNCTION_LINES, except LONG_FUNCTIONS.
+(d) no function outside ray_al/bench/ is longer than MAX_FUNCTION_LINES, except LONG_FUNCTIONS;
+(e) every module sits in one layer (LAYERS, by package) and imports only its own layer and the ones below.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ray_al"
 
-PURE = ("ray_al.ssl", "ray_al.models", "ray_al.acquisition", "ray_al.select.kcenter", "ray_al.augment",
-        "ray_al.ids", "ray_al.registry", "ray_al.embeddings", "ray_al.trainloop", "ray_al.config", "ray_al.report",
-        "ray_al.optional", "ray_al.faults")  # a package means every module in it
+# The layers, bottom first, by package (docs/ARCHITECTURE.md): a module may import its own layer and those
+# below it, never one above. A package means every module in it; a module name means that module only.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pure building blocks", ("ray_al.core",)),
+    ("pure learners and selectors", ("ray_al.ssl", "ray_al.models", "ray_al.acquisition")),
+    ("run state", ("ray_al.run",)),
+    ("pool sources and Ray workers", ("ray_al.data", "ray_al.workers")),
+    ("the round loop", ("ray_al.loop",)),
+    ("command lines", ("ray_al.cli", "ray_al.cycle", "ray_al.sweep", "ray_al.label", "ray_al.data.__main__")),
+)
+PURE = ("ray_al.core", "ray_al.ssl", "ray_al.models", "ray_al.acquisition")  # never import ray
 CLIS = ("ray_al.cycle", "ray_al.sweep", "ray_al.label", "ray_al.data.__main__")
+SIDE = ("ray_al", "ray_al.bench")  # the package root and the benchmarks sit beside the layers
 MAX_FUNCTION_LINES = 60
 # "path:function" -> why it may be longer; keep it short
 LONG_FUNCTIONS: dict[str, str] = {}
@@ -241,8 +251,8 @@ def ray_path(start: str) -> list[str] | None:
 
 
 def test_ray_path_sees_an_import_of_ray() -> None:
-    path = ray_path("ray_al.select.distributed")  # the Ray plumbing of k-center: a positive control
-    assert path is not None and path[-1].startswith("ray (ray_al.select.distributed:")
+    path = ray_path("ray_al.workers.kcenter_shards")  # the Ray plumbing of k-center: a positive control
+    assert path is not None and path[-1].startswith("ray (ray_al.workers.kcenter_shards:")
 
 
 @pytest.mark.parametrize("name", sorted(n for n in modules() if _is_pure(n)))
@@ -290,3 +300,48 @@ def test_no_long_functions() -> None:
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines (split them or add a reason to LONG_FUNCTIONS): {too_long}"
     stale = sorted(set(LONG_FUNCTIONS) - set(found))
     assert not stale, f"LONG_FUNCTIONS entries that are short now (remove them): {stale}"
+
+
+# ----------------------------------------------------------------------------------------------
+# (e) layers by package
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def layer_of(name: str) -> int | None:
+    """Index into LAYERS of the most specific prefix that holds `name` (None: beside the layers)."""
+    best: tuple[int, int] | None = None  # (prefix length, layer)
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if _within(name, prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    return None if best is None else best[1]
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    loose = sorted(n for n in modules() if layer_of(n) is None and n not in SIDE and not _within(n, "ray_al.bench"))
+    assert not loose, f"modules in no layer (move them into a layer's package, or add the package to LAYERS): {loose}"
+
+
+def upward_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    bad = []
+    for name, deps in graph.items():
+        mine = layer_of(name)
+        for dep, line in deps.items():
+            theirs = layer_of(dep)
+            if mine is not None and theirs is not None and theirs > mine:
+                bad.append(f"{name}:{line} ({LAYERS[mine][0]}) imports {dep} ({LAYERS[theirs][0]})")
+    return sorted(bad)
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    bad = upward_imports({name: internal_edges(name) for name in modules()})
+    assert not bad, "upward imports (move the shared code down a layer):\n" + "\n".join(bad)
+
+
+def test_upward_import_check_sees_a_planted_one() -> None:
+    assert upward_imports({"ray_al.core.ids": {"ray_al.loop.rounds": 7}}) == [
+        "ray_al.core.ids:7 (pure building blocks) imports ray_al.loop.rounds (the round loop)"]
+    assert layer_of("ray_al.data.__main__") == len(LAYERS) - 1 and layer_of("ray_al.data.pool") == 3

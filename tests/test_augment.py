@@ -1,4 +1,4 @@
-"""ray_al.augment: shapes, ranges, per-sample randomness, determinism, and ops against numpy."""
+"""ray_al.core.augment: shapes, ranges, per-sample randomness, determinism, and ops against numpy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_al import augment as A
+from ray_al.core import augment as A
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -131,7 +131,7 @@ def test_rayjob_runs_the_cifar10_cycle_with_a_valid_runtime_env():
         m = re.match(r"ray_al\[(\w+)\] @ (\S+)$", requirement)
         assert m and m.group(1) in extras and m.group(2) == env["working_dir"], requirement
     # cifar10.yaml is CPU-sized: the GPU group can stay at 0 pods for this job
-    from ray_al import config
+    from ray_al.core import config
 
     assert config.load(REPO / "configs" / "cifar10.yaml").train.use_gpu is False
 

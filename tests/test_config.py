@@ -1,7 +1,7 @@
 import pytest
 
-from ray_al import config
-from ray_al.config import ConfigError
+from ray_al.core import config
+from ray_al.core.config import ConfigError
 
 
 def test_defaults_and_overrides_parse_types(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from ray_al import config
-from ray_al.config import Config
-from ray_al.loop import check_budget, check_config
+from ray_al.core import config
+from ray_al.core.config import Config
+from ray_al.loop.rounds import check_budget, check_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import config as config_mod
-from ray_al.ledger import Ledger
-from ray_al.selection import seed_set
+from ray_al.core import config as config_mod
+from ray_al.run.ledger import Ledger
+from ray_al.loop.selection import seed_set
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--smoke-test", "al.rounds=1", "al.initial_size=20", "al.budget=15"]

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_al import acquisition
-from ray_al import config as config_mod
+from ray_al.core import config as config_mod
 from ray_al.data.pool import PoolSpec
-from ray_al.embeddings import matrix, read_embeddings, split_files
-from ray_al.ledger import Ledger
-from ray_al.loop import Cycle
-from ray_al.rundir import RunDir
-from ray_al.selection import select_ids
+from ray_al.core.embeddings import matrix, read_embeddings, split_files
+from ray_al.run.ledger import Ledger
+from ray_al.loop.rounds import Cycle
+from ray_al.run.rundir import RunDir
+from ray_al.loop.selection import select_ids
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["al.rounds=0", "al.initial_size=20", "al.budget=15"]

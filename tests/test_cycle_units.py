@@ -7,17 +7,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import acquisition, config, selection
+from ray_al import acquisition
+
+from ray_al.core import config
+
+from ray_al.loop import selection
 from ray_al.acquisition.policy import Choice
 from ray_al.acquisition.heads import heads_committee_probs
-from ray_al.config import Config, ConfigError
-from ray_al.embeddings import fixed_list
-from ray_al.ids import tie_keys
-from ray_al.ledger import Ledger
-from ray_al.loop import BudgetError, check_budget, check_config
-from ray_al.report import area_under_curve, format_table, plot_learning_curves
-from ray_al.select import kcenter_greedy
-from ray_al.selection import (embed_options, needs_committee, seed_set, select_ids, strategy_input,
+from ray_al.core.config import Config, ConfigError
+from ray_al.core.embeddings import fixed_list
+from ray_al.core.ids import tie_keys
+from ray_al.run.ledger import Ledger
+from ray_al.loop.rounds import BudgetError, check_budget, check_config
+from ray_al.core.report import area_under_curve, format_table, plot_learning_curves
+from ray_al.acquisition.kcenter_greedy import kcenter_greedy
+from ray_al.loop.selection import (embed_options, needs_committee, seed_set, select_ids, strategy_input,
                               zero_shot_prefix)
 
 
@@ -140,8 +144,8 @@ def test_heads_committee_is_fitted_on_the_labeled_embeddings_in_the_select_step(
 
 
 def test_a_run_saved_before_a_key_existed_still_matches_its_config():
-    from ray_al import config as config_mod
-    from ray_al.loop import _same_config
+    from ray_al.core import config as config_mod
+    from ray_al.loop.rounds import _same_config
 
     snapshot = config_mod.Config().to_dict()
     older = {s: dict(v) for s, v in snapshot.items()}
@@ -156,8 +160,8 @@ def test_a_run_saved_before_a_key_existed_still_matches_its_config():
 
 
 def test_bad_optimizer_or_schedule_is_refused_before_ray_starts():
-    from ray_al import config as config_mod
-    from ray_al.config import ConfigError
+    from ray_al.core import config as config_mod
+    from ray_al.core.config import ConfigError
 
     for override, key in (("train.optimizer=lamb", "train.optimizer='lamb'"),
                           ("train.lr_schedule=poly", "train.lr_schedule='poly'")):
@@ -167,7 +171,7 @@ def test_bad_optimizer_or_schedule_is_refused_before_ray_starts():
 
 # ----------------------------------------------------------------------------- training seeds (defect 2)
 def test_train_seed_includes_the_seed_offset():
-    from ray_al.loop import train_seed
+    from ray_al.loop.rounds import train_seed
 
     base = config.load(None, ["al.seed=2"])
     assert [train_seed(base, r) for r in (None, 0, 3)] == [2, 2000, 2003]  # what runs have always used
@@ -192,13 +196,13 @@ GREY = ("pool", "test", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image",
 def test_train_seed_offset_reaches_training(tmp_path, monkeypatch):
     """train.seed_offset used to be read by nobody: a sweep over it ran identical trials (std 0)."""
     from ray_al.data.pool import PoolSpec
-    from ray_al.loop import Cycle
-    from ray_al.rundir import RunDir
+    from ray_al.loop.rounds import Cycle
+    from ray_al.run.rundir import RunDir
 
     got = {}
     for offset in (0, 1):
         seeds: list = []
-        monkeypatch.setattr("ray_al.train.fit", _fake_fit(seeds))
+        monkeypatch.setattr("ray_al.workers.train.fit", _fake_fit(seeds))
         cfg = config.load(None, ["al.seed=2", "train.method=simsiam", "train.mode=pretrain",
                                  f"train.seed_offset={offset}", "train.resident=never"])
         run = RunDir.create(str(tmp_path / f"offset{offset}"), {"num_classes": 10, "id_type": "int64"})
@@ -213,7 +217,7 @@ def test_train_seed_offset_reaches_training(tmp_path, monkeypatch):
 def test_two_seed_offsets_train_two_models():
     import torch
 
-    from ray_al.loop import train_seed
+    from ray_al.loop.rounds import train_seed
     from tests.test_train import _run  # the pure training loop on a few digits
 
     models = [_run("none", 1, seed=train_seed(config.load(None, [f"train.seed_offset={o}"]), 1))[0]
@@ -227,9 +231,9 @@ def test_concurrent_s3_runs_keep_their_own_learning_curves(s3, monkeypatch):
     meanwhile (a sweep trial on the same node) replaced the other's plot."""
     import uuid
 
-    from ray_al import report, storage
-    from ray_al.loop import finish
-    from ray_al.rundir import RunDir
+    from ray_al.core import report, storage
+    from ray_al.loop.rounds import finish
+    from ray_al.run.rundir import RunDir
 
     runs = {}
     for name, acc in (("a", 0.2), ("b", 0.9)):
@@ -255,7 +259,7 @@ def test_concurrent_s3_runs_keep_their_own_learning_curves(s3, monkeypatch):
 
 # ----------------------------------------------------------------------------- the selection step
 def test_strategy_input_drops_undecodable_rows_for_every_path(tmp_path):
-    from ray_al.selection import ShardFiles, strategy_input
+    from ray_al.loop.selection import ShardFiles, strategy_input
 
     emb_dir = tmp_path / "embeddings"
     rng = np.random.default_rng(0)
@@ -291,7 +295,7 @@ def test_budget_above_the_decodable_unlabeled_rows_is_refused(tmp_path):
     (["select.method=entropy"], {}),
 ])
 def test_every_strategy_that_takes_a_prefilter_factor_gets_the_configured_one(overrides, expected):
-    from ray_al.selection import strategy_options
+    from ray_al.loop.selection import strategy_options
 
     assert strategy_options(config.load(None, overrides)) == expected
 

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import storage
-from ray_al.config import DataConfig
+from ray_al.core import storage
+from ray_al.core.config import DataConfig
 from ray_al.data import builtin
 from ray_al.data.images import CorruptImageError, decode_batch, decode_one
 from ray_al.data.ingest import ingest, list_image_folder, read_classes

@@ -1,4 +1,4 @@
-"""Streaming pool embedding with Ray Data (ray_al.embed) on a local 2-CPU Ray.
+"""Streaming pool embedding with Ray Data (ray_al.workers.embed) on a local 2-CPU Ray.
 
 Checked against independent references: an in-process forward (decode_one + the learner) for the
 embeddings/probabilities, the source tables for ids/labels, a local-disk run for the S3 run, a 1x pool for
@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ray_al import storage
+from ray_al.core import storage
 from ray_al.acquisition import check_probabilities
 from ray_al.data.images import decode_one, encode_png
 from ray_al.data.pool import PoolSpec
 from ray_al.data.reader import embedding_input, pool_columns, read_split, tag_split
-from ray_al.embed import EmbedOptions, Embedder, embed_splits
-from ray_al.embeddings import matrix, read_embeddings, split_files
+from ray_al.workers.embed import EmbedOptions, Embedder, embed_splits
+from ray_al.core.embeddings import matrix, read_embeddings, split_files
 from ray_al.models.weights import build_learner, state_to_bytes
 from tests.memwatch import PeakWatch
 
@@ -264,7 +264,7 @@ def test_a_frozen_encoders_stored_features_and_a_new_head_give_the_full_embeddin
     from dataclasses import replace
 
     from ray_al.data.reader import features_input, frozen_input
-    from ray_al.embed import embed_heads
+    from ray_al.workers.embed import embed_heads
     from ray_al.models.weights import encoder_digest
 
     e = embedded
@@ -296,11 +296,11 @@ def test_a_frozen_encoders_stored_features_and_a_new_head_give_the_full_embeddin
 def test_a_frozen_runs_rounds_embed_images_once_on_the_per_round_path(embedded: Embedded, tmp_path):
     """train.mode=frozen with train.resident=never: round 0 stores the encoder features, round 1 reuses
     them (one pass over the images in the run) and its embeddings equal an in-process forward of its model."""
-    from ray_al import config as config_mod
-    from ray_al.ledger import Ledger
-    from ray_al.loop import Cycle
+    from ray_al.core import config as config_mod
+    from ray_al.run.ledger import Ledger
+    from ray_al.loop.rounds import Cycle
     from ray_al.models.weights import learner_kwargs as kwargs_of
-    from ray_al.rundir import RunDir
+    from ray_al.run.rundir import RunDir
 
     e = embedded
     cfg = config_mod.load(None, ["train.mode=frozen", "train.method=simclr", "train.resident=never",
@@ -507,7 +507,7 @@ def test_memory_stays_bounded_on_a_pool_ten_times_larger(ray_local, tmp_path, mo
 
 
 def test_an_actor_taking_every_cpu_is_refused_before_it_hangs():
-    from ray_al.embed import _check_cpus
+    from ray_al.workers.embed import _check_cpus
 
     with pytest.raises(ValueError, match="cpus_per_actor=2 takes all 2 CPUs"):
         _check_cpus(EmbedOptions(cpus_per_actor=2.0), 2.0)

@@ -14,11 +14,11 @@ import sys
 import uuid
 from pathlib import Path
 
-from ray_al import storage
+from ray_al.core import storage
 from ray_al.bench.overhead import JOB_EXCLUDES, LocalHead
 from ray_al.data.builtin import digits
-from ray_al.faults import KILL_AT, KILL_MARKER
-from ray_al.ray_utils import forwarded_env, job_env_keys
+from ray_al.core.faults import KILL_AT, KILL_MARKER
+from ray_al.workers.ray_utils import forwarded_env, job_env_keys
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 from tests.test_cycle import ledger_rows
 

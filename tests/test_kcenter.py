@@ -1,4 +1,4 @@
-"""Exact k-center greedy (ray_al.select.kcenter): selections against an independent brute-force
+"""Exact k-center greedy (ray_al.acquisition.kcenter_greedy): selections against an independent brute-force
 float64 reference, shard kernels, driver resync, bad input. No Ray here."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from ray_al.select import kcenter_greedy, zero_shot_order
-from ray_al.select.kcenter import (
+from ray_al.acquisition.kcenter_greedy import kcenter_greedy, zero_shot_order
+from ray_al.acquisition.kcenter_greedy import (
     KCenterShard,
     LocalShardGroup,
     _knn1,
@@ -306,7 +306,7 @@ def test_gpu_matches_brute_force():
 
 
 def test_importing_select_does_not_import_ray():
-    code = ("import sys, ray_al.select, ray_al.select.kcenter; "
+    code = ("import sys, ray_al.select, ray_al.acquisition.kcenter_greedy; "
             "assert 'ray' not in sys.modules, 'ray imported'; "
             "assert callable(ray_al.select.kcenter_greedy)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no tok
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from ray_al.select import kcenter_greedy, kcenter_select_distributed  # noqa: E402
+from ray_al.acquisition.kcenter_greedy import kcenter_greedy  # noqa: E402
+from ray_al.workers.kcenter_shards import kcenter_select_distributed  # noqa: E402
 
 D = 32
 K = 100
@@ -161,7 +162,7 @@ def cifar_round(tmp_path_factory, cifar_parquet):
 def test_cifar10_cycle_embeddings_on_two_nodes_few_round_trips(cluster, cifar_round):
     """The issue's figure: on real embeddings (not synthetic clusters), 2 shards on 2 nodes pick exactly
     what one process picks, in at most k/5 driver-shard round trips, for the cycle's budget k=200."""
-    from ray_al.embeddings import matrix, read_embeddings, split_files
+    from ray_al.core.embeddings import matrix, read_embeddings, split_files
 
     k = 200
     unl = read_embeddings(cifar_round, "unlabeled", columns=["id", "embedding"])

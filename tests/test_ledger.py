@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import storage
-from ray_al.ledger import Ledger, LedgerError
+from ray_al.core import storage
+from ray_al.run.ledger import Ledger, LedgerError
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 

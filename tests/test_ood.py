@@ -10,13 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import acquisition, config
+from ray_al import acquisition
+
+from ray_al.core import config
 from ray_al.acquisition.heads import heads_committee_probs
 from ray_al.data.pool import PoolError, check_pool
-from ray_al.embeddings import fixed_list
-from ray_al.ledger import OOD_LABEL, Ledger, LedgerError
-from ray_al.oracle import LabelImportError, SimulatedOracle, _parse_label, import_labels
-from ray_al.selection import for_method, select_ids, strategy_input
+from ray_al.core.embeddings import fixed_list
+from ray_al.run.ledger import OOD_LABEL, Ledger, LedgerError
+from ray_al.run.oracle import LabelImportError, SimulatedOracle, _parse_label, import_labels
+from ray_al.loop.selection import for_method, select_ids, strategy_input
 from tests.test_oracle_label import make_run, write_csv
 
 NAMES = ["airplane", "bird", "cat"]

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ray_al import storage
-from ray_al.ledger import Ledger
-from ray_al.oracle import (LabelImportError, OracleError, SimulatedOracle, export_queries, import_labels,
+from ray_al.core import storage
+from ray_al.run.ledger import Ledger
+from ray_al.run.oracle import (LabelImportError, OracleError, SimulatedOracle, export_queries, import_labels,
                            load_image_bytes, query_uris, read_pool_rows)
-from ray_al.rundir import SEED_ROUND, RunDir
+from ray_al.run.rundir import SEED_ROUND, RunDir
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,7 +241,7 @@ def test_cli_on_s3(s3, tmp_path):
 
 def test_pool_oracle_reads_only_the_asked_rows_in_their_order(tmp_path):
     from ray_al.data.pool import labelled_ids
-    from ray_al.oracle import PoolOracle
+    from ray_al.run.oracle import PoolOracle
 
     uri = str(tmp_path / "pool.parquet")
     pq.write_table(pa.table({"id": pa.array(["c", "a", "b", "d", "e"]), "label": pa.array([2, 0, None, -1, 1]),

@@ -1,10 +1,10 @@
-"""ray_al.registry: the one name -> implementation idiom, and the three registries that use it."""
+"""ray_al.core.registry: the one name -> implementation idiom, and the three registries that use it."""
 
 from __future__ import annotations
 
 import pytest
 
-from ray_al.registry import Registry, UnknownNameError
+from ray_al.core.registry import Registry, UnknownNameError
 
 
 def test_registry_maps_names_in_order_and_refuses_duplicates() -> None:

@@ -1,4 +1,4 @@
-"""The resident worker group (ray_al.resident): one Ray Train fit serving round after round.
+"""The resident worker group (ray_al.workers.resident): one Ray Train fit serving round after round.
 
 It must train the very model a per-round fit trains (same data, seeds, steps), write the embeddings the
 Ray Data actor pool writes, keep nothing from one round in the next, and continue a round from its
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ray_al import config as config_mod
-from ray_al.resident import Job, JobBoard
+from ray_al.core import config as config_mod
+from ray_al.workers.resident import Job, JobBoard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -82,7 +82,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def per_round_fit(pool):
     """Round 1 (24 labels) as a fit of its own: the reference."""
-    from ray_al.train import fit
+    from ray_al.workers.train import fit
 
     spec, _, _, root = pool
     return fit(_cfg(), spec, storage_uri=str(root / "per_round"), name="round_0001", **_round(pool, 24, 1001))
@@ -91,9 +91,9 @@ def per_round_fit(pool):
 @pytest.fixture(scope="module")
 def served(pool):
     """One resident group: round 0, round 1, then round 1's embedding."""
-    from ray_al.embed import EmbedOptions
+    from ray_al.workers.embed import EmbedOptions
     from ray_al.models.weights import learner_kwargs, state_to_bytes
-    from ray_al.resident import ResidentGroup
+    from ray_al.workers.resident import ResidentGroup
 
     spec, ids, _, root = pool
     group = ResidentGroup(_cfg(), spec, str(root / "resident"))
@@ -124,8 +124,8 @@ def test_a_resident_round_trains_the_model_of_a_fit_of_its_own(served, per_round
 
 def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, tmp_path) -> None:
     from ray_al.data.reader import embedding_input
-    from ray_al.embed import EmbedOptions, embed_splits
-    from ray_al.embeddings import matrix, read_embeddings, split_files
+    from ray_al.workers.embed import EmbedOptions, embed_splits
+    from ray_al.core.embeddings import matrix, read_embeddings, split_files
     from ray_al.models.weights import learner_kwargs, state_to_bytes
 
     spec, ids, _, _ = pool
@@ -146,7 +146,7 @@ def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, 
 
 
 def test_a_killed_resident_worker_continues_the_round_from_its_checkpoint(pool, per_round_fit, tmp_path) -> None:
-    from ray_al.resident import ResidentGroup
+    from ray_al.workers.resident import ResidentGroup
 
     spec = pool[0]
     marker = tmp_path / "killed"
@@ -167,10 +167,10 @@ def test_relative_paths_mean_the_drivers_working_directory(pool, tmp_path, monke
     import dataclasses
     import os
 
-    from ray_al.embed import EmbedOptions
-    from ray_al.embeddings import read_embeddings
+    from ray_al.workers.embed import EmbedOptions
+    from ray_al.core.embeddings import read_embeddings
     from ray_al.models.weights import learner_kwargs, state_to_bytes
-    from ray_al.resident import ResidentGroup
+    from ray_al.workers.resident import ResidentGroup
 
     spec, ids, _, _ = pool
     monkeypatch.chdir(tmp_path)
@@ -190,10 +190,10 @@ def test_relative_paths_mean_the_drivers_working_directory(pool, tmp_path, monke
 def test_a_frozen_encoders_kept_features_give_the_embeddings_of_a_fresh_forward(pool, served) -> None:
     """The second embedding of one encoder ran its head on the features the workers kept: the same columns
     as an in-process forward of that state (keep_features is the loop's choice for head-only rounds)."""
-    from ray_al.embed import EmbedOptions, FeatureModel
-    from ray_al.embeddings import matrix, read_embeddings
+    from ray_al.workers.embed import EmbedOptions, FeatureModel
+    from ray_al.core.embeddings import matrix, read_embeddings
     from ray_al.models.weights import learner_kwargs, state_to_bytes
-    from ray_al.resident import DecodedRows
+    from ray_al.workers.resident import DecodedRows
 
     spec, ids, _, _ = pool
     mixed, kept_out = served[3]

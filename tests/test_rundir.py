@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from ray_al import storage
-from ray_al.rundir import RunDir, RunDirError
+from ray_al.core import storage
+from ray_al.run.rundir import RunDir, RunDirError
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 INFO = {"config": {"al": {"rounds": 3, "budget": 10}, "train": {"epochs": 1}}, "num_classes": 3,
@@ -59,7 +59,7 @@ def test_create_validates_info_and_refuses_foreign_dirs(tmp_path):
 def test_a_run_killed_while_being_created_can_be_created_again(tmp_path):
     """Seen in a sweep: a trial killed while taking its lock left data/ and a temporary file of the lock's
     atomic write, and every retry of the trial was refused as a foreign directory."""
-    from ray_al.storage import TMP_PREFIX
+    from ray_al.core.storage import TMP_PREFIX
 
     half = tmp_path / "trial"
     (half / "data").mkdir(parents=True)
@@ -130,7 +130,7 @@ def test_queries_and_pending_round(run_uri):
 
 
 def test_query_ids_must_match_run_id_type(tmp_path):
-    from ray_al.ledger import LedgerError
+    from ray_al.run.ledger import LedgerError
 
     rd = RunDir.create(str(tmp_path / "r"), INFO)
     with pytest.raises(LedgerError, match="not int64"):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_al import storage
-from ray_al.runlock import RunLock, RunLockedError
+from ray_al.core import storage
+from ray_al.run.runlock import RunLock, RunLockedError
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al.embeddings import fixed_list
+from ray_al.core.embeddings import fixed_list
 
 D, C = 64, 10
 ROWS_PER_FILE = 5_000  # the embedding step writes files of bounded size, whatever the pool
@@ -24,8 +24,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys, tracemalloc
     import pyarrow as pa
-    from ray_al import config
-    from ray_al.selection import strategy_input
+    from ray_al.core import config
+    from ray_al.loop.selection import strategy_input
 
     cfg = config.load(None, [])  # select.method=auto, select.shards=1: in-process, no Ray
     labels = {-1 - i: i % 10 for i in range(50)}
@@ -83,9 +83,9 @@ _SELECT_SCRIPT = textwrap.dedent(
     """
     import json, sys, tracemalloc
     import pyarrow as pa
-    from ray_al import config
-    from ray_al.ledger import Ledger
-    from ray_al.selection import select_ids
+    from ray_al.core import config
+    from ray_al.run.ledger import Ledger
+    from ray_al.loop.selection import select_ids
 
     cfg = config.load(None, sys.argv[2:])
     ledger = Ledger.empty().add([-1 - i for i in range(50)], [i % 10 for i in range(50)], 0, "initial",

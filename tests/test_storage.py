@@ -1,4 +1,4 @@
-"""ray_al.storage on a local tmp dir and on a real S3 endpoint (moto server), checked with independent clients."""
+"""ray_al.core.storage on a local tmp dir and on a real S3 endpoint (moto server), checked with independent clients."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import storage
+from ray_al.core import storage
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 

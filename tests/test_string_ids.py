@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_al import acquisition
-from ray_al import config as config_mod
+from ray_al.core import config as config_mod
 from ray_al.data import builtin
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,7 +39,7 @@ def _cfg(root, *overrides: str) -> config_mod.Config:
 
 
 def _run(cfg, run_uri: str):
-    from ray_al.loop import Cycle, open_run
+    from ray_al.loop.rounds import Cycle, open_run
 
     run, spec, cfg = open_run(cfg, run_uri, resume=False)
     Cycle(cfg, run, spec, log=lambda _m: None).run_all()
@@ -47,13 +47,13 @@ def _run(cfg, run_uri: str):
 
 
 def _ledger(run):
-    from ray_al.ledger import Ledger
+    from ray_al.run.ledger import Ledger
 
     return Ledger.load(run.uri, id_type="string")
 
 
 def test_a_string_id_pool_runs_every_round_and_every_method(string_pool, tmp_path) -> None:
-    from ray_al.selection import select_ids
+    from ray_al.loop.selection import select_ids
 
     run, spec = _run(_cfg(string_pool, "al.rounds=2", "select.method=kcenter"), str(tmp_path / "run"))
     assert spec.id_type == "string" and len(run.results()) == 3
@@ -85,7 +85,7 @@ def _answer(run, path, ids: list, labels_by_id: dict) -> str:
 
 
 def test_the_file_oracle_over_rounds_with_a_partial_import_on_string_ids(string_pool, tmp_path) -> None:
-    from ray_al.oracle import import_labels
+    from ray_al.run.oracle import import_labels
 
     truth = dict(zip(*(pq.read_table(string_pool / "pool.parquet", columns=[c]).column(c).to_pylist()
                        for c in ("id", "label"))))

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ray_al import config
-from ray_al.config import ConfigError
+from ray_al.core import config
+from ray_al.core.config import ConfigError
 from ray_al.sweep import combinations, load_spec, main, summarize, trial_config, trial_name, trial_run_dir
 from tests.faults.drill import kill_at
 

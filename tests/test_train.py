@@ -1,4 +1,4 @@
-"""The training loop (plain PyTorch, no Ray) and `ray_al.train.fit` through Ray Train for every SSL method.
+"""The training loop (plain PyTorch, no Ray) and `ray_al.workers.train.fit` through Ray Train for every SSL method.
 
 Full `python -m ray_al.cycle --smoke-test` runs per method take minutes each (Ray Train start-up per round);
 here each method is one TorchTrainer run on a tiny digits pool, in one module-scoped local Ray.
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ray_al import config as config_mod
-from ray_al import trainloop as tl
-from ray_al.config import ConfigError
+from ray_al.core import config as config_mod
+from ray_al.models import trainloop as tl
+from ray_al.core.config import ConfigError
 from ray_al.models import JointLearner
 from ray_al.ssl import METHODS
 
@@ -110,7 +110,7 @@ def test_train_epoch_is_deterministic_and_learns() -> None:
 def test_checkpoint_loads_with_weights_only_and_resumes(tmp_path, optimizer: str, schedule: str) -> None:
     """The worker's checkpoint holds only tensors and plain types (MultiStepLR's milestones Counter is on
     torch's allow-list), so the driver and a restarted worker load it with weights_only=True."""
-    from ray_al.train import CHECKPOINT_FILE, load_checkpoint
+    from ray_al.workers.train import CHECKPOINT_FILE, load_checkpoint
 
     def state() -> tl.TrainState:
         torch.manual_seed(0)
@@ -138,7 +138,7 @@ def test_checkpoint_loads_with_weights_only_and_resumes(tmp_path, optimizer: str
 
 def test_train_spec_is_typed_checked_and_sorted() -> None:
     from ray_al.data.pool import PoolSpec
-    from ray_al.train import FaultInjection, train_spec
+    from ray_al.workers.train import FaultInjection, train_spec
 
     pool = PoolSpec("p", "t", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
     cfg = config_mod.load(None, ["train.method=simsiam", "train.pretrain_lr=0.5"])
@@ -173,7 +173,7 @@ def test_ssl_defaults() -> None:
 
 
 def test_sizes_are_checked_before_ray_train_starts() -> None:
-    from ray_al.train import _check_sizes
+    from ray_al.workers.train import _check_sizes
 
     with pytest.raises(ConfigError, match="labeled images cannot feed train.num_workers=4"):
         _check_sizes(7, 100, 4, 8, use_ce=True, use_ssl=False)
@@ -229,7 +229,7 @@ def test_joint_epoch_of_every_ssl_method(pool, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["none", "moby"])
 def test_fit_joint_every_method(pool, method: str) -> None:
-    from ray_al.train import fit
+    from ray_al.workers.train import fit
     from ray_al.models.weights import build_learner, learner_kwargs
 
     spec, ids, labels, root = pool
@@ -251,7 +251,7 @@ def test_fit_joint_every_method(pool, method: str) -> None:
 
 def test_fit_pretrain_then_linear_head(pool) -> None:
     """pretrain mode: SSL only on the whole pool (no CE), then a head-only round on frozen features."""
-    from ray_al.train import fit
+    from ray_al.workers.train import fit
 
     spec, ids, labels, root = pool
     cfg = _cfg("simsiam")
@@ -297,7 +297,7 @@ def test_optimizers_and_schedules() -> None:
 
 def test_epoch_lines_print_the_end_and_at_most_one_line_per_interval(capsys) -> None:
     """In logs (no terminal) training progress is a line now and then, not tqdm's lines per epoch."""
-    from ray_al.train import EpochLines
+    from ray_al.workers.train import EpochLines
 
     lines = EpochLines(total=50, desc="train round 3", every_s=3600.0)
     for epoch in range(50):

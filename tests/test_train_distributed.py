@@ -21,8 +21,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no tok
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from ray_al import config as config_mod  # noqa: E402
-from ray_al.train import fit  # noqa: E402
+from ray_al.core import config as config_mod  # noqa: E402
+from ray_al.workers.train import fit  # noqa: E402
 from ray_al.models.weights import build_learner, learner_kwargs
 from tests.faults.drill import lose_node_during
 
@@ -134,14 +134,14 @@ def test_a_lost_node_holding_a_worker_resumes_from_the_last_checkpoint(pool, clu
 
 
 def _test_accuracy(spec, cfg, state: dict) -> float:
-    from ray_al.embed import EmbedOptions, FeatureModel
+    from ray_al.workers.embed import EmbedOptions, FeatureModel
     from ray_al.models.weights import state_to_bytes
-    from ray_al.resident import DecodedRows
+    from ray_al.workers.resident import DecodedRows
 
     test = DecodedRows.read(spec.test_uri, spec, "skip", with_label=True)
     probs = FeatureModel(state_to_bytes(state), learner_kwargs(cfg, spec), EmbedOptions()).table(
         test.rows(np.ones(len(test.ids), bool))).column("probs")
-    from ray_al.embeddings import matrix
+    from ray_al.core.embeddings import matrix
 
     return float((matrix(probs).argmax(axis=1) == test.labels).mean())
 

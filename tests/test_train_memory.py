@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al import config as config_mod
-from ray_al.ids import seeded_sample
+from ray_al.core import config as config_mod
+from ray_al.core.ids import seeded_sample
 from tests.memwatch import PeakWatch
 from tests.test_embed import make_spec, png_table
 
@@ -32,9 +32,9 @@ def test_seeded_sample_is_a_function_of_id_and_seed_only() -> None:
 
 def test_ray_data_and_the_resident_group_sample_the_same_rows(ray_local, tmp_path) -> None:
     from ray_al.data.reader import read_split
-    from ray_al.resident import DecodedRows, train_tensors
-    from ray_al.train import train_spec
-    from ray_al.trainloop import ids_to_keys
+    from ray_al.workers.resident import DecodedRows, train_tensors
+    from ray_al.workers.train import train_spec
+    from ray_al.models.trainloop import ids_to_keys
 
     uri = str(tmp_path / "pool.parquet")
     pq.write_table(png_table(300, 8, seed=1), uri)
@@ -66,7 +66,7 @@ def test_a_training_workers_memory_does_not_grow_with_the_pool(ray_local, tmp_pa
     pool, both with train.unlabeled_per_round=300: within a margin. Without the sample the 10x worker
     holds the whole decoded pool: measured the same way, it must grow by more than the margin (so the
     measurement can tell)."""
-    from ray_al.train import fit
+    from ray_al.workers.train import fit
 
     base = png_table(600, SIZE, seed=2, smooth=False)
     one = _pool(str(tmp_path / "pool1.parquet"), 1, base)

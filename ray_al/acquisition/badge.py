@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from ray_al.acquisition.base import PREFILTER_OPTIONS, PoolView, Strategy, register
-from ray_al.ids import canonical_order
+from ray_al.core.ids import canonical_order
 
 _CHUNK_ROWS = 1 << 16  # rows per chunk of the D^2 update (bounds the float64 temporaries)
 

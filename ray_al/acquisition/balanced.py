@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, register
-from ray_al.ids import canonical_order
+from ray_al.core.ids import canonical_order
 
 
 def balanced_select(view: PoolView, k: int, seed: int) -> np.ndarray:

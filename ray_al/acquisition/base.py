@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
-from ray_al.ids import describe_ids, id_sort_keys, sortable_ids, tie_keys
-from ray_al.registry import Registry
+from ray_al.core.ids import describe_ids, id_sort_keys, sortable_ids, tie_keys
+from ray_al.core.registry import Registry
 
 # Row sums of `probs` may differ from 1 by at most this much (float32 softmax is ~1e-6 off;
 # bfloat16 probabilities are not, so compute the softmax in float32).

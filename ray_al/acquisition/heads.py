@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-from ray_al.ids import canonical_order
+from ray_al.core.ids import canonical_order
 
 L2 = 1.0  # scikit-learn's default C = 1 (see the module docstring)
 MAX_ITER = 300  # L-BFGS iterations per head; the strictly convex fit usually stops well before

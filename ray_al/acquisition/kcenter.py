@@ -1,7 +1,7 @@
 """k-center greedy / CoreSet (Sener & Savarese, ICLR 2018): pick the candidates farthest from the labeled set
 and from each other, in the embedding space.
 
-A thin adapter over `ray_al.select.kcenter.kcenter_greedy` (the exact greedy kernels shared with the
+A thin adapter over `ray_al.acquisition.kcenter_greedy.kcenter_greedy` (the exact greedy kernels shared with the
 distributed selector). The candidates are passed in ascending-id order so the result, including the
 seeded first center of a cold start (no labeled set), depends on the ids and the seed, not on row order.
 `prefilter=NAME, prefilter_factor=F` runs it among the F*k highest NAME scores (see hybrid.py).
@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from ray_al.acquisition.base import PREFILTER_OPTIONS, PoolView, Strategy, register
-from ray_al.ids import canonical_order
+from ray_al.core.ids import canonical_order
 
 
 def kcenter_select(view: PoolView, k: int, seed: int) -> np.ndarray:
-    from ray_al.select.kcenter import kcenter_greedy  # lazy: keeps `import ray_al.acquisition` light
+    from ray_al.acquisition.kcenter_greedy import kcenter_greedy  # lazy: keeps `import ray_al.acquisition` light
 
     canon = canonical_order(view.ids)  # (n,)
     features = np.ascontiguousarray(np.asarray(view.embeddings)[canon])  # (n, d)

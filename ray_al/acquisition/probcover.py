@@ -92,7 +92,7 @@ def _sq_block(q: np.ndarray, q_sq: np.ndarray, y: np.ndarray, y_sq: np.ndarray) 
 
 def _exact_below(q: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: np.ndarray, t: float) -> np.ndarray:
     """(P,) bool: fl32(exact squared distance of (q[rows[p]], y[cols[p]])) < t, in batches of pairs."""
-    from ray_al.select.kcenter import exact_sqdist_pairs
+    from ray_al.acquisition.kcenter_greedy import exact_sqdist_pairs
 
     out = np.empty(rows.shape[0], dtype=bool)
     step = max(1, PAIR_VALUES // q.shape[1])
@@ -122,7 +122,7 @@ def purity_radius(
     r(x)^2 = min over pool points x' with another pseudo-label of fl32(exact ||x - x'||^2) (inf if none);
     purity(t) = mean(r^2 >= t), so the answer is the order statistic sorted(r^2)[floor((1 - alpha) S)].
     """
-    from ray_al.select.kcenter import exact_min_sqdist
+    from ray_al.acquisition.kcenter_greedy import exact_min_sqdist
 
     q = pool.gather(sample)  # (S, d)
     q_lab = labels[sample]
@@ -385,7 +385,7 @@ def _fallback(view: PoolView, pool: PoolRows, picks: list[int], remaining: int, 
 
 def _centre(pool: PoolRows) -> tuple[float, float]:
     """Centre the pool's rows (distances unchanged, float32 error bounds tighter): (max norm, error bound)."""
-    from ray_al.select.kcenter import error_bound
+    from ray_al.acquisition.kcenter_greedy import error_bound
 
     pool.shift = pool.mean().astype(np.float32)
     max_norm = 0.0

@@ -40,8 +40,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
-from ray_al.ids import canonical_order, splitmix64
-from ray_al.optional import require_faiss
+from ray_al.core.ids import canonical_order, splitmix64
+from ray_al.core.optional import require_faiss
 
 MAX_CLUSTERS = 500  # the authors' MAX_NUM_CLUSTERS
 MIN_CLUSTER_SIZE = 5  # clusters with this many points or fewer are ignored

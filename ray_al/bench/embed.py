@@ -7,7 +7,7 @@ read the pool Parquet (`id`, encoded `image`) -> decode each image with `ray_al.
 -> the same learner (same weights, eval mode, float32 unless --dtype) -> write `id`, `embedding`, `probs`
 to Parquet. Same CPU count in total: the plain loop runs in one process with `torch.set_num_threads(cpus)`
 and a DataLoader with no worker processes (decoding in the loop, as a plain loop does); the Ray side runs
-`ray_al.embed.embed_splits` (the code the cycle runs) on a local Ray started with `num_cpus=cpus`, so its
+`ray_al.workers.embed.embed_splits` (the code the cycle runs) on a local Ray started with `num_cpus=cpus`, so its
 actors x CPUs per actor (one torch thread per CPU) fit the same cores. Ray's own start (`ray.init`) is
 not timed, nor is a warm-up run of each side on 1,024 rows; everything the embed step does (planning, actor
 start-up, model build, reads, writes) is.
@@ -156,7 +156,7 @@ def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_s
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
-    from ray_al.augment import to_model_input
+    from ray_al.core.augment import to_model_input
     from ray_al.models.weights import build_learner, state_from_bytes
 
     class ParquetImages(IterableDataset):
@@ -187,7 +187,7 @@ def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_s
 
 def run_ray(pool: str, out: str, blob: bytes, kwargs: dict, options) -> float:
     from ray_al.data.reader import read_split, tag_split
-    from ray_al.embed import embed_splits
+    from ray_al.workers.embed import embed_splits
 
     spec = PoolSpec(pool_uri=pool, test_uri=pool, num_classes=CLASSES, class_names=tuple(map(str, range(CLASSES))),
                     image_size=IMAGE_SIZE, channels=CHANNELS, mean=kwargs["mean"], std=kwargs["std"],
@@ -199,7 +199,7 @@ def run_ray(pool: str, out: str, blob: bytes, kwargs: dict, options) -> float:
 
 def max_difference(plain_out: str, ray_out: str) -> float:
     """Largest |difference| between the two sides' embeddings, matched by id."""
-    from ray_al.embeddings import matrix, read_embeddings
+    from ray_al.core.embeddings import matrix, read_embeddings
 
     a = pq.read_table(plain_out).sort_by("id")
     b = read_embeddings(ray_out, "unlabeled").sort_by("id")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from ray_al.embed import EmbedOptions
+    from ray_al.workers.embed import EmbedOptions
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

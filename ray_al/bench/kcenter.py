@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from ray_al.select.kcenter import (
+from ray_al.acquisition.kcenter_greedy import (
     DEFAULT_CHUNK_ROWS,
     _argmax_lowest,
     _sqnorms32,

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ray_al.bench.al_compare import read_results, run_logged
 from ray_al.data import builtin
-from ray_al.ledger import OOD_LABEL, Ledger
+from ray_al.run.ledger import OOD_LABEL, Ledger
 
 METHODS = ["random", "kcenter", "margin", "typiclust", "auto"]
 FOREIGN_ID_START = 1_000_000  # foreign ids follow CIFAR's row numbers (0..49,999) without meeting them

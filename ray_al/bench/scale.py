@@ -301,7 +301,7 @@ class StageWatch:
 
 def round_config(args, pool_uri: str, test_uri: str, run_uri: str):
     """One round of joint MoBY on the ingested pool, k-center over Ray shard actors, the per-round paths."""
-    from ray_al import config as config_mod
+    from ray_al.core import config as config_mod
 
     gpu = args.device == "cuda"
     return config_mod.load(None, [
@@ -317,7 +317,7 @@ def round_config(args, pool_uri: str, test_uri: str, run_uri: str):
 
 def default_selection_config(cfg):
     """cfg with select.method and select.shards at their defaults (config.SelectConfig)."""
-    from ray_al import config as config_mod
+    from ray_al.core import config as config_mod
 
     d = config_mod.SelectConfig()
     return config_mod.replace(cfg, select={"method": d.method, "shards": d.shards})
@@ -331,7 +331,7 @@ class Round:
         self.info: dict = {}
 
     def open(self) -> None:
-        from ray_al.loop import Cycle, check_config, open_run
+        from ray_al.loop.rounds import Cycle, check_config, open_run
 
         check_config(self.cfg)
         run, spec, cfg = open_run(self.cfg, self.cfg.run.dir, resume=False)
@@ -355,8 +355,8 @@ class Round:
                                        "selected_by": self.cycle.run.step_payload(0, "select")["selected_by"]}
 
     def select_default(self) -> None:
-        from ray_al import config as config_mod
-        from ray_al.selection import select_ids
+        from ray_al.core import config as config_mod
+        from ray_al.loop.selection import select_ids
 
         cfg = default_selection_config(self.cfg)
         chosen = select_ids(cfg, self.cycle.run.round_uri(0, "embeddings"), self.ledger,
@@ -397,7 +397,7 @@ def pool_reusable(pool_uri: str, rows: int) -> bool:
 def build_and_ingest(args, watch: StageWatch, timed, paths: dict, log=print) -> dict:
     """Stages build and ingest (skipped with --keep when the pool of this N is there); Ray starts between."""
     from ray_al.data.ingest import ingest
-    from ray_al.ray_utils import init_ray
+    from ray_al.workers.ray_utils import init_ray
 
     reuse = args.keep and pool_reusable(paths["pool"], args.rows) and Path(paths["test"]).is_file()
     if not reuse:

@@ -3,10 +3,10 @@
     python -m ray_al.bench.train --images 4096 --epochs 4 --threads 1 --batch-size 64
 
 Both sides train the same learner (same kwargs, same seed, so the same initial weights) with the same
-loop (`ray_al.trainloop.train_epoch`) on the same in-memory uint8 images (a CIFAR-10 subsample written
+loop (`ray_al.models.trainloop.train_epoch`) on the same in-memory uint8 images (a CIFAR-10 subsample written
 as a pool by `ray_al.data.pool.prepare`), same batch size, same optimiser, same torch thread count:
 * plain: this process, `torch.set_num_threads(--threads)`, images decoded here;
-* Ray: `ray_al.train.fit` (the code the cycle runs) with one worker of `--threads` CPUs (Ray gives a
+* Ray: `ray_al.workers.train.fit` (the code the cycle runs) with one worker of `--threads` CPUs (Ray gives a
   worker as many torch threads as CPUs) on a local Ray started with exactly --threads + 1 CPUs.
 
 Figures (images/s = images fed through the model, labeled + SSL inputs, over the epochs counted):
@@ -47,7 +47,7 @@ def _load_pool(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
     import torch
 
-    from ray_al import trainloop as tl
+    from ray_al.models import trainloop as tl
     from ray_al.models.weights import build_learner, learner_kwargs
 
     torch.set_num_threads(threads)
@@ -81,7 +81,7 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
 
 def run_ray(cfg, spec, epochs: int, seed: int, storage: str, name: str) -> dict:
     from ray_al.data.pool import read_labels
-    from ray_al.train import fit
+    from ray_al.workers.train import fit
 
     ids, labels = read_labels(spec.pool_uri)
     out = fit(cfg, spec, labeled_ids=np.asarray(ids), labeled_labels=np.asarray(labels), storage_uri=storage,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from ray_al import config as config_mod
+    from ray_al.core import config as config_mod
     from ray_al.data.pool import prepare
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec = prepare(cfg.data, work, args.seed)
         # one spare CPU for Ray Data and the controller
         os.environ["RAY_ADDRESS"] = "local"  # a fresh cluster, never someone else's
-        from ray_al.ray_utils import init_ray
+        from ray_al.workers.ray_utils import init_ray
 
         init_ray(num_cpus=args.threads + 1)  # with the dashboard: Ray Train's placement-group cleaner needs it
         plain, ray_runs = [], []

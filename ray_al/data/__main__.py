@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_al import storage
+from ray_al.core import storage
 from ray_al.cli import run_main
 
 

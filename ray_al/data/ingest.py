@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import fs as pafs
 
-from ray_al import storage
+from ray_al.core import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MIN_FILES_PER_TASK = 64  # below this a read task costs more than it reads
@@ -116,7 +116,7 @@ def ingest(src: str, dest: str, *, overwrite: bool = False) -> dict:
     """Ingest an image folder into DEST (a directory of Parquet files plus `_classes.json`)."""
     import ray
 
-    from ray_al.ray_utils import ensure_ray
+    from ray_al.workers.ray_utils import ensure_ray
 
     if storage.exists(dest) and storage.listdir(dest) and not overwrite:
         raise FileExistsError(f"ingest destination '{dest}' is not empty; choose a new one or pass --overwrite.")

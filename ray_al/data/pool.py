@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from ray_al import storage
-from ray_al.config import DataConfig
+from ray_al.core import storage
+from ray_al.core.config import DataConfig
 from ray_al.data import builtin
 from ray_al.data.images import decode_one
-from ray_al.ledger import OOD_LABEL
+from ray_al.run.ledger import OOD_LABEL
 
 BUILTIN = ("digits", "cifar10")  # written into the run directory; the others are the user's
 DATASETS = (*BUILTIN, "parquet", "folder")

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import storage
+from ray_al.core import storage
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
-from ray_al.ids import seeded_sample
+from ray_al.core.ids import seeded_sample
 
 
 def _select_ids(table: pa.Table, ids_ref, keep: bool) -> pa.Table:
@@ -58,7 +58,7 @@ def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, 
     seeded sample (seed, fraction) by id (`ids.seeded_sample`), taken as the rows stream by."""
     import ray
 
-    from ray_al.ray_utils import ensure_ray
+    from ray_al.workers.ray_utils import ensure_ray
 
     ensure_ray()
     # The flag is read when the Dataset is created (see _SMALL_PARQUET_BYTES).

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ray_al.registry import Registry
+from ray_al.core.registry import Registry
 
 __all__ = ["BACKBONES", "build_backbone"]
 

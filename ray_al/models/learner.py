@@ -63,10 +63,10 @@ class JointLearner(nn.Module):
             callers (and augmentations) work on [0, 1] images.
         ssl: "none" or a name from ``ray_al.ssl.METHODS``; ssl_options go to ``ray_al.ssl.build``.
         dropout: dropout before the classifier (training only; MC-dropout committees apply their own
-            masks to the features, ray_al.embed).
+            masks to the features, ray_al.workers.embed).
 
     ``forward(x) -> (logits (B, num_classes), features (B, feature_dim))``; ``ssl_loss`` is the SSL
-    method's loss (ray_al.trainloop.JointObjective routes both through one DDP forward).
+    method's loss (ray_al.models.trainloop.JointObjective routes both through one DDP forward).
     """
 
     def __init__(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # types only: the model layer does not depend on the data or config layers
-    from ray_al.config import Config
+    from ray_al.core.config import Config
     from ray_al.data.pool import PoolSpec
 
 

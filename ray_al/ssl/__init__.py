@@ -1,7 +1,7 @@
 """Self-supervised objectives trained jointly with (or before) the classifier. Pure torch, no ray.
 
 ``build(name, encoder, feature_dim, image_size, channels, **options) -> SSLMethod``; ``METHODS`` (a
-``ray_al.registry.Registry``) maps names to classes. Each method's paper defaults are in its module
+``ray_al.core.registry.Registry``) maps names to classes. Each method's paper defaults are in its module
 docstring and keyword defaults.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ray_al.registry import Registry
+from ray_al.core.registry import Registry
 from ray_al.ssl.barlow_twins import BarlowTwins, barlow_twins_loss
 from ray_al.ssl.base import (
     KeyQueue,

@@ -24,8 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ray_al import augment
-from ray_al.augment import AugmentParams
+from ray_al.core import augment
+from ray_al.core.augment import AugmentParams
 
 Views = tuple[Tensor, Tensor]
 
@@ -207,7 +207,7 @@ class SSLMethod(nn.Module):
 
     Subclasses set ``name`` and ``view_kind`` and implement ``setup(**options)``, which builds the
     heads and whose keyword parameters are the method's options besides ``flip`` and ``augment``, and
-    ``_loss(views)``. ``loss`` makes the views (``ray_al.augment``) unless ``views`` are passed, e.g.
+    ``_loss(views)``. ``loss`` makes the views (``ray_al.core.augment``) unless ``views`` are passed, e.g.
     precomputed identical views when comparing 2 workers x b with 1 worker x 2b. ``seeds`` (one int
     per sample) make the views a function of the sample alone, so a batch split across workers gets
     the same views.

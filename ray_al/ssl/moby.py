@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ray_al import augment
+from ray_al.core import augment
 from ray_al.ssl.base import KeyQueue, MomentumContrast, Views, concat_all_gather, cosine_momentum, info_nce, mlp
 
 

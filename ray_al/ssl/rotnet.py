@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ray_al import augment
+from ray_al.core import augment
 from ray_al.ssl.base import SSLMethod, Views, mlp
 
 

@@ -1,4 +1,4 @@
-"""What the fault drills share: cycles and label imports launched with a kill point armed (ray_al.faults),
+"""What the fault drills share: cycles and label imports launched with a kill point armed (ray_al.core.faults),
 the uninterrupted reference run they are compared with, and a read-only run directory.
 
 Every launch is its own session (`start_new_session`): once the driver is dead, the test kills what is left
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pyarrow.parquet as pq
 
-from ray_al.faults import KILL_AT, KILL_MARKER, KILL_NTH
+from ray_al.core.faults import KILL_AT, KILL_MARKER, KILL_NTH
 from tests.test_cycle import REPO, ledger_rows
 
 # The smoke test's sizes spelled out (--smoke-test forces one epoch): two epochs with a checkpoint after
@@ -103,7 +103,7 @@ def read_only(directory: Path):
 
 def lose_node_during(cluster, marker: Path, work: Callable[[], Any], replacement: dict,
                      timeout: float = 300) -> tuple[Any, str]:
-    """Run `work` in a thread; once a Ray process holds (ray_al.faults.hold writes `marker` with its node),
+    """Run `work` in a thread; once a Ray process holds (ray_al.core.faults.hold writes `marker` with its node),
     remove that node from the `ray.cluster_utils.Cluster` and add one with `replacement` node args, as an
     autoscaler would. Returns (what `work` returned, the lost node's id)."""
     with ThreadPoolExecutor(1) as pool:

@@ -1,4 +1,4 @@
-"""ray_al.faults itself: a kill point kills only where it is armed, once per marker, and every named
+"""ray_al.core.faults itself: a kill point kills only where it is armed, once per marker, and every named
 point has its call site (so a drill that names it cannot silently run through)."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ray_al.faults import HOLD_POINTS, KILL_AT, KILL_MARKER, KILL_NTH, POINTS
+from ray_al.core.faults import HOLD_POINTS, KILL_AT, KILL_MARKER, KILL_NTH, POINTS
 from tests.test_cycle import REPO
 
-PROBE = "from ray_al.faults import kill_point; kill_point('embed.written'); print('went past')"
+PROBE = "from ray_al.core.faults import kill_point; kill_point('embed.written'); print('went past')"
 
 
 def probe(env: dict) -> subprocess.CompletedProcess:
@@ -38,7 +38,7 @@ def test_other_points_and_no_setting_do_nothing(tmp_path):
 
 
 def test_nth_kills_at_the_nth_reach_of_the_point(tmp_path):
-    reaches = "from ray_al.faults import kill_point\nfor i in range(1, 5):\n    kill_point('sweep.result'); print(i, flush=True)"
+    reaches = "from ray_al.core.faults import kill_point\nfor i in range(1, 5):\n    kill_point('sweep.result'); print(i, flush=True)"
     env = {KILL_AT: "sweep.result", KILL_MARKER: str(tmp_path / "m"), KILL_NTH: "3"}
     run = subprocess.run([sys.executable, "-c", reaches], cwd=REPO, env=env, capture_output=True, text=True)
     assert run.returncode == -signal.SIGKILL and run.stdout.split() == ["1", "2"]

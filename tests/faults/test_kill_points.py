@@ -1,5 +1,5 @@
 """SIGKILL of the cycle driver at every step boundary and inside every step, at the named kill points of
-ray_al.faults, then `--resume`: the ledger and the results equal an uninterrupted run's with the same
+ray_al.core.faults, then `--resume`: the ledger and the results equal an uninterrupted run's with the same
 seed, no label is lost or duplicated, and no output of a dead attempt is taken as committed. To make the
 last visible, a drill spoils what the dead attempt left behind (embeddings shuffled between rows plus a
 stray part file, a query batch of other ids): a resume that took it would end differently.
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ray_al.ledger import Ledger
-from ray_al.rundir import RunDir
+from ray_al.run.ledger import Ledger
+from ray_al.run.rundir import RunDir
 from tests.faults.drill import ARGS, kill_at, launch, ledger_rows, queried, read_only, results, round_dir
 
 CYCLE = "ray_al.cycle"

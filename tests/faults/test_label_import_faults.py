@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ray_al.ledger import Ledger
-from ray_al.oracle import import_labels
-from ray_al.rundir import RunDir
+from ray_al.run.ledger import Ledger
+from ray_al.run.oracle import import_labels
+from ray_al.run.rundir import RunDir
 from tests.faults.drill import kill_at, launch, ledger_rows
 from tests.test_cycle import REPO
 from tests.test_oracle_label import make_run, write_csv

@@ -1,6 +1,6 @@
 """A node lost mid-step, on a simulated cluster (ray.cluster_utils.Cluster: a head with no CPUs, so every
 actor runs on a worker node that can be taken away). The node goes while the step is under way, as the
-drill decides (ray_al.faults' hold points, or k-center's between-pass callback), and a replacement node
+drill decides (ray_al.core.faults' hold points, or k-center's between-pass callback), and a replacement node
 joins as an autoscaler would add one. The step must complete with the result of an undisturbed run.
 
 (A node holding a training worker: tests/test_train_distributed.py, on that module's 2-node cluster.)
@@ -17,9 +17,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no tok
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from ray_al.embeddings import matrix, read_embeddings  # noqa: E402
-from ray_al.faults import HOLD_AT, HOLD_MARKER  # noqa: E402
-from ray_al.select import kcenter_greedy, kcenter_select_distributed  # noqa: E402
+from ray_al.core.embeddings import matrix, read_embeddings  # noqa: E402
+from ray_al.core.faults import HOLD_AT, HOLD_MARKER  # noqa: E402
+from ray_al.acquisition.kcenter_greedy import kcenter_greedy  # noqa: E402
+from ray_al.workers.kcenter_shards import kcenter_select_distributed  # noqa: E402
 from tests.faults.drill import lose_node_during  # noqa: E402
 from tests.test_embed import embed_one, learner_kwargs, make_spec, model_state, png_table, reference, write  # noqa: E402
 from tests.test_kcenter_distributed import write_file  # noqa: E402

@@ -9,14 +9,14 @@ import uuid
 
 import pytest
 
-from ray_al import storage
-from ray_al.ledger import Ledger
+from ray_al.core import storage
+from ray_al.run.ledger import Ledger
 from tests.s3gate import S3Gate
 
 
 @pytest.fixture
 def gate(s3_server, monkeypatch):
-    """ray_al.storage pointed at a gate in front of the test S3 server, for this test only."""
+    """ray_al.core.storage pointed at a gate in front of the test S3 server, for this test only."""
     saved = dict(storage._explicit)
     monkeypatch.setenv("RAY_AL_S3_ENDPOINT", "")
     with S3Gate(s3_server.endpoint) as g:

@@ -1,4 +1,4 @@
-"""The training loop proper, in plain PyTorch (no Ray): ray_al.train wraps it for Ray Train workers and the
+"""The training loop proper, in plain PyTorch (no Ray): ray_al.workers.train wraps it for Ray Train workers and the
 benchmark runs it bare, so both measure the same code.
 
 Determinism and data-parallel equivalence:
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_al.augment import to_model_input
-from ray_al.ids import id_keys, splitmix64
+from ray_al.core.augment import to_model_input
+from ray_al.core.ids import id_keys, splitmix64
 
 # ----------------------------------------------------------------------------- per-sample keys and seeds
 
@@ -93,7 +93,7 @@ LR_SCHEDULES = ("step", "cosine")
 
 def check_optimizer_names(optimizer: str, schedule: str) -> None:
     """train.optimizer / train.lr_schedule: checked by the cycle before Ray starts and by make_optimizer."""
-    from ray_al.config import ConfigError
+    from ray_al.core.config import ConfigError
 
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer='{optimizer}' is not valid; choose one of {', '.join(OPTIMIZERS)}.")

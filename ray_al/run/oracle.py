@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import faults, storage
-from ray_al.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
-from ray_al.rundir import RunDir, batch_name
+from ray_al.core import faults, storage
+from ray_al.run.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
+from ray_al.run.rundir import RunDir, batch_name
 
 __all__ = ["NONE_ANSWER", "PoolOracle", "SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
            "load_image_bytes", "pending_round", "query_uris", "read_pool_rows"]

@@ -1,5 +1,5 @@
 """k-center over Ray shard actors: each actor loads its own embedding Parquet files, the pure exact
-driver (`ray_al.select.kcenter.exact_greedy`) runs in the caller and talks to them.
+driver (`ray_al.acquisition.kcenter_greedy.exact_greedy`) runs in the caller and talks to them.
 
 Ray plumbing only; the selection logic is in kcenter.py. The caller owns `ray.init()`.
 
@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import ray
 
-from ray_al.embeddings import drop_corrupt
-from ray_al.select.kcenter import (
+from ray_al.core.embeddings import drop_corrupt
+from ray_al.acquisition.kcenter_greedy import (
     DEFAULT_CHUNK_ROWS,
     MAX_NAMED_ROWS,
     KCenterShard,
@@ -74,7 +74,7 @@ def load_embeddings(
 
 
 def _read_table(f: str, filesystem: Any, id_column: str, embedding_column: str) -> Any:
-    """The id and embedding columns of one file, its undecodable rows dropped (`ray_al.embeddings`)."""
+    """The id and embedding columns of one file, its undecodable rows dropped (`ray_al.core.embeddings`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -8,20 +8,20 @@ run with the same environment goes on. Without a marker the point kills every ti
 `RAY_AL_KILL_NTH=n` kills at the n-th time this process reaches the point (default 1).
 The points (docs/RELIABILITY.md lists them with their tests):
 
-* cycle driver, `ray_al.loop`: `train.done`, `embed.written`, `embed.done`, `select.written`,
+* cycle driver, `ray_al.loop.rounds`: `train.done`, `embed.written`, `embed.done`, `select.written`,
   `select.done`, `label.committed`, `label.done`, `round.committed`;
-* `python -m ray_al.label import`, `ray_al.oracle`: `import.committed`;
+* `python -m ray_al.label import`, `ray_al.run.oracle`: `import.committed`;
 * `python -m ray_al.sweep`, the sweep driver: `sweep.result`, reached each time a trial reports a committed
   round to Tune (the trial runs on; killing the driver there kills the sweep mid-trial);
 * `train.epoch`: a training worker SIGKILLs the cycle driver at the first step of epoch 1 (after epoch 0's
-  checkpoint; needs train.epochs >= 2), through `ray_al.train.FaultInjection`.
+  checkpoint; needs train.epochs >= 2), through `ray_al.workers.train.FaultInjection`.
 
 Hold points stand in for a lost node: `RAY_AL_HOLD_AT=<point> RAY_AL_HOLD_MARKER=<file>` makes the first
 process to reach the point (in any Ray worker of the job) write the marker, a JSON object with its `node`
 id and `pid`, and wait there until it is killed. A drill then removes that node
 (`ray.cluster_utils.Cluster.remove_node`); the retried work finds the marker and goes on. Points
 (`HOLD_POINTS`): `embed.batch` (an embedding actor, at a batch). A training worker holds the same way
-through `ray_al.train.FaultInjection` with `hold=True`, at the rank, epoch and step it names. (k-center
+through `ray_al.workers.train.FaultInjection` with `hold=True`, at the rank, epoch and step it names. (k-center
 shards need no hold point: the selection's `on_pass` callback runs in the driver between passes.)
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ray Train plumbing: the driver builds a `TrainSpec` and a `TorchTrainer` (`fit`); every worker runs
 `train_loop_per_worker`, which reads the spec's typed fields.
 
-The loop itself is ray_al.trainloop (plain PyTorch); this module only moves data into workers, wraps the
+The loop itself is ray_al.models.trainloop (plain PyTorch); this module only moves data into workers, wraps the
 model for DDP, and checkpoints at the end of epochs through `ray.train.report` so a lost worker
 (FailureConfig) or a killed cycle resumes from the last checkpointed epoch. An epoch checkpoint costs ~2 s
 (save, report, the controller's copy), which is 100x a digits epoch: `train.checkpoint_every_s` skips
@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ray_al import faults, trainloop
-from ray_al.config import Config, ConfigError
+from ray_al.core import faults
+
+from ray_al.models import trainloop
+from ray_al.core.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
 from ray_al.models import convert_sync_batchnorm
 from ray_al.models.weights import build_learner, learner_kwargs, state_from_bytes, state_to_bytes
-from ray_al.ray_utils import node_id
+from ray_al.workers.ray_utils import node_id
 
 CHECKPOINT_FILE = "state.pt"
 SHARDING = ("split", "replicate")
@@ -48,7 +50,7 @@ DDP_KWARGS = {"broadcast_buffers": False}
 @dataclass(frozen=True)
 class FaultInjection:
     """Test/chaos drill: SIGKILL rank `rank` at (epoch, step), once (the `marker` file remembers); with
-    `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.faults' `train.epoch`); with
+    `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.core.faults' `train.epoch`); with
     `hold`, it notes its node in `marker` and waits for the drill to remove that node (a lost node).
 
     The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
@@ -432,7 +434,7 @@ def train_spec(
 
 
 def _driver_kill() -> FaultInjection | None:
-    """ray_al.faults' `train.epoch`: rank 0 SIGKILLs this process (the driver) once epoch 0 is checkpointed."""
+    """ray_al.core.faults' `train.epoch`: rank 0 SIGKILLs this process (the driver) once epoch 0 is checkpointed."""
     marker = faults.armed("train.epoch")
     if marker is None:
         return None
@@ -458,7 +460,7 @@ def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> T
     run: the keywords of `train_spec` (labeled_ids=, labeled_labels=, seed=, epochs=, use_ce=, use_ssl=,
     ssl_on_pool=, head_only=, init_state=, method=, desc=, sharding=, fault_injection=, progress=).
     """
-    from ray_al.ray_utils import ensure_ray
+    from ray_al.workers.ray_utils import ensure_ray
 
     ensure_ray()
     job = checked_spec(cfg, spec, **run)
@@ -565,7 +567,7 @@ def _outcome(result, name: str, seconds: float) -> TrainOutcome:
 
 def _storage(uri: str):
     """Ray Train storage: (filesystem, path). Local paths must be absolute; S3 keeps our endpoint."""
-    from ray_al import storage
+    from ray_al.core import storage
 
     if storage.is_s3(uri):
         return storage.pyarrow_fs(uri)

@@ -15,7 +15,7 @@ typiclust and probcover, so a cluster of foreign images is not queried again), b
 policy's labels per class).
 
 `select_ids` runs the configured strategy on it. No Ray here: the shard actors live in
-ray_al.select.distributed, imported only when `select.shards > 1`.
+ray_al.workers.kcenter_shards, imported only when `select.shards > 1`.
 """
 from __future__ import annotations
 
@@ -28,16 +28,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import acquisition, storage
+from ray_al import acquisition
+
+from ray_al.core import storage
 from ray_al.acquisition import PoolView
 from ray_al.acquisition.policy import AUTO, Choice, auto_choice
-from ray_al.config import BudgetError, Config
-from ray_al.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
+from ray_al.core.config import BudgetError, Config
+from ray_al.core.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
                                read_embeddings, split_columns, split_files)
-from ray_al.ledger import OOD_LABEL, Ledger
+from ray_al.run.ledger import OOD_LABEL, Ledger
 
 
-log = logging.getLogger("ray_al.selection")
+log = logging.getLogger("ray_al.loop.selection")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def needs_committee(cfg: Config) -> bool:
 def embed_options(cfg: Config):
     """The embed step's EmbedOptions. MC-dropout passes are an embedding output, computed only when a
     committee method needs them; a heads committee is fitted at selection time instead."""
-    from ray_al.embed import EmbedOptions
+    from ray_al.workers.embed import EmbedOptions
 
     committee = cfg.select.committee == "mc_dropout" and needs_committee(cfg)
     return EmbedOptions(
@@ -309,8 +311,8 @@ def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[n
 
 
 def _kcenter_on_shards(source: ShardFiles, k: int, shards: int, seed: int) -> list:
-    from ray_al.ray_utils import ensure_ray
-    from ray_al.select import kcenter_select_distributed
+    from ray_al.workers.ray_utils import ensure_ray
+    from ray_al.workers.kcenter_shards import kcenter_select_distributed
 
     ensure_ray()
     chosen, _stats = kcenter_select_distributed(source.files, k, labeled_features=source.labeled_embeddings,
@@ -322,7 +324,7 @@ def zero_shot_prefix(uri: str, view: PoolView, ledger: Ledger, k: int, seed: int
     """Zero-shot AL: order the pool once by k-center on the first round's features (the seed set as
     centers) and save it at `uri`; every round takes the next k unlabeled ids of that order, so budgets
     are prefixes of one order."""
-    from ray_al.select import zero_shot_order
+    from ray_al.acquisition.kcenter_greedy import zero_shot_order
 
     if not storage.exists(uri):
         order = zero_shot_order(view.embeddings, seed=seed, labeled_features=view.labeled_embeddings)

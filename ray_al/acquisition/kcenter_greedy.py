@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from ray_al.optional import require_faiss
+from ray_al.core.optional import require_faiss
 
 _U32 = 2.0**-24  # unit roundoff of float32
 DEFAULT_CHUNK_ROWS = 65536  # rows per faiss call: bounds temporaries (and fp16->fp32 copies) to ~chunk x d

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ray_al import storage
+from ray_al.core import storage
 
 __all__ = ["Ledger", "LedgerError", "OOD_LABEL", "SOURCES", "ID_TYPES", "name_rows", "normalize_id_type"]
 

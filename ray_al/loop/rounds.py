@@ -20,15 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_al import config as config_mod
-from ray_al import faults, selection, storage
+from ray_al.core import config as config_mod
+from ray_al.core import faults, storage
+from ray_al.loop import selection
 from ray_al.acquisition.policy import AUTO
-from ray_al.config import BudgetError, Config, ConfigError
+from ray_al.core.config import BudgetError, Config, ConfigError
 from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
-from ray_al.ledger import Ledger
-from ray_al.registry import Registry, UnknownNameError
-from ray_al.resident import RESIDENT
-from ray_al.rundir import SEED_ROUND, RunDir, batch_name
+from ray_al.run.ledger import Ledger
+from ray_al.core.registry import Registry, UnknownNameError
+from ray_al.workers.resident import RESIDENT
+from ray_al.run.rundir import SEED_ROUND, RunDir, batch_name
 
 __all__ = ["BudgetError", "Cycle", "check_budget", "check_config", "default_run_dir", "finish", "open_run",
            "train_seed"]
@@ -49,7 +50,7 @@ def default_run_dir(cfg: Config, smoke: bool) -> str:
 # ----------------------------------------------------------------------------- checks before any work
 def check_config(cfg: Config) -> None:
     """Cheap checks before any work: names that exist, values in range."""
-    from ray_al.trainloop import check_optimizer_names
+    from ray_al.models.trainloop import check_optimizer_names
 
     try:
         _check_names(cfg)
@@ -180,13 +181,13 @@ class Cycle:
         self.seed = cfg.al.seed
         self.features_uri = ""  # RUN_DIR/pool_features once computed (al.initial, select.features=pretrained)
         self._oracle = None
-        self._group = None  # the resident worker group (ray_al.resident), once a round needs it
+        self._group = None  # the resident worker group (ray_al.workers.resident), once a round needs it
 
     def ledger(self) -> Ledger:
         return Ledger.load(self.run.uri, id_type=self.spec.id_type)
 
     def oracle(self):
-        from ray_al.oracle import PoolOracle
+        from ray_al.run.oracle import PoolOracle
 
         if self._oracle is None:
             self._oracle = PoolOracle(self.spec.pool_uri)
@@ -230,7 +231,7 @@ class Cycle:
     def seed_batch(self) -> bool:
         """al.initial's pick among all pool rows, written as the seed query batch for annotators; the run
         stops until `python -m ray_al.label import` commits the answers as ledger round 0."""
-        from ray_al.oracle import query_uris
+        from ray_al.run.oracle import query_uris
 
         if not self.run.is_done(SEED_ROUND, "select"):
             chosen = selection.seed_set(self.cfg, self.features_uri, None, self.seed)
@@ -242,7 +243,7 @@ class Cycle:
     def pretrained_state(self) -> dict | None:
         """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
         from ray_al.models.weights import state_from_bytes, state_to_bytes
-        from ray_al.train import fit
+        from ray_al.workers.train import fit
 
         cfg = self.cfg
         if cfg.train.mode == "joint":
@@ -277,7 +278,7 @@ class Cycle:
         """RUN_DIR/pool_features: the whole pool embedded once by the self-supervised encoder (the pretrain
         state, or train.checkpoint in a joint run), for al.initial and select.features=pretrained."""
         from ray_al.data.reader import pool_columns, read_split, tag_split
-        from ray_al.embed import embed_splits
+        from ray_al.workers.embed import embed_splits
         from ray_al.models.weights import learner_kwargs, state_to_bytes
 
         uri, done = self.run.path("pool_features"), self.run.path("pool_features.json")
@@ -296,7 +297,7 @@ class Cycle:
         encoder of a run whose rounds train only the head, computed once and recomputed only for another
         encoder (the per-round path's counterpart of a resident group's kept features)."""
         from ray_al.data.reader import frozen_input
-        from ray_al.embed import embed_splits
+        from ray_al.workers.embed import embed_splits
         from ray_al.models.weights import encoder_digest, learner_kwargs, state_to_bytes
 
         uri, done = self.run.path("frozen_features"), self.run.path("frozen_features.json")
@@ -314,7 +315,7 @@ class Cycle:
 
     def train(self, r: int, ledger: Ledger, init_state: dict | None) -> dict:
         from ray_al.models.weights import state_from_bytes, state_to_bytes
-        from ray_al.train import fit
+        from ray_al.workers.train import fit
 
         if self.run.is_done(r, "train"):
             return state_from_bytes(storage.read_bytes(self._model_uri(r)))
@@ -336,7 +337,7 @@ class Cycle:
     def resident_group(self):
         """The worker group that serves every round (train.resident), started on first use; None when
         rounds run a fit and an embedding actor pool each."""
-        from ray_al import resident
+        from ray_al.workers import resident
 
         if self._group is None and resident.wanted(self.cfg, self.spec):
             self._group = resident.ResidentGroup(self.cfg, self.spec, self.run.path("ray_train"))
@@ -351,7 +352,7 @@ class Cycle:
     def embed(self, r: int, ledger: Ledger, state: dict) -> dict:
         """Embed the unlabeled, labeled and test splits; the test split gives the round's accuracy."""
         from ray_al.data.reader import embedding_input, features_input
-        from ray_al.embed import embed_heads, embed_splits
+        from ray_al.workers.embed import embed_heads, embed_splits
         from ray_al.models.weights import learner_kwargs, state_to_bytes
 
         if self.run.is_done(r, "embed"):
@@ -379,7 +380,7 @@ class Cycle:
         return payload
 
     def select(self, r: int, ledger: Ledger) -> list:
-        from ray_al.oracle import query_uris
+        from ray_al.run.oracle import query_uris
 
         if self.run.is_done(r, "select"):
             return self.run.read_queries(r).column("id").to_pylist()
@@ -475,7 +476,7 @@ class Cycle:
                  f"  python -m ray_al.cycle --resume {self.run.uri}")
 
     def _log_row(self, row: dict, header: bool) -> None:
-        from ray_al.report import format_table
+        from ray_al.core.report import format_table
 
         if header:
             self.log(format_table([]).split("\n")[0])
@@ -489,7 +490,7 @@ def _head_only(cfg: Config) -> bool:
 
 def _evaluate(out_uri: str) -> dict:
     """Test accuracy over the decodable test images, and the pool ids that could not be decoded."""
-    from ray_al.embeddings import drop_corrupt, matrix, read_embeddings
+    from ray_al.core.embeddings import drop_corrupt, matrix, read_embeddings
 
     test = read_embeddings(out_uri, "test", columns=["probs", "label", "corrupt"])
     if test.num_rows == 0:
@@ -508,7 +509,7 @@ def _evaluate(out_uri: str) -> dict:
 # ----------------------------------------------------------------------------- opening and closing a run
 def finish(run: RunDir, log=print) -> list[dict]:
     """results.jsonl and the learning-curve plot from the committed rounds; prints the table."""
-    from ray_al.report import area_under_curve, format_table, learning_curve_png
+    from ray_al.core.report import area_under_curve, format_table, learning_curve_png
 
     rows = run.results()
     run.write_results_jsonl()

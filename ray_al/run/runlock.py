@@ -18,12 +18,12 @@ import threading
 import time
 import uuid
 
-from ray_al import storage
+from ray_al.core import storage
 
 LOCK_FILE = "LOCK"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
-log = logging.getLogger("ray_al.runlock")
+log = logging.getLogger("ray_al.run.runlock")
 
 
 class RunLockedError(ValueError):

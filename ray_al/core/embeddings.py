@@ -3,7 +3,7 @@
 RUN_DIR/rounds/NNNN/embeddings/split=<unlabeled|labeled|test>/*.parquet, columns `id`, `embedding`
 (fixed-size list of float32), `probs` (fixed-size list of float32), `corrupt` (bool: the image could not
 be decoded), `committee` (members x classes, flattened; only when a committee method needs it) and, in the
-test split, `label`. ray_al.embed writes them; ray_al.selection and the evaluation read them.
+test split, `label`. ray_al.workers.embed writes them; ray_al.loop.selection and the evaluation read them.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ray_al import storage
+from ray_al.core import storage
 
 SPLITS = ("unlabeled", "labeled", "test")
 BATCH_ROWS = 8192  # rows a streaming read holds at once

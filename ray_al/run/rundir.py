@@ -3,7 +3,7 @@
 ```
 RUN_DIR/
   run.json                      written once: config snapshot, num_classes, class_names, id_type, pool, created
-  ledger/                       see ray_al.ledger (ledger-<version>.parquet + MANIFEST.json)
+  ledger/                       see ray_al.run.ledger (ledger-<version>.parquet + MANIFEST.json)
   rounds/0003/
     steps/<step>.json           marker written atomically when a step's outputs are complete
     queries.parquet             the query batch (id, uri) of the round
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_al import storage
-from ray_al.ledger import ID_TYPES, LedgerError, normalize_id_type
+from ray_al.core import storage
+from ray_al.run.ledger import ID_TYPES, LedgerError, normalize_id_type
 
 __all__ = ["RunDir", "RunDirError"]
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ray_al import storage
-from ray_al.config import Config, ConfigError
+from ray_al.core import storage
+from ray_al.core.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
-from ray_al.ids import seeded_sample
+from ray_al.core.ids import seeded_sample
 
 RESIDENT = ("auto", "always", "never")
 # train.resident=auto: resident while the decoded pool + test split (uint8) fit in this per worker
@@ -67,10 +67,10 @@ class Job:
     seq: int
     kind: str  # "train" | "embed" | "stop"
     name: str = ""  # the round's name: tags its checkpoints
-    spec: object = None  # train: a ray_al.train.TrainSpec
+    spec: object = None  # train: a ray_al.workers.train.TrainSpec
     weights: object = None  # embed: ObjectRef of the learner's state bytes
     learner: dict = field(default_factory=dict)  # embed: learner kwargs
-    options: object = None  # embed: ray_al.embed.EmbedOptions
+    options: object = None  # embed: ray_al.workers.embed.EmbedOptions
     out_uri: str = ""
     labeled_ids: np.ndarray | None = None
     keep_features: bool = False  # embed: the encoder is frozen for the run, its features may be kept
@@ -161,7 +161,7 @@ def train_tensors(pool: DecodedRows, spec):
     """This round's TrainTensors from the decoded pool, as a per-round fit collects them."""
     import torch
 
-    from ray_al.trainloop import TrainTensors, ids_to_keys
+    from ray_al.models.trainloop import TrainTensors, ids_to_keys
 
     usable = ~pool.corrupt
     labeled = np.isin(pool.ids, spec.labeled_ids) & usable if spec.use_ce else np.zeros(len(pool.ids), bool)
@@ -182,7 +182,7 @@ def resident_loop(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    from ray_al.train import all_gather_strings, load_checkpoint, quiet_train_logs
+    from ray_al.workers.train import all_gather_strings, load_checkpoint, quiet_train_logs
 
     quiet_train_logs()
     board, spec, on_corrupt = config["board"], config["pool"], config["on_corrupt"]
@@ -216,7 +216,7 @@ def resident_loop(config: dict) -> dict:
 
 def _train_job(job: Job, pool: DecodedRows, rank: int, world: int, restored: dict | None) -> dict:
     from ray_al.models.weights import state_to_bytes
-    from ray_al.train import epoch_plan, prepare_model, run_epochs, train_state
+    from ray_al.workers.train import epoch_plan, prepare_model, run_epochs, train_state
 
     spec = job.spec
     data = train_tensors(pool, spec)
@@ -242,7 +242,7 @@ MAX_KEPT_FEATURES = 512 << 20
 def _embed_job(job: Job, pool: DecodedRows, test: DecodedRows, rank: int, world: int, device) -> dict:
     import ray
 
-    from ray_al.embed import FeatureModel
+    from ray_al.workers.embed import FeatureModel
 
     model = FeatureModel(ray.get(job.weights), job.learner, job.options, str(device.type))
     digest = model.encoder_digest() if job.keep_features else None
@@ -308,8 +308,8 @@ class ResidentGroup:
     def _start(self) -> None:
         import ray
 
-        from ray_al.ray_utils import ensure_ray
-        from ray_al.train import torch_trainer
+        from ray_al.workers.ray_utils import ensure_ray
+        from ray_al.workers.train import torch_trainer
 
         ensure_ray()
         self.board = ray.remote(num_cpus=0, max_concurrency=4 * self.workers + 4)(JobBoard).remote(self.workers)
@@ -347,9 +347,9 @@ class ResidentGroup:
                                    ) from self.error
 
     def train(self, name: str, **run):
-        """One round's training; `run` takes the keywords of ray_al.train.train_spec."""
+        """One round's training; `run` takes the keywords of ray_al.workers.train.train_spec."""
         from ray_al.models.weights import state_from_bytes
-        from ray_al.train import TrainOutcome, checked_spec
+        from ray_al.workers.train import TrainOutcome, checked_spec
 
         started = time.perf_counter()
         spec = checked_spec(self.cfg, self.spec, sharding="replicate", **run)

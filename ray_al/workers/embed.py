@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ray_al import faults, storage
+from ray_al.core import faults, storage
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
-from ray_al.embeddings import fixed_list
-from ray_al.ids import id_keys, splitmix64
-from ray_al.ray_utils import node_id
+from ray_al.core.embeddings import fixed_list
+from ray_al.core.ids import id_keys, splitmix64
+from ray_al.workers.ray_utils import node_id
 
 _ROWS_PER_BLOCK_IN_BATCHES = 4  # blocks handed to the actors: a few batches each, so every actor gets work
 
@@ -38,7 +38,7 @@ class EmbedOptions:
 
 class FeatureModel:
     """A learner in eval mode turning decoded pool rows into the contract's columns (all but `split`).
-    Used by the Ray Data actors (`Embedder`) and by a resident training worker (ray_al.resident)."""
+    Used by the Ray Data actors (`Embedder`) and by a resident training worker (ray_al.workers.resident)."""
 
     def __init__(self, weights: bytes, learner_kwargs: dict, options: EmbedOptions, device: str = "cpu"):
         # torch only here, in the workers: the driver imports this module and stays light
@@ -62,7 +62,7 @@ class FeatureModel:
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """(B, D) float32 encoder features of uint8 pixels (B, H, W, C), before any normalisation."""
-        from ray_al.augment import to_model_input
+        from ray_al.core.augment import to_model_input
 
         torch = self.torch
         with torch.no_grad(), self._autocast():
@@ -170,7 +170,7 @@ class HeadEmbedder:
                                "model: delete the run's frozen_features.json to recompute them")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from ray_al.embeddings import matrix
+        from ray_al.core.embeddings import matrix
 
         decoded = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("id", "corrupt")}
         if "label" in batch.column_names:
@@ -217,7 +217,7 @@ def _actor_pool_to_parquet(dataset, callable_class, ctor_kwargs: dict, weights: 
                            out_uri: str, batch_format: str) -> str:
     import ray
 
-    from ray_al.ray_utils import ensure_ray
+    from ray_al.workers.ray_utils import ensure_ray
 
     ensure_ray()
     # A Parquet read yields blocks of up to 128 MiB (a whole CIFAR-sized file is one block), and an actor

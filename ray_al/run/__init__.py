@@ -1,0 +1,1 @@
+"""Run state: the run directory, its lock, the labeled-set ledger, the oracles."""
