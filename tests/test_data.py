@@ -10,7 +10,7 @@ from ray_al.core import storage
 from ray_al.core.config import DataConfig
 from ray_al.data import builtin
 from ray_al.data.images import CorruptImageError, decode_batch, decode_one
-from ray_al.data.ingest import ingest, list_image_folder, read_classes
+from ray_al.data.ingest import folder_table, ingest, list_image_folder, read_classes
 from ray_al.data.pool import PoolError, check_pool, prepare
 
 
@@ -60,8 +60,13 @@ def test_prepare_user_parquet_infers_shape_stats_and_classes(tmp_path, cifar_par
     pq.write_table(pa.table({"id": [1], "image": test_rows.column("image").slice(0, 1)}), bad_test)
     with pytest.raises(PoolError, match="has no `label` column"):
         prepare(DataConfig(dataset="parquet", pool=str(pool), test=str(bad_test)), str(tmp_path / "run"), seed=0)
-    with pytest.raises(PoolError, match="data.test is empty"):
+    with pytest.raises(PoolError, match=r"no labels to count the classes from: name them with data.classes"):
         prepare(DataConfig(dataset="parquet", pool=str(pool)), str(tmp_path / "run"), seed=0)
+    spec = prepare(DataConfig(dataset="parquet", pool=str(pool), classes=("cat", "dog")), str(tmp_path / "run"), 0)
+    assert spec.test_uri == "" and (spec.num_classes, spec.class_names) == (2, ("cat", "dog"))  # no test split
+    with pytest.raises(PoolError, match="data.num_classes=3 but 2 class names"):
+        prepare(DataConfig(dataset="parquet", pool=str(pool), classes=("cat", "dog"), num_classes=3),
+                str(tmp_path / "run"), 0)
 
 
 def test_prepare_folder_ingests_once_into_the_run(tmp_path, cifar_parquet, ray_local):
@@ -116,13 +121,59 @@ def test_corrupt_image_is_reported_by_id_or_raises(cifar_parquet):
         decode_batch(dict(batch), 32, 3, "error")
 
 
-def test_list_image_folder_refuses_flat_and_missing(tmp_path):
+def test_list_image_folder_refuses_missing_and_images_beside_class_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         list_image_folder(str(tmp_path / "none"))
-    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "cat").mkdir(parents=True)
     (tmp_path / "flat" / "a.png").write_bytes(b"x")
-    with pytest.raises(ValueError, match="class sub-folder"):
-        list_image_folder(str(tmp_path / "flat"))
+    with pytest.raises(ValueError, match="directly in the root"):
+        list_image_folder(str(tmp_path / "flat"), unlabeled=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds no images"):
+        list_image_folder(str(tmp_path / "empty"), unlabeled=True)
+
+
+def _mixed_images(folder) -> dict[str, tuple[int, int]]:
+    """A flat folder as users have it: JPEG and PNG, several sizes and aspects, one nested folder, one
+    non-image file. Returns relative path -> (width, height)."""
+    from PIL import Image
+
+    sizes = {"wide.jpg": (640, 200), "tall.png": (120, 500), "sq.JPEG": (64, 64), "2024/06/grey.png": (33, 71)}
+    for rel, (w, h) in sizes.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "L" if "grey" in rel else "RGB"
+        Image.new(mode, (w, h), color=128 if mode == "L" else (200, 30, 10)).save(path)
+    (folder / "README.txt").write_text("not an image")
+    return sizes
+
+
+def test_a_flat_folder_of_mixed_images_is_an_unlabeled_pool(tmp_path):
+    from PIL import Image
+    import io
+
+    sizes = _mixed_images(tmp_path / "photos")
+    skipped = {}
+    listing, classes = list_image_folder(str(tmp_path / "photos"), skipped, classes=("cat", "dog"))
+    assert listing.column("id").to_pylist() == sorted(sizes) and classes == ["cat", "dog"]
+    assert listing.column("label").null_count == len(sizes) and skipped == {"files": 1, "example": "README.txt"}
+    table = folder_table(str(tmp_path / "photos"))
+    assert table.column("label_name").null_count == len(sizes)
+    for rel, image in zip(table.column("id").to_pylist(), table.column("image").to_pylist()):
+        assert Image.open(io.BytesIO(image)).size == sizes[rel]  # bytes kept as they are: no re-encoding
+
+
+def test_unlabeled_forces_sub_folders_to_be_images_not_classes(tmp_path):
+    _mixed_images(tmp_path / "photos")
+    (tmp_path / "photos" / "wide.jpg").rename(tmp_path / "photos" / "2024" / "wide.jpg")
+    for name in ("tall.png", "sq.JPEG"):
+        (tmp_path / "photos" / name).unlink()
+    listing, _ = list_image_folder(str(tmp_path / "photos"))  # only sub-folders now: read as classes
+    assert listing.column("label").null_count == 0
+    listing, _ = list_image_folder(str(tmp_path / "photos"), unlabeled=True)
+    assert listing.column("id").to_pylist() == ["2024/06/grey.png", "2024/wide.jpg"]
+    assert listing.column("label").null_count == 2
 
 
 def test_ingest_real_image_folder_keeps_bytes_and_labels(tmp_path, cifar_parquet, ray_local):
@@ -153,6 +204,18 @@ def test_ingest_from_s3_folder(tmp_path, cifar_parquet, s3, ray_local):
         ingest(s3.uri("no-such-prefix"), str(tmp_path / "p"))
 
 
+def test_ingest_an_unlabeled_s3_prefix_with_the_annotators_classes(tmp_path, s3, ray_local):
+    sizes = _mixed_images(tmp_path / "photos")
+    for rel in [*sizes, "README.txt"]:
+        storage.write_bytes_atomic(s3.uri("unlabeled", rel), (tmp_path / "photos" / rel).read_bytes())
+    summary = ingest(s3.uri("unlabeled"), s3.uri("upool"), classes=("cat", "dog", "bird"))
+    assert summary["labeled"] is False and summary["skipped_files"] == 1
+    table = storage.read_parquet(s3.uri("upool"))
+    assert sorted(table.column("id").to_pylist()) == sorted(sizes) and table.column("label").null_count == 4
+    assert read_classes(s3.uri("upool")) == ["cat", "dog", "bird"]
+    check_pool(s3.uri("upool"))  # null labels are the contract's "unknown"
+
+
 def test_ingest_cli(tmp_path, cifar_parquet):
     import subprocess
     import sys
@@ -163,7 +226,7 @@ def test_ingest_cli(tmp_path, cifar_parquet):
     proc = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(src), str(tmp_path / "pool")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ingested 10 images" in proc.stdout and storage.read_parquet(str(tmp_path / "pool")).num_rows == 10
+    assert "ingested 10 labeled images" in proc.stdout and storage.read_parquet(str(tmp_path / "pool")).num_rows == 10
     assert "images/s)" in proc.stdout  # throughput
     assert "skipped 1 files that are not images" in proc.stdout and f"e.g. {first_class}/notes.txt" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "ray_al.data", "ingest", str(tmp_path / "missing"),

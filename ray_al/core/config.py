@@ -39,6 +39,8 @@ class DataConfig:
     on_corrupt: str = "skip"  # skip (report ids, leave them out) | error
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for MinIO / moto; empty = AWS
     s3_region: str = ""
+    classes: tuple[str, ...] = ()  # class names annotators use (an unlabeled pool); () = from the data
+    embeddings: str = ""  # a user's own embeddings (Parquet: id, embedding[, probs]): selection-only rounds
 
 
 @dataclass(frozen=True)

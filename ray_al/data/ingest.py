@@ -1,4 +1,8 @@
-"""Image folder (class sub-folders, local or s3://) -> pool Parquet (`id`, `image`, `label`, `label_name`, `path`).
+"""Image folder (local or s3://) -> pool Parquet (`id`, `image`, `label`, `label_name`, `path`).
+
+Two layouts: class sub-folders (`SRC/<class>/.../<image>`: labeled, classes in alphabetical order), or an
+unlabeled folder (images directly in SRC, at any depth below it, or `unlabeled=True` for any tree): every
+`label` is null, and the class names annotators will use come from `classes` (`data.classes`).
 
 `python -m ray_al.data ingest SRC DEST`. The folder is listed directory by directory into one compact Arrow
 table (`id`, `label`), which Ray Data splits into blocks whose files are read in parallel tasks; the original
@@ -40,52 +44,72 @@ def _scan(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, bool, bool]]:
         yield e.base_name, e.type == pafs.FileType.File, e.type == pafs.FileType.Directory
 
 
-def _class_ids(fs: pafs.FileSystem, root: str, name: str, skipped: dict) -> pa.Array:
-    """Sorted ids (`name/.../file`) of the images anywhere under class folder `name`; other files are
-    counted in `skipped` (with the first one seen, to name in the report)."""
-    chunks, names, pending = [], [], [name]
+def _tree_ids(fs: pafs.FileSystem, root: str, start: str, skipped: dict) -> pa.Array:
+    """Sorted ids (paths relative to root) of the images anywhere under root/start ("" = root itself); other
+    files are counted in `skipped` (with the first one seen, to name in the report)."""
+    chunks, names, pending = [], [], [start]
     while pending:
         rel = pending.pop()
-        for base, is_file, is_dir in _scan(fs, f"{root}/{rel}"):
+        prefix = f"{rel}/" if rel else ""
+        for base, is_file, is_dir in _scan(fs, f"{root}/{rel}" if rel else root):
             if is_dir:
-                pending.append(f"{rel}/{base}")
+                pending.append(prefix + base)
             elif is_file and _is_image(base):
-                names.append(f"{rel}/{base}")
+                names.append(prefix + base)
                 if len(names) >= _NAMES_PER_CHUNK:
                     chunks.append(pa.array(names, pa.string()))
                     names = []
             elif is_file:
                 skipped["files"] = skipped.get("files", 0) + 1
-                skipped.setdefault("example", f"{rel}/{base}")
+                skipped.setdefault("example", prefix + base)
     chunks.append(pa.array(names, pa.string()))
     ids = pa.concat_arrays(chunks)
     return ids.take(pc.array_sort_indices(ids))  # byte order of UTF-8 = Python's str order
 
 
-def list_image_folder(src: str, skipped: dict | None = None) -> tuple[pa.Table, list[str]]:
-    """(table of `id` = path relative to src, sorted, and `label`; sorted class names) of a class-folder tree.
-    `skipped`, if given, gets the count of files that are not images (`files`) and one of them (`example`)."""
-    skipped = {} if skipped is None else skipped
-    fs, root = storage.pyarrow_fs(src)
-    root = root.rstrip("/")
+def _root_entries(fs: pafs.FileSystem, src: str, root: str) -> tuple[list[str], int]:
+    """(sub-folder names, number of images directly in root); refuses a missing root."""
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(
-            f"image folder '{src}' not found (or not a directory). Expected SRC/<class>/<image> files; "
-            "for s3:// check the bucket, the prefix and data.s3_endpoint."
+            f"image folder '{src}' not found (or not a directory). Expected SRC/<class>/<image> files or a "
+            "folder of unlabeled images; for s3:// check the bucket, the prefix and data.s3_endpoint."
         )
-    flat, count, dirs = None, 0, []
+    dirs, count = [], 0
     for base, is_file, is_dir in _scan(fs, root):
         if is_dir:
             dirs.append(base)
         elif is_file and _is_image(base):
-            flat, count = min(flat or base, base), count + 1
-    if count:
-        raise ValueError(
-            f"image folder '{src}': {count} images sit directly in the root (e.g. '{flat}'); every image "
-            "must be inside a class sub-folder SRC/<class>/."
-        )
+            count += 1
+    return dirs, count
+
+
+def list_image_folder(src: str, skipped: dict | None = None, unlabeled: bool | None = None,
+                      classes: tuple[str, ...] = ()) -> tuple[pa.Table, list[str]]:
+    """(table of `id` = path relative to src, sorted, and `label`; class names) of an image folder.
+    unlabeled: None = decide from the layout (images directly in src: unlabeled), True = every image of the
+    tree is unlabeled (null labels; names = `classes`), False = class sub-folders only. `skipped`, if given,
+    gets the count of files that are not images (`files`) and one of them (`example`)."""
+    skipped = {} if skipped is None else skipped
+    fs, root = storage.pyarrow_fs(src)
+    root = root.rstrip("/")
+    dirs, flat = _root_entries(fs, src, root)
+    if unlabeled is None:
+        unlabeled = flat > 0
+    if unlabeled:
+        ids = _tree_ids(fs, root, "", skipped)
+        if not len(ids):
+            raise ValueError(f"image folder '{src}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        return pa.table({"id": ids, "label": pa.nulls(len(ids), pa.int64())}), list(classes)
+    if flat:
+        raise ValueError(f"image folder '{src}': {flat} images sit directly in the root; with class sub-folders "
+                         "every image must be inside SRC/<class>/ (or ingest it as unlabeled).")
+    return _class_folders(fs, src, root, dirs, skipped)
+
+
+def _class_folders(fs: pafs.FileSystem, src: str, root: str, dirs: list[str], skipped: dict
+                   ) -> tuple[pa.Table, list[str]]:
     # class by class in the order of their ids ('a/..' < 'a-b/..' is not 'a' < 'a-b'), so ids come out sorted
-    per_class = {d: ids for d in sorted(dirs, key=lambda d: d + "/") if len(ids := _class_ids(fs, root, d, skipped))}
+    per_class = {d: ids for d in sorted(dirs, key=lambda d: d + "/") if len(ids := _tree_ids(fs, root, d, skipped))}
     if not per_class:
         raise ValueError(f"image folder '{src}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     classes = sorted(per_class)
@@ -101,19 +125,18 @@ def _read_file(fs: pafs.FileSystem, path: str) -> bytes:
 
 def _read_rows(batch: pa.Table, fs: pafs.FileSystem, root: str, classes: list[str]) -> pa.Table:
     """One block of listed rows -> pool rows, the files' bytes read here (in a Ray task), not in the driver."""
-    ids = batch.column("id")
+    ids, labels = batch.column("id"), batch.column("label")
     images = [_read_file(fs, f"{root}/{i}") for i in ids.to_pylist()]
-    return pa.table({
-        "id": ids,
-        "image": pa.array(images, pa.binary()),
-        "label": batch.column("label"),
-        "label_name": pc.take(pa.array(classes, pa.string()), batch.column("label")),
-        "path": ids,
-    })
+    names = pc.take(pa.array(classes, pa.string()), labels) if labels.null_count < len(labels) \
+        else pa.nulls(len(labels), pa.string())  # unlabeled: no class name (take on an empty list fails)
+    return pa.table({"id": ids, "image": pa.array(images, pa.binary()), "label": labels, "label_name": names,
+                     "path": ids})
 
 
-def ingest(src: str, dest: str, *, overwrite: bool = False) -> dict:
-    """Ingest an image folder into DEST (a directory of Parquet files plus `_classes.json`)."""
+def ingest(src: str, dest: str, *, overwrite: bool = False, unlabeled: bool | None = None,
+           classes: tuple[str, ...] = ()) -> dict:
+    """Ingest an image folder into DEST (a directory of Parquet files plus `_classes.json`); `unlabeled` and
+    `classes` as in `list_image_folder`."""
     import ray
 
     from ray_al.workers.ray_utils import ensure_ray
@@ -123,7 +146,7 @@ def ingest(src: str, dest: str, *, overwrite: bool = False) -> dict:
     if overwrite and storage.exists(dest):
         storage.remove_tree(dest)
     started, skipped = time.perf_counter(), {}
-    listing, classes = list_image_folder(src, skipped)
+    listing, classes = list_image_folder(src, skipped, unlabeled, classes)
     ensure_ray()
     fs, root = storage.pyarrow_fs(src)
     # as many read tasks as `read_binary_files` would plan (Ray's minimum, 200); output blocks are then sized
@@ -136,16 +159,17 @@ def ingest(src: str, dest: str, *, overwrite: bool = False) -> dict:
     dest_fs, dest_path = storage.pyarrow_fs(dest)
     ds.write_parquet(dest_path, filesystem=dest_fs)
     seconds = time.perf_counter() - started
-    summary = {"source": src, "images": listing.num_rows, "classes": classes, "seconds": round(seconds, 1),
+    summary = {"source": src, "images": listing.num_rows, "classes": classes,
+               "labeled": listing.column("label").null_count == 0, "seconds": round(seconds, 1),
                "images_per_s": round(listing.num_rows / max(seconds, 1e-9), 1),
                "skipped_files": skipped.get("files", 0), "skipped_example": skipped.get("example", "")}
     storage.write_json_atomic(storage.join(dest, "_classes.json"), summary)
     return summary
 
 
-def folder_table(src: str) -> pa.Table:
+def folder_table(src: str, unlabeled: bool | None = None, classes: tuple[str, ...] = ()) -> pa.Table:
     """Small folders without Ray (built-in datasets given as a folder): the same rows as `ingest`."""
-    listing, classes = list_image_folder(src)
+    listing, classes = list_image_folder(src, None, unlabeled, classes)
     fs, root = storage.pyarrow_fs(src)
     return _read_rows(listing, fs, root.rstrip("/"), classes)
 

@@ -198,28 +198,30 @@ def _user_splits(cfg: DataConfig, run_dir: str) -> tuple[str, str]:
     if not cfg.pool:
         raise PoolError(f"data.dataset={cfg.dataset} needs data.pool (a Parquet file/dir, local or s3://).")
     folder = cfg.dataset == "folder"
-    pool_uri = _ingested(cfg.pool, storage.join(run_dir, "data", "pool")) if folder else cfg.pool
-    if not cfg.test:
-        raise PoolError("data.test is empty: give a labeled test split (same contract as the pool).")
+    pool_uri = _ingested(cfg.pool, storage.join(run_dir, "data", "pool"), cfg.classes) if folder else cfg.pool
+    if not cfg.test:  # optional: rounds then report no accuracy
+        return pool_uri, ""
     test_uri = _ingested(cfg.test, storage.join(run_dir, "data", "test")) if folder else cfg.test
     return pool_uri, test_uri
 
 
-def _ingested(src: str, dest: str) -> str:
-    """An image folder ingested into dest (once: a finished ingest leaves _classes.json)."""
+def _ingested(src: str, dest: str, classes: tuple[str, ...] = ()) -> str:
+    """An image folder ingested into dest (once: a finished ingest leaves _classes.json); `classes` names the
+    classes of an unlabeled folder."""
     from ray_al.data.ingest import ingest
 
     if not storage.exists(storage.join(dest, "_classes.json")):
-        ingest(src, dest, overwrite=True)
+        ingest(src, dest, overwrite=True, classes=classes)
     return dest
 
 
 def _check_splits(pool_uri: str, test_uri: str) -> tuple[pa.Schema, int, str]:
     """The pool and test contracts; returns the pool's (schema, rows, image column)."""
     schema, rows, image_column = check_pool(pool_uri, "pool")
-    test_schema, _test_rows, _ = check_pool(test_uri, "test split", allow_ood=False)
-    if "label" not in test_schema.names:
-        raise PoolError(f"test split '{test_uri}' has no `label` column; accuracy needs labels.")
+    if test_uri:
+        test_schema, _test_rows, _ = check_pool(test_uri, "test split", allow_ood=False)
+        if "label" not in test_schema.names:
+            raise PoolError(f"test split '{test_uri}' has no `label` column; accuracy needs labels.")
     id_type = schema.field("id").type
     if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
         raise PoolError(f"pool `id` must be int64 or string, got {id_type}.")
@@ -227,13 +229,27 @@ def _check_splits(pool_uri: str, test_uri: str) -> tuple[pa.Schema, int, str]:
 
 
 def _classes(cfg: DataConfig, pool_uri: str, test_uri: str, names) -> tuple[int, tuple[str, ...]]:
-    """(num_classes, class names): data.num_classes, else the ingested class list, else the test labels."""
+    """(num_classes, class names): data.classes, else the ingested class list, else data.num_classes, else
+    the largest label of the test split or the pool."""
+    if cfg.classes:
+        names = list(cfg.classes)
     if names is None:
         from ray_al.data.ingest import read_classes
 
         names = read_classes(pool_uri)
     num_classes = cfg.num_classes or (len(names) if names else 0)
     if not num_classes:
-        _, test_labels = read_labels(test_uri)
-        num_classes = int(max(y for y in test_labels if y is not None)) + 1
+        num_classes = _largest_label(test_uri or pool_uri) + 1
+    if names and len(names) != num_classes:
+        raise PoolError(f"data.num_classes={num_classes} but {len(names)} class names ({', '.join(names[:10])}): "
+                        "drop data.num_classes or fix data.classes.")
     return num_classes, tuple(names) if names else tuple(str(i) for i in range(num_classes))
+
+
+def _largest_label(uri: str) -> int:
+    """The largest known label of a split; refuses a split with none (an unlabeled pool and no test split)."""
+    known = [y for y in read_labels(uri)[1] if y is not None] if "label" in _dataset(uri).schema.names else []
+    if not known:
+        raise PoolError(f"'{uri}' has no labels to count the classes from: name them with data.classes=[a,b,...] "
+                        "(the classes your annotators will use).")
+    return int(max(known))
