@@ -12,7 +12,8 @@ from ray_al.core import config as config_mod
 from ray_al.core import storage
 from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError
-from ray_al.loop.rounds import Cycle, check_config, default_run_dir, finish, open_run
+from ray_al.loop.rounds import Cycle, default_run_dir, finish, open_run
+from ray_al.loop.rules import check_config
 from ray_al.run.runlock import RunLock
 
 
