@@ -30,7 +30,7 @@ from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.loop import selection
 from ray_al.loop.backend import Backend, head_only, open_backend, train_seed
 from ray_al.loop.features import RunFeatures, wants_pool_features
-from ray_al.loop.rules import check_budget, check_config  # noqa: F401  (the command lines call check_config here)
+from ray_al.loop.rules import check_budget, check_config  # noqa: F401  (sweep.py, bench/scale.py import it here)
 from ray_al.run.ledger import Ledger
 from ray_al.run.oracle import PoolOracle, query_uris
 from ray_al.run.rundir import SEED_ROUND, RunDir, batch_name

@@ -12,7 +12,7 @@ model for DDP, and checkpoints at the end of epochs through `ray.train.report` s
 epoch checkpoints younger than that (0 = every epoch); epochs longer than it checkpoint every time, and
 the last epoch always does.
 
-Data placement (`fit(sharding=...)`):
+Data placement (`TrainRequest.sharding`):
 * the labeled set is replicated to every worker (it is small) and sliced per global batch, so CE batches
   are those of one worker with N times the batch, and no label is lost to uneven shards;
 * "split" (default): the SSL pool is a Ray Data shard per worker (`streaming_split`), which scales to
