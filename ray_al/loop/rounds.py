@@ -303,7 +303,7 @@ def _same_config(saved: dict | None, snapshot: dict) -> bool:
 
 
 def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec, Config]:
-    """(run directory, pool spec, config): a resumed run keeps its saved config; a new run with the
+    """(run directory, PoolSpec, config): a resumed run keeps its saved config; a new run with the
     config of an existing one carries on where it stopped; otherwise the pool is prepared afresh."""
     if resume:
         run = RunDir.open(run_uri)
@@ -322,10 +322,10 @@ def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec,
             return RunDir.open(run_uri), PoolSpec.from_dict(existing["pool"]["spec"]), cfg
     if cfg.run.overwrite and storage.exists(run_uri):
         storage.remove_tree(run_uri)
-    spec = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed)
-    check_budget(cfg, spec.pool_rows)
-    info = {"config": snapshot, "num_classes": spec.num_classes, "class_names": list(spec.class_names),
-            "id_type": spec.id_type,
-            "pool": {"uri": spec.pool_uri, "id_column": "id", "image_column": spec.image_column,
-                     "path_column": "path", "spec": spec.to_dict()}}
-    return RunDir.create(run_uri, info, overwrite=cfg.run.overwrite), spec, cfg
+    pool = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed)
+    check_budget(cfg, pool.pool_rows)
+    info = {"config": snapshot, "num_classes": pool.num_classes, "class_names": list(pool.class_names),
+            "id_type": pool.id_type,
+            "pool": {"uri": pool.pool_uri, "id_column": "id", "image_column": pool.image_column,
+                     "path_column": "path", "spec": pool.to_dict()}}  # "spec": the PoolSpec, a run.json key
+    return RunDir.create(run_uri, info, overwrite=cfg.run.overwrite), pool, cfg
