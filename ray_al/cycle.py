@@ -12,7 +12,8 @@ from ray_al.core import config as config_mod
 from ray_al.core import storage
 from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError
-from ray_al.loop.rounds import Cycle, check_config, default_run_dir, finish, open_run
+from ray_al.loop.rounds import Cycle, default_run_dir, finish, open_run
+from ray_al.loop.rules import check_config
 from ray_al.run.runlock import RunLock
 
 
@@ -52,12 +53,12 @@ def cycle(args: argparse.Namespace) -> int:
     with RunLock(uri, purpose="cycle") as lock:  # before Ray starts: a second cycle is refused at once
         # Ray starts at the first step that needs it: bad input is refused in a second, not ten
         defer_ray(cfg.run.ray_num_cpus)
-        run, spec, cfg = open_run(cfg, uri, bool(args.resume))
+        run, pool, cfg = open_run(cfg, uri, bool(args.resume))
         lock.renew()  # run.overwrite deleted the directory, the lock with it
         defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
-        print(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
+        print(f"run directory: {run.uri}  (pool: {pool.pool_rows} images, {pool.num_classes} classes; "
               f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})", flush=True)
-        Cycle(cfg, run, spec, log=lambda m: print(m, flush=True)).run_all()
+        Cycle(cfg, run, pool, log=lambda m: print(m, flush=True)).run_all()
         finish(run)
     return 0
 

@@ -5,7 +5,11 @@
 (b) the pure parts never import ray, directly or through the modules they import;
 (c) nothing imports the command lines (cycle, sweep, label, data.__main__);
 (d) no function outside ray_al/bench/ is longer than MAX_FUNCTION_LINES, except LONG_FUNCTIONS;
-(e) every module sits in one layer (LAYERS, by package) and imports only its own layer and the ones below.
+(e) every module sits in one layer (LAYERS, by package) and imports only its own layer and the ones below;
+(f) no class is longer than MAX_CLASS_LINES, and the round loop's `Cycle` (which only orders stages) is
+    shorter than MAX_CYCLE_LINES;
+(g) no function outside ray_al/bench/ takes more than MAX_PARAMETERS parameters (self and cls not
+    counted), except WIDE_FUNCTIONS.
 """
 
 from __future__ import annotations
@@ -35,6 +39,22 @@ SIDE = ("ray_al", "ray_al.bench")  # the package root and the benchmarks sit bes
 MAX_FUNCTION_LINES = 60
 # "path:function" -> why it may be longer; keep it short
 LONG_FUNCTIONS: dict[str, str] = {}
+MAX_CLASS_LINES = 200
+MAX_CYCLE_LINES = 150  # ray_al.loop.rounds.Cycle must stay under this
+MAX_PARAMETERS = 8
+# "path:function" -> why it may take more parameters; an entry that is no longer needed fails the test
+_H2 = "issue 20: the acquisition/ and k-center reworks (helper h2, 2026-12-06) take these; remove when done"
+WIDE_FUNCTIONS: dict[str, str] = {
+    "ray_al/acquisition/heads.py:heads_committee_probs": _H2,
+    "ray_al/acquisition/heads.py:_fit_and_score": _H2,
+    "ray_al/acquisition/kcenter_greedy.py:kcenter_greedy": _H2,
+    "ray_al/acquisition/probcover.py:_block_edges": _H2,
+    "ray_al/acquisition/probcover.py:choose_radius": _H2,
+    "ray_al/acquisition/probcover.py:probcover_select": _H2,
+    "ray_al/workers/kcenter_shards.py:kcenter_select_distributed": _H2 + " (shard options as one dataclass)",
+    "ray_al/models/learner.py:JointLearner.__init__": "built as JointLearner(**learner_kwargs(cfg, pool)): one "
+                                                      "keyword per key of the learner's description",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,3 +365,79 @@ def test_upward_import_check_sees_a_planted_one() -> None:
     assert upward_imports({"ray_al.core.ids": {"ray_al.loop.rounds": 7}}) == [
         "ray_al.core.ids:7 (pure building blocks) imports ray_al.loop.rounds (the round loop)"]
     assert layer_of("ray_al.data.__main__") == len(LAYERS) - 1 and layer_of("ray_al.data.pool") == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# (f) class length
+
+
+def class_lengths(mods: dict[str, ast.Module]) -> dict[str, int]:
+    """"path:Class" -> lines, for every class in `mods` (path -> parsed module)."""
+    return {f"{rel}:{node.name}": node.end_lineno - node.lineno + 1
+            for rel, mod in mods.items() for node in ast.walk(mod) if isinstance(node, ast.ClassDef)}
+
+
+def _package_trees() -> dict[str, ast.Module]:
+    return {path.relative_to(ROOT).as_posix(): tree(name) for name, path in modules().items()}
+
+
+def test_no_long_classes() -> None:
+    lengths = class_lengths(_package_trees())
+    too_long = {k: v for k, v in lengths.items() if v > MAX_CLASS_LINES}
+    assert not too_long, f"classes over {MAX_CLASS_LINES} lines (move a job into its own object): {too_long}"
+
+
+def test_the_cycle_only_orders_stages() -> None:
+    lines = class_lengths(_package_trees())["ray_al/loop/rounds.py:Cycle"]
+    assert lines < MAX_CYCLE_LINES, (f"Cycle is {lines} lines: it orders the stages; their work belongs in the "
+                                     "backend (loop/backend.py), the run's features (loop/features.py) or selection")
+
+
+def test_class_length_check_sees_a_planted_long_class() -> None:
+    planted = ast.parse("class Big:\n" + "    x = 1\n" * (MAX_CLASS_LINES + 1) + "class Small:\n    pass\n")
+    assert class_lengths({"p.py": planted}) == {"p.py:Big": MAX_CLASS_LINES + 2, "p.py:Small": 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# (g) parameters per function
+
+
+def parameter_counts(mods: dict[str, ast.Module]) -> dict[str, int]:
+    """"path:function" -> its parameters (positional, keyword-only, *args, **kwargs; not self or cls), for
+    every function in `mods` outside ray_al/bench/."""
+    out = {}
+    for rel, mod in mods.items():
+        if not rel.startswith("ray_al/bench/"):
+            for name, node in _functions(mod):
+                a = node.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if p]
+                out[f"{rel}:{name}"] = len([n for n in names if n not in ("self", "cls")])
+    return out
+
+
+def _functions(node: ast.AST, prefix: str = ""):
+    """(qualified name, node) of every function under `node`: Class.method, outer.inner."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = prefix + child.name
+            if not isinstance(child, ast.ClassDef):
+                yield name, child
+            yield from _functions(child, name + ".")
+        else:
+            yield from _functions(child, prefix)
+
+
+def test_no_function_takes_too_many_parameters() -> None:
+    found = {k: v for k, v in parameter_counts(_package_trees()).items() if v > MAX_PARAMETERS}
+    wide = {k: v for k, v in found.items() if k not in WIDE_FUNCTIONS}
+    assert not wide, (f"functions with over {MAX_PARAMETERS} parameters (pass a dataclass, e.g. "
+                      f"workers.train.TrainRequest): {wide}")
+    stale = sorted(set(WIDE_FUNCTIONS) - set(found))
+    assert not stale, f"WIDE_FUNCTIONS entries that take few enough parameters now (remove them): {stale}"
+
+
+def test_parameter_check_sees_a_planted_wide_function() -> None:
+    planted = ast.parse("def wide(a, b, c, d, e, f, g, *h, i, **j): pass\n"
+                        "class K:\n    def m(self, a, b, c, d, e, f, g, h): pass\n")
+    assert parameter_counts({"ray_al/p.py": planted}) == {"ray_al/p.py:wide": 10, "ray_al/p.py:K.m": 8}
+    assert parameter_counts({"ray_al/bench/p.py": planted}) == {}  # benchmarks may take their knobs

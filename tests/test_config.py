@@ -33,6 +33,40 @@ def test_unknown_section_and_bad_values():
         config.load(None, ["rounds=3"])
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.mode=jiont", "train.mode='jiont' is not valid; choose one of joint, pretrain, frozen. Did you mean 'joint'?"),
+    ("train.optimizer=adamw", "train.optimizer='adamw' is not valid; choose one of sgd, adam. Did you mean 'adam'?"),
+    ("train.lr_schedule=poly", "train.lr_schedule='poly' is not valid; choose one of step, cosine."),
+    ("train.resident=sometimes", "train.resident='sometimes' is not valid; choose one of auto, always, never."),
+    ("embed.dtype=float16", "embed.dtype='float16' is not valid; choose one of float32, bfloat16. Did you mean"),
+    ("data.on_corrupt=skp", "data.on_corrupt='skp' is not valid; choose one of skip, error. Did you mean 'skip'?"),
+    ("al.oracle=human", "al.oracle='human' is not valid; choose one of simulated, file."),
+    ("al.initial=typclust", "al.initial='typclust' is not valid; choose one of random, typiclust, probcover, kcenter."),
+    ("select.committee=head", "select.committee='head' is not valid; choose one of mc_dropout, heads. Did you mean"),
+    ("select.features=ssl", "select.features='ssl' is not valid; choose one of model, pretrained."),
+])
+def test_a_key_with_fixed_choices_is_checked_when_the_config_loads(override, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, [override])
+    assert message in str(err.value), str(err.value)
+
+
+def test_every_key_with_fixed_choices_is_a_literal():
+    """The keys with fixed choices are Literal types (else nothing checks them on load), defaults among them."""
+    import dataclasses
+    import typing
+
+    for name, cls in config.SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if typing.get_origin(hints[f.name]) is typing.Literal:
+                assert getattr(cls(), f.name) in typing.get_args(hints[f.name]), f"{name}.{f.name}"
+    literal = {f"{n}.{f.name}" for n, c in config.SECTIONS.items() for f in dataclasses.fields(c)
+               if typing.get_origin(typing.get_type_hints(c)[f.name]) is typing.Literal}
+    assert {"train.mode", "train.optimizer", "train.lr_schedule", "train.resident", "embed.dtype",
+            "data.on_corrupt", "al.oracle", "al.initial", "select.committee", "select.features"} <= literal
+
+
 def test_missing_or_malformed_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         config.load(tmp_path / "nope.yaml")

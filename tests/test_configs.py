@@ -11,7 +11,7 @@ import yaml
 
 from ray_al.core import config
 from ray_al.core.config import Config
-from ray_al.loop.rounds import check_budget, check_config
+from ray_al.loop.rules import check_budget, check_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

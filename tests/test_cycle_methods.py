@@ -3,7 +3,7 @@
 One real smoke round 0 (`python -m ray_al.cycle --smoke-test al.rounds=0`: Ray Train, then Ray Data
 embedding of the pool) gives the embeddings; the committee methods get their own embedding pass (MC-dropout
 outputs are only computed when a method needs them); with `select.committee=heads` they run on the plain
-round-0 embeddings, the committee fitted at selection time. Each method then runs `selection.select_ids`, the
+round-0 embeddings, the committee fitted at selection time. Each method then runs `selection.choose_queries`, the
 code the round loop runs between embedding and labelling, and k-center over 2 Ray shard actors must pick what
 the single-process k-center picks, undecodable rows left out on both paths. Training every method end to end
 is test_train's job; this covers the selection half without paying for a Ray Train run per method.
@@ -27,7 +27,7 @@ from ray_al.core.embeddings import matrix, read_embeddings, split_files
 from ray_al.run.ledger import Ledger
 from ray_al.loop.rounds import Cycle
 from ray_al.run.rundir import RunDir
-from ray_al.loop.selection import select_ids
+from ray_al.loop.selection import choose_queries
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["al.rounds=0", "al.initial_size=20", "al.budget=15"]
@@ -66,8 +66,8 @@ def committee_run(round0, ray_local, tmp_path_factory) -> Path:
     cyc = make_cycle(run_dir, "select.method=committee_vote_entropy")
     try:
         ledger = cyc.ledger().up_to_round(0)
-        state = cyc.train(0, ledger, None)  # marked done in round 0: the saved model, no retraining
-        payload = cyc.embed(0, ledger, state)
+        state = cyc.train_step(0, ledger, None)  # marked done in round 0: the saved model, no retraining
+        payload = cyc.embed_step(0, ledger, state)
     finally:
         cyc.close()  # the resident group's driver thread must not outlive this module's Ray
     assert 0.0 <= payload["accuracy"] <= 1.0
@@ -76,8 +76,8 @@ def committee_run(round0, ray_local, tmp_path_factory) -> Path:
 
 def selected(run_dir: Path, method: str, *overrides: str) -> tuple[list, Ledger, Cycle]:
     cyc = make_cycle(run_dir, f"select.method={method}", *overrides)
-    ledger = Ledger.load(cyc.run.uri, id_type=cyc.spec.id_type).up_to_round(0)
-    ids = select_ids(cyc.cfg, cyc.run.round_uri(0, "embeddings"), ledger, K, 0).ids
+    ledger = Ledger.load(cyc.run.uri, id_type=cyc.pool.id_type).up_to_round(0)
+    ids = choose_queries(cyc.cfg, cyc.run.round_uri(0, "embeddings"), ledger, K, 0).ids
     return ids, ledger, cyc
 
 

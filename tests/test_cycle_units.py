@@ -18,10 +18,11 @@ from ray_al.core.config import Config, ConfigError
 from ray_al.core.embeddings import fixed_list
 from ray_al.core.ids import tie_keys
 from ray_al.run.ledger import Ledger
-from ray_al.loop.rounds import BudgetError, check_budget, check_config
+from ray_al.core.config import BudgetError
+from ray_al.loop.rules import check_budget, check_config
 from ray_al.core.report import area_under_curve, format_table, plot_learning_curves
 from ray_al.acquisition.kcenter_greedy import kcenter_greedy
-from ray_al.loop.selection import (embed_options, needs_committee, seed_set, select_ids, strategy_input,
+from ray_al.loop.selection import (embed_options, needs_committee, seed_set, choose_queries, strategy_input,
                               zero_shot_prefix)
 
 
@@ -130,7 +131,7 @@ def test_heads_committee_is_fitted_on_the_labeled_embeddings_in_the_select_step(
 
     cfg = config.load(None, ["select.method=committee_kl", "select.committee=heads", "select.committee_size=4",
                              "al.seed=3"])
-    chosen = select_ids(cfg, str(emb_dir), ledger, 6, 2).ids
+    chosen = choose_queries(cfg, str(emb_dir), ledger, 6, 2).ids
 
     expected_cp = heads_committee_probs(lab_emb, lab_y, unl_emb, 3, size=4, seed=3 * 1000 + 2, labeled_ids=lab_ids)
     view = acquisition.PoolView(ids=unl_ids, probs=probs, committee_probs=expected_cp)
@@ -140,7 +141,7 @@ def test_heads_committee_is_fitted_on_the_labeled_embeddings_in_the_select_step(
     # batch is the seeded hash order of the ids)
     cfg = config.replace(cfg, select={"committee": "mc_dropout"})
     tied_order = unl_ids[np.argsort(tie_keys(unl_ids, 3 * 1000 + 2), kind="stable")][:6].tolist()
-    assert select_ids(cfg, str(emb_dir), ledger, 6, 2).ids == tied_order
+    assert choose_queries(cfg, str(emb_dir), ledger, 6, 2).ids == tied_order
 
 
 def test_a_run_saved_before_a_key_existed_still_matches_its_config():
@@ -171,7 +172,7 @@ def test_bad_optimizer_or_schedule_is_refused_before_ray_starts():
 
 # ----------------------------------------------------------------------------- training seeds (defect 2)
 def test_train_seed_includes_the_seed_offset():
-    from ray_al.loop.rounds import train_seed
+    from ray_al.loop.backend import train_seed
 
     base = config.load(None, ["al.seed=2"])
     assert [train_seed(base, r) for r in (None, 0, 3)] == [2, 2000, 2003]  # what runs have always used
@@ -184,8 +185,8 @@ def test_train_seed_includes_the_seed_offset():
 def _fake_fit(seeds: list):
     from types import SimpleNamespace
 
-    def fit(cfg, spec, *, name, seed, **_kwargs):
-        seeds.append((name, seed))
+    def fit(cfg, pool, request, storage_uri):
+        seeds.append((request.name, request.seed))
         return SimpleNamespace(state_dict={}, seconds=0.0, metrics={})
     return fit
 
@@ -207,7 +208,7 @@ def test_train_seed_offset_reaches_training(tmp_path, monkeypatch):
                                  f"train.seed_offset={offset}", "train.resident=never"])
         run = RunDir.create(str(tmp_path / f"offset{offset}"), {"num_classes": 10, "id_type": "int64"})
         cyc = Cycle(cfg, run, PoolSpec(*GREY), log=lambda _m: None)
-        cyc.train(1, Ledger.empty("int64"), cyc.pretrained_state())
+        cyc.train_step(1, Ledger.empty("int64"), cyc.features.encoder_state())
         got[offset] = seeds
     assert got[0] == [("pretrain", 2), ("round_0001", 2001)]  # offset 0: the seeds of every earlier run
     assert [n for n, _ in got[1]] == ["pretrain", "round_0001"]
@@ -217,7 +218,7 @@ def test_train_seed_offset_reaches_training(tmp_path, monkeypatch):
 def test_two_seed_offsets_train_two_models():
     import torch
 
-    from ray_al.loop.rounds import train_seed
+    from ray_al.loop.backend import train_seed
     from tests.test_train import _run  # the pure training loop on a few digits
 
     models = [_run("none", 1, seed=train_seed(config.load(None, [f"train.seed_offset={o}"]), 1))[0]
@@ -285,7 +286,7 @@ def test_budget_above_the_decodable_unlabeled_rows_is_refused(tmp_path):
                  corrupt=[False, True, False, False])
     for overrides in ([], ["select.method=kcenter", "select.shards=2"]):
         with pytest.raises(BudgetError, match="al.budget=4 is larger than the 3 unlabeled images"):
-            select_ids(config.load(None, overrides), str(emb_dir), Ledger.empty("int64"), 4, 0)
+            choose_queries(config.load(None, overrides), str(emb_dir), Ledger.empty("int64"), 4, 0)
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
@@ -351,11 +352,11 @@ def _two_class_round(tmp_path, labels_per_class: int):
 def test_weibull_before_three_labels_in_a_class_falls_back_and_says_so(tmp_path):
     emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=1)
     cfg = config.load(None, ["select.method=weibull", "select.fallback=random"])
-    chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
+    chosen = choose_queries(cfg, emb_dir, ledger, 5, 0)
     assert chosen.method == "random" and "weibull could not run yet" in chosen.why
     assert len(set(chosen.ids)) == 5
     emb_dir, ledger = _two_class_round(tmp_path / "more", labels_per_class=6)
-    chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
+    chosen = choose_queries(cfg, emb_dir, ledger, 5, 0)
     assert (chosen.method, chosen.why) == ("weibull", "select.method")
 
 
@@ -365,16 +366,16 @@ def test_a_fallback_that_reads_more_than_its_method_gets_what_it_reads(tmp_path)
     emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=1)
     cfg = config.load(None, ["select.method=weibull", "select.fallback=committee_kl", "select.committee=heads"])
     assert "committee_probs" not in selection.fields_for(cfg, Choice("weibull", ""))
-    chosen = select_ids(cfg, emb_dir, ledger, 5, 0)
+    chosen = choose_queries(cfg, emb_dir, ledger, 5, 0)
     assert chosen.method == "committee_kl" and "weibull could not run yet" in chosen.why
     assert len(set(chosen.ids)) == 5
 
 
 def test_auto_picks_typicality_at_few_labels_per_class_then_margin(tmp_path):
     emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
-    low = select_ids(config.load(None, ["select.method=auto", "select.auto_switch_per_class=5"]), emb_dir, ledger, 4, 0)
+    low = choose_queries(config.load(None, ["select.method=auto", "select.auto_switch_per_class=5"]), emb_dir, ledger, 4, 0)
     assert low.method == "typiclust" and "3.0 labels/class < 5" in low.why
-    high = select_ids(config.load(None, ["select.method=auto", "select.auto_switch_per_class=2"]), emb_dir, ledger, 4, 0)
+    high = choose_queries(config.load(None, ["select.method=auto", "select.auto_switch_per_class=2"]), emb_dir, ledger, 4, 0)
     assert high.method == "margin" and "3.0 labels/class >= 2" in high.why
     view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.8 + 0.1)
     assert high.ids == np.arange(80)[acquisition.select("margin", view, 4, seed=0)].tolist()
@@ -429,7 +430,7 @@ def test_probcover_saturation_is_recorded_in_the_rounds_why(tmp_path):
     """Two tight clusters, both already covered by labeled points: ProbCover has nothing left to cover,
     the batch comes from its fallback, and the round's record says so."""
     emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
-    chosen = select_ids(config.load(None, ["select.method=probcover"]), emb_dir, ledger, 5, 0)
+    chosen = choose_queries(config.load(None, ["select.method=probcover"]), emb_dir, ledger, 5, 0)
     assert chosen.method == "probcover" and len(set(chosen.ids)) == 5
     assert "coverage saturated" in chosen.why and "from random" in chosen.why, chosen.why
 

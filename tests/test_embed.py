@@ -314,9 +314,9 @@ def test_a_frozen_runs_rounds_embed_images_once_on_the_per_round_path(embedded: 
     pool_ids = sorted(ids_of(e.pool))
     ledger0 = Ledger.empty("int64").add(pool_ids[:20], [0] * 20, 0, "initial", num_classes=CLASSES)
     ledger1 = ledger0.add(pool_ids[20:50], [1] * 30, 1, "query", num_classes=CLASSES)
-    cyc.embed(0, ledger0, state0)
+    cyc.embed_step(0, ledger0, state0)
     stored = storage.read_json(cyc.run.path("frozen_features.json"))
-    cyc.embed(1, ledger1, state1)
+    cyc.embed_step(1, ledger1, state1)
     assert storage.read_json(cyc.run.path("frozen_features.json")) == stored  # not recomputed in round 1
     assert sum("stored once for the run" in m for m in logs) == 1
     ref = reference(pa.concat_tables([e.pool, e.test.select(["id", "image", "label"])]), kwargs, state1, e.size)

@@ -18,7 +18,7 @@ from ray_al.data.pool import PoolError, check_pool
 from ray_al.core.embeddings import fixed_list
 from ray_al.run.ledger import OOD_LABEL, Ledger, LedgerError
 from ray_al.run.oracle import LabelImportError, SimulatedOracle, _parse_label, import_labels
-from ray_al.loop.selection import for_method, select_ids, strategy_input
+from ray_al.loop.selection import for_method, choose_queries, strategy_input
 from tests.test_oracle_label import make_run, write_csv
 
 NAMES = ["airplane", "bird", "cat"]
@@ -156,7 +156,7 @@ def test_for_method_gives_per_class_methods_in_class_rows_and_coverage_methods_e
 
 def test_kcenter_counts_a_labeled_foreign_image_as_covered(tmp_path):
     emb_dir, ledger, (*_, unl_ids, unl_emb, _probs) = _round_with_ood(tmp_path)
-    chosen = select_ids(config.load(None, ["select.method=kcenter"]), emb_dir, ledger, 1, 0).ids
+    chosen = choose_queries(config.load(None, ["select.method=kcenter"]), emb_dir, ledger, 1, 0).ids
     # the uncovered (5, 5) cluster; without the foreign centers the (10, 0) cluster would be farther
     assert int(chosen[0]) % 4 == 3, chosen
 
@@ -164,13 +164,13 @@ def test_kcenter_counts_a_labeled_foreign_image_as_covered(tmp_path):
 def test_weibull_and_the_heads_committee_fit_in_class_rows_only(tmp_path):
     emb_dir, ledger, (lab_emb, lab_y, lab_probs, unl_ids, unl_emb, probs) = _round_with_ood(tmp_path)
     keep = lab_y != OOD_LABEL
-    chosen = select_ids(config.load(None, ["select.method=weibull"]), emb_dir, ledger, 5, 0)
+    chosen = choose_queries(config.load(None, ["select.method=weibull"]), emb_dir, ledger, 5, 0)
     assert chosen.method == "weibull"
     view = acquisition.PoolView(ids=unl_ids, probs=probs, embeddings=unl_emb, labeled_embeddings=lab_emb[keep],
                                 labeled_labels=lab_y[keep], labeled_probs=lab_probs[keep])
     assert chosen.ids == unl_ids[acquisition.select("weibull", view, 5, seed=0)].tolist()
     cfg = config.load(None, ["select.method=committee_kl", "select.committee=heads", "select.committee_size=3"])
-    chosen = select_ids(cfg, emb_dir, ledger, 5, 0).ids
+    chosen = choose_queries(cfg, emb_dir, ledger, 5, 0).ids
     cp = heads_committee_probs(lab_emb[keep], lab_y[keep], unl_emb, 2, size=3, seed=0,
                                labeled_ids=np.arange(1000, 1000 + len(lab_y))[keep])
     committee = acquisition.PoolView(ids=unl_ids, probs=probs, committee_probs=cp)
@@ -179,7 +179,7 @@ def test_weibull_and_the_heads_committee_fit_in_class_rows_only(tmp_path):
 
 def test_auto_counts_labels_per_class_without_the_ood_answers(tmp_path):
     emb_dir, ledger, _ = _round_with_ood(tmp_path, per_class=3, n_ood=8)  # 6 in class + 8 foreign
-    chosen = select_ids(config.load(None, ["select.method=auto", "select.auto_switch_per_class=4"]), emb_dir,
+    chosen = choose_queries(config.load(None, ["select.method=auto", "select.auto_switch_per_class=4"]), emb_dir,
                         ledger, 4, 0)
     assert chosen.method == "typiclust" and "3.0 labels/class < 4" in chosen.why  # not 7.0 with the foreign
 

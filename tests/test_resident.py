@@ -68,9 +68,13 @@ def _cfg(**train) -> config_mod.Config:
     return config_mod.replace(cfg, train=train) if train else cfg
 
 
-def _round(pool, n: int, seed: int) -> dict:
+def _round(pool, n: int, seed: int, **more):
+    """Round `seed - 1000`'s request: the first n labeled ids, 2 epochs."""
+    from ray_al.workers.train import TrainRequest
+
     _, ids, labels, _ = pool
-    return dict(labeled_ids=ids[:n], labeled_labels=labels[:n], seed=seed, epochs=2, progress=False)
+    return TrainRequest(**{**dict(name=f"round_{seed - 1000:04d}", labeled_ids=ids[:n], labeled_labels=labels[:n],
+                                  seed=seed, epochs=2, progress=False), **more})
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -85,7 +89,7 @@ def per_round_fit(pool):
     from ray_al.workers.train import fit
 
     spec, _, _, root = pool
-    return fit(_cfg(), spec, storage_uri=str(root / "per_round"), name="round_0001", **_round(pool, 24, 1001))
+    return fit(_cfg(), spec, _round(pool, 24, 1001), storage_uri=str(root / "per_round"))
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +103,8 @@ def served(pool):
     group = ResidentGroup(_cfg(), spec, str(root / "resident"))
     kwargs, options = learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=4)
     try:
-        first = group.train("round_0000", **_round(pool, 16, 1000))
-        second = group.train("round_0001", **_round(pool, 24, 1001))
+        first = group.train(_round(pool, 16, 1000))
+        second = group.train(_round(pool, 24, 1001))
         out = str(root / "resident_embeddings")
         computed = group.embed(state_to_bytes(second.state_dict), kwargs, options, out, ids[:24], keep_features=True)
         # the next round of a frozen encoder: second's encoder, another head (first's), another labeled set
@@ -146,14 +150,15 @@ def test_resident_embeddings_equal_the_actor_pools(pool, served, per_round_fit, 
 
 
 def test_a_killed_resident_worker_continues_the_round_from_its_checkpoint(pool, per_round_fit, tmp_path) -> None:
+    from ray_al.core.faults import FaultInjection
     from ray_al.workers.resident import ResidentGroup
 
     spec = pool[0]
     marker = tmp_path / "killed"
     group = ResidentGroup(_cfg(), spec, str(tmp_path / "resident"))
     try:
-        out = group.train("round_0001", **_round(pool, 24, 1001),
-                          fault_injection={"epoch": 1, "step": 0, "rank": 0, "marker": str(marker), "delay_s": 3.0})
+        out = group.train(_round(pool, 24, 1001, fault_injection=FaultInjection(
+            epoch=1, step=0, rank=0, marker=str(marker), delay_s=3.0)))
     finally:
         group.close()
     assert "epoch 1 step 0" in marker.read_text()  # the worker was killed in the second epoch
@@ -179,7 +184,7 @@ def test_relative_paths_mean_the_drivers_working_directory(pool, tmp_path, monke
     cfg = config_mod.load(None, ["train.batch_size=8", "train.epochs=1"])
     group = ResidentGroup(cfg, relative, "ray_train")
     try:
-        out = group.train("round_0000", **{**_round(pool, 16, 1000), "epochs": 1})
+        out = group.train(_round(pool, 16, 1000, epochs=1))
         group.embed(state_to_bytes(out.state_dict), learner_kwargs(cfg, spec), EmbedOptions(), "run/embeddings",
                     ids[:16])
     finally:

@@ -85,13 +85,13 @@ _SELECT_SCRIPT = textwrap.dedent(
     import pyarrow as pa
     from ray_al.core import config
     from ray_al.run.ledger import Ledger
-    from ray_al.loop.selection import select_ids
+    from ray_al.loop.selection import choose_queries
 
     cfg = config.load(None, sys.argv[2:])
     ledger = Ledger.empty().add([-1 - i for i in range(50)], [i % 10 for i in range(50)], 0, "initial",
                                 num_classes=10)
     tracemalloc.start()
-    chosen = select_ids(cfg, sys.argv[1], ledger, 20, 1)
+    chosen = choose_queries(cfg, sys.argv[1], ledger, 20, 1)
     print(json.dumps({"peak": tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory(),
                       "method": chosen.method, "k": len(chosen.ids)}))
     """

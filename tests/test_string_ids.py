@@ -53,7 +53,7 @@ def _ledger(run):
 
 
 def test_a_string_id_pool_runs_every_round_and_every_method(string_pool, tmp_path) -> None:
-    from ray_al.loop.selection import select_ids
+    from ray_al.loop.selection import choose_queries
 
     run, spec = _run(_cfg(string_pool, "al.rounds=2", "select.method=kcenter"), str(tmp_path / "run"))
     assert spec.id_type == "string" and len(run.results()) == 3
@@ -64,13 +64,13 @@ def test_a_string_id_pool_runs_every_round_and_every_method(string_pool, tmp_pat
     for method in sorted(acquisition.ACQUISITIONS):
         overrides = ["select.committee=heads"] if "committee" in method else []  # no MC passes were embedded
         cfg = _cfg(string_pool, "al.rounds=2", f"select.method={method}", *overrides)
-        chosen = select_ids(cfg, run.round_uri(1, "embeddings"), before, 20, 1)
+        chosen = choose_queries(cfg, run.round_uri(1, "embeddings"), before, 20, 1)
         assert len(chosen.ids) == 20 == len(set(chosen.ids)), method
         assert all(isinstance(i, str) and i.startswith("pool/") for i in chosen.ids), method
         assert not set(chosen.ids) & set(before.ids.tolist()), method
     # k-center over two shard actors (the cycle's select.shards path) picks the one-process batch
-    one = select_ids(_cfg(string_pool, "select.method=kcenter"), run.round_uri(1, "embeddings"), before, 20, 1)
-    two = select_ids(_cfg(string_pool, "select.method=kcenter", "select.shards=2"), run.round_uri(1, "embeddings"),
+    one = choose_queries(_cfg(string_pool, "select.method=kcenter"), run.round_uri(1, "embeddings"), before, 20, 1)
+    two = choose_queries(_cfg(string_pool, "select.method=kcenter", "select.shards=2"), run.round_uri(1, "embeddings"),
                      before, 20, 1)
     assert two.ids == one.ids and two.why.startswith("select.method=kcenter on 2 shard actors"), two.why
 

@@ -138,24 +138,30 @@ def test_checkpoint_loads_with_weights_only_and_resumes(tmp_path, optimizer: str
 
 def test_train_spec_is_typed_checked_and_sorted() -> None:
     from ray_al.data.pool import PoolSpec
-    from ray_al.workers.train import FaultInjection, train_spec
+    from ray_al.core.faults import FaultInjection
+    from ray_al.workers.train import TrainRequest, train_spec
 
     pool = PoolSpec("p", "t", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
     cfg = config_mod.load(None, ["train.method=simsiam", "train.pretrain_lr=0.5"])
-    spec = train_spec(cfg, pool, labeled_ids=np.array([7, 2, 5]), labeled_labels=np.array([1, 2, 3]), seed=4,
-                      epochs=2, fault_injection={"epoch": 1, "marker": "/tmp/m"})
-    assert spec.sharding == "split"  # an argument, not a config key
-    assert spec.labeled_ids.tolist() == [2, 5, 7] and spec.labeled_labels.tolist() == [2, 3, 1]
-    assert spec.use_ssl and spec.has_unlabeled and spec.lr == cfg.train.lr and spec.milestones == (0.6, 0.8)
-    assert spec.fault_injection == FaultInjection(epoch=1, marker="/tmp/m")
+    fault = FaultInjection(epoch=1, marker="/tmp/m")
+    request = TrainRequest(name="r", labeled_ids=np.array([7, 2, 5]), labeled_labels=np.array([1, 2, 3]), seed=4,
+                           epochs=2, fault_injection=fault)
+    spec = train_spec(cfg, pool, request)
+    assert spec.request.sharding == "split"  # an argument, not a config key
+    assert spec.request.labeled_ids.tolist() == [2, 5, 7] and spec.request.labeled_labels.tolist() == [2, 3, 1]
+    assert request.labeled_ids.tolist() == [7, 2, 5]  # the request itself is left as it was
+    assert spec.use_ssl and spec.has_unlabeled and spec.lr == cfg.train.lr and spec.train is cfg.train
+    assert spec.fault_injection is fault and spec.request.seed == 4 and spec.request.name == "r"
     assert spec.learner["ssl"] == "simsiam" and spec.init_state is None
-    pre = train_spec(cfg, pool, labeled_ids=np.zeros(0, np.int64), labeled_labels=np.zeros(0, np.int64), seed=0,
-                     epochs=1, use_ce=False, ssl_on_pool=False)
+    pre = train_spec(cfg, pool, TrainRequest(name="p", labeled_ids=np.zeros(0, np.int64),
+                                             labeled_labels=np.zeros(0, np.int64), seed=0, epochs=1, use_ce=False,
+                                             ssl_on_pool=False))
     assert pre.lr == 0.5 and not pre.has_unlabeled  # pre-training has its own lr
+    one = dict(name="x", labeled_ids=[1], labeled_labels=[0], seed=0, epochs=1)
     with pytest.raises(ConfigError, match="sharding='shards' is not valid; choose one of split, replicate"):
-        train_spec(cfg, pool, labeled_ids=[1], labeled_labels=[0], seed=0, epochs=1, sharding="shards")
+        train_spec(cfg, pool, TrainRequest(**one, sharding="shards"))
     with pytest.raises(ValueError, match="needs an SSL method"):
-        train_spec(cfg, pool, labeled_ids=[1], labeled_labels=[0], seed=0, epochs=1, method="none", use_ssl=True)
+        train_spec(cfg, pool, TrainRequest(**one, method="none", use_ssl=True))
 
 
 def test_ssl_defaults() -> None:
@@ -229,13 +235,13 @@ def test_joint_epoch_of_every_ssl_method(pool, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["none", "moby"])
 def test_fit_joint_every_method(pool, method: str) -> None:
-    from ray_al.workers.train import fit
+    from ray_al.workers.train import TrainRequest, fit
     from ray_al.models.weights import build_learner, learner_kwargs
 
     spec, ids, labels, root = pool
     cfg = _cfg(method)
-    out = fit(cfg, spec, labeled_ids=ids, labeled_labels=labels, storage_uri=str(root / "ray_train"),
-              name=f"joint_{method}", seed=0, epochs=1, progress=False)
+    out = fit(cfg, spec, TrainRequest(name=f"joint_{method}", labeled_ids=ids, labeled_labels=labels, seed=0,
+                                      epochs=1, progress=False), storage_uri=str(root / "ray_train"))
     assert out.metrics["epoch"] == 0 and out.metrics["start_epoch"] == 0 and len(out.history) == 1
     assert math.isfinite(out.metrics["loss"]) and out.metrics["ce"] > 0
     if method == "none":
@@ -251,21 +257,21 @@ def test_fit_joint_every_method(pool, method: str) -> None:
 
 def test_fit_pretrain_then_linear_head(pool) -> None:
     """pretrain mode: SSL only on the whole pool (no CE), then a head-only round on frozen features."""
-    from ray_al.workers.train import fit
+    from ray_al.workers.train import TrainRequest, fit
 
     spec, ids, labels, root = pool
     cfg = _cfg("simsiam")
-    pre = fit(cfg, spec, labeled_ids=np.zeros(0, np.int64), labeled_labels=np.zeros(0, np.int64),
-              storage_uri=str(root / "ray_train"), name="pretrain", seed=0, epochs=1, use_ce=False, use_ssl=True,
-              progress=False)
+    pre = fit(cfg, spec, TrainRequest(name="pretrain", labeled_ids=np.zeros(0, np.int64),
+                                      labeled_labels=np.zeros(0, np.int64), seed=0, epochs=1, use_ce=False,
+                                      use_ssl=True, progress=False), storage_uri=str(root / "ray_train"))
     init = _fresh(spec, "simsiam")
     assert pre.metrics["ce"] == 0.0 and pre.metrics["ssl"] != 0.0
     assert torch.equal(pre.state_dict["classifier.weight"], init["classifier.weight"])  # no CE: untouched
     enc = [k for k in init if k.startswith("encoder.") and k.endswith("weight")]
     assert any(not torch.equal(pre.state_dict[k], init[k]) for k in enc)
-    head = fit(cfg, spec, labeled_ids=ids, labeled_labels=labels, storage_uri=str(root / "ray_train"),
-               name="head", seed=1, epochs=1, use_ssl=False, head_only=True, init_state=pre.state_dict,
-               progress=False)
+    head = fit(cfg, spec, TrainRequest(name="head", labeled_ids=ids, labeled_labels=labels, seed=1, epochs=1,
+                                       use_ssl=False, head_only=True, init_state=pre.state_dict, progress=False),
+               storage_uri=str(root / "ray_train"))
     assert head.metrics["ssl"] == 0.0
     for k in (k for k in init if k.startswith("encoder.")):  # frozen features: weights and BN statistics
         assert torch.equal(head.state_dict[k], pre.state_dict[k]), k

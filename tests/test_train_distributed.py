@@ -22,7 +22,8 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from ray_al.core import config as config_mod  # noqa: E402
-from ray_al.workers.train import fit  # noqa: E402
+from ray_al.core.faults import FaultInjection  # noqa: E402
+from ray_al.workers.train import TrainRequest, fit  # noqa: E402
 from ray_al.models.weights import build_learner, learner_kwargs
 from tests.faults.drill import lose_node_during
 
@@ -76,9 +77,9 @@ def _cfg(method: str, workers: int) -> config_mod.Config:
 
 def _fit(pool, method: str, workers: int, name: str, epochs: int, **kwargs):
     spec, ids, labels, root = pool
-    return fit(_cfg(method, workers), spec, labeled_ids=ids, labeled_labels=labels,
-               storage_uri=str(root / "ray_train"), name=name, seed=3, epochs=epochs, sharding="replicate",
-               progress=False, **kwargs)
+    return fit(_cfg(method, workers), spec, TrainRequest(name=name, labeled_ids=ids, labeled_labels=labels, seed=3,
+                                                         epochs=epochs, sharding="replicate", progress=False,
+                                                         **kwargs), storage_uri=str(root / "ray_train"))
 
 
 def _assert_same_state(a: dict, b: dict, rtol: float, atol: float) -> None:
@@ -123,7 +124,7 @@ def test_a_lost_node_holding_a_worker_resumes_from_the_last_checkpoint(pool, clu
     marker = tmp_path / "held.json"
     # epoch 1, at its first step, on rank 1: that worker notes its node and holds; the drill removes the
     # node (the worker dies with it) and adds a replacement, on which Ray Train restarts the group.
-    fault = {"epoch": 1, "step": 0, "rank": 1, "marker": str(marker), "delay_s": 5.0, "hold": True}
+    fault = FaultInjection(epoch=1, step=0, rank=1, marker=str(marker), delay_s=5.0, hold=True)
     out, lost = lose_node_during(cluster, marker, lambda: _fit(pool, "moby", 2, "moby_2w_node_lost", epochs=2,
                                                          fault_injection=fault), {"num_cpus": 1})
     assert "rank 1 at epoch 1 step 0" in marker.read_text() and lost not in out.nodes
@@ -158,8 +159,9 @@ def test_a_joint_moby_round_on_two_nodes_with_the_default_sharding_learns_like_o
     accuracy, nodes = {}, {}
     for workers in (1, 2):
         run_cfg = config_mod.replace(_cfg("moby", workers), train={"checkpoint_every_s": 10.0})
-        out = fit(run_cfg, spec, labeled_ids=ids[chosen], labeled_labels=labels[chosen],
-                  storage_uri=str(tmp_path / "ray_train"), name=f"round_{workers}w", seed=3, epochs=6, progress=False)
+        out = fit(run_cfg, spec, TrainRequest(name=f"round_{workers}w", labeled_ids=ids[chosen],
+                                              labeled_labels=labels[chosen], seed=3, epochs=6, progress=False),
+                  storage_uri=str(tmp_path / "ray_train"))
         accuracy[workers], nodes[workers] = _test_accuracy(spec, run_cfg, out.state_dict), out.nodes
     assert len(set(nodes[2])) == 2 and set(nodes[2]) <= worker_nodes(cluster)  # one worker per node
     assert accuracy[1] > 0.5, accuracy  # it learned (10 classes: chance is 0.1)

@@ -33,7 +33,7 @@ def test_seeded_sample_is_a_function_of_id_and_seed_only() -> None:
 def test_ray_data_and_the_resident_group_sample_the_same_rows(ray_local, tmp_path) -> None:
     from ray_al.data.reader import read_split
     from ray_al.workers.resident import DecodedRows, train_tensors
-    from ray_al.workers.train import train_spec
+    from ray_al.workers.train import TrainRequest, train_spec
     from ray_al.models.trainloop import ids_to_keys
 
     uri = str(tmp_path / "pool.parquet")
@@ -41,9 +41,10 @@ def test_ray_data_and_the_resident_group_sample_the_same_rows(ray_local, tmp_pat
     spec = dataclasses.replace(make_spec(uri, uri, 8), pool_rows=300)
     cfg = config_mod.load(None, ["train.method=simsiam", "train.unlabeled_per_round=100"])
     labeled = np.arange(0, 300, 30)
-    job = train_spec(cfg, spec, labeled_ids=labeled, labeled_labels=np.zeros(10, np.int64), seed=5, epochs=1)
+    job = train_spec(cfg, spec, TrainRequest(name="t", labeled_ids=labeled, labeled_labels=np.zeros(10, np.int64),
+                                             seed=5, epochs=1))
     assert job.unlabeled_fraction == pytest.approx(100 / 290)
-    streamed = read_split(uri, columns=["id"], exclude_ids=labeled, sample=(job.seed, job.unlabeled_fraction))
+    streamed = read_split(uri, columns=["id"], exclude_ids=labeled, sample=(job.request.seed, job.unlabeled_fraction))
     streamed_ids = sorted(streamed.to_pandas()["id"].tolist())
     assert 60 <= len(streamed_ids) <= 140
     data = train_tensors(DecodedRows.read(uri, spec, "skip", with_label=False), job)
@@ -66,7 +67,7 @@ def test_a_training_workers_memory_does_not_grow_with_the_pool(ray_local, tmp_pa
     pool, both with train.unlabeled_per_round=300: within a margin. Without the sample the 10x worker
     holds the whole decoded pool: measured the same way, it must grow by more than the margin (so the
     measurement can tell)."""
-    from ray_al.workers.train import fit
+    from ray_al.workers.train import TrainRequest, fit
 
     base = png_table(600, SIZE, seed=2, smooth=False)
     one = _pool(str(tmp_path / "pool1.parquet"), 1, base)
@@ -79,8 +80,8 @@ def test_a_training_workers_memory_does_not_grow_with_the_pool(ray_local, tmp_pa
                                      f"train.unlabeled_per_round={sample}", "model.backbone=lenet"])
         spec = dataclasses.replace(make_spec(uri, one, SIZE), pool_rows=rows)
         with PeakWatch(actor_title="RayTrainWorker") as watch:
-            out = fit(cfg, spec, labeled_ids=labeled, labeled_labels=labels, storage_uri=str(tmp_path / "train"),
-                      name=name.replace(" ", "_"), seed=1, epochs=1, progress=False)
+            out = fit(cfg, spec, TrainRequest(name=name.replace(" ", "_"), labeled_ids=labeled, labeled_labels=labels,
+                                              seed=1, epochs=1, progress=False), storage_uri=str(tmp_path / "train"))
         assert watch.actors, "no Ray Train worker process was seen"
         peaks[name] = {**watch.peaks()["actor"], "steps": out.metrics["steps"]}
     assert peaks["10x"]["steps"] <= 2 * peaks["1x"]["steps"] < peaks["10x whole"]["steps"]  # the sample was used

@@ -9,15 +9,15 @@ Stages, each timed and watched for memory:
                   processes: never N images in memory. Also a labeled test split (--test-rows of CIFAR-10 test).
   ingest          `ray_al.data.ingest.ingest` (what `python -m ray_al.data ingest` runs): the folder ->
                   pool Parquet. The folder is deleted after the round (it is ~4x the Parquet on disk).
-  open            `loop.open_run` (pool and test checks) + `Cycle.initial_set` (the seed set, labels read).
-  train           `Cycle.train` round 0: joint MoBY + CE, train.epochs=1, train.resident=never (a Ray Train
+  open            `loop.open_run` (pool and test checks) + `Cycle.initial_step` (the seed set, labels read).
+  train           `Cycle.train_step` round 0: joint MoBY + CE, train.epochs=1, train.resident=never (a Ray Train
                   fit per round, the path for large pools) and train.unlabeled_per_round (SSL on a seeded
                   sample of the streamed pool, so a worker's memory does not grow with N).
-  embed           `Cycle.embed`: the whole pool + test split through the Ray Data actor pool.
-  select_kcenter  `Cycle.select` with select.method=kcenter, select.shards=--shards (Ray shard actors).
-  select_default  `selection.select_ids` on the same embeddings with the default select.method and
+  embed           `Cycle.embed_step`: the whole pool + test split through the Ray Data actor pool.
+  select_kcenter  `Cycle.select_step` with select.method=kcenter, select.shards=--shards (Ray shard actors).
+  select_default  `selection.choose_queries` on the same embeddings with the default select.method and
                   select.shards (config.SelectConfig(): auto, in the driver).
-  label_commit    `Cycle.label` (simulated oracle, ledger commit) and `Cycle.run_round` (the round's commit).
+  label_commit    `Cycle.label_step` (simulated oracle, ledger commit) and `Cycle.run_round` (the round's commit).
 
 rows/s is N / the stage's seconds for every stage (train streams all N rows but trains on a sample).
 
@@ -336,37 +336,37 @@ class Round:
         check_config(self.cfg)
         run, spec, cfg = open_run(self.cfg, self.cfg.run.dir, resume=False)
         self.cycle = Cycle(cfg, run, spec, log=self.log)
-        self.cycle.initial_set()
+        self.cycle.initial_step()
         self.ledger = self.cycle.ledger().up_to_round(0)
 
     def train(self) -> None:
-        self.state = self.cycle.train(0, self.ledger, None)
+        self.state = self.cycle.train_step(0, self.ledger, None)
         metrics = self.cycle.run.step_payload(0, "train")["metrics"]
         self.info["train"] = {k: metrics[k] for k in ("images", "steps", "loss") if k in metrics}
 
     def embed(self) -> None:
-        payload = self.cycle.embed(0, self.ledger, self.state)
+        payload = self.cycle.embed_step(0, self.ledger, self.state)
         self.info["embed"] = {"accuracy": payload["accuracy"], "corrupt": payload["corrupt"],
                               "test_rows": payload["test_rows"]}
 
     def select_kcenter(self) -> None:
-        self.ids = self.cycle.select(0, self.ledger)
+        self.ids = self.cycle.select_step(0, self.ledger)
         self.info["select_kcenter"] = {"k": len(self.ids), "shards": self.cfg.select.shards,
                                        "selected_by": self.cycle.run.step_payload(0, "select")["selected_by"]}
 
     def select_default(self) -> None:
         from ray_al.core import config as config_mod
-        from ray_al.loop.selection import select_ids
+        from ray_al.loop.selection import choose_queries
 
         cfg = default_selection_config(self.cfg)
-        chosen = select_ids(cfg, self.cycle.run.round_uri(0, "embeddings"), self.ledger,
-                            config_mod.round_budget(cfg, 0), 0)
+        chosen = choose_queries(cfg, self.cycle.run.round_uri(0, "embeddings"), self.ledger,
+                                config_mod.round_budget(cfg, 0), 0)
         self.info["select_default"] = {"method": cfg.select.method, "shards": cfg.select.shards,
                                        "k": len(chosen.ids), "selected_by": chosen.method,
                                        "same_ids_as_sharded": len(set(chosen.ids) & set(self.ids))}
 
     def label_commit(self) -> None:
-        self.cycle.label(0, self.ids, self.cycle.ledger())
+        self.cycle.label_step(0, self.ids, self.cycle.ledger())
         row = self.cycle.run_round(0, None)  # every step is done: this is the round's commit
         self.cycle.close()
         self.info["label_commit"] = {"labels": len(self.cycle.ledger()), "committed": row is not None}

@@ -81,11 +81,11 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
 
 def run_ray(cfg, spec, epochs: int, seed: int, storage: str, name: str) -> dict:
     from ray_al.data.pool import read_labels
-    from ray_al.workers.train import fit
+    from ray_al.workers.train import TrainRequest, fit
 
     ids, labels = read_labels(spec.pool_uri)
-    out = fit(cfg, spec, labeled_ids=np.asarray(ids), labeled_labels=np.asarray(labels), storage_uri=storage,
-              name=name, seed=seed, epochs=epochs, progress=False)
+    out = fit(cfg, spec, TrainRequest(name=name, labeled_ids=np.asarray(ids), labeled_labels=np.asarray(labels),
+                                      seed=seed, epochs=epochs, progress=False), storage_uri=storage)
     return {"history": out.history, "wall_seconds": out.seconds, "threads": out.history[0].get("threads"),
             "loss": out.metrics["loss"]}
 

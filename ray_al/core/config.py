@@ -1,7 +1,9 @@
 """Experiment configuration: frozen dataclasses per section, YAML files and `section.key=value` overrides.
 
-Unknown sections or keys and values of the wrong type are `ConfigError`s that name the key and list the
-valid ones, so a typo never silently falls back to a default.
+Unknown sections or keys, values of the wrong type and values outside a key's `Literal` choices are
+`ConfigError`s that name the key and list the valid ones, so a typo never silently falls back to a default.
+Rules that join several keys (a mode that needs a method, shards that need k-center, ...) live in
+ray_al.loop.rules, which also checks the names registries hold (SSL methods, backbones, strategies).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -21,6 +23,24 @@ class ConfigError(ValueError):
 
 class BudgetError(ValueError):
     """The labelling plan (al.initial_size, al.budget, al.rounds) does not fit in the pool."""
+
+
+# The keys that take one of a fixed set of values: checked when the config loads (`_coerce`).
+OnCorrupt = Literal["skip", "error"]  # skip (report ids, leave them out) | error
+Mode = Literal["joint", "pretrain", "frozen"]  # SSL with CE every round | SSL once, then rounds | a given encoder
+Optimizer = Literal["sgd", "adam"]
+LrSchedule = Literal["step", "cosine"]  # 10x drops at milestones | anneal to 0 over the epochs
+Resident = Literal["auto", "always", "never"]  # one worker group for every round: auto = pools that fit in memory
+EmbedDtype = Literal["float32", "bfloat16"]
+Committee = Literal["mc_dropout", "heads"]  # MC-dropout passes in the embed step | bagged linear heads at selection
+Features = Literal["model", "pretrained"]  # the round's model | the self-supervised encoder's, once per run
+Oracle = Literal["simulated", "file"]
+InitialMethod = Literal["random", "typiclust", "probcover", "kcenter"]  # all but random: on SSL features
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The values a `Literal` key takes: choices(Mode) == ("joint", "pretrain", "frozen")."""
+    return typing.get_args(literal)
 
 
 @dataclass(frozen=True)
@@ -36,7 +56,7 @@ class DataConfig:
     image_size: int = 0  # 0 = the dataset's own (digits 8, cifar10 32)
     channels: int = 0  # 0 = the dataset's own (digits 1, cifar10 3)
     num_classes: int = 0  # 0 = infer from the labels
-    on_corrupt: str = "skip"  # skip (report ids, leave them out) | error
+    on_corrupt: OnCorrupt = "skip"
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for MinIO / moto; empty = AWS
     s3_region: str = ""
     classes: tuple[str, ...] = ()  # class names annotators use (an unlabeled pool); () = from the data
@@ -52,13 +72,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     method: str = "none"  # SSL method: none | moby | barlow_twins | simsiam | mocov2 | simclr | rotnet
-    mode: str = "joint"  # joint | pretrain | frozen
+    mode: Mode = "joint"
     epochs: int = 15
     batch_size: int = 64
     unlabeled_batch_size: int = 64  # SSL batch over labeled + unlabeled images (joint mode)
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: Optimizer = "sgd"
     lr: float = 0.05
-    lr_schedule: str = "step"  # step (10x drops at milestones) | cosine (anneal to 0 over the epochs)
+    lr_schedule: LrSchedule = "step"
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4
     milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the epochs where lr drops 10x
@@ -76,7 +96,7 @@ class TrainConfig:
     sync_bn: bool = True  # SyncBatchNorm when num_workers > 1
     seed_offset: int = 0
     unlabeled_per_round: int = 0  # joint SSL on a seeded sample of about this many unlabeled images a round (0 = all)
-    resident: str = "auto"  # one worker group serves every round: auto (pools that fit in memory) | always | never
+    resident: Resident = "auto"
 
 
 @dataclass(frozen=True)
@@ -85,7 +105,7 @@ class EmbedConfig:
     actors: int = 1  # actor pool size (max); min is 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
-    dtype: str = "float32"  # float32 | bfloat16 inference
+    dtype: EmbedDtype = "float32"  # inference
     normalize: bool = False  # unit-length embeddings: k-center, BADGE and Weibull then measure cosine distances
 
 
@@ -95,12 +115,12 @@ class SelectConfig:
     shards: int = 1  # plain k-center's shards (method=kcenter); > 1 runs Ray actors
     prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
     prefilter_factor: int = 10  # must equal ray_al.acquisition.PREFILTER_FACTOR (one default; a test checks)
-    committee: str = "mc_dropout"  # committee methods: mc_dropout (embed-step passes) | heads (bagged linear heads)
+    committee: Committee = "mc_dropout"  # of the committee methods
     committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
     fallback: str = "typiclust"  # run when the method cannot yet (weibull before 3 labels in a class); recorded
     auto_switch_per_class: float = 3.0  # method=auto: typiclust below this many labels per class, then margin
-    features: str = "model"  # model (the round's model) | pretrained (the self-supervised encoder's, once per run)
+    features: Features = "model"  # what selection measures distances on
 
 
 @dataclass(frozen=True)
@@ -110,8 +130,8 @@ class ALConfig:
     budget: int = 50  # labels queried per round
     budgets: tuple[int, ...] = ()  # per-round batch sizes instead (round r queries budgets[r]); len = al.rounds
     seed: int = 0
-    oracle: str = "simulated"  # simulated | file
-    initial: str = "random"  # seed set: random | typiclust | probcover | kcenter (on self-supervised features)
+    oracle: Oracle = "simulated"
+    initial: InitialMethod = "random"  # how the seed set is chosen
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,8 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     """Check/convert `value` to the field's declared type; ConfigError names `where` otherwise."""
     hint = annotation
     origin = typing.get_origin(hint)
+    if origin is Literal:  # outside the try: its ConfigError is a ValueError
+        return _choice(where, value, typing.get_args(hint))
     try:
         if hint is bool:
             if isinstance(value, bool):
@@ -189,6 +211,13 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     else:
         return value
     raise ConfigError(f"config key '{where}': {value!r} is not a valid {getattr(hint, '__name__', hint)}.")
+
+
+def _choice(where: str, value: Any, valid: tuple[str, ...]) -> str:
+    if isinstance(value, str) and value in valid:
+        return value
+    raise ConfigError(f"{where}='{value}' is not valid; choose one of {', '.join(valid)}."
+                      f"{_suggest(str(value), list(valid))}")
 
 
 def _build_section(name: str, values: dict) -> Any:

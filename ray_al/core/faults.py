@@ -14,14 +14,14 @@ The points (docs/RELIABILITY.md lists them with their tests):
 * `python -m ray_al.sweep`, the sweep driver: `sweep.result`, reached each time a trial reports a committed
   round to Tune (the trial runs on; killing the driver there kills the sweep mid-trial);
 * `train.epoch`: a training worker SIGKILLs the cycle driver at the first step of epoch 1 (after epoch 0's
-  checkpoint; needs train.epochs >= 2), through `ray_al.workers.train.FaultInjection`.
+  checkpoint; needs train.epochs >= 2), through a `FaultInjection` (`driver_kill`).
 
 Hold points stand in for a lost node: `RAY_AL_HOLD_AT=<point> RAY_AL_HOLD_MARKER=<file>` makes the first
 process to reach the point (in any Ray worker of the job) write the marker, a JSON object with its `node`
 id and `pid`, and wait there until it is killed. A drill then removes that node
 (`ray.cluster_utils.Cluster.remove_node`); the retried work finds the marker and goes on. Points
 (`HOLD_POINTS`): `embed.batch` (an embedding actor, at a batch). A training worker holds the same way
-through `ray_al.workers.train.FaultInjection` with `hold=True`, at the rank, epoch and step it names. (k-center
+through a `FaultInjection` with `hold=True`, at the rank, epoch and step it names. (k-center
 shards need no hold point: the selection's `on_pass` callback runs in the driver between passes.)
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 KILL_AT = "RAY_AL_KILL_AT"
@@ -92,3 +93,62 @@ def hold(marker: str, what: str, node: str) -> None:
         os.unlink(draft)
     while True:
         time.sleep(1.0)
+
+
+# ----------------------------------------------------------------------------- a training worker's drill
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test/chaos drill of a training worker (ray_al.workers.train calls `step_hook` every epoch): SIGKILL
+    rank `rank` at (epoch, step), once (the `marker` file remembers); with `pid`, rank `rank` SIGKILLs that
+    process instead (the cycle driver: `train.epoch`, `driver_kill`); with `hold`, it notes its node in
+    `marker` and waits for the drill to remove that node (a lost node).
+
+    The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
+    Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
+    """
+
+    epoch: int
+    marker: str
+    step: int = 0
+    rank: int = 0
+    delay_s: float = 5.0
+    pid: int = 0  # 0: the worker itself
+    hold: bool = False  # instead of a kill, note this node in `marker` and wait: the drill removes the node
+
+
+def step_hook(fault: FaultInjection | None, epoch: int, rank: int, node_id: Callable[[], str]):
+    """The per-step callback of the epoch and rank `fault` names (None elsewhere); `node_id()` is asked
+    only by a hold, for the note the drill reads."""
+    if fault is None or fault.epoch != epoch or fault.rank != rank:
+        return None
+
+    def on_step(step: int) -> None:
+        if step != fault.step or os.path.exists(fault.marker):
+            return
+        if fault.hold:
+            time.sleep(float(fault.delay_s))
+            hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}", node_id())
+            return
+        with open(fault.marker, "w") as f:
+            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")
+        time.sleep(float(fault.delay_s))
+        os.kill(fault.pid or os.getpid(), signal.SIGKILL)
+        if fault.pid:  # the driver is gone: train no further (no later checkpoint) until Ray ends this worker
+            time.sleep(3600)
+
+    return on_step
+
+
+def driver_kill() -> FaultInjection | None:
+    """`train.epoch` when armed: rank 0 SIGKILLs this process (the driver) once epoch 0 is checkpointed."""
+    from ray_al.core.config import ConfigError
+
+    marker = armed("train.epoch")
+    if marker is None:
+        return None
+    if not marker:
+        raise ConfigError(f"{KILL_AT}=train.epoch needs {KILL_MARKER} (a worker cannot tell "
+                          "a resumed driver from the killed one without it).")
+    return FaultInjection(epoch=1, marker=marker, pid=os.getpid())

@@ -90,20 +90,20 @@ def tag_split(ds, name: str):
     return ds.map_batches(_tag, fn_kwargs={"split": name}, batch_format="pyarrow", zero_copy_batch=True)
 
 
-def embedding_input(spec: PoolSpec, labeled_ids) -> "ray.data.Dataset":
+def embedding_input(pool: PoolSpec, labeled_ids) -> "ray.data.Dataset":
     """The pool, read once with `split` = labeled | unlabeled by id, then the test set (`split` = test)."""
-    pool = _tag_labeled(read_split(spec.pool_uri, columns=pool_columns(spec)), labeled_ids)
-    return pool.union(_test_split(spec))
+    rows = _tag_labeled(read_split(pool.pool_uri, columns=pool_columns(pool)), labeled_ids)
+    return rows.union(_test_split(pool))
 
 
-def frozen_input(spec: PoolSpec) -> "ray.data.Dataset":
+def frozen_input(pool: PoolSpec) -> "ray.data.Dataset":
     """The pool (`split` = pool) and the test set (`split` = test): what a frozen encoder embeds once."""
-    pool = tag_split(read_split(spec.pool_uri, columns=pool_columns(spec)), FROZEN_POOL)
-    return pool.union(_test_split(spec))
+    rows = tag_split(read_split(pool.pool_uri, columns=pool_columns(pool)), FROZEN_POOL)
+    return rows.union(_test_split(pool))
 
 
-def _test_split(spec: PoolSpec):
-    return tag_split(read_split(spec.test_uri, columns=pool_columns(spec, with_label=True)), "test")
+def _test_split(pool: PoolSpec):
+    return tag_split(read_split(pool.test_uri, columns=pool_columns(pool, with_label=True)), "test")
 
 
 def features_input(features_uri: str, labeled_ids) -> "ray.data.Dataset":
@@ -127,14 +127,14 @@ def _decode(batch: dict, image_size: int, channels: int, on_corrupt: str) -> dic
     return decode_batch(batch, image_size, channels, on_corrupt, read_uri=storage.read_bytes)
 
 
-def decoded(ds, spec: PoolSpec, on_corrupt: str):
+def decoded(ds, pool: PoolSpec, on_corrupt: str):
     """Add `pixels` uint8 (H, W, C) and `corrupt` columns; drop the encoded column."""
     return ds.map_batches(
-        _decode, fn_kwargs={"image_size": spec.image_size, "channels": spec.channels, "on_corrupt": on_corrupt},
+        _decode, fn_kwargs={"image_size": pool.image_size, "channels": pool.channels, "on_corrupt": on_corrupt},
         batch_format="numpy", batch_size=256,
     )
 
 
-def pool_columns(spec: PoolSpec, with_label: bool = False) -> list[str]:
-    cols = ["id", spec.image_column]
+def pool_columns(pool: PoolSpec, with_label: bool = False) -> list[str]:
+    cols = ["id", pool.image_column]
     return cols + ["label"] if with_label else cols

@@ -14,7 +14,7 @@ typiclust and probcover, so a cluster of foreign images is not queried again), b
 `for_method` leaves them out wherever labels per class are read (weibull, the heads committee, the `auto`
 policy's labels per class).
 
-`select_ids` runs the configured strategy on it. No Ray here: the shard actors live in
+`choose_queries` runs the configured strategy on it. No Ray here: the shard actors live in
 ray_al.workers.kcenter_shards, imported only when `select.shards > 1`.
 """
 from __future__ import annotations
@@ -246,7 +246,7 @@ def _committee(cfg: Config, stored: np.ndarray | None, labeled: pa.Table, labels
 
 
 # ----------------------------------------------------------------------------- strategy input -> query ids
-def select_ids(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "",
+def choose_queries(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, zero_shot_uri: str = "",
                features_uri: str = "") -> Selection:
     """The k ids round r queries, and which method chose them. zero_shot_uri: the run's zero-shot order;
     features_uri: the self-supervised features (select.features=pretrained). The round's method is

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_al.core.augment import to_model_input
+from ray_al.core.config import ConfigError, LrSchedule, Optimizer, choices
 from ray_al.core.ids import id_keys, splitmix64
 
 # ----------------------------------------------------------------------------- per-sample keys and seeds
@@ -87,14 +88,12 @@ class TrainTensors:
         return self._ssl_cache[key]
 
 
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("step", "cosine")
+OPTIMIZERS = choices(Optimizer)
+LR_SCHEDULES = choices(LrSchedule)
 
 
 def check_optimizer_names(optimizer: str, schedule: str) -> None:
-    """train.optimizer / train.lr_schedule: checked by the cycle before Ray starts and by make_optimizer."""
-    from ray_al.core.config import ConfigError
-
+    """train.optimizer / train.lr_schedule for callers that bypass the config (which checks them on load)."""
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer='{optimizer}' is not valid; choose one of {', '.join(OPTIMIZERS)}.")
     if schedule not in LR_SCHEDULES:

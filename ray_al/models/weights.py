@@ -1,7 +1,7 @@
 """Building a learner from a config and moving its weights as bytes (pure torch: no Ray).
 
 The one home for this: training workers, embedding actors, the cycle and the benchmarks all build the
-learner from `learner_kwargs(cfg, spec)` and ship weights with `state_to_bytes` / `state_from_bytes`.
+learner from `learner_kwargs(cfg, pool)` and ship weights with `state_to_bytes` / `state_from_bytes`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # types only: the model layer does not depend on the data or 
     from ray_al.data.pool import PoolSpec
 
 
-def ssl_defaults(method: str, spec: PoolSpec) -> dict:
+def ssl_defaults(method: str, pool: PoolSpec) -> dict:
     """Options we set on top of the papers' defaults; explicit train.ssl_options win.
 
     * single-channel pools (the built-in digits, handwriting, scans): no horizontal flips in the views,
@@ -27,19 +27,19 @@ def ssl_defaults(method: str, spec: PoolSpec) -> dict:
     if method == "none":
         return {}
     out: dict = {}
-    if spec.channels == 1:
+    if pool.channels == 1:
         out["flip"] = False
     if method == "barlow_twins":
         out["scale"] = 1.0 / 32.0
     return out
 
 
-def learner_kwargs(cfg: Config, spec: PoolSpec, method: str | None = None) -> dict:
+def learner_kwargs(cfg: Config, pool: PoolSpec, method: str | None = None) -> dict:
     method = cfg.train.method if method is None else method
     return {
-        "backbone": cfg.model.backbone, "num_classes": spec.num_classes, "in_channels": spec.channels,
-        "image_size": spec.image_size, "mean": tuple(spec.mean), "std": tuple(spec.std),
-        "ssl": method, "ssl_options": {**ssl_defaults(method, spec), **dict(cfg.train.ssl_options)},
+        "backbone": cfg.model.backbone, "num_classes": pool.num_classes, "in_channels": pool.channels,
+        "image_size": pool.image_size, "mean": tuple(pool.mean), "std": tuple(pool.std),
+        "ssl": method, "ssl_options": {**ssl_defaults(method, pool), **dict(cfg.train.ssl_options)},
         "dropout": cfg.model.dropout,
     }
 

@@ -234,6 +234,31 @@ def _outside_pool(id_list: list, pool_ids: set | None) -> str:
             "Check that the labels belong to this run's pool.")
 
 
+def _read_committed(root: str, manifest_uri: str, manifest: dict) -> tuple[int, pa.Table]:
+    """(version, table) of the ledger file the manifest names, its sha256, rows and columns checked."""
+    try:
+        version, fname = int(manifest["version"]), str(manifest["file"])
+        rows, sha = int(manifest["rows"]), str(manifest["sha256"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LedgerError(f"{manifest_uri} is malformed ({e!r}); restore it from a backup or point it "
+                          f"at the last good ledger-*.parquet in {storage.join(root, LEDGER_DIR)}") from e
+    data_uri = storage.join(root, LEDGER_DIR, fname)
+    data = storage.read_bytes(data_uri)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha:
+        raise LedgerError(
+            f"ledger file {data_uri} does not match its manifest (sha256 {digest[:12]}... != "
+            f"{sha[:12]}...): the file was changed or damaged after commit. Earlier versions are kept "
+            f"in {storage.join(root, LEDGER_DIR)}; point MANIFEST.json at the last good one.")
+    table = pq.read_table(pa.BufferReader(data))
+    if table.num_rows != rows:
+        raise LedgerError(f"ledger file {data_uri} has {table.num_rows} rows, manifest says {rows}")
+    missing = {"id", "label", "round", "source"} - set(table.column_names)
+    if missing:
+        raise LedgerError(f"ledger file {data_uri} lacks columns {sorted(missing)}")
+    return version, table
+
+
 @dataclass(frozen=True)
 class Ledger:
     """Immutable labeled set. ``version`` is the committed manifest version it derives from (0: none)."""
@@ -264,26 +289,7 @@ class Ledger:
             if id_type is None and storage.exists(storage.join(root, "run.json")):
                 id_type = storage.read_json(storage.join(root, "run.json")).get("id_type")
             return cls.empty(id_type)
-        try:
-            version, fname = int(manifest["version"]), str(manifest["file"])
-            rows, sha = int(manifest["rows"]), str(manifest["sha256"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise LedgerError(f"{manifest_uri} is malformed ({e!r}); restore it from a backup or point it "
-                              f"at the last good ledger-*.parquet in {storage.join(root, LEDGER_DIR)}") from e
-        data_uri = storage.join(root, LEDGER_DIR, fname)
-        data = storage.read_bytes(data_uri)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha:
-            raise LedgerError(
-                f"ledger file {data_uri} does not match its manifest (sha256 {digest[:12]}... != "
-                f"{sha[:12]}...): the file was changed or damaged after commit. Earlier versions are kept "
-                f"in {storage.join(root, LEDGER_DIR)}; point MANIFEST.json at the last good one.")
-        table = pq.read_table(pa.BufferReader(data))
-        if table.num_rows != rows:
-            raise LedgerError(f"ledger file {data_uri} has {table.num_rows} rows, manifest says {rows}")
-        missing = {"id", "label", "round", "source"} - set(table.column_names)
-        if missing:
-            raise LedgerError(f"ledger file {data_uri} lacks columns {sorted(missing)}")
+        version, table = _read_committed(root, manifest_uri, manifest)
         id_t = normalize_id_type(table.schema.field("id").type)
         table = table.select(["id", "label", "round", "source"]).cast(_schema(id_t))
         return cls(table, id_t, version, {"manifest": manifest})

@@ -43,6 +43,22 @@ def _foreign(names: list[str]) -> set[str]:
     return {n for n in names if n not in ("data", "LOCK") and not n.startswith(storage.TMP_PREFIX)}
 
 
+def _checked_info(run_info: dict) -> dict:
+    """A copy of run.json's content for `RunDir.create`, checked: num_classes, id_type, class_names."""
+    info = _plain(dict(run_info))
+    info.pop("created", None)
+    missing = [k for k in ("num_classes", "id_type") if k not in info]
+    if missing:
+        raise RunDirError(f"run_info lacks {missing}: pass num_classes and id_type ('int64' or 'string')")
+    if not isinstance(info["num_classes"], int) or info["num_classes"] < 1:
+        raise RunDirError(f"run_info num_classes must be a positive int, got {info['num_classes']!r}")
+    info["id_type"] = normalize_id_type(info["id_type"])
+    names = info.get("class_names")
+    if names is not None and len(names) != info["num_classes"]:
+        raise RunDirError(f"run_info has {len(names)} class_names but num_classes={info['num_classes']}")
+    return info
+
+
 class RunDirError(ValueError):
     """The run directory is missing, belongs to another run, or a round is in an unexpected state."""
 
@@ -82,18 +98,7 @@ class RunDir:
         unless ``overwrite=True``, which deletes the old run directory first. A non-empty directory
         that is not a run directory is refused too unless ``overwrite=True`` (nothing is deleted then).
         """
-        rd = cls(uri)
-        info = _plain(dict(run_info))
-        info.pop("created", None)
-        missing = [k for k in ("num_classes", "id_type") if k not in info]
-        if missing:
-            raise RunDirError(f"run_info lacks {missing}: pass num_classes and id_type ('int64' or 'string')")
-        if not isinstance(info["num_classes"], int) or info["num_classes"] < 1:
-            raise RunDirError(f"run_info num_classes must be a positive int, got {info['num_classes']!r}")
-        info["id_type"] = normalize_id_type(info["id_type"])
-        names = info.get("class_names")
-        if names is not None and len(names) != info["num_classes"]:
-            raise RunDirError(f"run_info has {len(names)} class_names but num_classes={info['num_classes']}")
+        rd, info = cls(uri), _checked_info(run_info)
         run_json = storage.join(rd.uri, RUN_JSON)
         if storage.exists(run_json):
             old = storage.read_json(run_json)

@@ -133,14 +133,14 @@ def _labels(values) -> pa.Array:
 class Embedder:
     """Ray Data callable class: decodes a batch and runs a `FeatureModel`; one instance per actor."""
 
-    def __init__(self, weights_box: list, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions):
+    def __init__(self, weights_box: list, learner_kwargs: dict, pool: PoolSpec, options: EmbedOptions):
         import ray
         import torch
 
         _actor_threads(options)
         device = "cuda" if options.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
         self.model = FeatureModel(ray.get(weights_box[0]), learner_kwargs, options, device)
-        self.spec, self.options = spec, options
+        self.pool, self.options = pool, options
 
     @property
     def learner(self):
@@ -149,7 +149,7 @@ class Embedder:
     def __call__(self, batch: dict) -> pa.Table:
         faults.hold_point("embed.batch", node_id)
         split = batch.pop("split")
-        decoded = decode_batch(batch, self.spec.image_size, self.spec.channels, self.options.on_corrupt,
+        decoded = decode_batch(batch, self.pool.image_size, self.pool.channels, self.options.on_corrupt,
                                read_uri=storage.read_bytes)
         table = self.model.feature_table(decoded) if self.options.features_only else self.model.table(decoded)
         return table.append_column("split", pa.array(split))
@@ -197,11 +197,11 @@ def _check_cpus(options: EmbedOptions, cluster_cpus: float) -> None:
         )
 
 
-def embed_splits(dataset, weights: bytes, learner_kwargs: dict, spec: PoolSpec, options: EmbedOptions,
+def embed_splits(dataset, weights: bytes, learner_kwargs: dict, pool: PoolSpec, options: EmbedOptions,
                  out_uri: str) -> str:
     """Embed a Ray Dataset of raw pool rows with a `split` column (`data.reader.embedding_input`,
     `tag_split`) in one actor pool into out_uri, partitioned by split."""
-    return _actor_pool_to_parquet(dataset, Embedder, {"learner_kwargs": learner_kwargs, "spec": spec},
+    return _actor_pool_to_parquet(dataset, Embedder, {"learner_kwargs": learner_kwargs, "pool": pool},
                                   weights, options, out_uri, batch_format="numpy")
 
 

@@ -11,7 +11,8 @@ every worker's memory, and then runs jobs the driver posts on a `JobBoard` actor
 * embed: the round's embeddings, each rank writing its share of every split to
   RUN_DIR/rounds/NNNN/embeddings/split=<s>/part-<rank>.parquet (the DESIGN.md contract).
 It holds the whole decoded pool in every worker, so it is for pools that fit (`wanted`); larger pools take
-the per-round path (Ray Data streaming into a fit, an embedding actor pool).
+the per-round path (Ray Data streaming into a fit, an embedding actor pool). The loop reaches both paths
+through one interface, ray_al.loop.backend, which asks `wanted` once per run.
 """
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from ray_al.core import storage
-from ray_al.core.config import Config, ConfigError
-from ray_al.data.pool import PoolSpec
+from ray_al.core.config import Config
 from ray_al.core.ids import seeded_sample
+from ray_al.data.pool import PoolSpec
 
-RESIDENT = ("auto", "always", "never")
 # train.resident=auto: resident while the decoded pool + test split (uint8) fit in this per worker
 MAX_DECODED_BYTES = 2 << 30
 RUN_NAME = "resident"
@@ -38,18 +38,15 @@ _DECODE_ROWS = 1024
 FILE_BATCHES = 4
 
 
-def wanted(cfg: Config, spec: PoolSpec) -> bool:
+def wanted(cfg: Config, pool: PoolSpec) -> bool:
     """Whether this run's rounds go to a resident group (train.resident; module docstring)."""
-    mode = cfg.train.resident
-    if mode not in RESIDENT:
-        raise ConfigError(f"train.resident='{mode}' is not valid; choose one of {', '.join(RESIDENT)}.")
-    if mode != "auto":
-        return mode == "always"
+    if cfg.train.resident != "auto":
+        return cfg.train.resident == "always"
     # sharded k-center's actors and GPU embedding actors need resources the group would hold
     if cfg.select.shards > 1 or (cfg.embed.gpus_per_actor > 0 and not cfg.train.use_gpu):
         return False
-    rows = spec.pool_rows + _count_rows(spec.test_uri)
-    return rows * spec.image_size ** 2 * spec.channels <= MAX_DECODED_BYTES
+    rows = pool.pool_rows + _count_rows(pool.test_uri)
+    return rows * pool.image_size ** 2 * pool.channels <= MAX_DECODED_BYTES
 
 
 def _count_rows(uri: str) -> int:
@@ -134,15 +131,15 @@ class DecodedRows:
     labels: np.ndarray | None = None
 
     @classmethod
-    def read(cls, uri: str, spec: PoolSpec, on_corrupt: str, with_label: bool) -> "DecodedRows":
+    def read(cls, uri: str, pool: PoolSpec, on_corrupt: str, with_label: bool) -> "DecodedRows":
         from ray_al.data.images import decode_batch
 
-        columns = ["id", spec.image_column] + (["label"] if with_label else [])
+        columns = ["id", pool.image_column] + (["label"] if with_label else [])
         table = storage.read_parquet(uri, columns=columns)
         parts = []
         for batch in table.to_batches(max_chunksize=_DECODE_ROWS):
             raw = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
-            parts.append(decode_batch(raw, spec.image_size, spec.channels, on_corrupt, read_uri=storage.read_bytes))
+            parts.append(decode_batch(raw, pool.image_size, pool.channels, on_corrupt, read_uri=storage.read_bytes))
         del table
         ids = np.concatenate([p["id"] for p in parts])
         order = np.argsort(ids, kind="stable")  # the order a per-round fit trains in (train._collect)
@@ -157,23 +154,25 @@ class DecodedRows:
         return out
 
 
-def train_tensors(pool: DecodedRows, spec):
-    """This round's TrainTensors from the decoded pool, as a per-round fit collects them."""
+def train_tensors(rows: DecodedRows, spec):
+    """This round's TrainTensors from the decoded pool `rows` and a ray_al.workers.train.TrainSpec, as a
+    per-round fit collects them."""
     import torch
 
     from ray_al.models.trainloop import TrainTensors, ids_to_keys
 
-    usable = ~pool.corrupt
-    labeled = np.isin(pool.ids, spec.labeled_ids) & usable if spec.use_ce else np.zeros(len(pool.ids), bool)
-    unlabeled = usable & ~labeled if spec.use_ssl and spec.has_unlabeled else np.zeros(len(pool.ids), bool)
-    unlabeled &= seeded_sample(pool.ids, spec.seed, spec.unlabeled_fraction)  # as the per-round read samples
-    lid = pool.ids[labeled]
-    labels_by_id = dict(zip(spec.labeled_ids.tolist(), spec.labeled_labels.tolist()))
+    req = spec.request
+    usable = ~rows.corrupt
+    labeled = np.isin(rows.ids, req.labeled_ids) & usable if req.use_ce else np.zeros(len(rows.ids), bool)
+    unlabeled = usable & ~labeled if spec.use_ssl and spec.has_unlabeled else np.zeros(len(rows.ids), bool)
+    unlabeled &= seeded_sample(rows.ids, req.seed, spec.unlabeled_fraction)  # as the per-round read samples
+    lid = rows.ids[labeled]
+    labels_by_id = dict(zip(req.labeled_ids.tolist(), req.labeled_labels.tolist()))
     ly = np.asarray([labels_by_id[i] for i in lid.tolist()], dtype=np.int64)
-    return TrainTensors(torch.from_numpy(pool.pixels[labeled]), torch.from_numpy(ly),
-                        torch.from_numpy(pool.pixels[unlabeled]),
+    return TrainTensors(torch.from_numpy(rows.pixels[labeled]), torch.from_numpy(ly),
+                        torch.from_numpy(rows.pixels[unlabeled]),
                         labeled_keys=torch.from_numpy(ids_to_keys(lid)),
-                        unlabeled_keys=torch.from_numpy(ids_to_keys(pool.ids[unlabeled])))
+                        unlabeled_keys=torch.from_numpy(ids_to_keys(rows.ids[unlabeled])))
 
 
 def resident_loop(config: dict) -> dict:
@@ -185,14 +184,14 @@ def resident_loop(config: dict) -> dict:
     from ray_al.workers.train import all_gather_strings, load_checkpoint, quiet_train_logs
 
     quiet_train_logs()
-    board, spec, on_corrupt = config["board"], config["pool"], config["on_corrupt"]
+    board, pool, on_corrupt = config["board"], config["pool"], config["on_corrupt"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if rank == 0:
         ray.get(board.restart.remote())
     nodes = all_gather_strings(ray.get_runtime_context().get_node_id(), world)
-    pool = DecodedRows.read(spec.pool_uri, spec, on_corrupt, with_label=False)
-    test = DecodedRows.read(spec.test_uri, spec, on_corrupt, with_label=True)
+    pool_rows = DecodedRows.read(pool.pool_uri, pool, on_corrupt, with_label=False)
+    test_rows = DecodedRows.read(pool.test_uri, pool, on_corrupt, with_label=True)
     checkpoint = ray.train.get_checkpoint()
     restored = None
     if checkpoint:
@@ -207,19 +206,19 @@ def resident_loop(config: dict) -> dict:
         if job.kind == "stop":
             return {"nodes": nodes}
         if job.kind == "train":
-            result = _train_job(job, pool, rank, world, restored)
+            result = _train_job(job, pool_rows, rank, world, restored)
             restored = None  # only the job the group restarted in continues a checkpoint
         else:
-            result = _embed_job(job, pool, test, rank, world, ray.train.torch.get_device())
+            result = _embed_job(job, pool_rows, test_rows, rank, world, ray.train.torch.get_device())
         ray.get(board.finish.remote(job.seq, rank, {**result, "nodes": nodes} if rank == 0 else None))
 
 
-def _train_job(job: Job, pool: DecodedRows, rank: int, world: int, restored: dict | None) -> dict:
+def _train_job(job: Job, pool_rows: DecodedRows, rank: int, world: int, restored: dict | None) -> dict:
     from ray_al.models.weights import state_to_bytes
     from ray_al.workers.train import epoch_plan, prepare_model, run_epochs, train_state
 
     spec = job.spec
-    data = train_tensors(pool, spec)
+    data = train_tensors(pool_rows, spec)
     objective, learner = prepare_model(spec, world)
     plan = epoch_plan(spec, data, rank, world)
     state = train_state(spec, plan, objective, learner)
@@ -239,7 +238,7 @@ _kept: dict = {}
 MAX_KEPT_FEATURES = 512 << 20
 
 
-def _embed_job(job: Job, pool: DecodedRows, test: DecodedRows, rank: int, world: int, device) -> dict:
+def _embed_job(job: Job, pool_rows: DecodedRows, test_rows: DecodedRows, rank: int, world: int, device) -> dict:
     import ray
 
     from ray_al.workers.embed import FeatureModel
@@ -250,13 +249,13 @@ def _embed_job(job: Job, pool: DecodedRows, test: DecodedRows, rank: int, world:
     if not reused:
         _kept.clear()
     batch = job.options.batch_size
-    labeled = np.isin(pool.ids, job.labeled_ids)
-    mine = np.arange(len(pool.ids)) % world == rank
-    mine_test = np.arange(len(test.ids)) % world == rank
+    labeled = np.isin(pool_rows.ids, job.labeled_ids)
+    mine = np.arange(len(pool_rows.ids)) % world == rank
+    mine_test = np.arange(len(test_rows.ids)) % world == rank
     features = {name: _kept[name] if reused else RankFeatures.of(model, rows, share, batch)
-                for name, rows, share in (("pool", pool, mine), ("test", test, mine_test))}
-    splits = (("labeled", pool, labeled & mine, "pool"), ("unlabeled", pool, ~labeled & mine, "pool"),
-              ("test", test, mine_test, "test"))
+                for name, rows, share in (("pool", pool_rows, mine), ("test", test_rows, mine_test))}
+    splits = (("labeled", pool_rows, labeled & mine, "pool"), ("unlabeled", pool_rows, ~labeled & mine, "pool"),
+              ("test", test_rows, mine_test, "test"))
     for split, rows, mask, name in splits:
         index = np.flatnonzero(mask)
         step = FILE_BATCHES * batch
@@ -294,10 +293,10 @@ class RankFeatures:
 class ResidentGroup:
     """Starts the group on first use; `train` and `embed` post a job and wait for it; `close` stops it."""
 
-    def __init__(self, cfg: Config, spec: PoolSpec, storage_uri: str):
+    def __init__(self, cfg: Config, pool: PoolSpec, storage_uri: str):
         # the workers run in Ray Train's artifacts directory: relative paths would land there
-        self.spec = dataclasses.replace(spec, pool_uri=storage.absolute(spec.pool_uri),
-                                        test_uri=storage.absolute(spec.test_uri))
+        self.pool = dataclasses.replace(pool, pool_uri=storage.absolute(pool.pool_uri),
+                                        test_uri=storage.absolute(pool.test_uri))
         self.cfg, self.storage_uri = cfg, storage_uri
         self.workers = max(1, cfg.train.num_workers)
         self.board = None
@@ -314,7 +313,7 @@ class ResidentGroup:
         ensure_ray()
         self.board = ray.remote(num_cpus=0, max_concurrency=4 * self.workers + 4)(JobBoard).remote(self.workers)
         trainer = torch_trainer(self.cfg, resident_loop,
-                                {"board": self.board, "pool": self.spec, "on_corrupt": self.cfg.data.on_corrupt},
+                                {"board": self.board, "pool": self.pool, "on_corrupt": self.cfg.data.on_corrupt},
                                 self.storage_uri, RUN_NAME, self.workers)
         self.thread = threading.Thread(target=self._fit, args=(trainer,), name="ray_al-resident", daemon=True)
         self.thread.start()
@@ -346,14 +345,15 @@ class ResidentGroup:
                                    "See the worker logs above; train.resident=never runs a fit per round."
                                    ) from self.error
 
-    def train(self, name: str, **run):
-        """One round's training; `run` takes the keywords of ray_al.workers.train.train_spec."""
+    def train(self, request):
+        """One round's training from a ray_al.workers.train.TrainRequest, with every worker holding the
+        whole pool (sharding="replicate"); its checkpoints are tagged with request.name."""
         from ray_al.models.weights import state_from_bytes
         from ray_al.workers.train import TrainOutcome, checked_spec
 
         started = time.perf_counter()
-        spec = checked_spec(self.cfg, self.spec, sharding="replicate", **run)
-        out = self._run(kind="train", name=name, spec=spec)
+        spec = checked_spec(self.cfg, self.pool, dataclasses.replace(request, sharding="replicate"))
+        out = self._run(kind="train", name=request.name, spec=spec)
         return TrainOutcome(state_dict=state_from_bytes(out["state"]), metrics=out["metrics"],
                             seconds=time.perf_counter() - started, history=out["history"], nodes=out["nodes"])
 

@@ -1,5 +1,9 @@
-"""Ray Train plumbing: the driver builds a `TrainSpec` and a `TorchTrainer` (`fit`); every worker runs
-`train_loop_per_worker`, which reads the spec's typed fields.
+"""Ray Train plumbing: the driver turns one `TrainRequest` into a `TrainSpec` and a `TorchTrainer` (`fit`);
+every worker runs `train_loop_per_worker`, which reads the spec's typed fields.
+
+A round's training request is a `TrainRequest` from the loop (ray_al.loop.backend passes it unchanged to
+`fit` here or to ray_al.workers.resident's group); `train_spec` adds what the config and the pool decide
+(the learner, the lr, the SSL rows) and keeps the run's `TrainConfig` whole.
 
 The loop itself is ray_al.models.trainloop (plain PyTorch); this module only moves data into workers, wraps the
 model for DDP, and checkpoints at the end of epochs through `ray.train.report` so a lost worker
@@ -8,7 +12,7 @@ model for DDP, and checkpoints at the end of epochs through `ray.train.report` s
 epoch checkpoints younger than that (0 = every epoch); epochs longer than it checkpoint every time, and
 the last epoch always does.
 
-Data placement (`fit(sharding=...)`):
+Data placement (`TrainRequest.sharding`):
 * the labeled set is replicated to every worker (it is small) and sliced per global batch, so CE batches
   are those of one worker with N times the batch, and no label is lost to uneven shards;
 * "split" (default): the SSL pool is a Ray Data shard per worker (`streaming_split`), which scales to
@@ -19,9 +23,9 @@ Data placement (`fit(sharding=...)`):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -31,9 +35,9 @@ import numpy as np
 import torch
 
 from ray_al.core import faults
-
+from ray_al.core.config import Config, ConfigError, TrainConfig
+from ray_al.core.faults import FaultInjection
 from ray_al.models import trainloop
-from ray_al.core.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
 from ray_al.models import convert_sync_batchnorm
 from ray_al.models.weights import build_learner, learner_kwargs, state_from_bytes, state_to_bytes
@@ -47,57 +51,43 @@ SHARDING = ("split", "replicate")
 DDP_KWARGS = {"broadcast_buffers": False}
 
 
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test/chaos drill: SIGKILL rank `rank` at (epoch, step), once (the `marker` file remembers); with
-    `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.core.faults' `train.epoch`); with
-    `hold`, it notes its node in `marker` and waits for the drill to remove that node (a lost node).
+@dataclass(frozen=True, eq=False)
+class TrainRequest:
+    """One training run the loop asks for (a round's model, or the pre-training): built by the loop and
+    passed unchanged through its backend (ray_al.loop.backend) to `fit` or the resident group."""
 
-    The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
-    Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
-    """
-
-    epoch: int
-    marker: str
-    step: int = 0
-    rank: int = 0
-    delay_s: float = 5.0
-    pid: int = 0  # 0: the worker itself
-    hold: bool = False  # instead of a kill, note this node in `marker` and wait: the drill removes the node
+    name: str  # Ray Train's run name (round_0003, pretrain): its checkpoints; the same name resumes them
+    labeled_ids: np.ndarray
+    labeled_labels: np.ndarray  # aligned with labeled_ids
+    seed: int
+    epochs: int
+    use_ce: bool = True
+    use_ssl: bool | None = None  # None: whether `method` is an SSL method
+    ssl_on_pool: bool = True  # False: SSL on the labeled images only
+    head_only: bool = False  # train the classifier only; the encoder stays as init_state has it
+    init_state: dict | None = None  # weights to start from
+    method: str | None = None  # the SSL method; None: train.method
+    desc: str = "train"  # the progress bar's label
+    sharding: str = "split"  # "split" | "replicate" (module docstring)
+    fault_injection: FaultInjection | None = None  # kills one worker once (tests and failure drills)
+    progress: bool = True
 
 
 @dataclass(frozen=True, eq=False)
 class TrainSpec:
     """Everything a training worker reads, built in the driver by `train_spec` and passed as
-    train_loop_config={"spec": ...}. Batch sizes are per worker."""
+    train_loop_config={"spec": ...}. Batch sizes (train.batch_size, ...) are per worker."""
 
+    request: TrainRequest  # labeled ids sorted; its init_state travels as `init_state` bytes instead
+    train: TrainConfig  # batch sizes, optimiser, schedule, SSL weight, sync_bn, checkpoint_every_s
     learner: dict  # JointLearner kwargs (ray_al.models.weights.learner_kwargs)
-    seed: int
-    epochs: int
-    batch_size: int
-    unlabeled_batch_size: int
-    lr: float
-    optimizer: str
-    lr_schedule: str
-    momentum: float
-    weight_decay: float
-    milestones: tuple[float, ...]
-    ssl_weight: float
-    use_ce: bool
+    lr: float  # train.lr, or train.pretrain_lr for SSL-only pre-training
     use_ssl: bool
     has_unlabeled: bool  # SSL reads the pool too, not only the labeled images
     unlabeled_fraction: float  # of the unlabeled pool, a seeded sample by id (train.unlabeled_per_round)
-    head_only: bool
-    sync_bn: bool
-    checkpoint_every_s: float
-    sharding: str
-    desc: str
-    progress: bool
     progress_lines: bool  # the driver logs to a file: EpochLines instead of a tqdm bar
-    labeled_ids: np.ndarray  # sorted
-    labeled_labels: np.ndarray  # aligned with labeled_ids
     init_state: bytes | None = None  # weights to start from (state_to_bytes)
-    fault_injection: FaultInjection | None = None
+    fault_injection: FaultInjection | None = None  # the request's, or the armed `train.epoch` drill
 
 
 @dataclass
@@ -151,12 +141,12 @@ def prepare_model(spec: TrainSpec, world: int) -> tuple[torch.nn.Module, torch.n
     """(objective wrapped for DDP by Ray Train, the learner inside it)."""
     import ray.train.torch
 
-    torch.manual_seed(spec.seed)  # same initial weights and queues on every rank
+    torch.manual_seed(spec.request.seed)  # same initial weights and queues on every rank
     learner = build_learner(spec.learner)
     if spec.init_state is not None:
         learner.load_state_dict(state_from_bytes(spec.init_state), strict=False)
-    trainloop.freeze_unused(learner, spec.head_only, spec.use_ce, spec.use_ssl)
-    if world > 1 and spec.sync_bn:  # global-batch BN (works on gloo/CPU, unlike torch's SyncBatchNorm)
+    trainloop.freeze_unused(learner, spec.request.head_only, spec.request.use_ce, spec.use_ssl)
+    if world > 1 and spec.train.sync_bn:  # global-batch BN (works on gloo/CPU, unlike torch's SyncBatchNorm)
         learner = convert_sync_batchnorm(learner)
     objective = ray.train.torch.prepare_model(trainloop.JointObjective(learner),
                                               parallel_strategy_kwargs=dict(DDP_KWARGS))
@@ -164,9 +154,10 @@ def prepare_model(spec: TrainSpec, world: int) -> tuple[torch.nn.Module, torch.n
 
 
 def train_state(spec: TrainSpec, plan: trainloop.EpochPlan, objective, learner) -> trainloop.TrainState:
+    t = spec.train
     optimizer, scheduler = trainloop.make_optimizer(
-        learner.trainable_parameters(), spec.lr, spec.momentum, spec.weight_decay, plan.n_steps * spec.epochs,
-        spec.milestones, spec.optimizer, spec.lr_schedule)
+        learner.trainable_parameters(), spec.lr, t.momentum, t.weight_decay, plan.n_steps * spec.request.epochs,
+        tuple(t.milestones), t.optimizer, t.lr_schedule)
     return trainloop.TrainState(objective, learner, optimizer, scheduler)
 
 
@@ -194,8 +185,9 @@ def _collect(name: str, labels_by_id: dict | None) -> tuple[np.ndarray, np.ndarr
 def _load_data(spec: TrainSpec) -> trainloop.TrainTensors:
     """The labeled set (when CE is on) and this worker's SSL pool rows (when SSL reads the pool)."""
     none = (np.zeros(0, np.int64), np.zeros((0, 1, 1, 1), dtype=np.uint8), np.zeros(0, np.int64))
-    labels_by_id = dict(zip(spec.labeled_ids.tolist(), spec.labeled_labels.tolist()))
-    lid, lx, ly = _collect("labeled", labels_by_id) if spec.use_ce else none
+    req = spec.request
+    labels_by_id = dict(zip(req.labeled_ids.tolist(), req.labeled_labels.tolist()))
+    lid, lx, ly = _collect("labeled", labels_by_id) if req.use_ce else none
     uid, ux, _ = _collect("unlabeled", None) if spec.use_ssl and spec.has_unlabeled else none
     return trainloop.TrainTensors(
         torch.from_numpy(lx), torch.from_numpy(ly.astype(np.int64)), torch.from_numpy(ux),
@@ -208,16 +200,17 @@ def epoch_plan(spec: TrainSpec, data: trainloop.TrainTensors, rank: int, world: 
     import ray.train.torch
 
     device = ray.train.torch.get_device()
-    ssl_global = spec.sharding == "replicate" or world == 1
+    req, t = spec.request, spec.train
+    ssl_global = req.sharding == "replicate" or world == 1
     n_ssl = len(data.ssl_source(world, rank, ssl_global)[0]) if spec.use_ssl else 0
-    n_steps = trainloop.steps_per_epoch(len(data.labeled_x), n_ssl, spec.batch_size, spec.unlabeled_batch_size,
-                                        spec.use_ssl, world=world, ssl_global=ssl_global, ce=spec.use_ce)
+    n_steps = trainloop.steps_per_epoch(len(data.labeled_x), n_ssl, t.batch_size, t.unlabeled_batch_size,
+                                        spec.use_ssl, world=world, ssl_global=ssl_global, ce=req.use_ce)
     if world > 1 and not ssl_global:  # every rank must take the same number of steps or DDP hangs
         n_steps = _max_across_ranks(n_steps, device)
     return trainloop.EpochPlan(
-        seed=spec.seed, epochs=spec.epochs, n_steps=n_steps, batch_size=spec.batch_size,
-        unlabeled_batch_size=spec.unlabeled_batch_size, ssl_weight=spec.ssl_weight, use_ssl=spec.use_ssl,
-        use_ce=spec.use_ce, rank=rank, world=world, ssl_global=ssl_global, device=device)
+        seed=req.seed, epochs=req.epochs, n_steps=n_steps, batch_size=t.batch_size,
+        unlabeled_batch_size=t.unlabeled_batch_size, ssl_weight=t.ssl_weight, use_ssl=spec.use_ssl,
+        use_ce=req.use_ce, rank=rank, world=world, ssl_global=ssl_global, device=device)
 
 
 def _restore(state: trainloop.TrainState) -> int:
@@ -240,14 +233,15 @@ def run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.Trai
     bar = _progress_bar(spec, plan.rank, start_epoch)
     history = []
     last_checkpoint = time.monotonic()
-    for epoch in range(start_epoch, spec.epochs):
+    epochs = spec.request.epochs
+    for epoch in range(start_epoch, epochs):
         metrics = _train_epoch(spec, plan, state, data, epoch, start_epoch)
         if bar is not None:
-            bar.set_description(f"{spec.desc} loss {metrics['loss']:.3f}")
+            bar.set_description(f"{spec.request.desc} loss {metrics['loss']:.3f}")
             bar.update(1)
         started = time.perf_counter()
-        if _checkpoint_due(last_checkpoint, spec.checkpoint_every_s,
-                           last_checkpoint_due and epoch == spec.epochs - 1, plan.world, plan.device):
+        if _checkpoint_due(last_checkpoint, spec.train.checkpoint_every_s,
+                           last_checkpoint_due and epoch == epochs - 1, plan.world, plan.device):
             _report(metrics, state, epoch, plan.rank, tag)
             last_checkpoint = time.monotonic()
         history.append({**metrics, "report_seconds": time.perf_counter() - started})
@@ -259,10 +253,10 @@ def run_epochs(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.Trai
 
 def _train_epoch(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.TrainState,
                  data: trainloop.TrainTensors, epoch: int, start_epoch: int) -> dict:
-    torch.manual_seed((spec.seed * 7919 + epoch) * 1009 + plan.rank)  # dropout: same after a resume
+    torch.manual_seed((spec.request.seed * 7919 + epoch) * 1009 + plan.rank)  # dropout: same after a resume
     started = time.perf_counter()
     metrics = trainloop.train_epoch(state, data, plan, epoch,
-                                    on_step=_fault_hook(spec.fault_injection, epoch, plan.rank))
+                                    on_step=faults.step_hook(spec.fault_injection, epoch, plan.rank, node_id))
     if plan.world > 1:
         metrics = _reduce_metrics(metrics, plan.device)
     metrics.update(epoch=epoch, start_epoch=start_epoch, steps=plan.n_steps, threads=torch.get_num_threads(),
@@ -304,40 +298,19 @@ class EpochLines:
 
 
 def _progress_bar(spec: TrainSpec, rank: int, start_epoch: int):
-    if rank != 0 or not spec.progress:
+    req = spec.request
+    if rank != 0 or not req.progress:
         return None
     if spec.progress_lines:
-        lines = EpochLines(spec.epochs, spec.desc)
+        lines = EpochLines(req.epochs, req.desc)
         lines.done = start_epoch
         return lines
     from ray.experimental.tqdm_ray import tqdm
 
-    bar = tqdm(total=spec.epochs, desc=spec.desc)
+    bar = tqdm(total=req.epochs, desc=req.desc)
     if start_epoch:
         bar.update(start_epoch)
     return bar
-
-
-def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
-    """The `on_step` callback of the epoch and rank `fault` names (None elsewhere)."""
-    if fault is None or fault.epoch != epoch or fault.rank != rank:
-        return None
-
-    def on_step(step: int) -> None:
-        if step != fault.step or os.path.exists(fault.marker):
-            return
-        if fault.hold:
-            time.sleep(float(fault.delay_s))
-            faults.hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}", node_id())
-            return
-        with open(fault.marker, "w") as f:
-            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")
-        time.sleep(float(fault.delay_s))
-        os.kill(fault.pid or os.getpid(), signal.SIGKILL)
-        if fault.pid:  # the driver is gone: train no further (no later checkpoint) until Ray ends this worker
-            time.sleep(3600)
-
-    return on_step
 
 
 def all_gather_strings(value: str, world: int) -> list[str]:
@@ -380,105 +353,59 @@ def _reduce_metrics(metrics: dict, device) -> dict:
 # ----------------------------------------------------------------------------- in the driver
 
 
-def train_spec(
-    cfg: Config,
-    pool: PoolSpec,
-    *,
-    labeled_ids: np.ndarray,
-    labeled_labels: np.ndarray,
-    seed: int,
-    epochs: int,
-    use_ce: bool = True,
-    use_ssl: bool | None = None,
-    ssl_on_pool: bool = True,
-    head_only: bool = False,
-    init_state: dict | None = None,
-    method: str | None = None,
-    desc: str = "train",
-    sharding: str = "split",
-    fault_injection: FaultInjection | dict | None = None,
-    progress: bool = True,
-) -> TrainSpec:
-    """The workers' spec from the config, the pool and one run's arguments, checked.
-
-    use_ssl: None = whether `method` (default train.method) is an SSL method; ssl_on_pool=False keeps SSL
-    on the labeled images. init_state: weights to start from. sharding: "split" | "replicate" (module
-    docstring). fault_injection: kills one worker once (tests and failure drills; `FaultInjection`).
-    """
-    method = cfg.train.method if method is None else method
-    use_ssl = (method != "none") if use_ssl is None else use_ssl
+def train_spec(cfg: Config, pool: PoolSpec, request: TrainRequest) -> TrainSpec:
+    """The workers' spec from the config, the pool and one request, checked (no data read yet)."""
+    method = cfg.train.method if request.method is None else request.method
+    use_ssl = (method != "none") if request.use_ssl is None else request.use_ssl
     if use_ssl and method == "none":
         raise ValueError("use_ssl=True needs an SSL method (train.method), not 'none'.")
-    if sharding not in SHARDING:
-        raise ConfigError(f"sharding='{sharding}' is not valid; choose one of {', '.join(SHARDING)}.")
-    if isinstance(fault_injection, dict):
-        fault_injection = FaultInjection(**fault_injection)
-    fault_injection = fault_injection or _driver_kill()
+    if request.sharding not in SHARDING:
+        raise ConfigError(f"sharding='{request.sharding}' is not valid; choose one of {', '.join(SHARDING)}.")
     t = cfg.train
-    order = np.argsort(np.asarray(labeled_ids), kind="stable")
+    order = np.argsort(np.asarray(request.labeled_ids), kind="stable")
+    sorted_request = dataclasses.replace(request, labeled_ids=np.asarray(request.labeled_ids)[order],
+                                         labeled_labels=np.asarray(request.labeled_labels)[order], init_state=None)
     return TrainSpec(
-        learner=learner_kwargs(cfg, pool, method), seed=int(seed), epochs=int(epochs), batch_size=t.batch_size,
-        unlabeled_batch_size=t.unlabeled_batch_size,
+        request=sorted_request, train=t, learner=learner_kwargs(cfg, pool, method),
         # pre-training (SSL only, no labels) may have its own lr, as the SSL papers tune it separately
-        lr=t.pretrain_lr if not use_ce and t.pretrain_lr > 0 else t.lr, optimizer=t.optimizer,
-        lr_schedule=t.lr_schedule, momentum=t.momentum, weight_decay=t.weight_decay,
-        milestones=tuple(t.milestones), ssl_weight=t.ssl_weight, use_ce=use_ce, use_ssl=use_ssl,
-        has_unlabeled=use_ssl and ssl_on_pool, unlabeled_fraction=_unlabeled_fraction(cfg, pool, len(order)),
-        head_only=head_only, sync_bn=t.sync_bn,
-        checkpoint_every_s=t.checkpoint_every_s, sharding=sharding, desc=desc, progress=progress,
-        progress_lines=not sys.stdout.isatty(),
-        labeled_ids=np.asarray(labeled_ids)[order], labeled_labels=np.asarray(labeled_labels)[order],
-        init_state=state_to_bytes(init_state) if init_state is not None else None,
-        fault_injection=fault_injection,
+        lr=t.pretrain_lr if not request.use_ce and t.pretrain_lr > 0 else t.lr, use_ssl=use_ssl,
+        has_unlabeled=use_ssl and request.ssl_on_pool,
+        unlabeled_fraction=_unlabeled_fraction(cfg, pool, len(order)), progress_lines=not sys.stdout.isatty(),
+        init_state=state_to_bytes(request.init_state) if request.init_state is not None else None,
+        fault_injection=request.fault_injection or faults.driver_kill(),
     )
-
-
-def _driver_kill() -> FaultInjection | None:
-    """ray_al.core.faults' `train.epoch`: rank 0 SIGKILLs this process (the driver) once epoch 0 is checkpointed."""
-    marker = faults.armed("train.epoch")
-    if marker is None:
-        return None
-    if not marker:
-        raise ConfigError(f"{faults.KILL_AT}=train.epoch needs {faults.KILL_MARKER} (a worker cannot tell "
-                          "a resumed driver from the killed one without it).")
-    return FaultInjection(epoch=1, marker=marker, pid=os.getpid())
 
 
 def _unlabeled_fraction(cfg: Config, pool: PoolSpec, n_labeled: int) -> float:
     """train.unlabeled_per_round as a fraction of the unlabeled pool (1.0: all of it). A worker then holds
     about that many pool images whatever the pool's size (MoBYv2AL and CoreGCN subsample alike)."""
-    wanted = cfg.train.unlabeled_per_round
-    if wanted < 0:
-        raise ConfigError(f"train.unlabeled_per_round must be >= 0 (0 = the whole pool), got {wanted}.")
+    wanted = cfg.train.unlabeled_per_round  # >= 0 (ray_al.loop.rules)
     return min(1.0, wanted / max(1, pool.pool_rows - n_labeled)) if wanted else 1.0
 
 
-def fit(cfg: Config, spec: PoolSpec, *, storage_uri: str, name: str, **run) -> TrainOutcome:
-    """Train with Ray Train's TorchTrainer. Rerunning with the same storage_uri/name resumes from the last
-    epoch checkpoint (Ray Train restores the run's checkpoint snapshot).
-
-    run: the keywords of `train_spec` (labeled_ids=, labeled_labels=, seed=, epochs=, use_ce=, use_ssl=,
-    ssl_on_pool=, head_only=, init_state=, method=, desc=, sharding=, fault_injection=, progress=).
-    """
+def fit(cfg: Config, pool: PoolSpec, request: TrainRequest, storage_uri: str) -> TrainOutcome:
+    """Train with Ray Train's TorchTrainer. Rerunning with the same storage_uri and request.name resumes
+    from the last epoch checkpoint (Ray Train restores the run's checkpoint snapshot)."""
     from ray_al.workers.ray_utils import ensure_ray
 
     ensure_ray()
-    job = checked_spec(cfg, spec, **run)
+    spec = checked_spec(cfg, pool, request)
     workers = max(1, cfg.train.num_workers)
-    trainer = _trainer(cfg, job, _datasets(cfg, spec, job, workers), storage_uri, name, workers)
+    trainer = _trainer(cfg, spec, _datasets(cfg, pool, spec, workers), storage_uri, workers)
     started = time.perf_counter()
     result = trainer.fit()
-    return _outcome(result, name, time.perf_counter() - started)
+    return _outcome(result, request.name, time.perf_counter() - started)
 
 
-def checked_spec(cfg: Config, pool: PoolSpec, **run) -> TrainSpec:
+def checked_spec(cfg: Config, pool: PoolSpec, request: TrainRequest) -> TrainSpec:
     """`train_spec`, refused in the driver when the data cannot feed the workers."""
-    job = train_spec(cfg, pool, **run)
-    n_ssl = (int(pool.pool_rows * job.unlabeled_fraction) if job.has_unlabeled
-             else len(job.labeled_ids) if job.use_ce else 0)
-    _check_sizes(len(job.labeled_ids), n_ssl, max(1, cfg.train.num_workers), job.batch_size, job.use_ce,
-                 job.use_ssl)
-    return job
+    spec = train_spec(cfg, pool, request)
+    req = spec.request
+    n_ssl = (int(pool.pool_rows * spec.unlabeled_fraction) if spec.has_unlabeled
+             else len(req.labeled_ids) if req.use_ce else 0)
+    _check_sizes(len(req.labeled_ids), n_ssl, max(1, cfg.train.num_workers), cfg.train.batch_size, req.use_ce,
+                 spec.use_ssl)
+    return spec
 
 
 def _check_sizes(n_labeled: int, n_ssl: int, workers: int, batch_size: int, use_ce: bool, use_ssl: bool) -> None:
@@ -493,19 +420,20 @@ def _check_sizes(n_labeled: int, n_ssl: int, workers: int, batch_size: int, use_
                          "workers (at least 2 each): use a larger pool or fewer workers.")
 
 
-def _datasets(cfg: Config, pool: PoolSpec, job: TrainSpec, workers: int) -> dict:
+def _datasets(cfg: Config, pool: PoolSpec, spec: TrainSpec, workers: int) -> dict:
     """Decoded Ray Datasets: "labeled" (CE) and "unlabeled" (the pool without them, when SSL reads it)."""
     from ray_al.data.reader import decoded, pool_columns, read_split
 
     def read(**rows):
         return decoded(read_split(pool.pool_uri, columns=pool_columns(pool), **rows), pool, cfg.data.on_corrupt)
 
+    req = spec.request
     datasets = {}
-    if job.use_ce:
-        datasets["labeled"] = read(include_ids=job.labeled_ids)
-    if job.has_unlabeled:
-        datasets["unlabeled"] = read(exclude_ids=job.labeled_ids if job.use_ce else None,
-                                     sample=(job.seed, job.unlabeled_fraction))
+    if req.use_ce:
+        datasets["labeled"] = read(include_ids=req.labeled_ids)
+    if spec.has_unlabeled:
+        datasets["unlabeled"] = read(exclude_ids=req.labeled_ids if req.use_ce else None,
+                                     sample=(req.seed, spec.unlabeled_fraction))
     if _cpu_starved(workers, cfg.train.cpus_per_worker):
         # Decode now, while the CPUs are free: once the workers hold them all, Ray Data's read tasks
         # would wait forever for a CPU. The workers keep their data in memory anyway.
@@ -520,11 +448,11 @@ def _cpu_starved(workers: int, cpus_per_worker: float) -> bool:
     return ray.cluster_resources().get("CPU", 0.0) - workers * cpus_per_worker < 1.0
 
 
-def _trainer(cfg: Config, job: TrainSpec, datasets: dict, storage_uri: str, name: str, workers: int):
+def _trainer(cfg: Config, spec: TrainSpec, datasets: dict, storage_uri: str, workers: int):
     # the labeled set goes whole to every worker (global batches); the pool is split unless replicated.
     # One worker needs no split (and then Ray starts no SplitCoordinator actor).
-    split = ["unlabeled"] if job.sharding == "split" and "unlabeled" in datasets and workers > 1 else []
-    return torch_trainer(cfg, train_loop_per_worker, {"spec": job}, storage_uri, name, workers,
+    split = ["unlabeled"] if spec.request.sharding == "split" and "unlabeled" in datasets and workers > 1 else []
+    return torch_trainer(cfg, train_loop_per_worker, {"spec": spec}, storage_uri, spec.request.name, workers,
                          datasets=datasets, datasets_to_split=split)
 
 

@@ -1,0 +1,120 @@
+"""How a run's rounds are trained and embedded: one small interface, chosen once per run (`open_backend`).
+
+    backend = open_backend(cfg, run, pool, features)  # train.resident and the pool's size decide
+    outcome = backend.train(request)                  # a TrainRequest -> TrainOutcome (weights, metrics)
+    backend.embed(state, labeled_ids, out_uri)        # the round's embeddings (DESIGN.md contract)
+    backend.close()                                   # free what it holds (a worker group)
+
+* `PerRoundBackend`: a Ray Train fit per round (ray_al.workers.train.fit) and a Ray Data actor pool per
+  embedding (ray_al.workers.embed); a run whose rounds train only the head embeds the encoder's features
+  once (RunFeatures.frozen_features) and runs only the head per round.
+* `ResidentBackend`: one Ray Train worker group serves every round (ray_al.workers.resident).
+Both give the same models and embeddings for the same request. A backend keeps no run state: the loop
+(ray_al.loop.rounds) skips steps already done and writes the weights, step markers and results.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ray_al.core.config import Config
+from ray_al.data.pool import PoolSpec
+
+if TYPE_CHECKING:
+    from ray_al.loop.features import RunFeatures
+    from ray_al.run.rundir import RunDir
+    from ray_al.workers.train import TrainOutcome, TrainRequest
+
+# train.seed_offset moves the training seeds by this much: far above seed * 1000 + round of any
+# realistic al.seed, so offsets never reuse another run's seed, and small enough for torch's 64-bit seeds.
+SEED_OFFSET_STRIDE = 1_000_000
+
+
+def train_seed(cfg: Config, r: int | None) -> int:
+    """Seed of round r's training (r=None: the pre-training). With train.seed_offset=0 it is
+    al.seed * 1000 + r (al.seed for the pre-training); an offset varies the training alone, while the seed
+    set keeps al.seed."""
+    base = cfg.al.seed if r is None else cfg.al.seed * 1000 + r
+    return base + cfg.train.seed_offset * SEED_OFFSET_STRIDE
+
+
+def head_only(cfg: Config) -> bool:
+    """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
+    return cfg.train.mode != "joint" and not cfg.train.finetune
+
+
+class Backend(ABC):
+    """Trains and embeds the rounds of one run (module docstring)."""
+
+    @abstractmethod
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        """The model of one request."""
+
+    @abstractmethod
+    def embed(self, state: dict, labeled_ids: np.ndarray, out_uri: str) -> None:
+        """The unlabeled, labeled (by `labeled_ids`) and test splits embedded by `state` into out_uri."""
+
+    def close(self) -> None:
+        """Free what the backend holds; nothing by default."""
+
+
+def open_backend(cfg: Config, run: RunDir, pool: PoolSpec, features: RunFeatures) -> Backend:
+    """The run's backend: a resident group where train.resident wants one (ray_al.workers.resident.wanted)."""
+    from ray_al.workers import resident
+
+    if resident.wanted(cfg, pool):
+        return ResidentBackend(cfg, pool, run.path("ray_train"))
+    return PerRoundBackend(cfg, pool, run.path("ray_train"), features)
+
+
+class PerRoundBackend(Backend):
+    """A fit and an embedding actor pool per round."""
+
+    def __init__(self, cfg: Config, pool: PoolSpec, storage_uri: str, features: RunFeatures):
+        self.cfg, self.pool, self.storage_uri, self.features = cfg, pool, storage_uri, features
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        from ray_al.workers.train import fit
+
+        return fit(self.cfg, self.pool, request, storage_uri=self.storage_uri)
+
+    def embed(self, state: dict, labeled_ids: np.ndarray, out_uri: str) -> None:
+        import dataclasses
+
+        from ray_al.data.reader import embedding_input, features_input
+        from ray_al.loop.selection import embed_options
+        from ray_al.models.weights import learner_kwargs, state_to_bytes
+        from ray_al.workers.embed import embed_heads, embed_splits
+
+        weights, kwargs, options = state_to_bytes(state), learner_kwargs(self.cfg, self.pool), embed_options(self.cfg)
+        if head_only(self.cfg):  # the encoder's features, computed once for the run; the head per round
+            features_uri, digest = self.features.frozen_features(state)
+            embed_heads(features_input(features_uri, labeled_ids), weights, kwargs,
+                        dataclasses.replace(options, gpus_per_actor=0.0), out_uri, digest)
+        else:
+            embed_splits(embedding_input(self.pool, labeled_ids), weights, kwargs, self.pool, options, out_uri)
+
+
+class ResidentBackend(Backend):
+    """One worker group for every round; it starts on the first job and stops at `close`."""
+
+    def __init__(self, cfg: Config, pool: PoolSpec, storage_uri: str):
+        from ray_al.workers.resident import ResidentGroup
+
+        self.cfg, self.pool = cfg, pool
+        self.group = ResidentGroup(cfg, pool, storage_uri)
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        return self.group.train(request)
+
+    def embed(self, state: dict, labeled_ids: np.ndarray, out_uri: str) -> None:
+        from ray_al.loop.selection import embed_options
+        from ray_al.models.weights import learner_kwargs, state_to_bytes
+
+        self.group.embed(state_to_bytes(state), learner_kwargs(self.cfg, self.pool), embed_options(self.cfg),
+                         out_uri, labeled_ids, keep_features=head_only(self.cfg))
+
+    def close(self) -> None:
+        self.group.close()
