@@ -95,9 +95,12 @@ def split_columns(out_uri: str, split: str) -> list[str]:
 
 
 def list_width(out_uri: str, split: str, column: str) -> int:
-    """The width of a fixed-size-list column of the split (0 when the split has no files)."""
+    """The width of a fixed-size-list column of the split (0 when the split has no files or no such column:
+    a user's embeddings may come without `probs`)."""
     dataset = _dataset(out_uri, split)
-    return dataset.schema.field(column).type.list_size if dataset is not None else 0
+    if dataset is None or column not in dataset.schema.names:
+        return 0
+    return dataset.schema.field(column).type.list_size
 
 
 def batches(dataset: ds.Dataset | None, columns: list[str]) -> Iterator[pa.RecordBatch]:

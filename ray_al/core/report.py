@@ -32,7 +32,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         secs = r.get("seconds", {})
         cells = "  ".join(f"{secs[s]:8.1f}" if s in secs else f"{'-':>8}" for s in STAGES)
-        lines.append(f"{r['round']:>5}  {r['labels']:>7}  {r['accuracy']:8.4f}  {cells}  {r.get('selected_by', '-')}")
+        accuracy = f"{r['accuracy']:8.4f}" if r.get("accuracy") is not None else f"{'-':>8}"  # no test split
+        lines.append(f"{r['round']:>5}  {r['labels']:>7}  {accuracy}  {cells}  {r.get('selected_by', '-')}")
     return "\n".join(lines)
 
 

@@ -155,6 +155,8 @@ def _infer_shape(uri: str, image_column: str) -> tuple[int, int]:
 
 def prepare(cfg: DataConfig, run_dir: str, seed: int) -> PoolSpec:
     """Materialise built-in datasets into RUN_DIR/data and check the pool; the spec is saved in run.json."""
+    if cfg.embeddings:  # the user's own features: the pool is that file, no images are read
+        return embeddings_pool(cfg)
     if cfg.dataset not in DATASETS:
         raise PoolError(f"data.dataset='{cfg.dataset}' is not known; valid: {', '.join(DATASETS)}.")
     if cfg.dataset in BUILTIN:
@@ -253,3 +255,23 @@ def _largest_label(uri: str) -> int:
         raise PoolError(f"'{uri}' has no labels to count the classes from: name them with data.classes=[a,b,...] "
                         "(the classes your annotators will use).")
     return int(max(known))
+
+
+def embeddings_pool(cfg: DataConfig) -> PoolSpec:
+    """The PoolSpec of a selection-only run: the pool is the embeddings file itself (its `label` column is
+    what the simulated oracle answers, its `path` what annotators are shown). Classes: data.classes, else
+    the width of `probs`, else the labels."""
+    from ray_al.data.user_embeddings import EmbeddingsError, check_user_embeddings, label_classes
+
+    user = check_user_embeddings(cfg.embeddings)
+    count = len(cfg.classes) or cfg.num_classes or user.num_classes or (label_classes(user.uri) if user.has_labels else 0)
+    if not count:
+        raise EmbeddingsError(f"data.embeddings '{user.uri}' has neither `probs` nor `label` to count the classes "
+                              "from: name them with data.classes=[a,b,...].")
+    if user.num_classes and count != user.num_classes:
+        raise EmbeddingsError(f"data.embeddings '{user.uri}': `probs` has {user.num_classes} classes but "
+                              f"data.classes/num_classes say {count}.")
+    names = tuple(cfg.classes) or tuple(str(i) for i in range(count))
+    return PoolSpec(pool_uri=user.uri, test_uri="", num_classes=count, class_names=names, image_size=0, channels=0,
+                    mean=(), std=(), image_column="path" if user.has_paths else "", id_type=user.id_type,
+                    pool_rows=user.rows, has_labels=user.has_labels)

@@ -93,13 +93,13 @@ def tag_split(ds, name: str):
 def embedding_input(pool: PoolSpec, labeled_ids) -> "ray.data.Dataset":
     """The pool, read once with `split` = labeled | unlabeled by id, then the test set (`split` = test)."""
     rows = _tag_labeled(read_split(pool.pool_uri, columns=pool_columns(pool)), labeled_ids)
-    return rows.union(_test_split(pool))
+    return rows.union(_test_split(pool)) if pool.test_uri else rows
 
 
 def frozen_input(pool: PoolSpec) -> "ray.data.Dataset":
     """The pool (`split` = pool) and the test set (`split` = test): what a frozen encoder embeds once."""
     rows = tag_split(read_split(pool.pool_uri, columns=pool_columns(pool)), FROZEN_POOL)
-    return rows.union(_test_split(pool))
+    return rows.union(_test_split(pool)) if pool.test_uri else rows
 
 
 def _test_split(pool: PoolSpec):
@@ -110,8 +110,10 @@ def features_input(features_uri: str, labeled_ids) -> "ray.data.Dataset":
     """frozen_input's stored features (embed.FeatureModel.feature_table), tagged like embedding_input."""
     columns = ["id", "features", "corrupt"]
     pool = _tag_labeled(read_split(storage.join(features_uri, f"split={FROZEN_POOL}"), columns=columns), labeled_ids)
-    test = read_split(storage.join(features_uri, "split=test"), columns=[*columns, "label"])
-    return pool.union(tag_split(test, "test"))
+    test_uri = storage.join(features_uri, "split=test")
+    if not storage.exists(test_uri):  # a run without a test split
+        return pool
+    return pool.union(tag_split(read_split(test_uri, columns=[*columns, "label"]), "test"))
 
 
 def _tag_labeled(ds, labeled_ids):

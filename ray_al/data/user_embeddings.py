@@ -164,3 +164,15 @@ def _writer(writers: dict, fs, root: str, split: str, schema: pa.Schema) -> pq.P
         fs.create_dir(f"{root.rstrip('/')}/split={split}", recursive=True)
         writers[split] = pq.ParquetWriter(f"{root.rstrip('/')}/split={split}/part-0.parquet", schema, filesystem=fs)
     return writers[split]
+
+
+def has_probs(uri: str) -> bool:
+    """Whether the file holds class probabilities (its schema only: no rows read)."""
+    return "probs" in _dataset(uri).schema.names
+
+
+def label_classes(uri: str) -> int:
+    """1 + the largest known label of the file (0 when it has none)."""
+    labels = _dataset(uri).to_table(columns=["label"]).column("label")
+    largest = pc.max(labels).as_py()
+    return 0 if largest is None else int(largest) + 1

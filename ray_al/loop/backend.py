@@ -9,7 +9,9 @@
   embedding (ray_al.workers.embed); a run whose rounds train only the head embeds the encoder's features
   once (RunFeatures.frozen_features) and runs only the head per round.
 * `ResidentBackend`: one Ray Train worker group serves every round (ray_al.workers.resident).
-Both give the same models and embeddings for the same request. A backend keeps no run state: the loop
+* `EmbeddingsBackend`: selection-only rounds on the user's own embeddings (data.embeddings): nothing to
+  train (`trains` is False), and a round's embeddings are the user's rows split by the ledger.
+The first two give the same models and embeddings for the same request. A backend keeps no run state: the loop
 (ray_al.loop.rounds) skips steps already done and writes the weights, step markers and results.
 """
 from __future__ import annotations
@@ -48,6 +50,8 @@ def head_only(cfg: Config) -> bool:
 class Backend(ABC):
     """Trains and embeds the rounds of one run (module docstring)."""
 
+    trains = True  # False: rounds have no model (selection only)
+
     @abstractmethod
     def train(self, request: TrainRequest) -> TrainOutcome:
         """The model of one request."""
@@ -64,6 +68,8 @@ def open_backend(cfg: Config, run: RunDir, pool: PoolSpec, features: RunFeatures
     """The run's backend: a resident group where train.resident wants one (ray_al.workers.resident.wanted)."""
     from ray_al.workers import resident
 
+    if cfg.data.embeddings:
+        return EmbeddingsBackend(pool)
     if resident.wanted(cfg, pool):
         return ResidentBackend(cfg, pool, run.path("ray_train"))
     return PerRoundBackend(cfg, pool, run.path("ray_train"), features)
@@ -118,3 +124,24 @@ class ResidentBackend(Backend):
 
     def close(self) -> None:
         self.group.close()
+
+
+class EmbeddingsBackend(Backend):
+    """Selection-only rounds on a user's embeddings file (ray_al.data.user_embeddings): no model."""
+
+    trains = False
+
+    def __init__(self, pool: PoolSpec):
+        from ray_al.data.user_embeddings import check_user_embeddings
+
+        self.user = check_user_embeddings(pool.pool_uri)
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        raise RuntimeError("data.embeddings runs select only: there is no model to train")
+
+    def embed(self, state: dict | None, labeled_ids: np.ndarray, out_uri: str) -> None:
+        import pyarrow as pa
+
+        from ray_al.data.user_embeddings import write_round_splits
+
+        write_round_splits(self.user, pa.array(np.asarray(labeled_ids)), out_uri)

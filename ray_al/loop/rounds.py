@@ -30,7 +30,7 @@ from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.loop import selection
 from ray_al.loop.backend import Backend, head_only, open_backend, train_seed
 from ray_al.loop.features import RunFeatures, wants_pool_features
-from ray_al.loop.rules import check_budget, check_config  # noqa: F401  (sweep.py, bench/scale.py import it here)
+from ray_al.loop.rules import check_budget, check_config, check_embeddings_run  # noqa: F401  (sweep.py, bench/scale.py import it here)
 from ray_al.run.ledger import Ledger
 from ray_al.run.oracle import PoolOracle, query_uris
 from ray_al.run.rundir import SEED_ROUND, RunDir, batch_name
@@ -91,6 +91,8 @@ class Cycle:
         from ray_al.models.weights import state_from_bytes, state_to_bytes
 
         model_uri = self.run.round_uri(r, "model.pt")
+        if not self.backend().trains:  # selection only: no model, nothing to mark
+            return None
         if self.run.is_done(r, "train"):
             return state_from_bytes(storage.read_bytes(model_uri))
         out = self.backend().train(round_request(self.cfg, r, ledger, init_state))
@@ -105,7 +107,7 @@ class Cycle:
         started, out_uri = time.perf_counter(), self.run.round_uri(r, "embeddings")
         self.backend().embed(state, ledger.ids, out_uri)
         faults.kill_point("embed.written")
-        payload = {"seconds": time.perf_counter() - started, **_evaluate(out_uri, r, self.log)}
+        payload = {"seconds": time.perf_counter() - started, **_evaluate(out_uri, r, self.log, bool(self.pool.test_uri))}
         self.run.mark_done(r, "embed", payload)
         return payload
 
@@ -169,7 +171,8 @@ class Cycle:
         faults.kill_point("train.done")
         embedded = self.embed_step(r, ledger, state)
         faults.kill_point("embed.done")
-        seconds = {"train": self.run.step_payload(r, "train")["seconds"], "embed": embedded["seconds"]}
+        seconds = {"train": self.run.step_payload(r, "train")["seconds"] if state is not None else 0.0,
+                   "embed": embedded["seconds"]}
         chosen = None
         if r < self.cfg.al.rounds:  # the last round trains and evaluates only
             ids = self.select_step(r, ledger)
@@ -251,16 +254,18 @@ def _log_row(log, row: dict, header: bool) -> None:
     log(format_table([row]).split("\n")[-1])
 
 
-def _evaluate(out_uri: str, r: int, log=print) -> dict:
-    """Test accuracy over the decodable test images, and the pool ids that could not be decoded (logged)."""
+def _evaluate(out_uri: str, r: int, log=print, has_test: bool = True) -> dict:
+    """Test accuracy over the decodable test images (None without a test split), and the pool ids that could
+    not be decoded (logged)."""
     from ray_al.core.embeddings import drop_corrupt, matrix, read_embeddings
 
-    test = read_embeddings(out_uri, "test", columns=["probs", "label", "corrupt"])
-    if test.num_rows == 0:
+    test = read_embeddings(out_uri, "test", columns=["probs", "label", "corrupt"]) if has_test else None
+    if has_test and test.num_rows == 0:
         raise PoolError("the test split produced no rows to evaluate; check data.test.")
-    rows = test.num_rows
-    test = drop_corrupt(test)
-    accuracy = float((matrix(test.column("probs")).argmax(axis=1) == test.column("label").to_numpy()).mean())
+    rows, accuracy = 0, None
+    if has_test:
+        rows, test = test.num_rows, drop_corrupt(test)
+        accuracy = float((matrix(test.column("probs")).argmax(axis=1) == test.column("label").to_numpy()).mean())
     bad: list = []
     for split in ("unlabeled", "labeled"):
         t = read_embeddings(out_uri, split, columns=["id", "corrupt"])
@@ -281,14 +286,18 @@ def finish(run: RunDir, log=print) -> list[dict]:
     run.write_results_jsonl()
     if not rows:
         return rows
-    title = f"{rows[0]['dataset']}: {rows[0]['method']} ({rows[0]['mode']}) + {rows[0]['select']}"
-    # drawn in memory: concurrent runs (sweep trials on one node) share no local file
-    storage.write_bytes_atomic(storage.join(run.uri, "learning_curve.png"),
-                               learning_curve_png(rows, title, group_by=("select",)))
     log("\n" + format_table(rows))
-    auc = area_under_curve([r["labels"] for r in rows], [r["accuracy"] for r in rows])
-    log(f"\narea under the learning curve: {auc:.4f}")
-    log(f"results: {storage.join(run.uri, 'results.jsonl')}\nplot:    {storage.join(run.uri, 'learning_curve.png')}\n"
+    plot = storage.join(run.uri, "learning_curve.png")
+    if any(r["accuracy"] is None for r in rows):  # no test split: nothing to plot
+        log("no test split (data.test): rounds report no accuracy and no learning curve")
+        plot = "-"
+    else:
+        title = f"{rows[0]['dataset']}: {rows[0]['method']} ({rows[0]['mode']}) + {rows[0]['select']}"
+        # drawn in memory: concurrent runs (sweep trials on one node) share no local file
+        storage.write_bytes_atomic(plot, learning_curve_png(rows, title, group_by=("select",)))
+        auc = area_under_curve([r["labels"] for r in rows], [r["accuracy"] for r in rows])
+        log(f"\narea under the learning curve: {auc:.4f}")
+    log(f"results: {storage.join(run.uri, 'results.jsonl')}\nplot:    {plot}\n"
         f"ledger:  {storage.join(run.uri, 'ledger')} (python -m ray_al.label status {run.uri})")
     return rows
 
@@ -324,6 +333,10 @@ def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec,
         storage.remove_tree(run_uri)
     pool = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed)
     check_budget(cfg, pool.pool_rows)
+    if cfg.data.embeddings:
+        from ray_al.data.user_embeddings import has_probs
+
+        check_embeddings_run(cfg, pool.has_labels, has_probs(pool.pool_uri))
     info = {"config": snapshot, "num_classes": pool.num_classes, "class_names": list(pool.class_names),
             "id_type": pool.id_type,
             "pool": {"uri": pool.pool_uri, "id_column": "id", "image_column": pool.image_column,

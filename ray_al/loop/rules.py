@@ -13,7 +13,7 @@ from ray_al.core import config as config_mod
 from ray_al.core.config import BudgetError, Config, ConfigError
 from ray_al.core.registry import Registry, UnknownNameError
 
-__all__ = ["check_budget", "check_config"]
+__all__ = ["check_budget", "check_config", "check_embeddings_run"]
 
 
 def check_config(cfg: Config) -> None:
@@ -94,6 +94,9 @@ def _check_names(cfg: Config) -> None:
 
 def _check_features(cfg: Config) -> None:
     """al.initial and select.features=pretrained select on a self-supervised encoder's features."""
+    if cfg.data.embeddings:
+        _check_selection_only(cfg)
+        return
     wants = [f"al.initial={cfg.al.initial}"] if cfg.al.initial != "random" else []
     wants += ["select.features=pretrained"] if cfg.select.features == "pretrained" else []
     if not wants:
@@ -116,3 +119,38 @@ def _check_fallback(cfg: Config) -> None:
     if "labeled_labels" in fallback.required:  # the one way a method is not ready yet (weibull)
         raise ConfigError(f"select.fallback={cfg.select.fallback} cannot stand in for a method that cannot run "
                           "yet: choose one that needs no labels per class, e.g. typiclust or random.")
+
+
+def _check_selection_only(cfg: Config) -> None:
+    """data.embeddings: the user's features are the features; nothing trains, nothing else embeds."""
+    training = [f"train.method={cfg.train.method}"] * (cfg.train.method != "none")
+    training += [f"train.mode={cfg.train.mode}"] * (cfg.train.mode != "joint")
+    training += ["train.checkpoint"] * bool(cfg.train.checkpoint)
+    training += ["select.features=pretrained"] * (cfg.select.features == "pretrained")
+    if training:
+        raise ConfigError(f"data.embeddings runs selection only, on your features: {', '.join(training)} would "
+                          "train or embed with a model. Clear them, or drop data.embeddings to train on images.")
+
+
+# methods that read no class probabilities: what a user's embeddings without `probs` can run
+WITHOUT_PROBS = ("random", "kcenter", "typiclust", "probcover", AUTO)
+
+
+def check_embeddings_run(cfg: Config, has_labels: bool, has_probs: bool) -> None:
+    """The oracle and the methods fit what the user's embeddings file holds (data.embeddings)."""
+    from ray_al import acquisition
+
+    if cfg.al.oracle == "simulated" and not has_labels:
+        raise ConfigError(f"data.embeddings '{cfg.data.embeddings}' has no `label` column for the simulated oracle "
+                          "to answer from: use al.oracle=file (your annotators), or add the labels you have.")
+    if has_probs:
+        return
+    methods = {cfg.select.method, cfg.select.fallback} | ({cfg.al.initial} - {"random"})
+    reads = {"probs", "labeled_probs", "committee_probs"}
+    needy = sorted(m for m in methods - {AUTO} if acquisition.needs(m, optional=False) & reads
+                   or (m == cfg.select.method and cfg.select.prefilter))
+    if needy:
+        raise ConfigError(f"{', '.join(needy)} read(s) class probabilities, which data.embeddings "
+                          f"'{cfg.data.embeddings}' does not hold (no `probs` column): use one of "
+                          f"{', '.join(WITHOUT_PROBS)} (select.method, select.fallback), or add your model's "
+                          "softmax outputs as `probs`.")

@@ -32,7 +32,7 @@ from ray_al import acquisition
 
 from ray_al.core import storage
 from ray_al.acquisition import PoolView
-from ray_al.acquisition.policy import AUTO, Choice, auto_choice
+from ray_al.acquisition.policy import AUTO, EARLY_METHOD, Choice, auto_choice
 from ray_al.core.config import BudgetError, Config
 from ray_al.core.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
                                read_embeddings, split_columns, split_files)
@@ -136,7 +136,7 @@ def strategy_input(cfg: Config, emb_uri: str, labels_by_id: dict, r: int,
         labeled_embeddings=labeled_embeddings,
         labeled_labels=(np.asarray([labels_by_id[i] for i in labeled_ids.tolist()], dtype=np.int64)
                         if labeled.num_rows else None),
-        labeled_probs=matrix(labeled.column("probs")) if labeled.num_rows else None,
+        labeled_probs=matrix(labeled.column("probs")) if labeled.num_rows and "probs" in labeled.schema.names else None,
     )
 
 
@@ -149,10 +149,12 @@ def _unlabeled(cfg: Config, emb_uri: str, features_uri: str, embeddings: bool = 
     embeddings = embeddings or (committee and _heads(cfg))
     stored = (committee and not cfg.select.zero_shot and not _heads(cfg)
               and "committee" in split_columns(emb_uri, "unlabeled"))
-    columns = ["probs"] + (["embedding"] if embeddings and not pretrained else []) + (["committee"] if stored else [])
+    probs = "probs" in split_columns(emb_uri, "unlabeled")  # a user's embeddings may have none
+    columns = (["probs"] if probs else []) + (["embedding"] if embeddings and not pretrained else []) \
+        + (["committee"] if stored else [])
     ids, read = read_decodable(emb_uri, "unlabeled", columns)
     features = (_pretrained(ids, features_uri) if pretrained else read["embedding"]) if embeddings else None
-    return _ids(ids), read["probs"], features, read.get("committee")
+    return _ids(ids), read.get("probs"), features, read.get("committee")
 
 
 def _in_class(labeled: pa.Table, labels_by_id: dict) -> pa.Table:
@@ -207,7 +209,8 @@ def seed_set(cfg: Config, features_uri: str, known: np.ndarray | pa.ChunkedArray
     if table.num_rows < cfg.al.initial_size:
         among = "pool images" if known is None else "pool images have a label the oracle knows and"
         raise BudgetError(f"al.initial_size={cfg.al.initial_size} but only {table.num_rows} {among} decode.")
-    view = PoolView(ids=_ids(table), probs=matrix(table.column("probs")), embeddings=matrix(table.column("embedding")))
+    probs = matrix(table.column("probs")) if "probs" in table.schema.names else None
+    view = PoolView(ids=_ids(table), probs=probs, embeddings=matrix(table.column("embedding")))
     positions = acquisition.select(cfg.al.initial, view, cfg.al.initial_size, seed=seed,
                                    **{k: v for k, v in strategy_options(cfg, cfg.al.initial).items() if k != "prefilter"})
     return view.ids[positions]
@@ -291,7 +294,10 @@ def fields_for(cfg: Config, choice: Choice | None) -> set[str] | None:
 
 def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:
     """select.method, or what the `auto` policy picks for a labeled set of this size (in-class labels:
-    an OOD answer adds to no class)."""
+    an OOD answer adds to no class). n_classes = 0: the embeddings hold no class probabilities (a user's
+    own), so auto stays with typicality, which needs none."""
+    if cfg.select.method == AUTO and not n_classes:
+        return Choice(EARLY_METHOD, "auto: no class probabilities in the embeddings: typicality")
     if cfg.select.method == AUTO:
         return auto_choice(n_labeled, n_classes, cfg.select.auto_switch_per_class)
     return Choice(cfg.select.method, "select.method")

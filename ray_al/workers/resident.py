@@ -52,6 +52,8 @@ def wanted(cfg: Config, pool: PoolSpec) -> bool:
 def _count_rows(uri: str) -> int:
     import pyarrow.dataset as pads
 
+    if not uri:  # no test split
+        return 0
     fs, path = storage.pyarrow_fs(uri)
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
@@ -135,6 +137,10 @@ class DecodedRows:
         from ray_al.data.images import decode_batch
 
         columns = ["id", pool.image_column] + (["label"] if with_label else [])
+        if not uri:  # no test split: no rows
+            shape = (0, pool.image_size, pool.image_size, pool.channels)
+            return cls(np.zeros(0, np.int64), np.zeros(shape, np.uint8), np.zeros(0, bool),
+                       np.zeros(0, np.int64) if with_label else None)
         table = storage.read_parquet(uri, columns=columns)
         parts = []
         for batch in table.to_batches(max_chunksize=_DECODE_ROWS):
