@@ -19,7 +19,7 @@ import pytest
 import ray_al.acquisition.probcover as probcover
 from ray_al.acquisition import PoolView, select
 from ray_al.acquisition.probcover import probcover_select
-from ray_al.acquisition.typiclust import PoolRows
+from ray_al.acquisition.geometry import PoolRows
 
 CENTERS = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
 SIZES = (150, 110, 80, 60)

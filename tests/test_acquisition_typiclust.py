@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ray_al.acquisition import PoolView, select
-from ray_al.acquisition.typiclust import _row_order, mean_knn_distance, typiclust_select
+from ray_al.acquisition.geometry import row_order
+from ray_al.acquisition.typiclust import mean_knn_distance, typiclust_select
 
 CENTERS = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
 SIZES = (300, 200, 120, 60)  # largest first: the visiting order on a cold start
@@ -127,7 +128,7 @@ def test_ties_by_id_with_duplicated_points() -> None:
     assert mean_knn_distance(x[-1:].repeat(6, axis=0), 2).tolist() == [0.0] * 6  # exact zeros tie
 
 
-def test_independent_of_row_order() -> None:
+def test_independent_ofrow_order() -> None:
     x, y, ids = planted()
     rng = np.random.default_rng(3)
     labeled = (x[rng.choice(x.shape[0], 7, replace=False)] + 0.05).astype(np.float32)
@@ -166,4 +167,4 @@ def test_labeled_row_order_is_a_function_of_the_values() -> None:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((50, 3)).astype(np.float32)
     perm = rng.permutation(50)
-    assert np.array_equal(a[_row_order(a)], a[perm][_row_order(a[perm])])
+    assert np.array_equal(a[row_order(a)], a[perm][row_order(a[perm])])

@@ -127,13 +127,13 @@ def test_cifar10_yaml_is_cpu_sized():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_sweep_file_builds_every_trial(path):
-    from ray_al.sweep import combinations, load_spec, trial_config
+    from ray_al.loop.sweep_plan import load_plan
 
-    spec = load_spec(path)
-    trials = combinations(spec["grid"])
+    plan = load_plan(path)
+    trials = plan.points()
     assert len(trials) == len({tuple(sorted(t.items())) for t in trials}) >= 2
     for values in trials:
-        cfg = trial_config(spec, values)
+        cfg = plan.trial_config(values)
         for key, value in values.items():
             section, field = key.split(".", 1)
             assert getattr(getattr(cfg, section), field) == value

@@ -23,7 +23,7 @@ from ray_al.data.reader import embedding_input, pool_columns, read_split, tag_sp
 from ray_al.workers.embed import EmbedOptions, Embedder, embed_splits
 from ray_al.core.embeddings import matrix, read_embeddings, split_files
 from ray_al.models.weights import build_learner, state_to_bytes
-from tests.memwatch import PeakWatch
+from ray_al.bench.memwatch import MemWatch, ray_worker_kinds
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -478,16 +478,16 @@ def test_memory_stays_bounded_on_a_pool_ten_times_larger(ray_local, tmp_path, mo
     try:
         peaks = {}
         for name, uri in (("warm-up", warm_uri), ("1x", one_uri), ("10x", ten_uri)):
-            with PeakWatch() as watch:
+            with MemWatch(ray_worker_kinds("Embedder")) as watch:
                 out = embed_one(uri, str(tmp_path / f"out_{name}"), make_spec(uri, uri, size), kwargs, state,
                                 batch_size=64, actors=2)
-            assert watch.actors, "no embedding actor process was seen"
-            peaks[name] = watch.peaks()
+            assert watch.pids("actor"), "no embedding actor process was seen"
+            peaks[name] = watch.peaks(kinds=("driver", "actor", "task"))
             rows = pq.ParquetFile(uri).metadata.num_rows
             assert read_embeddings(out, "unlabeled", columns=["id"]).num_rows == rows
     finally:
         ctx.target_max_block_size, ctx.execution_options.resource_limits = saved
-    summary = "; ".join(f"{run}: " + ", ".join(f"{kind} " + "/".join(f"{v:.0f}" for v in d.values())
+    summary = "; ".join(f"{run}: " + ", ".join(f"{kind} " + "/".join(f"{d[f]:.0f}" for f in ("anon", "shm", "hwm"))
                                                 for kind, d in kinds.items())
                         for run, kinds in peaks.items()) + " MiB (anon/shm/hwm)"
     # Heap: MiB above the 1x peak. Holding the 10x pool's extra encoded images alone would add 210 MiB. A

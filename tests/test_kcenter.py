@@ -11,16 +11,15 @@ import faiss
 import numpy as np
 import pytest
 
-from ray_al.acquisition.kcenter_greedy import kcenter_greedy, zero_shot_order
+from ray_al.acquisition.kcenter_greedy import kcenter_greedy, kcenter_greedy_run, zero_shot_order
 from ray_al.acquisition.kcenter_greedy import (
     KCenterShard,
     LocalShardGroup,
     _knn1,
-    error_bound,
     exact_greedy,
-    exact_min_sqdist,
     split_rows,
 )
+from ray_al.acquisition.geometry import error_bound, exact_min_sqdist
 
 
 def brute_force_greedy(x, k, labeled=(), labeled_features=None, seed=0):
@@ -142,7 +141,8 @@ def test_batched_rounds_are_few_on_clustered_data():
     means = rng.standard_normal((20, 32)).astype(np.float32) * 3
     x = means[rng.integers(0, 20, 20000)] + rng.standard_normal((20000, 32)).astype(np.float32)
     lf = means[:5] + rng.standard_normal((5, 32)).astype(np.float32)
-    picks, st = kcenter_greedy(x, 200, labeled_features=lf, shards=2, return_stats=True)
+    run = kcenter_greedy_run(x, 200, labeled_features=lf, shards=2)
+    picks, st = run.picks, run.stats
     assert st["rounds"] <= 200 // 5 and st["passes"] <= 200 // 5
     # the plain greedy does 200 passes; ours gives the same picks in a few
     np.testing.assert_array_equal(picks[:30], brute_force_greedy(x, 30, (), lf))
@@ -226,7 +226,8 @@ def test_driver_resyncs_a_shard_that_lost_its_state():
             a, b = split_rows(len(x), 3)[1]
             g.shards[1] = KCenterShard(x[a:b], ids=a)
 
-    picks, st = exact_greedy(group, 80, labeled=labeled, labeled_features=lf, batch=4, on_pass=lose_state)
+    run = exact_greedy(group, 80, labeled=labeled, labeled_features=lf, batch=4, on_pass=lose_state)
+    picks, st = run.picks, run.stats
     assert st["resyncs"] == 1
     np.testing.assert_array_equal(picks, reference("clustered", "both", 80))
 
@@ -237,7 +238,7 @@ def test_empty_shards_are_fine():
     group = LocalShardGroup([KCenterShard(np.empty((0, d), np.float32)), KCenterShard(x[:150]),
                              KCenterShard(np.empty((0, d), np.float32)), KCenterShard(x[150:]),
                              KCenterShard(np.empty((0, d + 3), np.float32))])
-    picks, _ = exact_greedy(group, 60, labeled=np.array([3, 200]), batch=8)
+    picks = exact_greedy(group, 60, labeled=np.array([3, 200]), batch=8).picks
     np.testing.assert_array_equal(picks, brute_force_greedy(x, 60, [3, 200]))
 
 

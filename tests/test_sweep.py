@@ -1,19 +1,19 @@
-"""ray_al.sweep: the sweep file format (no Ray), the summary maths against numpy, and one real Ray Tune
-sweep of two trials whose Ray Train / Ray Data stages run inside the trials, then --resume."""
+"""ray_al.sweep: the sweep file format (ray_al.loop.sweep_plan, no Ray) and one real Ray Tune sweep of two
+trials whose Ray Train / Ray Data stages run inside the trials, then --resume."""
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from ray_al.core import config
 from ray_al.core.config import ConfigError
-from ray_al.sweep import combinations, load_spec, main, summarize, trial_config, trial_name, trial_run_dir
+from ray_al.loop.sweep_plan import load_plan, trial_name
+from ray_al.sweep import main
 from tests.faults.drill import kill_at
 
 
@@ -30,28 +30,28 @@ def test_grid_points_become_trial_configs_with_their_own_run_dirs(tmp_path):
                                   "grid": {"select.method": ["random", "kcenter"], "al.budget": [10, 20],
                                            "train.ssl_options.temperature": [0.1]}},
                        "base.yaml")  # relative to the sweep file
-    spec = load_spec(path, overrides=["train.epochs=2"])
-    points = combinations(spec["grid"])
+    plan = load_plan(path, overrides=["train.epochs=2"])
+    points = plan.points()
     assert len(points) == 4 and points[0] == {"select.method": "random", "al.budget": 10,
                                               "train.ssl_options.temperature": 0.1}
-    cfgs = [trial_config(spec, p) for p in points]
+    cfgs = [plan.trial_config(p) for p in points]
     assert [(c.select.method, c.al.budget) for c in cfgs] == [("random", 10), ("random", 20), ("kcenter", 10),
                                                               ("kcenter", 20)]
     assert all(c.al.rounds == 3 and c.train.epochs == 2 and c.train.ssl_options == {"temperature": 0.1}
                for c in cfgs)  # base + command-line override + nested grid key
     dirs = [c.run.dir for c in cfgs]
     assert len(set(dirs)) == 4 and all(d.startswith(str(tmp_path / "out" / "trials")) for d in dirs)
-    assert dirs[0] == trial_run_dir(spec, points[0]) and trial_name(points[0]) in dirs[0]
+    assert dirs[0] == plan.trial_run_dir(points[0]) and trial_name(points[0]) in dirs[0]
     assert trial_name({"select.method": "random", "al.seed": 1}) == "select.method=random_al.seed=1"
 
 
 def test_smoke_test_shrinks_every_trial(tmp_path):
     path = write_sweep(tmp_path, {"grid": {"al.seed": [0, 1]}}, {"al": {"budget": 50, "rounds": 6}})
-    spec = load_spec(path, smoke=True)
-    cfg = trial_config(spec, {"al.seed": 1})
+    plan = load_plan(path, smoke=True)
+    cfg = plan.trial_config({"al.seed": 1})
     assert cfg == config.replace(config.smoke(config.from_dict({"al": {"budget": 50, "rounds": 6, "seed": 1}})),
                                  run={"dir": cfg.run.dir})
-    assert spec["dir"].endswith("-smoke")  # default dir: never mixed with the full sweep's trials
+    assert plan.dir.endswith("-smoke")  # default dir: never mixed with the full sweep's trials
 
 
 @pytest.mark.parametrize("sweep, base, match", [
@@ -67,43 +67,7 @@ def test_smoke_test_shrinks_every_trial(tmp_path):
 ])
 def test_bad_sweep_files_fail_before_tune_with_a_clear_error(tmp_path, sweep, base, match):
     with pytest.raises(ConfigError, match=match):
-        load_spec(write_sweep(tmp_path, sweep, base))
-
-
-def test_summary_matches_numpy(tmp_path):
-    grid = {"select.method": ["a", "b"], "al.seed": [0, 1]}
-    rng = np.random.default_rng(0)
-    rows, acc = [], {}
-    for method in ("a", "b"):
-        for seed in (0, 1):
-            labels = np.array([10, 20, 40])
-            accuracy = np.sort(rng.uniform(0.2, 0.9, 3))
-            acc[(method, seed)] = (labels, accuracy)
-            rows += [{"trial": f"{method}{seed}", "select.method": method, "al.seed": seed, "round": r,
-                      "labels": int(labels[r]), "accuracy": float(accuracy[r])} for r in range(3)]
-    per_trial, per_setting = summarize(rows, grid)
-    assert len(per_trial) == 4 and len(per_setting) == 2
-    for s in per_setting:
-        runs = [acc[(s["select.method"], seed)] for seed in (0, 1)]
-        aucs = [np.trapezoid(a, x) / (x[-1] - x[0]) for x, a in runs]
-        finals = [a[-1] for _, a in runs]
-        assert s["seeds"] == 2 and s["final_labels"] == 40
-        assert s["final_accuracy_mean"] == pytest.approx(np.mean(finals))
-        assert s["final_accuracy_std"] == pytest.approx(np.std(finals))
-        assert s["auc_mean"] == pytest.approx(np.mean(aucs)) and s["auc_std"] == pytest.approx(np.std(aucs))
-        assert s["auc_se"] == pytest.approx(np.std(aucs, ddof=1) / np.sqrt(2))
-    from ray_al.sweep import format_per_budget, per_budget
-
-    table = per_budget(rows, grid)
-    assert [(t["select.method"], t["labels"]) for t in table] == [(m, n) for m in "ab" for n in (10, 20, 40)]
-    for t in table:
-        at = [acc[(t["select.method"], seed)][1][[10, 20, 40].index(t["labels"])] for seed in (0, 1)]
-        assert t["seeds"] == 2 and t["accuracy_mean"] == pytest.approx(np.mean(at))
-        assert t["accuracy_se"] == pytest.approx(np.std(at, ddof=1) / np.sqrt(2))
-    text = format_per_budget(table, grid).splitlines()
-    b40 = next(t for t in table if t["select.method"] == "b" and t["labels"] == 40)
-    assert text[1].split() == ["select.method", "10", "20", "40"]
-    assert text[-1].split()[0] == "b" and text[-1].split()[-1] == f"{b40['accuracy_mean']:.3f}+-{b40['accuracy_se']:.3f}"
+        load_plan(write_sweep(tmp_path, sweep, base))
 
 
 # ----------------------------------------------------------------------------- a real Tune sweep

@@ -11,7 +11,7 @@ import pytest
 
 from ray_al.core import config as config_mod
 from ray_al.core.ids import seeded_sample
-from tests.memwatch import PeakWatch
+from ray_al.bench.memwatch import MemWatch, ray_worker_kinds
 from tests.test_embed import make_spec, png_table
 
 SIZE = 64  # decoded 64 x 64 x 3 = 12 KiB a row: the 10x pool's extra rows would take ~63 MiB in a worker
@@ -79,10 +79,10 @@ def test_a_training_workers_memory_does_not_grow_with_the_pool(ray_local, tmp_pa
         cfg = config_mod.load(None, ["train.method=simsiam", "train.batch_size=16", "train.unlabeled_batch_size=32",
                                      f"train.unlabeled_per_round={sample}", "model.backbone=lenet"])
         spec = dataclasses.replace(make_spec(uri, one, SIZE), pool_rows=rows)
-        with PeakWatch(actor_title="RayTrainWorker") as watch:
+        with MemWatch(ray_worker_kinds("RayTrainWorker")) as watch:
             out = fit(cfg, spec, TrainRequest(name=name.replace(" ", "_"), labeled_ids=labeled, labeled_labels=labels,
                                               seed=1, epochs=1, progress=False), storage_uri=str(tmp_path / "train"))
-        assert watch.actors, "no Ray Train worker process was seen"
+        assert watch.pids("actor"), "no Ray Train worker process was seen"
         peaks[name] = {**watch.peaks()["actor"], "steps": out.metrics["steps"]}
     assert peaks["10x"]["steps"] <= 2 * peaks["1x"]["steps"] < peaks["10x whole"]["steps"]  # the sample was used
     summary = ", ".join(f"{k}: {v['anon']:.0f}" for k, v in peaks.items()) + " MiB of heap"

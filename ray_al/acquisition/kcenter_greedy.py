@@ -41,94 +41,15 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from ray_al.acquisition.geometry import U32, error_bound, exact_min_sqdist, exact_sqdist_pairs, sqnorms32
 from ray_al.core.optional import require_faiss
 
-_U32 = 2.0**-24  # unit roundoff of float32
 DEFAULT_CHUNK_ROWS = 65536  # rows per faiss call: bounds temporaries (and fp16->fp32 copies) to ~chunk x d
 MIN_BATCH = 64  # smallest number of candidates a shard reports per round
 MAX_BATCH = 2048  # default cap; a shard blocked by ties or near-ties still doubles past it
 CPU_TASK_ROWS = 16384  # rows per CPU worker task (load balance between threads)
 PREFETCH = 128  # exact values computed per batch in the driver (one (PREFETCH x centers) GEMM)
 MAX_NAMED_ROWS = 10  # how many offending rows an error message lists
-
-
-# ----------------------------------------------------------------------------------------------
-# distances
-
-
-def error_bound(d: int, max_norm: float) -> float:
-    """Upper bound on |float32 squared L2 - exact| for vectors of norm <= max_norm, any summation order.
-
-    fl(|x|^2 + |c|^2 - 2 x.c) is off by at most (gamma_d + 3u)(|x| + |c|)^2 with gamma_d = d u/(1 - d u)
-    (Higham, Accuracy and Stability, 3.1); a factor 2 of slack covers faiss' clamping of negatives to 0.
-    """
-    gamma = d * _U32 / (1.0 - d * _U32)
-    return 2.0 * (gamma + 3.0 * _U32) * (2.0 * float(max_norm)) ** 2
-
-
-def exact_sqdist_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(P,) float32: fl32 of sum_j (a[p, j] - b[p, j])^2 computed in float64 for row pairs (a[p], b[p]).
-
-    A fixed pairwise tree over the columns makes the result a pure function of the two rows (no
-    dependence on P or on BLAS blocking): the same pair always gives the same bits.
-    """
-    sq = a.astype(np.float64) - b.astype(np.float64)  # (P, d)
-    sq *= sq
-    width = 1 << max(0, (sq.shape[1] - 1).bit_length())
-    if width != sq.shape[1]:
-        sq = np.concatenate([sq, np.zeros((sq.shape[0], width - sq.shape[1]))], axis=1)  # (P, width)
-    while width > 1:
-        width //= 2
-        sq = sq[:, :width] + sq[:, width:]
-    return sq[:, 0].astype(np.float32)
-
-
-def _sqnorms32(x: np.ndarray) -> np.ndarray:
-    """(n,) float32 squared norms of float32 rows."""
-    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
-
-
-def exact_min_sqdist(
-    rows: np.ndarray,
-    centers: np.ndarray,
-    err: float,
-    prev: np.ndarray | None = None,
-    centers_sq: np.ndarray | None = None,
-) -> np.ndarray:
-    """(P,) float32 exact values min(prev[p], min_c fl32(dist64(rows[p], c))) for rows (P, d), centers (M, d).
-
-    Float32 GEMM screens the pairs; only pairs within 2*err of a row's float32 minimum (and below
-    prev + err) can hold the exact minimum, and only those are computed exactly.
-    """
-    P, M = rows.shape[0], centers.shape[0]
-    out = np.full(P, np.inf, np.float32) if prev is None else np.array(prev, np.float32)  # (P,)
-    if P == 0 or M == 0:
-        return out
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    centers = np.ascontiguousarray(centers, dtype=np.float32)
-    rr = _sqnorms32(rows)  # (P,)
-    cc = _sqnorms32(centers) if centers_sq is None else centers_sq  # (M,)
-    step = max(1, (1 << 22) // P)  # centers per screening block: <= 4M float32 temporaries
-    run_min = np.full(P, np.inf, np.float32)  # (P,)
-    prs, pcs, pds = [], [], []
-    for s in range(0, M, step):
-        d32 = rows @ centers[s : s + step].T  # (P, m)
-        d32 *= -2.0
-        d32 += rr[:, None]
-        d32 += cc[None, s : s + step]
-        np.minimum(run_min, d32.min(axis=1), out=run_min)
-        lim = np.minimum(run_min.astype(np.float64) + 2 * err, out.astype(np.float64) + err)  # (P,)
-        pr, pc = np.nonzero(d32 <= lim[:, None])
-        prs.append(pr)
-        pcs.append(pc + s)
-        pds.append(d32[pr, pc])
-    pr, pc, pd = np.concatenate(prs), np.concatenate(pcs), np.concatenate(pds)
-    lim = np.minimum(run_min.astype(np.float64) + 2 * err, out.astype(np.float64) + err)
-    keep = pd <= lim[pr]
-    pr, pc = pr[keep], pc[keep]
-    if pr.size:
-        np.minimum.at(out, pr, exact_sqdist_pairs(rows[pr], centers[pc]))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +172,7 @@ def nonfinite_scan(x: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple
     for s in range(0, x.shape[0], chunk_rows):
         xc = np.asarray(x[s : s + chunk_rows], dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
-            sq = _sqnorms32(xc)  # (chunk,)
+            sq = sqnorms32(xc)  # (chunk,)
         ok = np.isfinite(sq)
         if not ok.all():
             bad.append(np.flatnonzero(~ok) + s)
@@ -259,7 +180,7 @@ def nonfinite_scan(x: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple
             max_sq = max(max_sq, float(sq[ok].max()))
     rows = np.concatenate(bad) if bad else np.empty(0, np.int64)
     d = x.shape[1] if x.ndim == 2 else 1
-    return rows, math.sqrt(max_sq) * (1 + d * _U32 + 1e-7)  # float32 squared norms are off by <= d*u relative
+    return rows, math.sqrt(max_sq) * (1 + d * U32 + 1e-7)  # float32 squared norms are off by <= d*u relative
 
 
 class KCenterShard:
@@ -443,7 +364,7 @@ class _Centers:
             buf[: self.m], sq[: self.m] = self.buf[: self.m], self.sq[: self.m]
             self.buf, self.sq = buf, sq
         self.buf[self.m : self.m + c.shape[0]] = c
-        self.sq[self.m : self.m + c.shape[0]] = _sqnorms32(c)
+        self.sq[self.m : self.m + c.shape[0]] = sqnorms32(c)
         self.m += c.shape[0]
 
     @property
@@ -471,7 +392,7 @@ def _greedy_round(res: list[dict], budget: int, cent: _Centers, err: float, d: i
     idx = np.concatenate([r["idx"] for r in res])  # (P,)
     a = np.concatenate([r["a"] for r in res]).astype(np.float32)  # (P,)
     xs = np.concatenate([r["x"] for r in res if r["x"].shape[0]] or [np.empty((0, d), np.float32)])  # (P, d)
-    xs_sq = _sqnorms32(xs)  # (P,)
+    xs_sq = sqnorms32(xs)  # (P,)
     e = np.full(idx.size, np.nan, np.float32)  # (P,) exact values, NaN = not computed yet
     top_bound = max(r["bound"] for r in res)
     picks: list[int] = []
@@ -506,6 +427,14 @@ def _greedy_round(res: list[dict], budget: int, cent: _Centers, err: float, d: i
     return picks
 
 
+@dataclass(frozen=True)
+class GreedyResult:
+    """What one k-center greedy returns: the picks, and how it got them."""
+
+    picks: np.ndarray  # (k,) int64 global indices in pick order
+    stats: dict[str, Any]  # round_trips, passes, resyncs, rounds, steps_per_round, seconds, error_bound, batch
+
+
 def exact_greedy(
     group: ShardGroup,
     k: int | None,
@@ -515,8 +444,8 @@ def exact_greedy(
     seed: int = 0,
     batch: int | None = None,
     on_pass: Callable[[int, ShardGroup], None] | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Exact batched k-center greedy over `group`; returns ((k,) global indices in pick order, stats).
+) -> GreedyResult:
+    """Exact batched k-center greedy over `group`: the (k,) global indices in pick order and the stats.
 
     Global index = shard order, then row (shard i's rows follow shard i-1's). labeled: global indices
     already labeled (centers, never picked); labeled_features (m, d): extra centers outside the pool.
@@ -527,7 +456,6 @@ def exact_greedy(
     """
     t0 = time.perf_counter()
     run = _GreedyRun(group)
-    run.read_layout()
     lf, lf_norm = _check_labeled_features(labeled_features, run.d)
     lab = _check_labeled(labeled, run.n_total)
     k = _check_k(k, run.n_total - lab.size, run.n_total)
@@ -537,7 +465,7 @@ def exact_greedy(
     run.stats["seconds"] = time.perf_counter() - t0
     if k > 0:
         run.stats["batch"] = run.batches
-    return np.asarray(run.picked, np.int64), run.stats
+    return GreedyResult(np.asarray(run.picked, np.int64), run.stats)
 
 
 def _check_shard_infos(group: ShardGroup, infos: list[dict]) -> None:
@@ -600,24 +528,26 @@ class _GreedyRun:
     every exact value), the picks so far and the stats. Every call to the shards goes through here."""
 
     def __init__(self, group: ShardGroup) -> None:
+        """Reads the shards' layout (one round trip); the centers come with `init_centers`."""
         self.group, self.n_sh = group, len(group)
         self.stats: dict[str, Any] = {"round_trips": 0, "passes": 0, "resyncs": 0, "rounds": 0, "steps_per_round": []}
         self.picked: list[int] = []
         self.new_idx: list[int] = []  # the last round's picks, not yet applied by the shards
+        self.infos: list[dict] = self.call("info", [()] * self.n_sh)
+        _check_shard_infos(group, self.infos)
+        dims = [inf["d"] for inf in self.infos if inf["d"] is not None]
+        self.d: int | None = dims[0] if dims else None
+        self.sizes = [int(inf["n"]) for inf in self.infos]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)  # (S + 1,)
+        self.n_total = int(self.offsets[-1])
+        self.err = 0.0  # the float32 error bound of every distance, set with the centers
+        self.lab = np.empty(0, np.int64)  # labeled global indices (centers, never picked)
+        self.cent = _Centers(np.empty((0, self.d or 0), np.float32), self.d or 0)  # every center so far
+        self.batches: list[int] = []  # candidates each shard reports per round
 
     def call(self, method: str, args: Sequence[tuple]) -> list:
         self.stats["round_trips"] += 1
         return self.group.call(method, args)
-
-    def read_layout(self) -> None:
-        """Sizes, global offsets and dimension of the shards (one round trip), checked."""
-        self.infos = self.call("info", [()] * self.n_sh)
-        _check_shard_infos(self.group, self.infos)
-        dims = [inf["d"] for inf in self.infos if inf["d"] is not None]
-        self.d = dims[0] if dims else None
-        self.sizes = [int(inf["n"]) for inf in self.infos]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)  # (S + 1,)
-        self.n_total = int(self.offsets[-1])
 
     def fetch(self, g: np.ndarray) -> np.ndarray:
         """(len(g), d) stored vectors of global indices g (one round trip)."""
@@ -708,22 +638,21 @@ def split_rows(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def kcenter_greedy(
+def kcenter_greedy_run(
     features: np.ndarray,
     k: int,
     labeled: np.ndarray | Sequence[int] | None = None,
     seed: int = 0,
     *,
     labeled_features: np.ndarray | None = None,
-    return_stats: bool = False,
     shards: int = 1,
     batch: int | None = None,
     storage: str = "float32",
     use_gpu: bool | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_pass: Callable[[int, ShardGroup], None] | None = None,
-) -> np.ndarray | tuple[np.ndarray, dict]:
-    """k-center greedy (CoreSet, Sener & Savarese 2018): (k,) int64 indices into `features` in pick order.
+) -> GreedyResult:
+    """k-center greedy (CoreSet, Sener & Savarese 2018) in this process: the picks and the stats.
 
     features: (n, d) pool embeddings; float32 C-contiguous input is used in place (no copy).
     labeled: indices into `features` that are already centers (never picked).
@@ -733,7 +662,7 @@ def kcenter_greedy(
     storage: "float32" or "float16" (half the memory; exact for the float16-rounded features).
     use_gpu: faiss GPU if True, CPU if False, GPU when faiss sees one if None.
     The selection is exactly the plain greedy's on exact distances (ties to the lowest index); see the
-    module docstring. return_stats adds a dict: passes over the features, round_trips, seconds, ...
+    module docstring. stats: passes over the features, round_trips, seconds, ...
     """
     x = np.asarray(features)
     if x.ndim != 2:
@@ -745,11 +674,17 @@ def kcenter_greedy(
         for a, b in split_rows(x.shape[0], shards)
     ]
     group = LocalShardGroup(parts, [f"rows {a}..{b - 1}" for a, b in split_rows(x.shape[0], shards)])
-    picks, stats = exact_greedy(
+    return exact_greedy(
         group, k, labeled=None if labeled is None else np.asarray(labeled), labeled_features=labeled_features,
         seed=seed, batch=batch, on_pass=on_pass,
     )
-    return (picks, stats) if return_stats else picks
+
+
+def kcenter_greedy(
+    features: np.ndarray, k: int, labeled: np.ndarray | Sequence[int] | None = None, seed: int = 0, **options: Any
+) -> np.ndarray:
+    """(k,) int64 indices into `features` in pick order: `kcenter_greedy_run(...).picks` (same options)."""
+    return kcenter_greedy_run(features, k, labeled, seed, **options).picks
 
 
 def zero_shot_order(

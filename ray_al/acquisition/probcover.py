@@ -52,7 +52,10 @@ from typing import Any
 import numpy as np
 
 from ray_al.acquisition.base import ACQUISITIONS, PoolView, Strategy, recording, register
-from ray_al.acquisition.typiclust import CHUNK_ROWS, PAIR_VALUES, PoolRows, cluster_members, seeded_kmeans
+from ray_al.acquisition.geometry import (
+    CHUNK_ROWS, PAIR_VALUES, U32, PoolRows, cluster_members, error_bound, exact_min_sqdist, exact_sqdist_pairs,
+    seeded_kmeans, sq_block, sqnorms32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,6 @@ BLOCK = 1 << 22  # distances per float32 screening block (16 MB)
 QUERY_ROWS = 1024  # query rows per block (the pool rows of a block are read once per this many queries)
 GRID_STEP = 2.0 ** (-1 / 4)  # squared-radius grid factor when capping by max_edges (radius: 2^(-1/8))
 GRID_SIZE = 161  # grid values: down to 2^-40 of the purity delta^2
-_U32 = 2.0**-24
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,23 +79,8 @@ _U32 = 2.0**-24
 # ----------------------------------------------------------------------------------------------
 
 
-def _sqnorms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
-
-
-def _sq_block(q: np.ndarray, q_sq: np.ndarray, y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
-    """(b, m) float32 screening values |q|^2 + |y|^2 - 2 q.y (BLAS; within `error_bound` of exact)."""
-    g = q @ y.T
-    g *= -2.0
-    g += q_sq[:, None]
-    g += y_sq[None, :]
-    return g
-
-
 def _exact_below(q: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: np.ndarray, t: float) -> np.ndarray:
     """(P,) bool: fl32(exact squared distance of (q[rows[p]], y[cols[p]])) < t, in batches of pairs."""
-    from ray_al.acquisition.kcenter_greedy import exact_sqdist_pairs
-
     out = np.empty(rows.shape[0], dtype=bool)
     step = max(1, PAIR_VALUES // q.shape[1])
     for lo in range(0, rows.shape[0], step):
@@ -104,8 +91,8 @@ def _exact_below(q: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: np.ndarra
 
 def _thresholds(t: float, err: float) -> tuple[np.float32, np.float32]:
     """float32 screening bounds: g < lo means exact < t for sure, g >= hi means exact >= t for sure."""
-    lo = np.nextafter(np.float32(t * (1 - 4 * _U32) - err), np.float32(-np.inf))
-    hi = np.nextafter(np.float32(t * (1 + 4 * _U32) + err), np.float32(np.inf))
+    lo = np.nextafter(np.float32(t * (1 - 4 * U32) - err), np.float32(-np.inf))
+    hi = np.nextafter(np.float32(t * (1 + 4 * U32) + err), np.float32(np.inf))
     return lo, hi
 
 
@@ -122,8 +109,6 @@ def purity_radius(
     r(x)^2 = min over pool points x' with another pseudo-label of fl32(exact ||x - x'||^2) (inf if none);
     purity(t) = mean(r^2 >= t), so the answer is the order statistic sorted(r^2)[floor((1 - alpha) S)].
     """
-    from ray_al.acquisition.kcenter_greedy import exact_min_sqdist
-
     q = pool.gather(sample)  # (S, d)
     q_lab = labels[sample]
     r_sq = np.full(sample.shape[0], np.inf, dtype=np.float32)
@@ -145,13 +130,13 @@ def ball_sizes(pool: PoolRows, sample: np.ndarray, grid: np.ndarray) -> np.ndarr
     """(G,) mean number of pool points within squared radius grid[g] (ascending) of the sample points
     (float32 screening values: an estimate, used only to bound the graph's size)."""
     q = pool.gather(sample)
-    q_sq = _sqnorms(q)
+    q_sq = sqnorms32(q)
     hist = np.zeros(grid.shape[0] + 1, dtype=np.int64)
     top = grid[-1]
     cols = max(1, BLOCK // max(1, q.shape[0]))
     for lo in range(0, pool.N, cols):
         y = pool.gather(np.arange(lo, min(pool.N, lo + cols)))
-        g = _sq_block(q, q_sq, y, _sqnorms(y))
+        g = sq_block(q, q_sq, y, sqnorms32(y))
         vals = g[g < top]
         hist += np.bincount(np.searchsorted(grid, vals, side="right"), minlength=grid.shape[0] + 1)
     return np.cumsum(hist)[: grid.shape[0]] / max(1, q.shape[0])
@@ -207,7 +192,7 @@ class _Cells:
         self.xs = np.empty((N, pool.d), dtype=np.float32)
         for lo in range(0, N, CHUNK_ROWS):
             self.xs[lo : lo + CHUNK_ROWS] = pool.gather(self.perm[lo : lo + CHUNK_ROWS])
-        self.sq = _sqnorms(self.xs)  # (N,)
+        self.sq = sqnorms32(self.xs)  # (N,)
         self.mu = np.zeros((self.count, pool.d), dtype=np.float64)
         self.radius = np.zeros(self.count, dtype=np.float64)
         for c in range(self.count):
@@ -250,7 +235,7 @@ def _block_edges(q: np.ndarray, q_sq: np.ndarray, y: np.ndarray, y_sq: np.ndarra
     total = 0
     for lo in range(0, y.shape[0], step):
         yc = y[lo : lo + step]
-        g = _sq_block(q, q_sq, yc, y_sq[lo : lo + step])  # (b, step)
+        g = sq_block(q, q_sq, yc, y_sq[lo : lo + step])  # (b, step)
         mask = g < lo_t
         br, bc = np.nonzero((g >= lo_t) & (g < hi_t))  # too close to call in float32: exact
         del g
@@ -385,12 +370,10 @@ def _fallback(view: PoolView, pool: PoolRows, picks: list[int], remaining: int, 
 
 def _centre(pool: PoolRows) -> tuple[float, float]:
     """Centre the pool's rows (distances unchanged, float32 error bounds tighter): (max norm, error bound)."""
-    from ray_al.acquisition.kcenter_greedy import error_bound
-
     pool.shift = pool.mean().astype(np.float32)
     max_norm = 0.0
     for _, _, x in pool.chunks():
-        max_norm = max(max_norm, float(np.sqrt(_sqnorms(x).max(initial=0.0))))
+        max_norm = max(max_norm, float(np.sqrt(sqnorms32(x).max(initial=0.0))))
     return max_norm, error_bound(pool.d, max_norm)
 
 

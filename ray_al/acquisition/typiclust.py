@@ -35,168 +35,17 @@ positions and, given `info={}`, fills that dict with the same record.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
-from ray_al.core.ids import canonical_order, splitmix64
+from ray_al.acquisition.geometry import KMEANS_NITER, PAIR_VALUES, PoolRows, cluster_members, seeded_kmeans
 from ray_al.core.optional import require_faiss
 
 MAX_CLUSTERS = 500  # the authors' MAX_NUM_CLUSTERS
 MIN_CLUSTER_SIZE = 5  # clusters with this many points or fewer are ignored
 KNN = 20  # neighbours of the typicality (capped at half the cluster)
-KMEANS_NITER = 25  # Lloyd iterations (faiss' default)
-POINTS_PER_CENTROID = 256  # k-means training sample per centroid (faiss' default max_points_per_centroid)
-KMEANS_PP_POINTS = 64  # k-means++ seeding runs on at most this many sampled points per centroid
-CHUNK_ROWS = 65536  # rows per pass-over-the-pool chunk (bounds the float32 copies to ~chunk x d)
-PAIR_VALUES = 1 << 20  # pair coordinates per exact-distance batch (8 MB per float64 temporary)
-
-
-# ----------------------------------------------------------------------------------------------
-# the pool in canonical order (shared with probcover.py)
-# ----------------------------------------------------------------------------------------------
-
-
-def _row_order(x: np.ndarray) -> np.ndarray:
-    """Positions that sort rows by a hash of their float32 values: an order independent of row order
-    (equal rows may come in any order among themselves; they are interchangeable)."""
-    L, d = x.shape
-    h = np.empty(L, dtype=np.uint64)
-    col = np.arange(d, dtype=np.uint64) << np.uint64(32)  # (d,)
-    for lo in range(0, L, CHUNK_ROWS):
-        block = np.ascontiguousarray(x[lo : lo + CHUNK_ROWS], dtype=np.float32) + np.float32(0.0)  # -0 -> +0
-        bits = block.view(np.uint32).astype(np.uint64)  # (b, d)
-        with np.errstate(over="ignore"):
-            h[lo : lo + CHUNK_ROWS] = splitmix64(splitmix64(bits ^ col).sum(axis=1, dtype=np.uint64))
-    return np.argsort(h, kind="stable")
-
-
-class PoolRows:
-    """The whole pool as rows P = [unlabeled in ascending-id order (n), labeled in value-hash order (L)].
-
-    Row p < n is the unlabeled candidate at position `canon[p]` of the view (so p is its id rank);
-    nothing is copied up front: `gather` and `chunks` return float32 copies of the rows asked for.
-    """
-
-    def __init__(self, view: PoolView) -> None:
-        self.emb = np.asarray(view.embeddings)  # (n, d)
-        self.canon = canonical_order(view.ids)  # (n,) view position of row p
-        lab = view.labeled_embeddings
-        lab = None if lab is None else np.asarray(lab)
-        if lab is not None and lab.shape[0] == 0:
-            lab = None  # an empty labeled set is a cold start
-        self.lab = lab
-        self.lab_order = _row_order(lab) if lab is not None else np.empty(0, np.int64)
-        self.n = int(self.emb.shape[0])
-        self.L = 0 if lab is None else int(lab.shape[0])
-        self.N = self.n + self.L
-        self.d = int(self.emb.shape[1])
-        self.shift: np.ndarray | None = None  # (d,) float32 subtracted from every row gathered (centering)
-
-    def mean(self) -> np.ndarray:
-        """(d,) float64 mean of all pool rows (one pass in P order: the same bits for any row order)."""
-        total = np.zeros(self.d, dtype=np.float64)
-        for _, _, x in self.chunks():
-            total += x.sum(axis=0, dtype=np.float64)
-        return total / max(self.N, 1)
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """(m, d) float32 copy of pool rows `rows` (P indices), in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((rows.shape[0], self.d), dtype=np.float32)
-        unl = rows < self.n
-        out[unl] = self.emb[self.canon[rows[unl]]]
-        if not unl.all():
-            out[~unl] = self.lab[self.lab_order[rows[~unl] - self.n]]
-        if self.shift is not None:
-            out -= self.shift
-        return out
-
-    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(lo, hi, float32 rows lo..hi-1) over the whole pool in P order."""
-        for lo in range(0, self.N, rows):
-            hi = min(self.N, lo + rows)
-            yield lo, hi, self.gather(np.arange(lo, hi))
-
-
-# ----------------------------------------------------------------------------------------------
-# k-means (shared with probcover.py)
-# ----------------------------------------------------------------------------------------------
-
-
-def kmeans_pp(x: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
-    """(K, d) float32 k-means++ seeds (D^2 sampling) among the rows of x (m >= K). When every remaining
-    point coincides with a seed (D^2 = 0 everywhere), the next seed is drawn uniformly among the rest."""
-    m = x.shape[0]
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)  # (m,)
-    chosen = np.zeros(m, dtype=bool)
-    first = int(rng.integers(m))
-    picks = [first]
-    chosen[first] = True
-    d2 = np.maximum(sq + sq[first] - 2.0 * (x @ x[first]).astype(np.float64), 0.0)  # (m,)
-    d2[chosen] = 0.0
-    for _ in range(1, K):
-        total = d2.sum()
-        if total > 0:
-            nxt = int(np.searchsorted(np.cumsum(d2), rng.random() * total, side="right"))
-            nxt = min(nxt, m - 1)
-            if chosen[nxt]:  # rounding at the very end of the cumulative sum
-                nxt = int(np.flatnonzero(~chosen & (d2 > 0))[-1])
-        else:
-            free = np.flatnonzero(~chosen)
-            nxt = int(free[rng.integers(free.shape[0])])
-        picks.append(nxt)
-        chosen[nxt] = True
-        np.minimum(d2, np.maximum(sq + sq[nxt] - 2.0 * (x @ x[nxt]).astype(np.float64), 0.0), out=d2)
-        d2[chosen] = 0.0
-    return np.ascontiguousarray(x[np.asarray(picks)], dtype=np.float32)
-
-
-def seeded_kmeans(
-    pool: PoolRows,
-    K: int,
-    seed: int,
-    niter: int = KMEANS_NITER,
-    points_per_centroid: int = POINTS_PER_CENTROID,
-) -> tuple[np.ndarray, np.ndarray]:
-    """K-means of all pool rows: ((K, d) float32 centroids, (N,) int64 cluster of each row in P order).
-
-    Trained (faiss Lloyd, `niter` iterations, k-means++ seeds) on a seeded sample of at most
-    K * points_per_centroid rows drawn in P order; then every row is assigned to its nearest centroid
-    in chunks (faiss, float32; ties to the lower centroid index). Deterministic for (pool rows, seed).
-    """
-    faiss = require_faiss()  # lazy: keeps `import ray_al.acquisition` light
-
-    N, d = pool.N, pool.d
-    K = int(min(max(K, 1), N))
-    rng = np.random.default_rng([int(seed), 0x7C1])
-    m = min(N, K * int(points_per_centroid))
-    sample = np.arange(N) if m == N else np.sort(rng.choice(N, size=m, replace=False))
-    train = pool.gather(sample)  # (m, d)
-    m_pp = min(m, K * KMEANS_PP_POINTS)
-    pp_rows = np.arange(m) if m_pp == m else np.sort(rng.choice(m, size=m_pp, replace=False))
-    init = kmeans_pp(train[pp_rows], K, rng)  # (K, d)
-    if niter > 0 and K > 1:
-        km = faiss.Kmeans(d, K, niter=int(niter), seed=int(rng.integers(2**31 - 1)), verbose=False,
-                          min_points_per_centroid=1, max_points_per_centroid=m + 1)  # we sampled already
-        km.train(train, init_centroids=init)
-        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-    else:
-        centroids = init
-    del train
-    labels = np.empty(N, dtype=np.int64)
-    for lo, hi, x in pool.chunks():
-        _, idx = faiss.knn(x, centroids, 1)  # (b, 1)
-        labels[lo:hi] = idx[:, 0]
-    return centroids, labels
-
-
-def cluster_members(labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows sorted by (cluster, P), (K + 1,) start of each cluster in them)."""
-    order = np.argsort(labels, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=K))])
-    return order, starts
 
 
 # ----------------------------------------------------------------------------------------------

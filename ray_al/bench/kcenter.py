@@ -26,13 +26,11 @@ import time
 
 import numpy as np
 
+from ray_al.acquisition.geometry import error_bound, exact_min_sqdist, sqnorms32
 from ray_al.acquisition.kcenter_greedy import (
     DEFAULT_CHUNK_ROWS,
     _argmax_lowest,
-    _sqnorms32,
-    error_bound,
-    exact_min_sqdist,
-    kcenter_greedy,
+    kcenter_greedy_run,
     nonfinite_scan,
     resolve_use_gpu,
     update_min_sqdist,
@@ -147,7 +145,7 @@ def plain_greedy(
     xx = np.empty(n, np.float32)  # (n,)
     dmin = np.full(n, np.inf, np.float32)  # (n,)
     for s in range(0, n, DEFAULT_CHUNK_ROWS):
-        xx[s : s + DEFAULT_CHUNK_ROWS] = _sqnorms32(x[s : s + DEFAULT_CHUNK_ROWS])
+        xx[s : s + DEFAULT_CHUNK_ROWS] = sqnorms32(x[s : s + DEFAULT_CHUNK_ROWS])
     if lf is not None:
         update_min_sqdist(x, lf, dmin, use_gpu=use_gpu)  # the same chunked nearest-center search as ours
     centers = np.empty(((0 if lf is None else lf.shape[0]) + k, d), np.float32)  # (L + k, d)
@@ -155,7 +153,7 @@ def plain_greedy(
     m = 0
     if lf is not None:
         centers[: lf.shape[0]] = lf
-        centers_sq[: lf.shape[0]] = _sqnorms32(lf)
+        centers_sq[: lf.shape[0]] = sqnorms32(lf)
         m = lf.shape[0]
     t_init = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -214,8 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = os.getloadavg()[0]
     cpu0 = time.process_time()
     with PeakRSS() as mem:
-        ours, st = kcenter_greedy(x, a.k, None, a.seed, labeled_features=lf if a.labeled else None,
-                                  return_stats=True, shards=a.shards, batch=a.batch, storage=a.storage)
+        run = kcenter_greedy_run(x, a.k, None, a.seed, labeled_features=lf if a.labeled else None,
+                                 shards=a.shards, batch=a.batch, storage=a.storage)
+    ours, st = run.picks, run.stats
     ours_cpu = time.process_time() - cpu0
     reads.append(streaming_read_seconds(x))
     ref_steps = a.k if a.reference_steps is None else min(a.k, a.reference_steps)

@@ -21,7 +21,7 @@ Stages, each timed and watched for memory:
 
 rows/s is N / the stage's seconds for every stage (train streams all N rows but trains on a sample).
 
-Memory, sampled from /proc every 0.1 s (this process and every process below it, i.e. the local Ray's
+Memory, sampled from /proc every 0.1 s by `ray_al.bench.memwatch.MemWatch` (this process and every process below it, i.e. the local Ray's
 services and workers): per stage and per process kind (by process title), the largest resident set of one
 process of that kind (`rss`: VmHWM, reset at each stage start and whenever a worker changes kind, and the
 sampled VmRSS; object-store pages a process touched count in it) and its largest private heap (`anon`:
@@ -41,13 +41,12 @@ import json
 import multiprocessing
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ray_al.bench.embed import descendants
+from ray_al.bench.memwatch import MemWatch
 from ray_al.data.builtin import SHARED_CIFAR10
 
 CHUNK_ROWS = 1000  # images per build job and per sub-folder
@@ -139,17 +138,14 @@ def write_test_split(source: str, dest: str, rows: int, seed: int) -> None:
 # watching memory
 
 
-def _title(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-
-
 _DATA_WORDS = ("Read", "Map", "Write", "Split", "Repartition", "Union", "Filter", "Project", "Limit",
                "_fetch", "_get_file", "_sample")
 
 
-def kind_of(title: str) -> str:
+def kind_of(title: str, stage: str = "") -> str:
     """The process kind of a descendant of the driver, by its title (Ray workers retitle as they switch)."""
+    if stage == "build":
+        return "builder"  # Ray is not started before the build: every process below the driver is a builder
     if not title.startswith("ray::"):
         return "other"  # raylet, GCS, dashboard, log monitor
     for word, kind in (("RayTrainWorker", "train_worker"), ("Embedder", "embed_actor"),
@@ -161,138 +157,13 @@ def kind_of(title: str) -> str:
     return "other"  # IDLE workers, the Train controller, Ray Data's coordinators
 
 
-def _status(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key = line.split(":", 1)[0]
-            if key in ("VmHWM", "VmRSS", "RssAnon"):
-                out[key] = int(line.split()[1]) / 1024  # MiB
-    return out
-
-
-def _reset_peak(pid: int) -> None:
-    try:  # 5: reset the kernel's peak-RSS mark (VmHWM) to the current RSS
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # not permitted: the mark then covers the process's life so far (peaks can only look larger)
-
-
-def object_store_sampler():
-    """A function returning (bytes used, bytes spilled in total) of the local Ray's object store."""
-    import ray
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    state = get_state_from_address(ray.get_runtime_context().gcs_address)
-
-    def sample() -> tuple[int, int]:
-        stats = get_memory_info_reply(state, timeout_seconds=5.0).store_stats
-        return int(stats.object_store_bytes_used), int(stats.spilled_bytes_total)
-
-    return sample
-
-
-class StageWatch:
-    """Peak memory per (stage, process kind) and the object store's peak per stage (module docstring)."""
-
-    def __init__(self, interval_s: float = 0.1):
-        self.interval_s = interval_s
-        self.me = os.getpid()
-        self.current = ""
-        self.peaks: dict = {}  # stage -> kind -> {"rss", "anon", "processes"}
-        self.store: dict = {}  # stage -> peak bytes used
-        self.spilled = 0
-        self.titles: dict = {}  # kind -> a few titles seen (to check the classification)
-        self._kind: dict = {}  # pid -> (stage, kind) it was last seen as
-        self._store_fn = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> "StageWatch":
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        """Samples taken inside the block count for stage `name`; peaks restart at its start."""
-        with self._lock:
-            self.current = name
-            self._kind.clear()  # every process's peak mark is reset when next seen
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._sample_all()
-                self.current = ""
-
-    def watch_object_store(self) -> None:
-        """Start sampling the object store (once Ray runs)."""
-        self._store_fn = object_store_sampler()
-
-    def _poll(self) -> None:
-        pids, listed, stored = [], 0.0, 0.0
-        while not self._stop.wait(self.interval_s):
-            with self._lock:
-                if not self.current:
-                    continue
-                if time.monotonic() - listed > 0.5:
-                    pids, listed = descendants(self.me), time.monotonic()
-                self._sample(pids)
-                if self._store_fn is not None and time.monotonic() - stored > 1.0:
-                    self._sample_store()
-                    stored = time.monotonic()
-
-    def _sample_all(self) -> None:
-        self._sample(descendants(self.me))
-        if self._store_fn is not None:
-            self._sample_store()
-
-    def _sample(self, pids: list[int]) -> None:
-        for pid in [self.me, *pids]:
-            try:
-                # Ray is not started before the build: every process below the driver then is a builder
-                kind = "driver" if pid == self.me else "builder" if self.current == "build" else kind_of(_title(pid))
-                if self._kind.get(pid) != (self.current, kind):  # new here: count from now
-                    _reset_peak(pid)
-                    self._kind[pid] = (self.current, kind)
-                    self._note(kind, pid)
-                s = _status(pid)
-            except (OSError, IndexError, ValueError):  # exited between listing and reading
-                continue
-            if not s.get("VmRSS"):
-                continue  # a zombie: exited, not yet reaped
-            peak = self.peaks.setdefault(self.current, {}).setdefault(kind, {"rss": 0.0, "anon": 0.0, "pids": set()})
-            peak["rss"] = max(peak["rss"], s.get("VmHWM", 0.0), s.get("VmRSS", 0.0))
-            peak["anon"] = max(peak["anon"], s.get("RssAnon", 0.0))
-            peak["pids"].add(pid)
-
-    def _note(self, kind: str, pid: int) -> None:
-        seen = self.titles.setdefault(kind, [])
-        if len(seen) < 6 and pid != self.me:
-            title = _title(pid)[:80]
-            if title not in seen:
-                seen.append(title)
-
-    def _sample_store(self) -> None:
-        try:
-            used, spilled = self._store_fn()
-        except Exception:  # Ray shutting down, or a slow raylet: skip this sample
-            return
-        self.store[self.current] = max(self.store.get(self.current, 0), used)
-        self.spilled = max(self.spilled, spilled)
-
-    def report(self, stage: str) -> dict:
-        kinds = self.peaks.get(stage, {})
-        return {"peak_rss_mib": {k: round(v["rss"], 1) for k, v in kinds.items()},
-                "peak_anon_mib": {k: round(v["anon"], 1) for k, v in kinds.items()},
-                "processes": {k: len(v["pids"]) for k, v in kinds.items()},
-                "object_store_peak_mib": round(self.store.get(stage, 0) / 2**20, 1)}
+def stage_report(watch: MemWatch, stage: str) -> dict:
+    """Peak memory per process kind and the object store's peak of one stage (module docstring)."""
+    kinds = watch.peaks_by_stage.get(stage, {})
+    return {"peak_rss_mib": {k: round(v["rss"], 1) for k, v in kinds.items()},
+            "peak_anon_mib": {k: round(v["anon"], 1) for k, v in kinds.items()},
+            "processes": {k: len(v["pids"]) for k, v in kinds.items()},
+            "object_store_peak_mib": round(watch.store.get(stage, 0) / 2**20, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,7 +265,7 @@ def pool_reusable(pool_uri: str, rows: int) -> bool:
     return done.is_file() and json.loads(done.read_text()).get("images") == rows
 
 
-def build_and_ingest(args, watch: StageWatch, timed, paths: dict, log=print) -> dict:
+def build_and_ingest(args, watch: MemWatch, timed, paths: dict, log=print) -> dict:
     """Stages build and ingest (skipped with --keep when the pool of this N is there); Ray starts between."""
     from ray_al.data.ingest import ingest
     from ray_al.workers.ray_utils import init_ray
@@ -429,7 +300,7 @@ def run(args, log=print) -> dict:
              "run": str(base / "run")}
     seconds: dict = {}
 
-    with StageWatch() as watch:
+    with MemWatch(kind_of, interval_s=0.1, list_every_s=0.5) as watch:
         @contextlib.contextmanager
         def timed(name: str):
             log(f"[{time.strftime('%H:%M:%S')}] {name} ...")
@@ -452,8 +323,8 @@ def run(args, log=print) -> dict:
     return result(args, cfg, watch, seconds, {**setup, **rnd.info, "pool": parquet_layout(paths["pool"])})
 
 
-def result(args, cfg, watch: StageWatch, seconds: dict, info: dict) -> dict:
-    stages = {name: {"seconds": round(s, 2), "rows_per_s": round(args.rows / s, 1), **watch.report(name)}
+def result(args, cfg, watch: MemWatch, seconds: dict, info: dict) -> dict:
+    stages = {name: {"seconds": round(s, 2), "rows_per_s": round(args.rows / s, 1), **stage_report(watch, name)}
               for name, s in seconds.items()}
     overall = {kind: max((st["peak_rss_mib"].get(kind, 0.0) for st in stages.values()), default=0.0)
                for kind in KINDS}

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 from ray_al.core import storage
 
-SPLITS = ("unlabeled", "labeled", "test")
 BATCH_ROWS = 8192  # rows a streaming read holds at once
 
 

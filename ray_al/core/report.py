@@ -1,16 +1,22 @@
-"""Results as people read them: the per-round table, learning curves, area under the curve.
+"""Results as people read them: the per-round table, learning curves, area under the curve, and a
+sweep's tables (per trial, per setting averaged over seeds, accuracy per labelled-set size).
 
-Pure functions of the result rows (dicts as in results.jsonl); plots are a pure function of the table.
+Pure functions of the result rows (dicts as in results.jsonl; a sweep's rows add the trial name and its
+grid values under their dotted keys); plots are a pure function of the table.
 """
 from __future__ import annotations
 
+import csv
 import io
+import json
+import math
 from collections import defaultdict
-from typing import IO, Iterable
+from typing import IO, Any, Iterable
 
 import numpy as np
 
 STAGES = ("train", "embed", "select", "label")
+SEED_KEYS = ("al.seed", "train.seed_offset")  # grid keys a sweep's tables average over
 
 
 def area_under_curve(labels: Iterable[float], accuracy: Iterable[float]) -> float:
@@ -80,3 +86,173 @@ def plot_learning_curves(rows: list[dict], path: str | IO[bytes], title: str = "
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- a sweep's tables
+def setting_keys(grid: dict) -> list[str]:
+    """The grid keys that make a setting (the seed keys are averaged over)."""
+    return [k for k in grid if k not in SEED_KEYS]
+
+
+def _seed_of(row: dict, grid: dict) -> str:
+    return ",".join(str(row.get(k)) for k in grid if k in SEED_KEYS) or "-"
+
+
+def _per_trial(rows: list[dict], grid: dict) -> list[dict]:
+    """Per trial: its setting, seed, rounds, final labels and accuracy, area under its curve."""
+    by_trial: dict[str, list[dict]] = {}
+    for r in rows:
+        by_trial.setdefault(r["trial"], []).append(r)
+    keys = setting_keys(grid)
+    out = []
+    for trial, trows in by_trial.items():
+        trows = sorted(trows, key=lambda r: r["round"])
+        out.append({
+            **{k: trows[0].get(k) for k in keys}, "seed": _seed_of(trows[0], grid), "trial": trial,
+            "rounds": len(trows), "final_labels": trows[-1]["labels"], "final_accuracy": trows[-1]["accuracy"],
+            "auc": area_under_curve([r["labels"] for r in trows], [r["accuracy"] for r in trows]),
+        })
+    return out
+
+
+def summarize(rows: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
+    """(per trial: final accuracy and AUC; per setting: their mean and std over seeds)."""
+    per_trial = _per_trial(rows, grid)
+    keys = setting_keys(grid)
+    groups: dict[tuple, list[dict]] = {}
+    for t in per_trial:
+        groups.setdefault(tuple(json.dumps(t[k]) for k in keys), []).append(t)
+    per_setting = []
+    for members in groups.values():
+        acc = [m["final_accuracy"] for m in members]
+        auc = [m["auc"] for m in members]
+        per_setting.append({
+            **{k: members[0][k] for k in keys}, "seeds": len(members),
+            "final_labels": max(m["final_labels"] for m in members),
+            "final_accuracy_mean": _mean(acc), "final_accuracy_std": _std(acc),
+            "auc_mean": _mean(auc), "auc_std": _std(auc), "auc_se": _se(auc),
+        })
+    return per_trial, per_setting
+
+
+def per_budget(rows: list[dict], grid: dict) -> list[dict]:
+    """Accuracy at each labelled-set size per setting: mean and standard error over seeds (the
+    comparison users read: is a method above random at the budgets they have?)."""
+    keys = setting_keys(grid)
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((tuple(json.dumps(r.get(k)) for k in keys), int(r["labels"])), []).append(
+            float(r["accuracy"]))
+    out = []
+    for (setting, labels), acc in sorted(groups.items()):
+        out.append({**{k: json.loads(v) for k, v in zip(keys, setting)}, "labels": labels, "seeds": len(acc),
+                    "accuracy_mean": _mean(acc), "accuracy_se": _se(acc)})
+    return out
+
+
+def format_per_budget(table: list[dict], grid: dict) -> str:
+    """Settings as rows, labelled-set sizes as columns: mean +- standard error of the accuracy."""
+    keys = setting_keys(grid)
+    sizes = sorted({t["labels"] for t in table})
+    cells: dict[tuple, dict[int, str]] = {}
+    for t in table:
+        cells.setdefault(tuple(str(t.get(k)) for k in keys), {})[t["labels"]] = (
+            f"{t['accuracy_mean']:.3f}+-{t['accuracy_se']:.3f}")
+    width = max([len(" / ".join(s)) for s in cells] + [len(" / ".join(keys))])
+    lines = ["accuracy by labels, mean +- standard error over seeds:",
+             f"{' / '.join(keys):<{width}}  " + "  ".join(f"{n:>13}" for n in sizes)]
+    lines.append("-" * len(lines[-1]))
+    for setting in sorted(cells):
+        lines.append(f"{' / '.join(setting):<{width}}  " + "  ".join(f"{cells[setting].get(n, '-'):>13}"
+                                                                     for n in sizes))
+    return "\n".join(lines)
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else math.nan
+
+
+def _std(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return float(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)))  # population std, as `curves`
+
+
+def _se(xs: list[float]) -> float:
+    """Standard error of the mean (sample std / sqrt(n)); 0 for a single seed."""
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return float(math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)))
+
+
+def format_summary(per_trial: list[dict], per_setting: list[dict], grid: dict) -> str:
+    """The per-trial table, then the per-setting table (mean +- std over seeds)."""
+    keys = setting_keys(grid)
+    widths = {k: max([len(k)] + [len(str(t.get(k))) for t in per_trial]) for k in keys}
+    head = "  ".join(f"{k:>{widths[k]}}" for k in keys)
+    lines = ["per trial (final = last committed round):",
+             f"{head}  {'seed':>6}  {'rounds':>6}  {'labels':>6}  {'final acc':>9}  {'AUC':>6}"]
+    lines.append("-" * len(lines[-1]))
+    for t in sorted(per_trial, key=lambda t: [str(t.get(k)) for k in keys] + [t["seed"]]):
+        cells = "  ".join(f"{t.get(k)!s:>{widths[k]}}" for k in keys)
+        lines.append(f"{cells}  {t['seed']:>6}  {t['rounds']:>6}  {t['final_labels']:>6}  "
+                     f"{t['final_accuracy']:9.4f}  {t['auc']:6.4f}")
+    lines += ["", "mean +- std over seeds:",
+              f"{head}  {'seeds':>5}  {'labels':>6}  {'final accuracy':>16}  {'AUC':>16}"]
+    lines.append("-" * len(lines[-1]))
+    for s in sorted(per_setting, key=lambda s: [str(s.get(k)) for k in keys]):
+        cells = "  ".join(f"{s.get(k)!s:>{widths[k]}}" for k in keys)
+        lines.append(f"{cells}  {s['seeds']:>5}  {s['final_labels']:>6}  "
+                     f"{s['final_accuracy_mean']:7.4f} +- {s['final_accuracy_std']:6.4f}  "
+                     f"{s['auc_mean']:7.4f} +- {s['auc_std']:6.4f}")
+    return "\n".join(lines)
+
+
+def flat_row(row: dict) -> dict:
+    """A result row with its per-stage seconds as columns seconds_<stage>."""
+    out = {k: v for k, v in row.items() if k != "seconds"}
+    out.update({f"seconds_{stage}": float(v) for stage, v in (row.get("seconds") or {}).items()})
+    return out
+
+
+def results_table(rows: list[dict]) -> Any:
+    """pyarrow table of the flat rows; a column with mixed value types (grid of 0.1 and 1) becomes text."""
+    import pyarrow as pa
+
+    flat = [flat_row(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    arrays = {}
+    for c in columns:
+        values = [r.get(c) for r in flat]
+        kinds = {type(v) for v in values if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            values = [None if v is None else str(v) for v in values]
+        arrays[c] = pa.array(values)
+    return pa.table(arrays)
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    """`results_table(rows)` as Parquet file bytes."""
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(results_table(rows), sink)
+    return sink.getvalue()
+
+
+def csv_text(rows: list[dict]) -> str:
+    """CSV with a column for every key any row has (in first-seen order)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for s in rows for k in s)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def sweep_summary(rows: list[dict], grid: dict) -> tuple[str, str]:
+    """(summary.txt: the per-trial, per-setting and per-budget tables; summary.csv: the per-setting rows)."""
+    per_trial, per_setting = summarize(rows, grid)
+    text = format_summary(per_trial, per_setting, grid) + "\n\n" + format_per_budget(per_budget(rows, grid), grid)
+    return text, csv_text(per_setting)

@@ -272,12 +272,13 @@ def kcenter_select_distributed(
     try:
         infos = _loaded_infos(group)
         labeled, missing = _labeled_indices(group, infos, labeled_ids)
-        picks, stats = exact_greedy(group, k, labeled=labeled, labeled_features=labeled_features, seed=seed,
-                                    batch=batch, on_pass=on_pass)
-        ids = _ids_of(group, infos, picks)
+        result = exact_greedy(group, k, labeled=labeled, labeled_features=labeled_features, seed=seed,
+                              batch=batch, on_pass=on_pass)
+        ids = _ids_of(group, infos, result.picks)
     finally:
         for h in group.handles:
             ray.kill(h)
+    stats = dict(result.stats)
     stats["round_trips"] += 2 + (labeled is not None)  # info and ids_of, and find when given labeled ids
     stats.update(
         seconds=time.perf_counter() - t0, shards=len(group), nodes=[inf["node_id"] for inf in infos],
