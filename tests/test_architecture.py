@@ -47,7 +47,7 @@ _H2 = "issue 20: the acquisition/ and k-center reworks (helper h2, 2026-12-06) t
 WIDE_FUNCTIONS: dict[str, str] = {
     "ray_al/acquisition/heads.py:heads_committee_probs": _H2,
     "ray_al/acquisition/heads.py:_fit_and_score": _H2,
-    "ray_al/acquisition/kcenter_greedy.py:kcenter_greedy": _H2,
+    "ray_al/acquisition/kcenter_greedy.py:kcenter_greedy_run": _H2,
     "ray_al/acquisition/probcover.py:_block_edges": _H2,
     "ray_al/acquisition/probcover.py:choose_radius": _H2,
     "ray_al/acquisition/probcover.py:probcover_select": _H2,
