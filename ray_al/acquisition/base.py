@@ -45,7 +45,8 @@ class PoolView:
     """What a strategy sees of one round: the unlabeled candidates and, for some, the labeled set.
 
     ids:                (n,) int64 or str pool ids of the UNLABELED candidates (unique)
-    probs:              (n, C) float class probabilities (softmax output; rows sum to 1)
+    probs:              (n, C) float class probabilities (softmax output; rows sum to 1); None for
+                        methods that read only embeddings (typiclust, probcover, kcenter, random)
     embeddings:         (n, d) penultimate features
     committee_probs:    (m, n, C) probabilities of m committee members (heads / seeds / MC-dropout passes)
     labeled_embeddings: (L, d) features of the labeled set
@@ -54,7 +55,7 @@ class PoolView:
     """
 
     ids: np.ndarray
-    probs: np.ndarray
+    probs: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     committee_probs: np.ndarray | None = None
     labeled_embeddings: np.ndarray | None = None
@@ -71,7 +72,7 @@ class PoolView:
         return dataclasses.replace(
             self,
             ids=np.asarray(self.ids)[pos],
-            probs=np.asarray(self.probs)[pos],
+            probs=None if self.probs is None else np.asarray(self.probs)[pos],
             embeddings=None if self.embeddings is None else np.asarray(self.embeddings)[pos],
             committee_probs=(
                 None if self.committee_probs is None else np.asarray(self.committee_probs)[:, pos]
@@ -175,9 +176,11 @@ def validate_view(view: PoolView, fields: Iterable[str]) -> None:
             f"pool ids must be unique; duplicated ids {describe_ids(dup_ids, np.ones(dup_ids.shape[0], bool))}. "
             "Deduplicate the unlabeled candidates before selection."
         )
-    probs = check_probabilities(view.probs, view.ids)
-    n_classes = probs.shape[1]
     fields = set(fields)
+    # probs are checked when given or read; without them the class count comes from the field that has it
+    n_classes = None
+    if view.probs is not None or "probs" in fields:
+        n_classes = check_probabilities(view.probs, view.ids).shape[1]
     if "embeddings" in fields:
         emb = _check_finite_matrix(view.embeddings, n, "embeddings", view.ids)
         d = emb.shape[1]
@@ -185,6 +188,7 @@ def validate_view(view: PoolView, fields: Iterable[str]) -> None:
         d = None
     if "committee_probs" in fields:
         cp = np.asarray(view.committee_probs)
+        n_classes = n_classes if n_classes is not None else (cp.shape[-1] if cp.ndim == 3 else -1)
         if cp.ndim != 3 or cp.shape[1:] != (n, n_classes) or cp.shape[0] < 1:
             raise ValueError(
                 f"committee_probs must have shape (m, n, C) = (m, {n}, {n_classes}) with m >= 1, "
@@ -196,7 +200,7 @@ def validate_view(view: PoolView, fields: Iterable[str]) -> None:
         _validate_labeled(view, fields, n_classes, d)
 
 
-def _validate_labeled(view: PoolView, fields: set[str], n_classes: int, d: int | None) -> None:
+def _validate_labeled(view: PoolView, fields: set[str], n_classes: int | None, d: int | None) -> None:
     lengths = {}
     if "labeled_embeddings" in fields:
         le = np.asarray(view.labeled_embeddings)
@@ -213,16 +217,16 @@ def _validate_labeled(view: PoolView, fields: set[str], n_classes: int, d: int |
             raise ValueError(
                 f"labeled_labels must be a 1-D integer array, got shape {ll.shape} dtype {ll.dtype}"
             )
-        bad = (ll < 0) | (ll >= n_classes)
+        bad = (ll < 0) | (ll >= (n_classes if n_classes is not None else np.iinfo(np.int64).max))
         if bad.any():
             raise ValueError(
-                f"labeled_labels outside the {n_classes} classes of probs at rows "
+                f"labeled_labels outside the {n_classes if n_classes is not None else 'non-negative'} classes of probs at rows "
                 f"{describe_ids(np.arange(ll.shape[0]), bad)}; check the ledger's class set."
             )
         lengths["labeled_labels"] = ll.shape[0]
     if "labeled_probs" in fields:
         lp = np.asarray(view.labeled_probs)
-        if lp.ndim != 2 or lp.shape[1] != n_classes:
+        if lp.ndim != 2 or lp.shape[1] != (n_classes if n_classes is not None else lp.shape[-1]):
             raise ValueError(f"labeled_probs must have shape (L, {n_classes}), got {lp.shape}")
         check_probabilities(lp, np.arange(lp.shape[0]), field="labeled_probs (rows of the labeled set)")
         lengths["labeled_probs"] = lp.shape[0]

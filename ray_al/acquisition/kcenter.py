@@ -27,6 +27,6 @@ def kcenter_select(view: PoolView, k: int, seed: int) -> np.ndarray:
     return canon[picks]
 
 
-STRATEGY = register(Strategy("kcenter", "select", kcenter_select, required=frozenset({"probs", "embeddings"}),
+STRATEGY = register(Strategy("kcenter", "select", kcenter_select, required=frozenset({"embeddings"}),
                             optional=frozenset({"labeled_embeddings"}), options=PREFILTER_OPTIONS,
                             summary="k-center greedy (CoreSet) over embeddings, labeled set as initial centers"))

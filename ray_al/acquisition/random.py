@@ -15,4 +15,5 @@ def random_select(view: PoolView, k: int, seed: int) -> np.ndarray:
     return canon[rng.permutation(canon.shape[0])[:k]]
 
 
-STRATEGY = register(Strategy("random", "select", random_select, summary="uniform random (seeded)"))
+STRATEGY = register(Strategy("random", "select", random_select, required=frozenset(),
+                            summary="uniform random (seeded); reads only the ids"))
