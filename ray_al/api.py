@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["select", "run", "PROBS_FREE"]
+__all__ = ["select", "run", "run_cycle", "PROBS_FREE"]
 
 # methods that read no class probabilities: they work on a bare embedding matrix
 PROBS_FREE = ("kcenter", "probcover", "random", "typiclust")
@@ -147,7 +147,6 @@ def run(config_or_path: Any = None, *, run_dir: str | None = None, resume: bool 
     run_dir: where the run lives (default: run.dir, else a name from the config); resume=True continues it.
     """
     from ray_al.core import config as config_mod
-    from ray_al.cycle import run_cycle
     from ray_al.loop.rounds import default_run_dir
 
     raw = _raw_config(config_or_path, config_mod)
@@ -161,6 +160,28 @@ def run(config_or_path: Any = None, *, run_dir: str | None = None, resume: bool 
         cfg = config_mod.smoke(cfg)
     uri = run_dir or (cfg.run.dir if cfg.run.dir != config_mod.RunConfig().dir else default_run_dir(cfg, smoke_test))
     return run_cycle(cfg, str(uri), resume=resume, log=log)
+
+
+def run_cycle(cfg: Any, uri: str, *, resume: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+    """Run (or resume) the rounds of config `cfg` in run directory `uri`; returns the committed rounds' result
+    rows. The one code path of `python -m ray_al.cycle` (ray_al/cycle.py) and of `ray_al.run`."""
+    from ray_al.core import storage
+    from ray_al.loop.rounds import Cycle, check_config, finish, open_run
+    from ray_al.run.runlock import RunLock
+    from ray_al.workers.ray_utils import defer_ray
+
+    check_config(cfg)
+    storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
+    with RunLock(uri, purpose="cycle") as lock:  # before Ray starts: a second cycle is refused at once
+        # Ray starts at the first step that needs it: bad input is refused in a second, not ten
+        defer_ray(cfg.run.ray_num_cpus)
+        run, spec, cfg = open_run(cfg, uri, resume)
+        lock.renew()  # run.overwrite deleted the directory, the lock with it
+        defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
+        log(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
+            f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})")
+        Cycle(cfg, run, spec, log=log).run_all()
+        return finish(run, log=log)
 
 
 def _raw_config(config_or_path: Any, config_mod: Any) -> dict:

@@ -9,11 +9,10 @@ import argparse
 import sys
 
 from ray_al.core import config as config_mod
-from ray_al.core import storage
 from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError
-from ray_al.loop.rounds import Cycle, check_config, default_run_dir, finish, open_run
-from ray_al.run.runlock import RunLock
+from ray_al.api import run_cycle
+from ray_al.loop.rounds import default_run_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,25 +45,6 @@ def cycle(args: argparse.Namespace) -> int:
                           f"({' '.join(args.overrides)}) or start a new run directory.")
     run_cycle(cfg, run_uri(cfg, args), resume=bool(args.resume), log=lambda m: print(m, flush=True))
     return 0
-
-
-def run_cycle(cfg: Config, uri: str, *, resume: bool = False, log=print) -> list[dict]:
-    """Run (or resume) the rounds of `cfg` in run directory `uri`; returns the committed rounds' result rows.
-    The one entry point of `python -m ray_al.cycle` and of `ray_al.run`."""
-    check_config(cfg)
-    from ray_al.workers.ray_utils import defer_ray
-
-    storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
-    with RunLock(uri, purpose="cycle") as lock:  # before Ray starts: a second cycle is refused at once
-        # Ray starts at the first step that needs it: bad input is refused in a second, not ten
-        defer_ray(cfg.run.ray_num_cpus)
-        run, spec, cfg = open_run(cfg, uri, resume)
-        lock.renew()  # run.overwrite deleted the directory, the lock with it
-        defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
-        log(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
-            f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})")
-        Cycle(cfg, run, spec, log=log).run_all()
-        return finish(run, log=log)
 
 
 def main(argv: list[str] | None = None) -> int:
