@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from ray_al.run.labelstudio import NONE_CHOICE, export_tasks, import_export, lab
 from ray_al.run.ledger import OOD_LABEL, Ledger
 from ray_al.run.oracle import LabelImportError, OracleError
 from ray_al.run.rundir import RunDir
+from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "bird", "cat"]
@@ -220,6 +222,26 @@ def test_cli_export_label_studio_then_import_json(tmp_path):
     p = cli("import", rd.uri, good, "--allow-partial")
     assert p.returncode == 0, p.stderr
     assert Ledger.load(rd).labels_by_id() == {1: 0, 2: 1, 12: 2, 10: 1}
+
+
+def test_cli_on_s3_keeps_s3_uris_for_label_studio_storage(s3):
+    uri = s3.uri(f"lsrun-{uuid.uuid4().hex[:8]}")
+    rd = RunDir.create(uri, {"config": {}, "num_classes": 3, "class_names": CLASSES, "id_type": "int64"})
+    Ledger.empty("int64").add([1], [0], 0, "initial", num_classes=3).commit(rd)
+    images = [s3.uri("images", f"{q}.png") for q in QUERIES]
+    rd.write_queries(1, QUERIES, images)
+    rd.mark_done(1, "select", {"k": 3, "selected_by": "kcenter"})
+    out = s3.uri("exports", f"t-{uuid.uuid4().hex[:6]}.json")
+    p = cli("export", rd.uri, "--format", "label-studio", "--out", out, "--s3-endpoint", s3.endpoint)
+    assert p.returncode == 0, p.stderr
+    tasks = json.loads(storage.read_text(out))
+    assert [t["data"]["image"] for t in tasks] == images  # an S3 source storage in Label Studio signs them
+    assert "Choice value=\"none of these classes\"" in storage.read_text(out[:-5] + ".label_config.xml")
+    export = s3.uri("exports", f"e-{uuid.uuid4().hex[:6]}.json")
+    storage.write_text_atomic(export, json.dumps([ls_task(i, q, "bird") for i, q in enumerate(QUERIES, 1)]))
+    p = cli("import", rd.uri, export, "--s3-endpoint", s3.endpoint)
+    assert p.returncode == 0, p.stderr
+    assert Ledger.load(rd.uri).labels_by_id() == {1: 0, 10: 1, 11: 1, 12: 1}
 
 
 # ----------------------------------------------------------------------------- a real Label Studio
