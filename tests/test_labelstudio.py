@@ -366,3 +366,18 @@ def test_round_trip_through_a_real_label_studio(tmp_path, label_studio):
     assert p.returncode == 0, p.stderr
     assert Ledger.load(rd).labels_by_id() == {1: 0, 2: 1, 12: 2, 10: 1, 11: OOD_LABEL}
     assert labelstudio.AGREEMENT[0] == "majority"
+
+
+def test_the_seed_batch_exports_without_predictions_and_imports_as_round_0(tmp_path):
+    from ray_al.run.rundir import SEED_ROUND
+
+    rd = RunDir.create(str(tmp_path / "run"), {"num_classes": 3, "id_type": "int64"})  # no class names
+    rd.write_queries(SEED_ROUND, [5, 6, 7], ["/imgs/5.png", "/imgs/6.png", "/imgs/7.png"])
+    rd.mark_done(SEED_ROUND, "select", {"k": 3, "selected_by": "typiclust"})
+    n, config = export_tasks(rd, str(tmp_path / "t.json"), document_root="/")
+    tasks = json.loads((tmp_path / "t.json").read_text())
+    assert n == 3 and all("predictions" not in t and t["data"]["ray_al_round"] == SEED_ROUND for t in tasks)
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=imgs/5.png"
+    assert [c.get("value") for c in ET.fromstring(Path(config).read_text()).iter("Choice")] == ["0", "1", "2", NONE_CHOICE]
+    import_export(rd, write_export(tmp_path / "e.json", [ls_task(1, 5, "0"), ls_task(2, 6, "2"), ls_task(3, 7, NONE_CHOICE)]))
+    assert [(r["id"], r["label"], r["round"]) for r in Ledger.load(rd).table.to_pylist()] == [(5, 0, 0), (6, 2, 0), (7, -1, 0)]
