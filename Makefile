@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # torch/torchvision pinned to the wheels on our machines' disk (DEVELOPERS.md); a bare `torch` would download GBs.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export RAY_AUTH_MODE ?= disabled
+# CIFAR-10 for cifar10 runs and benchmarks: our machines' local copy when there is one (data/builtin.py);
+# without it the library downloads it once into ~/.cache/ray_al.
+export RAY_AL_CIFAR10 ?= $(wildcard $(abspath ../shared/datasets/cifar10))
 
 .PHONY: install run test bench clean
 

@@ -9,12 +9,10 @@ import argparse
 import sys
 
 from ray_al.core import config as config_mod
-from ray_al.core import storage
 from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError
-from ray_al.loop.rounds import Cycle, default_run_dir, finish, open_run
-from ray_al.loop.rules import check_config
-from ray_al.run.runlock import RunLock
+from ray_al.api import run_cycle
+from ray_al.loop.rounds import default_run_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,24 +40,10 @@ def cycle(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.overrides)
     if args.smoke_test:
         cfg = config_mod.smoke(cfg)
-    check_config(cfg)
     if args.resume and args.overrides:
         raise ConfigError("--resume continues a run with its own saved config; drop the overrides "
                           f"({' '.join(args.overrides)}) or start a new run directory.")
-    from ray_al.workers.ray_utils import defer_ray
-
-    storage.configure_s3(cfg.data.s3_endpoint or None, cfg.data.s3_region or None)
-    uri = run_uri(cfg, args)
-    with RunLock(uri, purpose="cycle") as lock:  # before Ray starts: a second cycle is refused at once
-        # Ray starts at the first step that needs it: bad input is refused in a second, not ten
-        defer_ray(cfg.run.ray_num_cpus)
-        run, pool, cfg = open_run(cfg, uri, bool(args.resume))
-        lock.renew()  # run.overwrite deleted the directory, the lock with it
-        defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
-        print(f"run directory: {run.uri}  (pool: {pool.pool_rows} images, {pool.num_classes} classes; "
-              f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})", flush=True)
-        Cycle(cfg, run, pool, log=lambda m: print(m, flush=True)).run_all()
-        finish(run)
+    run_cycle(cfg, run_uri(cfg, args), resume=bool(args.resume), log=lambda m: print(m, flush=True))
     return 0
 
 

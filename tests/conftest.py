@@ -26,6 +26,10 @@ LONG_MODULES = ("test_cycle.py", "test_kill_points.py", "test_train_distributed.
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CIFAR10 = SHARED / "datasets" / "cifar10"
+# The library finds CIFAR-10 through RAY_AL_CIFAR10 (data/builtin.py), never beside the checkout: point it at
+# the local copy, for this process and the cycles it starts, instead of a torchvision download.
+if CIFAR10.is_dir():
+    os.environ.setdefault("RAY_AL_CIFAR10", str(CIFAR10))
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -92,7 +92,7 @@ def test_needs_and_requirements() -> None:
     assert needs("committee_kl") == {"probs", "committee_probs"}
     assert needs("variation_ratio") == {"probs", "committee_probs"}
     assert needs("variation_ratio", optional=False) == {"probs"}
-    assert needs("kcenter", optional=False) == {"probs", "embeddings"}
+    assert needs("kcenter", optional=False) == {"embeddings"}  # probs not read: ray_al.select works without
     assert "labeled_embeddings" in needs("kcenter")
     assert needs("weibull") == {"probs", "embeddings", "labeled_embeddings", "labeled_labels", "labeled_probs"}
     assert needs("kcenter", prefilter="committee_kl") >= {"committee_probs", "embeddings"}

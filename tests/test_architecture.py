@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("run state", ("ray_al.run",)),
     ("pool sources and Ray workers", ("ray_al.data", "ray_al.workers")),
     ("the round loop", ("ray_al.loop",)),
-    ("command lines", ("ray_al.cli", "ray_al.cycle", "ray_al.sweep", "ray_al.label", "ray_al.data.__main__")),
+    ("command lines", ("ray_al.cli", "ray_al.cycle", "ray_al.sweep", "ray_al.label", "ray_al.data.__main__", "ray_al.api")),
 )
 PURE = ("ray_al.core", "ray_al.ssl", "ray_al.models", "ray_al.acquisition")  # never import ray
 CLIS = ("ray_al.cycle", "ray_al.sweep", "ray_al.label", "ray_al.data.__main__")

@@ -12,7 +12,7 @@ actors x CPUs per actor (one torch thread per CPU) fit the same cores. Ray's own
 not timed, nor is a warm-up run of each side on 1,024 rows; everything the embed step does (planning, actor
 start-up, model build, reads, writes) is.
 
-Pool: the CIFAR-10 train Parquet (/work/shared/datasets/cifar10/train.parquet, 50,000 JPEGs), its first
+Pool: the CIFAR-10 train Parquet (RAY_AL_CIFAR10's or the download cache's train.parquet, 50,000 images), its first
 --rows rows (repeated with fresh ids when --rows is larger), written with integer ids to a temporary
 Parquet (row groups of --row-group rows) that both sides read.
 
@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_al.bench.memwatch import descendants
-from ray_al.data.builtin import SHARED_CIFAR10
+from ray_al.data.builtin import CIFAR10_ENV, cifar10_dir
 from ray_al.data.images import decode_one
 from ray_al.data.pool import STATS, PoolSpec
 
@@ -204,9 +204,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=1, help="alternate plain/ray this many times; medians reported")
     p.add_argument("--row-group", type=int, default=2048)
-    p.add_argument("--source", default=str(SHARED_CIFAR10 / "train.parquet"))
+    p.add_argument("--source", default=None, help=f"CIFAR-10 train Parquet (default: {CIFAR10_ENV}'s, else the "
+                   "download cache's)")
     p.add_argument("--smoke-test", action="store_true", help="2,000 rows, one repeat")
     args = p.parse_args(argv)
+    args.source = args.source or str(cifar10_dir() / "train.parquet")
     if args.smoke_test:
         args.rows, args.repeats = 2000, 1
     if not Path(args.source).is_file():

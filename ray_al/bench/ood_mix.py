@@ -156,7 +156,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--foreign-fraction", type=float, default=0.2)
     p.add_argument("--test-size", type=int, default=2000)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the pool and test samples (one pool for all)")
-    p.add_argument("--cifar", default="", help="CIFAR-10 Parquet folder (default: the shared copy)")
+    p.add_argument("--cifar", default="", help="CIFAR-10 Parquet folder (default: RAY_AL_CIFAR10, else the download cache)")
     p.add_argument("--out", default="runs/ood_mix")
     p.add_argument("--extra", nargs="*", default=[], help="more section.key=value overrides for every run")
     p.add_argument("--dry-run", action="store_true", help="build the pool and print the commands only")

@@ -4,7 +4,7 @@
 
 Stages, each timed and watched for memory:
   build           N distinct JPEGs in an image folder (class sub-folders): CIFAR-10 train images
-                  (../shared/datasets/cifar10/train.parquet) repeated, each with a seeded pad-and-crop,
+                  (train.parquet of RAY_AL_CIFAR10 or the download cache, data/builtin.py) repeated, each with a seeded pad-and-crop,
                   flip and Gaussian noise, re-encoded (PIL, quality 90). Streamed in chunks by a pool of
                   processes: never N images in memory. Also a labeled test split (--test-rows of CIFAR-10 test).
   ingest          `ray_al.data.ingest.ingest` (what `python -m ray_al.data ingest` runs): the folder ->
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ray_al.bench.memwatch import MemWatch
-from ray_al.data.builtin import SHARED_CIFAR10
+from ray_al.data.builtin import CIFAR10_ENV, cifar10_dir
 
 CHUNK_ROWS = 1000  # images per build job and per sub-folder
 PAD, NOISE_STD, QUALITY = 4, 4.0, 90
@@ -372,9 +372,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test-rows", type=int, default=1000, help="CIFAR-10 test images in the test split")
     p.add_argument("--build-workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--source", type=Path, default=SHARED_CIFAR10 / "train.parquet")
-    p.add_argument("--test-source", type=Path, default=SHARED_CIFAR10 / "test.parquet")
+    p.add_argument("--source", type=Path, default=None, help=f"CIFAR-10 train Parquet (default: {CIFAR10_ENV}'s, "
+                   "else the download cache's)")
+    p.add_argument("--test-source", type=Path, default=None, help="CIFAR-10 test Parquet (default: as --source)")
     args = p.parse_args(argv)
+    if args.source is None or args.test_source is None:
+        folder = cifar10_dir()
+        args.source = args.source or folder / "train.parquet"
+        args.test_source = args.test_source or folder / "test.parquet"
     for f in (args.source, args.test_source):
         if not f.is_file():
             raise SystemExit(f"{f} not found: point --source/--test-source at CIFAR-10 Parquet files (`image`, "

@@ -1,9 +1,15 @@
 """Built-in datasets in the pool contract (`id`, `image` bytes, `label`): digits (embedded) and CIFAR-10.
 
 No Ray here: these build small pyarrow tables the cycle writes into the run directory once.
+
+CIFAR-10 comes, first found: from data.pool/data.test; from the folder named by RAY_AL_CIFAR10 (train.parquet
+and test.parquet, or train/ and test/ image folders: how tests and benchmarks point at a local copy); from the
+cache (RAY_AL_CACHE, else $XDG_CACHE_HOME/ray_al, else ~/.cache/ray_al: cifar10/{train,test}.parquet); else it
+is downloaded once through torchvision into that cache and written there as Parquet.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +19,29 @@ import pyarrow.parquet as pq
 from ray_al.data.images import encode_png
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-# Where our machines keep the CIFAR-10 Parquet (tests and CPU-sized runs); users may pass data.pool instead.
-SHARED_CIFAR10 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10"
+CIFAR10_ENV = "RAY_AL_CIFAR10"  # a folder with the CIFAR-10 splits (a local copy: tests, benchmarks, offline)
+
+
+def cache_dir() -> Path:
+    """Where ray_al keeps downloads: RAY_AL_CACHE, else $XDG_CACHE_HOME/ray_al, else ~/.cache/ray_al."""
+    if os.environ.get("RAY_AL_CACHE"):
+        return Path(os.environ["RAY_AL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ray_al"
+
+
+def cifar10_dir(download: bool = True) -> Path:
+    """The folder holding CIFAR-10's splits: RAY_AL_CIFAR10 when set, else the cache, downloaded into it
+    through torchvision the first time (download=False: the folder, whether or not it holds them yet)."""
+    if os.environ.get(CIFAR10_ENV):
+        folder = Path(os.environ[CIFAR10_ENV])
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{CIFAR10_ENV}={folder} is not a folder: point it at one holding train.parquet "
+                                    "and test.parquet (or train/ and test/ image folders), or unset it to download")
+        return folder
+    folder = cache_dir() / "cifar10"
+    if download and not all((folder / f"{split}.parquet").is_file() for split in ("train", "test")):
+        _download_cifar10(folder)
+    return folder
 
 
 def _table(ids: np.ndarray, images: list[bytes], labels: np.ndarray, names: list[str]) -> pa.Table:
@@ -77,8 +104,8 @@ def _read_cifar_split(source: Path, split: str) -> pa.Table:
         return folder_table(str(folder))
     raise FileNotFoundError(
         f"CIFAR-10 {split} split not found under '{source}': expected {split}.parquet or a {split}/ image folder "
-        "with class sub-folders. Point data.pool (and data.test) at them, or run with internet access to let "
-        "torchvision download it (data.pool=download)."
+        f"with class sub-folders. Point data.pool (and data.test) or {CIFAR10_ENV} at them, or unset both and run "
+        "with internet access to let torchvision download it into the cache (data.pool=download forces it)."
     )
 
 
@@ -91,11 +118,12 @@ def _with_int_ids(table: pa.Table) -> pa.Table:
 def cifar10(pool: str = "", test: str = "") -> tuple[pa.Table, pa.Table, list[str]]:
     """CIFAR-10 from a local Parquet/image folder (columns image, label[, path]); ids are row numbers.
 
-    `pool="download"` uses torchvision's downloader (needs internet) and encodes the images as PNG.
+    Without `pool`: RAY_AL_CIFAR10, else the cache, else a torchvision download (cifar10_dir).
+    `pool="download"` downloads through torchvision into the cache even when a copy exists elsewhere.
     """
     if pool == "download":
-        return _cifar10_download()
-    pool_src = Path(pool) if pool else SHARED_CIFAR10
+        pool = str(_download_cifar10(cache_dir() / "cifar10"))
+    pool_src = Path(pool) if pool else cifar10_dir()
     test_src = Path(test) if test else (pool_src.parent if pool_src.is_file() else pool_src)
     train = _read_cifar_split(pool_src, "train")
     test_table = _read_cifar_split(test_src, "test") if test_src != pool_src or not pool_src.is_file() else None
@@ -104,16 +132,22 @@ def cifar10(pool: str = "", test: str = "") -> tuple[pa.Table, pa.Table, list[st
     return _with_int_ids(train), _with_int_ids(test_table), list(CIFAR10_CLASSES)
 
 
-def _cifar10_download() -> tuple[pa.Table, pa.Table, list[str]]:
+def _download_cifar10(folder: Path) -> Path:
+    """torchvision's CIFAR-10 into `folder`, re-encoded once as {train,test}.parquet (PNG bytes); returns it."""
     from torchvision.datasets import CIFAR10
 
-    root = Path.home() / ".cache" / "ray_al" / "cifar10"
-    parts = []
-    for train in (True, False):
-        ds = CIFAR10(str(root), train=train, download=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        target = folder / f"{split}.parquet"
+        if target.is_file():
+            continue
+        ds = CIFAR10(str(folder / "torchvision"), train=split == "train", download=True)
         labels = np.asarray(ds.targets, dtype=np.int64)
-        parts.append(_table(np.arange(len(labels)), [encode_png(x) for x in ds.data], labels, CIFAR10_CLASSES))
-    return parts[0], parts[1], list(CIFAR10_CLASSES)
+        table = _table(np.arange(len(labels)), [encode_png(x) for x in ds.data], labels, CIFAR10_CLASSES)
+        partial = folder / f".{split}.parquet.{os.getpid()}"  # renamed whole: a killed download leaves no half file
+        pq.write_table(table, partial)
+        os.replace(partial, target)
+    return folder
 
 
 def subsample(table: pa.Table, size: int, seed: int) -> pa.Table:

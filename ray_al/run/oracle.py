@@ -27,7 +27,7 @@ from ray_al.run.ledger import OOD_LABEL, Ledger, LedgerError, name_rows
 from ray_al.run.rundir import RunDir, batch_name
 
 __all__ = ["NONE_ANSWER", "PoolOracle", "SimulatedOracle", "OracleError", "LabelImportError", "export_queries", "import_labels",
-           "load_image_bytes", "pending_round", "query_uris", "read_pool_rows"]
+           "import_answers", "load_image_bytes", "write_query_images", "pending_round", "query_uris", "read_pool_rows"]
 
 # What annotators write in the labels CSV for "none of these classes" (case-insensitive; -1 too).
 NONE_ANSWER = "none"
@@ -173,6 +173,29 @@ def load_image_bytes(pool: dict, ids: list) -> dict:
     return dict(zip(table.column(id_col).to_pylist(), table.column(img_col).to_pylist()))
 
 
+def write_query_images(ids: list, uris: list, image_bytes_by_id: dict | None, images_dir: str | None) -> list:
+    """`uris` with each None (a pool that stores bytes) replaced by the image written to
+    ``images_dir/<id>.<png|jpg|...>`` when `images_dir` is given; unchanged otherwise."""
+    uris = list(uris)
+    need = [i for i, u in zip(ids, uris) if u is None]
+    if images_dir is None or not need:
+        return uris
+    if image_bytes_by_id is None:
+        raise OracleError("the queries have no image URIs and no image bytes were given")
+    lacking = [i for i in need if image_bytes_by_id.get(i) is None]
+    if lacking:
+        raise OracleError(f"no image bytes for {len(lacking)} queried ids {name_rows(lacking)}: "
+                          "check the pool recorded in run.json")
+    storage.makedirs(images_dir)
+    for k, (i, u) in enumerate(zip(ids, uris)):
+        if u is None:
+            data = image_bytes_by_id[i]
+            target = storage.join(images_dir, _safe_name(i) + _image_ext(data))
+            storage.write_bytes_atomic(target, data)
+            uris[k] = target if storage.is_s3(target) else os.path.abspath(target)
+    return uris
+
+
 def export_queries(run: Any, out: str, image_bytes_by_id: dict | None = None,
                    images_dir: str | None = None) -> int:
     """Write the pending query batch to CSV ``out`` (``id,uri,label``, label blank); returns the row count.
@@ -182,26 +205,9 @@ def export_queries(run: Any, out: str, image_bytes_by_id: dict | None = None,
     path goes in the ``uri`` column.
     """
     rd = _rundir(run)
-    r = pending_round(rd)
-    q = rd.read_queries(r)
+    q = rd.read_queries(pending_round(rd))
     ids = q.column("id").to_pylist()
-    uris = q.column("uri").to_pylist()
-    if images_dir is not None:
-        need = [i for i, u in zip(ids, uris) if u is None]
-        if need:
-            if image_bytes_by_id is None:
-                raise OracleError("the queries have no image URIs and no image bytes were given")
-            lacking = [i for i in need if image_bytes_by_id.get(i) is None]
-            if lacking:
-                raise OracleError(f"no image bytes for {len(lacking)} queried ids {name_rows(lacking)}: "
-                                  "check the pool recorded in run.json")
-            storage.makedirs(images_dir)
-            for k, (i, u) in enumerate(zip(ids, uris)):
-                if u is None:
-                    data = image_bytes_by_id[i]
-                    target = storage.join(images_dir, _safe_name(i) + _image_ext(data))
-                    storage.write_bytes_atomic(target, data)
-                    uris[k] = target if storage.is_s3(target) else os.path.abspath(target)
+    uris = write_query_images(ids, q.column("uri").to_pylist(), image_bytes_by_id, images_dir)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "uri", "label"])
@@ -238,8 +244,8 @@ class _Answers:
     """A labels CSV read against the pending batch: the answers and every kind of bad line."""
 
     answers: dict = field(default_factory=dict)  # id -> class index or OOD_LABEL
-    bad_id: list = field(default_factory=list)  # "line N: 'x'": not an id of this run's type
-    unknown: list = field(default_factory=list)  # (line, id): not in the pending batch
+    bad_id: list = field(default_factory=list)  # "line N: 'x'" / "task N: 'x'": not an id of this run's type
+    unknown: list = field(default_factory=list)  # (where, id): not in the pending batch
     dup_lines: list = field(default_factory=list)
     bad_label: list = field(default_factory=list)
 
@@ -256,12 +262,20 @@ def import_labels(run: Any, labels_csv: str, *, allow_partial: bool = False) -> 
     round that uses them), the ledger is committed and the round's ``label`` step is marked done.
     """
     rd = _rundir(run)
+    pending_round(rd)  # no pending batch: say so before reading the file
+    return import_answers(rd, _csv_rows(labels_csv), labels_csv, allow_partial=allow_partial)
+
+
+def import_answers(rd: RunDir, rows: list[tuple[str, str, str]], source: str, *, allow_partial: bool = False,
+                   problems: list[str] | None = None) -> Ledger:
+    """Validate answers ``(where, raw id, raw label)`` (where: "line 3", "task 17") against the pending batch
+    and commit them, or raise LabelImportError listing every problem (with `problems` found by the caller)
+    and write nothing. The one validation of every labels format (CSV, Label Studio JSON)."""
     r = pending_round(rd)
     qids = rd.read_queries(r).column("id").to_pylist()
-    rows, ci, cl = _csv_rows(labels_csv)
-    parsed = _read_answers(rows, ci, cl, set(qids), rd)
+    parsed = _read_answers(rows, set(qids), rd)
     unanswered = [i for i in qids if i not in parsed.answers]
-    problems = _problems(parsed, rd, r)
+    problems = list(problems or []) + _problems(parsed, rd, r)
     if unanswered and not allow_partial and not problems:
         problems.append(f"{len(unanswered)} of the {len(qids)} queried ids have no label: "
                         f"{name_rows(unanswered)}. Fill them in, or pass --allow-partial to import "
@@ -269,12 +283,12 @@ def import_labels(run: Any, labels_csv: str, *, allow_partial: bool = False) -> 
     if not problems and not parsed.answers:
         problems.append("the file answers none of the queried ids")
     if problems:
-        raise LabelImportError(f"rejected {labels_csv} (nothing was imported): " + " ".join(problems))
-    return _commit_answers(rd, r, parsed.answers, len(unanswered), labels_csv)
+        raise LabelImportError(f"rejected {source} (nothing was imported): " + " ".join(problems))
+    return _commit_answers(rd, r, parsed.answers, len(unanswered), source)
 
 
-def _csv_rows(labels_csv: str) -> tuple[list[tuple[int, list[str]]], int, int]:
-    """(line number, cells) of every non-blank data line, and the id and label column positions."""
+def _csv_rows(labels_csv: str) -> list[tuple[str, str, str]]:
+    """("line N", id, label) of every non-blank data line."""
     reader = csv.reader(io.StringIO(storage.read_text(labels_csv)))
     try:
         header = [h.strip().lower() for h in next(reader)]
@@ -283,32 +297,32 @@ def _csv_rows(labels_csv: str) -> tuple[list[tuple[int, list[str]]], int, int]:
     if "id" not in header or "label" not in header:
         raise LabelImportError(f"{labels_csv} needs columns 'id' and 'label' in its header line, found "
                                f"{header}. Start from the file written by `python -m ray_al.label export`.")
-    rows = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
-    return rows, header.index("id"), header.index("label")
+    ci, cl = header.index("id"), header.index("label")
+    return [(f"line {reader.line_num}", row[ci] if ci < len(row) else "", row[cl] if cl < len(row) else "")
+            for row in reader if row and any(c.strip() for c in row)]
 
 
-def _read_answers(rows: list, ci: int, cl: int, qset: set, rd: RunDir) -> _Answers:
+def _read_answers(rows: list[tuple[str, str, str]], qset: set, rd: RunDir) -> _Answers:
     out = _Answers()
-    first_line: dict[Any, int] = {}
-    for line, row in rows:
-        raw_id = row[ci].strip() if ci < len(row) else ""
-        raw_label = row[cl].strip() if cl < len(row) else ""
+    first: dict[Any, str] = {}
+    for where, raw_id, raw_label in rows:
+        raw_id, raw_label = str(raw_id).strip(), str(raw_label).strip()
         try:
             key: Any = int(raw_id) if rd.id_type == "int64" else raw_id
         except ValueError:
-            out.bad_id.append(f"line {line}: {raw_id!r}")
+            out.bad_id.append(f"{where}: {raw_id!r}")
             continue
         if key not in qset:
-            out.unknown.append((line, key))
-        elif key in first_line:
-            out.dup_lines.append(f"line {line}: {key!r} (first on line {first_line[key]})")
+            out.unknown.append((where, key))
+        elif key in first:
+            out.dup_lines.append(f"{where}: {key!r} (first on {first[key]})")
         else:
-            first_line[key] = line
+            first[key] = where
             if raw_label == "":
                 continue  # unanswered
             v = _parse_label(raw_label, rd.num_classes, rd.class_names)
             if v is None:
-                out.bad_label.append(f"line {line}: id {key!r} label {raw_label!r}")
+                out.bad_label.append(f"{where}: id {key!r} label {raw_label!r}")
             else:
                 out.answers[key] = v
     return out
@@ -323,7 +337,7 @@ def _problems(parsed: _Answers, rd: RunDir, r: int) -> list[str]:
         already = Ledger.load(rd).contains([k for _, k in parsed.unknown])
         note = f" ({int(already.sum())} of them are already labeled)" if already.any() else ""
         problems.append(f"{len(parsed.unknown)} ids are not in the pending query batch of {batch_name(r)}{note}: "
-                        f"{name_rows([f'line {n}: {k!r}' for n, k in parsed.unknown], raw=True)}. "
+                        f"{name_rows([f'{w}: {k!r}' for w, k in parsed.unknown], raw=True)}. "
                         "Only ids from the exported queries can be labeled.")
     if parsed.dup_lines:
         problems.append(f"{len(parsed.dup_lines)} ids appear more than once: "

@@ -1,6 +1,6 @@
 """MoBYv2AL (Caramalau et al., 2022): MoBY-style contrastive learning trained jointly with the task.
 
-Paper defaults (``../shared/papers/mobyv2al.md``):
+Paper defaults (the MoBYv2AL paper, Caramalau et al. 2022, its implementation details):
 * query branch: the encoder shared with the classifier + projector + predictor, each a single layer
   Linear -> BN -> ReLU ("we reduce the MLP projectors and the query discriminator to a single layer
   with batch normalisation and ReLU activation");
