@@ -22,19 +22,20 @@ PROBS_FREE = ("kcenter", "probcover", "random", "typiclust")
 
 
 def select(embeddings: Any, labeled: Any, budget: int, method: str = "auto", probs: Any = None, seed: int = 0,
-           *, ids: Any = None, labels: Any = None, **options: Any) -> np.ndarray:
+           *, ids: Any = None, **options: Any) -> np.ndarray:
     """The `budget` rows to label next, best first: row positions into `embeddings`, or ids when `ids` is given.
 
     embeddings: (N, d) features of every row (labeled and not). labeled: the rows already labeled, as positions
     (or ids when `ids` is given) or a boolean mask of length N. probs: (N, C) class probabilities (softmax of your
     model), needed by the uncertainty methods (entropy, margin, badge, ...), not by kcenter, probcover, random
     or typiclust. labels: the classes of the `labeled` rows, in their order (weibull reads them; `auto` counts
-    labels per class with them). method="auto": typiclust below select.auto_switch_per_class (3) labels per
+    labels per class with them; a keyword, `labels=`). method="auto": typiclust below select.auto_switch_per_class (3) labels per
     class, then margin (ray_al.acquisition.policy). Other options go to the method (e.g. prefilter="entropy").
     """
     from ray_al import acquisition
     from ray_al.acquisition.policy import AUTO
 
+    labels = options.pop("labels", None)
     emb = _matrix(embeddings, "embeddings")
     n = emb.shape[0]
     row_ids = _row_ids(ids, n)
