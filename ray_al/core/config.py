@@ -33,8 +33,13 @@ class DataConfig:
     pool_size: int = 0  # 0 = whole pool; otherwise a seeded subsample (CPU-sized runs)
     test_size: int = 0  # 0 = whole test split
     subsample_seed: int = -1  # seed of the pool/test subsamples; -1 = al.seed (>= 0: one pool for every seed)
-    image_size: int = 0  # 0 = the dataset's own (digits 8, cifar10 32)
-    channels: int = 0  # 0 = the dataset's own (digits 1, cifar10 3)
+    # 0 = the weights' input size (model.weights), else the dataset's own (digits 8, cifar10 32), else the
+    # median shorter side of the pool's first images, at most 224; images are resized on the shorter side
+    # and centre-cropped, never squashed
+    image_size: int = 0
+    channels: int = 0  # 0 = 3 for pretrained weights, else the dataset's own (digits 1, cifar10 3)
+    mean: tuple[float, ...] = ()  # normalisation of [0, 1] pixels; () = the weights' own, else the pool's
+    std: tuple[float, ...] = ()
     num_classes: int = 0  # 0 = infer from the labels
     on_corrupt: str = "skip"  # skip (report ids, leave them out) | error
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for MinIO / moto; empty = AWS
@@ -43,14 +48,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "small_cnn"  # small_cnn | lenet | resnet18 | vgg16_bn | wrn28_2
+    # small_cnn | lenet | resnet18 | vgg16_bn | wrn28_2 | efficientnet_lite0 | torchvision:<name> | timm:<name>
+    # | package.module:callable (ray_al.models.pretrained)
+    backbone: str = "small_cnn"
+    weights: str = "none"  # none | imagenet | a path or s3:// URI of a state dict or of a ray_al model.pt
     dropout: float = 0.0  # before the classifier; > 0 enables MC-dropout committees
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     method: str = "none"  # SSL method: none | moby | barlow_twins | simsiam | mocov2 | simclr | rotnet
-    mode: str = "joint"  # joint | pretrain | frozen
+    mode: str = "joint"  # joint | pretrain | frozen | finetune (supervised from model.weights)
     epochs: int = 15
     batch_size: int = 64
     unlabeled_batch_size: int = 64  # SSL batch over labeled + unlabeled images (joint mode)
@@ -65,7 +73,7 @@ class TrainConfig:
     pretrain_epochs: int = 10  # pretrain mode: SSL epochs over the whole pool, once per run
     pretrain_lr: float = 0.0  # pretrain mode: lr of the SSL pre-training (0 = train.lr)
     finetune: bool = False  # pretrain mode: train the encoder too (else a linear head on frozen features)
-    checkpoint: str = ""  # frozen mode: a checkpoint of a pre-trained encoder
+    checkpoint: str = ""  # frozen mode: a checkpoint of a pre-trained encoder (or model.weights)
     num_workers: int = 1  # Ray Train workers (DDP when > 1)
     use_gpu: bool = False
     cpus_per_worker: int = 1

@@ -34,7 +34,7 @@ from ray_al.run.rundir import SEED_ROUND, RunDir, batch_name
 __all__ = ["BudgetError", "Cycle", "check_budget", "check_config", "default_run_dir", "finish", "open_run",
            "train_seed"]
 
-MODES = ("joint", "pretrain", "frozen")
+MODES = ("joint", "pretrain", "frozen", "finetune")
 ORACLES = ("simulated", "file")
 COMMITTEES = ("mc_dropout", "heads")  # select.committee: MC-dropout passes | bagged linear heads
 # train.seed_offset moves the training seeds by this much: far above seed * 1000 + round of any
@@ -57,8 +57,14 @@ def check_config(cfg: Config) -> None:
     except UnknownNameError as exc:  # a registry's message names the key and the valid names
         raise ConfigError(str(exc)) from None
     check_optimizer_names(cfg.train.optimizer, cfg.train.lr_schedule)
-    if cfg.train.mode in ("pretrain", "frozen") and cfg.train.method == "none" and not cfg.train.checkpoint:
-        raise ConfigError(f"train.mode={cfg.train.mode} needs an SSL train.method (e.g. simsiam) or train.checkpoint.")
+    weights = cfg.model.weights not in ("", "none")
+    if cfg.train.mode in ("pretrain", "frozen") and cfg.train.method == "none" and not (
+            cfg.train.checkpoint or (weights and cfg.train.mode == "frozen")):
+        raise ConfigError(f"train.mode={cfg.train.mode} needs an SSL train.method (e.g. simsiam), train.checkpoint "
+                          "or model.weights (e.g. model.backbone=efficientnet_lite0 model.weights=imagenet).")
+    if cfg.train.mode == "finetune" and not (cfg.train.checkpoint or weights):
+        raise ConfigError("train.mode=finetune trains from pretrained weights: set model.weights (imagenet or a "
+                          "state dict file) or train.checkpoint.")
     for key, value, valid in (("train.mode", cfg.train.mode, MODES), ("al.oracle", cfg.al.oracle, ORACLES),
                               ("data.on_corrupt", cfg.data.on_corrupt, ("skip", "error")),
                               ("embed.dtype", cfg.embed.dtype, ("float32", "bfloat16")),
@@ -241,24 +247,37 @@ class Cycle:
         return False
 
     def pretrained_state(self) -> dict | None:
-        """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint."""
+        """pretrain: SSL once on the whole pool (round-independent, from model.weights when given); frozen: a
+        given checkpoint, else model.weights; finetune and joint: model.weights (None without)."""
         from ray_al.models.weights import state_from_bytes, state_to_bytes
         from ray_al.workers.train import fit
 
         cfg = self.cfg
-        if cfg.train.mode == "joint":
-            return None
-        if cfg.train.mode == "frozen" or cfg.train.checkpoint:
+        if cfg.train.checkpoint or (cfg.train.mode == "frozen" and cfg.model.weights in ("", "none")):
             return self.checkpoint_state()
+        if cfg.train.mode != "pretrain":
+            return self.weights_state()
         uri = self.run.path("pretrain", "model.pt")
         if storage.exists(uri):
             return state_from_bytes(storage.read_bytes(uri))
+        weights = self.weights_state()
         self.log(f"pre-training {cfg.train.method} on the whole pool ({cfg.train.pretrain_epochs} epochs)")
         out = fit(cfg, self.spec, labeled_ids=np.zeros(0, np.int64), labeled_labels=np.zeros(0, np.int64),
                   storage_uri=self.run.path("ray_train"), name="pretrain", seed=train_seed(cfg, None),
-                  epochs=cfg.train.pretrain_epochs, use_ce=False, use_ssl=True, desc="pretrain")
+                  epochs=cfg.train.pretrain_epochs, use_ce=False, use_ssl=True, desc="pretrain", init_state=weights)
         storage.write_bytes_atomic(uri, state_to_bytes(out.state_dict))
         return out.state_dict
+
+    def weights_state(self) -> dict | None:
+        """model.weights loaded into this run's learner (ray_al.models.pretrained), or None without weights."""
+        from ray_al.models.weights import learner_kwargs, pretrained_learner_state
+
+        if self.cfg.model.weights in ("", "none"):
+            return None
+        state, note = pretrained_learner_state(learner_kwargs(self.cfg, self.spec), self.cfg.model.weights,
+                                               seed=train_seed(self.cfg, None))
+        self.log(note or f"encoder initialised from model.weights={self.cfg.model.weights}")
+        return state
 
     def checkpoint_state(self) -> dict:
         """train.checkpoint, checked against this run's model (another class count: its head is left out)."""
@@ -485,7 +504,7 @@ class Cycle:
 
 def _head_only(cfg: Config) -> bool:
     """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
-    return cfg.train.mode != "joint" and not cfg.train.finetune
+    return cfg.train.mode not in ("joint", "finetune") and not cfg.train.finetune
 
 
 def _evaluate(out_uri: str) -> dict:
@@ -556,7 +575,8 @@ def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec,
             return RunDir.open(run_uri), PoolSpec.from_dict(existing["pool"]["spec"]), cfg
     if cfg.run.overwrite and storage.exists(run_uri):
         storage.remove_tree(run_uri)
-    spec = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed)
+    spec = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed,
+                   model=cfg.model)
     check_budget(cfg, spec.pool_rows)
     info = {"config": snapshot, "num_classes": spec.num_classes, "class_names": list(spec.class_names),
             "id_type": spec.id_type,
