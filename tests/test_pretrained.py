@@ -310,3 +310,23 @@ def test_every_image_reaches_the_model_at_the_weights_input_size(tmp_path):
     sized = prepare(dataclasses.replace(data, image_size=96), str(tmp_path / "run3"), 0,
                     model=ModelConfig(backbone="efficientnet_lite0", weights="imagenet"))
     assert (sized.image_size, sized.mean) == (96, (0.498,) * 3)
+
+
+def test_modes_on_pretrained_weights_pass_the_config_checks():
+    from ray_al.core import config
+    from ray_al.core.config import ConfigError
+    from ray_al.loop.rounds import _head_only, check_config
+
+    base = ["model.backbone=efficientnet_lite0", "train.method=none"]
+    frozen = config.load(None, [*base, "train.mode=frozen", "model.weights=imagenet"])
+    check_config(frozen)  # the weights are the encoder: no train.checkpoint needed
+    assert _head_only(frozen)
+    finetune = config.load(None, [*base, "train.mode=finetune", "model.weights=imagenet"])
+    check_config(finetune)
+    assert not _head_only(finetune)
+    with pytest.raises(ConfigError, match="train.mode=finetune trains from pretrained weights"):
+        check_config(config.load(None, [*base, "train.mode=finetune"]))
+    with pytest.raises(ConfigError, match="or model.weights"):
+        check_config(config.load(None, [*base, "train.mode=frozen"]))
+    with pytest.raises(ConfigError, match="torchvision has no such model"):
+        check_config(config.load(None, ["model.backbone=torchvision:resnet19"]))

@@ -137,7 +137,8 @@ def _check_features(cfg: Config) -> None:
     wants += ["select.features=pretrained"] if cfg.select.features == "pretrained" else []
     if not wants:
         return
-    if cfg.train.mode == "joint" and not cfg.train.checkpoint:  # joint + a checkpoint: features from it
+    if cfg.train.mode == "joint" and not cfg.train.checkpoint and cfg.model.weights in ("", "none"):
+        # joint + a checkpoint or model.weights: features from them
         raise ConfigError(f"{' and '.join(wants)} select(s) on self-supervised features, which a joint run does "
                           "not have before its first round: set train.mode=pretrain (SSL once on the pool) or "
                           "train.checkpoint=RUN_DIR/pretrain/model.pt of an earlier pretrain run.")
