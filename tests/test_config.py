@@ -34,7 +34,7 @@ def test_unknown_section_and_bad_values():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("train.mode=jiont", "train.mode='jiont' is not valid; choose one of joint, pretrain, frozen. Did you mean 'joint'?"),
+    ("train.mode=jiont", "train.mode='jiont' is not valid; choose one of joint, pretrain, frozen, finetune. Did you mean 'joint'?"),
     ("train.optimizer=adamw", "train.optimizer='adamw' is not valid; choose one of sgd, adam. Did you mean 'adam'?"),
     ("train.lr_schedule=poly", "train.lr_schedule='poly' is not valid; choose one of step, cosine."),
     ("train.resident=sometimes", "train.resident='sometimes' is not valid; choose one of auto, always, never."),

@@ -17,7 +17,8 @@ from ray_al.models import (
 )
 from ray_al.ssl import METHODS
 
-FEATURE_DIMS = {"resnet18": 512, "vgg16_bn": 512, "lenet": 84, "wrn28_2": 128, "small_cnn": 128}
+FEATURE_DIMS = {"resnet18": 512, "vgg16_bn": 512, "lenet": 84, "wrn28_2": 128, "small_cnn": 128,
+                "efficientnet_lite0": 1280}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,7 +38,8 @@ def test_backbone_output_shape(name: str, c: int, s: int) -> None:
 
 
 def test_unknown_backbone_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown backbone 'resnet50'; valid: lenet, resnet18, small_cnn, vgg16_bn, wrn28_2\. Set model\.backbone"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet50'; valid: torchvision:<name>, timm:<name>, package\.module:callable, "
+                       r"efficientnet_lite0, lenet, resnet18, small_cnn, vgg16_bn, wrn28_2\. Set model\.backbone"):
         build_backbone("resnet50", 3, 32)
 
 

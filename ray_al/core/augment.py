@@ -53,6 +53,7 @@ __all__ = [
     "gaussian_blur",
     "hash_uniform",
     "to_model_input",
+    "resize_center_crop",
 ]
 
 _M32 = 0xFFFFFFFF
@@ -93,10 +94,29 @@ class AugmentParams:
         return cls(**augment)
 
 
-def to_model_input(pixels: Tensor, device: torch.device | str = "cpu") -> Tensor:
+def to_model_input(pixels: Tensor, device: torch.device | str = "cpu", image_size: int | None = None) -> Tensor:
     """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]; models normalise internally. The permuted view
-    keeps channels-last memory, which CPU convolutions run about 30% faster than a contiguous NCHW copy."""
-    return pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    keeps channels-last memory, which CPU convolutions run about 30% faster than a contiguous NCHW copy.
+    image_size: the model's input side; a batch of another size is brought to it by `resize_center_crop`
+    (decoding already gives pool images that size: ray_al.data.images.fit_square)."""
+    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    return x if image_size is None else resize_center_crop(x, image_size)
+
+
+def resize_center_crop(x: Tensor, image_size: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, image_size, image_size): the shorter side resized to image_size (bilinear,
+    antialiased when shrinking), aspect kept, then the centred square cut out; never squashed. The same
+    geometry as ray_al.data.images.fit_square on PIL images."""
+    _check(x)
+    h, w = x.shape[2], x.shape[3]
+    if (h, w) == (image_size, image_size):
+        return x
+    scale = image_size / min(h, w)
+    nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+    top, left = (nh - image_size) // 2, (nw - image_size) // 2
+    return x[:, :, top:top + image_size, left:left + image_size]
 
 
 # ----------------------------------------------------------------------------- randomness

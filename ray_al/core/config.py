@@ -27,7 +27,9 @@ class BudgetError(ValueError):
 
 # The keys that take one of a fixed set of values: checked when the config loads (`_coerce`).
 OnCorrupt = Literal["skip", "error"]  # skip (report ids, leave them out) | error
-Mode = Literal["joint", "pretrain", "frozen"]  # SSL with CE every round | SSL once, then rounds | a given encoder
+# SSL with CE every round | SSL once, then rounds | a given encoder (checkpoint or model.weights), a head per
+# round | supervised training from model.weights
+Mode = Literal["joint", "pretrain", "frozen", "finetune"]
 Optimizer = Literal["sgd", "adam"]
 LrSchedule = Literal["step", "cosine"]  # 10x drops at milestones | anneal to 0 over the epochs
 Resident = Literal["auto", "always", "never"]  # one worker group for every round: auto = pools that fit in memory
@@ -53,8 +55,13 @@ class DataConfig:
     pool_size: int = 0  # 0 = whole pool; otherwise a seeded subsample (CPU-sized runs)
     test_size: int = 0  # 0 = whole test split
     subsample_seed: int = -1  # seed of the pool/test subsamples; -1 = al.seed (>= 0: one pool for every seed)
-    image_size: int = 0  # 0 = the dataset's own (digits 8, cifar10 32)
-    channels: int = 0  # 0 = the dataset's own (digits 1, cifar10 3)
+    # 0 = the weights' input size (model.weights), else the dataset's own (digits 8, cifar10 32), else the
+    # median shorter side of the pool's first images, at most 224; images are resized on the shorter side
+    # and centre-cropped, never squashed
+    image_size: int = 0
+    channels: int = 0  # 0 = 3 for pretrained weights, else the dataset's own (digits 1, cifar10 3)
+    mean: tuple[float, ...] = ()  # normalisation of [0, 1] pixels; () = the weights' own, else the pool's
+    std: tuple[float, ...] = ()
     num_classes: int = 0  # 0 = infer from the labels
     on_corrupt: OnCorrupt = "skip"
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:9000 for MinIO / moto; empty = AWS
@@ -65,7 +72,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "small_cnn"  # small_cnn | lenet | resnet18 | vgg16_bn | wrn28_2
+    # small_cnn | lenet | resnet18 | vgg16_bn | wrn28_2 | efficientnet_lite0 | torchvision:<name> | timm:<name>
+    # | package.module:callable (ray_al.models.pretrained)
+    backbone: str = "small_cnn"
+    weights: str = "none"  # none | imagenet | a path or s3:// URI of a state dict or of a ray_al model.pt
     dropout: float = 0.0  # before the classifier; > 0 enables MC-dropout committees
 
 
@@ -87,7 +97,7 @@ class TrainConfig:
     pretrain_epochs: int = 10  # pretrain mode: SSL epochs over the whole pool, once per run
     pretrain_lr: float = 0.0  # pretrain mode: lr of the SSL pre-training (0 = train.lr)
     finetune: bool = False  # pretrain mode: train the encoder too (else a linear head on frozen features)
-    checkpoint: str = ""  # frozen mode: a checkpoint of a pre-trained encoder
+    checkpoint: str = ""  # frozen mode: a checkpoint of a pre-trained encoder (or model.weights)
     num_workers: int = 1  # Ray Train workers (DDP when > 1)
     use_gpu: bool = False
     cpus_per_worker: int = 1

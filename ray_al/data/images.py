@@ -16,12 +16,30 @@ class CorruptImageError(ValueError):
     """An image that cannot be decoded; the message names the record id."""
 
 
+def crop_box(width: int, height: int, image_size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """(resized (w, h), centre crop box (left, top, right, bottom)): the shorter side is resized to
+    image_size, the aspect kept, and the centred image_size square is cut out; never squashed."""
+    scale = image_size / min(width, height)
+    w, h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+    left, top = (w - image_size) // 2, (h - image_size) // 2
+    return (w, h), (left, top, left + image_size, top + image_size)
+
+
+def fit_square(img: Image.Image, image_size: int) -> Image.Image:
+    """`img` at image_size x image_size: shorter side resized (bilinear, antialiased), then centre-cropped."""
+    if img.size == (image_size, image_size):
+        return img
+    size, box = crop_box(img.size[0], img.size[1], image_size)
+    if size != img.size:
+        img = img.resize(size, Image.BILINEAR)
+    return img.crop(box)
+
+
 def decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray:
-    """Encoded image bytes -> uint8 array (image_size, image_size, channels)."""
+    """Encoded image bytes -> uint8 array (image_size, image_size, channels); any size and aspect goes in
+    (`fit_square`). One channel: luma; three: RGB (a grey image repeated)."""
     with Image.open(_io.BytesIO(data)) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.BILINEAR)
+        img = fit_square(img.convert("L" if channels == 1 else "RGB"), image_size)
         arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if channels == 1 else arr
 

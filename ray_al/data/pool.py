@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ray_al.core import storage
-from ray_al.core.config import DataConfig
+from ray_al.core.config import ConfigError, DataConfig, ModelConfig
 from ray_al.data import builtin
 from ray_al.data.images import decode_one
 from ray_al.run.ledger import OOD_LABEL
@@ -143,35 +143,77 @@ def _estimate_stats(uri: str, image_column: str, image_size: int, channels: int)
     return tuple(float(v) for v in x.mean(axis=(0, 1, 2))), tuple(float(v) + 1e-3 for v in x.std(axis=(0, 1, 2)))
 
 
-def _infer_shape(uri: str, image_column: str) -> tuple[int, int]:
+MAX_DEFAULT_SIZE = 224  # the inferred input side never exceeds this: 4000-px photos are not 4000-px inputs
+
+
+def _infer_shape(uri: str, image_column: str, sample: int = 32) -> tuple[int, int]:
+    """(median shorter side of the first `sample` images, at most MAX_DEFAULT_SIZE; their channels: 1 when
+    all are grey, else 3)."""
     from PIL import Image
     import io
 
-    first = _dataset(uri).head(1, columns=[image_column]).column(image_column)[0].as_py()
-    data = first if image_column == "image" else storage.read_bytes(first)
-    with Image.open(io.BytesIO(data)) as img:
-        return max(img.size), (1 if img.mode in ("L", "1", "I", "F") else 3)
+    sides, grey = [], True
+    for value in _dataset(uri).head(sample, columns=[image_column]).column(image_column).to_pylist():
+        try:
+            with Image.open(io.BytesIO(value if image_column == "image" else storage.read_bytes(value))) as img:
+                sides.append(min(img.size))
+                grey = grey and img.mode in ("L", "1", "I", "F", "I;16")
+        except Exception:  # corrupt images are reported later, by id, when decoded for real
+            continue
+    if not sides:
+        raise PoolError(f"pool '{uri}': none of its first {sample} images decodes; set data.image_size and "
+                        "data.channels, or fix the images.")
+    return min(int(np.median(sides)), MAX_DEFAULT_SIZE), 1 if grey else 3
 
 
-def prepare(cfg: DataConfig, run_dir: str, seed: int) -> PoolSpec:
-    """Materialise built-in datasets into RUN_DIR/data and check the pool; the spec is saved in run.json."""
+def weights_input(model: ModelConfig | None):
+    """The input that model.weights expect (ray_al.models.pretrained.Preprocess), or None (random init)."""
+    if model is None:
+        return None
+    from ray_al.models.pretrained import resolve_preprocess
+
+    try:
+        return resolve_preprocess(model.backbone, model.weights)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _input_geometry(cfg: DataConfig, model: ModelConfig | None, native: tuple, stats: tuple | None,
+                    pool_uri: str, image_column: str) -> tuple[int, int, tuple, tuple]:
+    """(image_size, channels, mean, std): data.* when set, else the weights' metadata, else the dataset's
+    own, else inferred from the pool (size and channels from its first images, statistics from a sample)."""
+    pre = weights_input(model)
+    size, channels = (pre.image_size, pre.channels) if pre else native
+    mean, std = (pre.mean, pre.std) if pre else (stats if stats else (None, None))
+    image_size, channels = cfg.image_size or size, cfg.channels or channels
+    if not image_size or not channels:
+        inferred_size, inferred_channels = _infer_shape(pool_uri, image_column)
+        image_size, channels = image_size or inferred_size, channels or inferred_channels
+    if cfg.mean or cfg.std:
+        if len(cfg.mean) not in (1, channels) or len(cfg.std) not in (1, channels):
+            raise ConfigError(f"data.mean={list(cfg.mean)} and data.std={list(cfg.std)} need one value per channel "
+                              f"({channels}) or a single value each.")
+        mean, std = cfg.mean, cfg.std
+    if mean is None or len(mean) != channels:  # no statistics, or those of another channel count
+        mean, std = _estimate_stats(pool_uri, image_column, image_size, channels)
+    return image_size, channels, tuple(mean), tuple(std)
+
+
+def prepare(cfg: DataConfig, run_dir: str, seed: int, model: ModelConfig | None = None) -> PoolSpec:
+    """Materialise built-in datasets into RUN_DIR/data and check the pool; the spec is saved in run.json.
+    model: the input size and normalisation follow model.weights (`_input_geometry`)."""
     if cfg.embeddings:  # the user's own features: the pool is that file, no images are read
         return embeddings_pool(cfg)
     if cfg.dataset not in DATASETS:
         raise PoolError(f"data.dataset='{cfg.dataset}' is not known; valid: {', '.join(DATASETS)}.")
     if cfg.dataset in BUILTIN:
         pool_uri, test_uri, names = _write_builtin(cfg, run_dir, seed)
-        (size, channels), (mean, std) = NATIVE_SHAPE[cfg.dataset], STATS[cfg.dataset]
+        native, stats = NATIVE_SHAPE[cfg.dataset], STATS[cfg.dataset]
     else:
         pool_uri, test_uri = _user_splits(cfg, run_dir)
-        size, channels, mean, std, names = 0, 0, None, None, None
+        native, stats, names = (0, 0), None, None
     schema, rows, image_column = _check_splits(pool_uri, test_uri)
-    image_size, channels = cfg.image_size or size, cfg.channels or channels
-    if not image_size or not channels:
-        inferred_size, inferred_channels = _infer_shape(pool_uri, image_column)
-        image_size, channels = image_size or inferred_size, channels or inferred_channels
-    if mean is None:
-        mean, std = _estimate_stats(pool_uri, image_column, image_size, channels)
+    image_size, channels, mean, std = _input_geometry(cfg, model, native, stats, pool_uri, image_column)
     num_classes, names = _classes(cfg, pool_uri, test_uri, names)
     return PoolSpec(
         pool_uri=pool_uri, test_uri=test_uri, num_classes=num_classes, class_names=names,

@@ -44,7 +44,7 @@ def train_seed(cfg: Config, r: int | None) -> int:
 
 def head_only(cfg: Config) -> bool:
     """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
-    return cfg.train.mode != "joint" and not cfg.train.finetune
+    return cfg.train.mode not in ("joint", "finetune") and not cfg.train.finetune
 
 
 class Backend(ABC):

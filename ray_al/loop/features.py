@@ -36,25 +36,41 @@ class RunFeatures:
         self.pool_uri = ""  # RUN_DIR/pool_features once computed
 
     def encoder_state(self) -> dict | None:
-        """pretrain: SSL once on the whole pool (round-independent); frozen: a given checkpoint; joint: None."""
+        """The weights rounds start from. joint: model.weights (None without: random init); frozen: a given
+        checkpoint, else model.weights; finetune: train.checkpoint, else model.weights; pretrain: a given
+        checkpoint, else SSL once on the whole pool (round-independent), from model.weights when given."""
         from ray_al.models.weights import state_from_bytes, state_to_bytes
         from ray_al.workers.train import TrainRequest, fit
 
         cfg = self.cfg
         if cfg.train.mode == "joint":
-            return None
-        if cfg.train.mode == "frozen" or cfg.train.checkpoint:
+            return self.weights_state()
+        if cfg.train.checkpoint or (cfg.train.mode == "frozen" and cfg.model.weights in ("", "none")):
             return self.checkpoint_state()
+        if cfg.train.mode in ("frozen", "finetune"):
+            return self.weights_state()
         uri = self.run.path("pretrain", "model.pt")
         if storage.exists(uri):
             return state_from_bytes(storage.read_bytes(uri))
         self.log(f"pre-training {cfg.train.method} on the whole pool ({cfg.train.pretrain_epochs} epochs)")
         request = TrainRequest(name="pretrain", labeled_ids=np.zeros(0, np.int64),
                                labeled_labels=np.zeros(0, np.int64), seed=train_seed(cfg, None),
-                               epochs=cfg.train.pretrain_epochs, use_ce=False, use_ssl=True, desc="pretrain")
+                               epochs=cfg.train.pretrain_epochs, use_ce=False, use_ssl=True, desc="pretrain",
+                               init_state=self.weights_state())
         out = fit(cfg, self.pool, request, storage_uri=self.run.path("ray_train"))
         storage.write_bytes_atomic(uri, state_to_bytes(out.state_dict))
         return out.state_dict
+
+    def weights_state(self) -> dict | None:
+        """model.weights loaded into this run's learner (ray_al.models.pretrained); None without weights."""
+        from ray_al.models.weights import learner_kwargs, pretrained_learner_state
+
+        if self.cfg.model.weights in ("", "none"):
+            return None
+        state, note = pretrained_learner_state(learner_kwargs(self.cfg, self.pool), self.cfg.model.weights,
+                                               seed=train_seed(self.cfg, None))
+        self.log(note or f"encoder initialised from model.weights={self.cfg.model.weights}")
+        return state
 
     def checkpoint_state(self) -> dict:
         """train.checkpoint, checked against this run's model (another class count: its head is left out)."""

@@ -331,7 +331,8 @@ def open_run(cfg: Config, run_uri: str, resume: bool) -> tuple[RunDir, PoolSpec,
             return RunDir.open(run_uri), PoolSpec.from_dict(existing["pool"]["spec"]), cfg
     if cfg.run.overwrite and storage.exists(run_uri):
         storage.remove_tree(run_uri)
-    pool = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed)
+    pool = prepare(cfg.data, run_uri, cfg.data.subsample_seed if cfg.data.subsample_seed >= 0 else cfg.al.seed,
+                   model=cfg.model)
     check_budget(cfg, pool.pool_rows)
     if cfg.data.embeddings:
         from ray_al.data.user_embeddings import has_probs

@@ -22,8 +22,14 @@ def check_config(cfg: Config) -> None:
         _check_names(cfg)
     except UnknownNameError as exc:  # a registry's message names the key and the valid names
         raise ConfigError(str(exc)) from None
-    if cfg.train.mode in ("pretrain", "frozen") and cfg.train.method == "none" and not cfg.train.checkpoint:
-        raise ConfigError(f"train.mode={cfg.train.mode} needs an SSL train.method (e.g. simsiam) or train.checkpoint.")
+    weights = has_weights(cfg)
+    if cfg.train.mode in ("pretrain", "frozen") and cfg.train.method == "none" and not (
+            cfg.train.checkpoint or (weights and cfg.train.mode == "frozen")):
+        raise ConfigError(f"train.mode={cfg.train.mode} needs an SSL train.method (e.g. simsiam), train.checkpoint "
+                          "or model.weights (e.g. model.backbone=efficientnet_lite0 model.weights=imagenet).")
+    if cfg.train.mode == "finetune" and not (cfg.train.checkpoint or weights):
+        raise ConfigError("train.mode=finetune trains from pretrained weights: set model.weights (imagenet or a "
+                          "state dict file) or train.checkpoint.")
     if cfg.train.unlabeled_per_round < 0:
         raise ConfigError(f"train.unlabeled_per_round must be >= 0 (0 = the whole pool), got "
                           f"{cfg.train.unlabeled_per_round}.")
@@ -101,7 +107,8 @@ def _check_features(cfg: Config) -> None:
     wants += ["select.features=pretrained"] if cfg.select.features == "pretrained" else []
     if not wants:
         return
-    if cfg.train.mode == "joint" and not cfg.train.checkpoint:  # joint + a checkpoint: features from it
+    if cfg.train.mode == "joint" and not cfg.train.checkpoint and not has_weights(cfg):
+        # joint + a checkpoint or model.weights: features from them
         raise ConfigError(f"{' and '.join(wants)} select(s) on self-supervised features, which a joint run does "
                           "not have before its first round: set train.mode=pretrain (SSL once on the pool) or "
                           "train.checkpoint=RUN_DIR/pretrain/model.pt of an earlier pretrain run.")
@@ -119,6 +126,11 @@ def _check_fallback(cfg: Config) -> None:
     if "labeled_labels" in fallback.required:  # the one way a method is not ready yet (weibull)
         raise ConfigError(f"select.fallback={cfg.select.fallback} cannot stand in for a method that cannot run "
                           "yet: choose one that needs no labels per class, e.g. typiclust or random.")
+
+
+def has_weights(cfg: Config) -> bool:
+    """model.weights names pretrained weights (not random init)."""
+    return cfg.model.weights not in ("", "none")
 
 
 def _check_selection_only(cfg: Config) -> None:

