@@ -19,6 +19,7 @@ Data placement (`fit(sharding=...)`):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -53,15 +54,16 @@ class FaultInjection:
     `pid`, rank `rank` SIGKILLs that process instead (the cycle driver: ray_al.core.faults' `train.epoch`); with
     `hold`, it notes its node in `marker` and waits for the drill to remove that node (a lost node).
 
-    The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
-    Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
+    The worker first waits, at most `wait_s`, until Ray Train's controller has registered the previous
+    epoch's checkpoint (`checkpoint_registered`): a crash before that resumes one epoch further back,
+    and a drill must not depend on how fast a loaded machine gets there.
     """
 
     epoch: int
     marker: str
     step: int = 0
     rank: int = 0
-    delay_s: float = 5.0
+    wait_s: float = 120.0
     pid: int = 0  # 0: the worker itself
     hold: bool = False  # instead of a kill, note this node in `marker` and wait: the drill removes the node
 
@@ -326,18 +328,41 @@ def _fault_hook(fault: FaultInjection | None, epoch: int, rank: int):
     def on_step(step: int) -> None:
         if step != fault.step or os.path.exists(fault.marker):
             return
+        late = checkpoint_registered(epoch - 1, fault.wait_s)  # a drill that cannot wait says so in its marker
         if fault.hold:
-            time.sleep(float(fault.delay_s))
-            faults.hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}", node_id())
+            faults.hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}{late}", node_id())
             return
         with open(fault.marker, "w") as f:
-            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")
-        time.sleep(float(fault.delay_s))
+            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}{late}\n")
         os.kill(fault.pid or os.getpid(), signal.SIGKILL)
         if fault.pid:  # the driver is gone: train no further (no later checkpoint) until Ray ends this worker
             time.sleep(3600)
 
     return on_step
+
+
+def checkpoint_registered(epoch: int, wait_s: float) -> str:
+    """Wait, at most `wait_s`, until Ray Train's controller has registered `epoch`'s checkpoint as the
+    run's latest: its checkpoint manager snapshot (what a restarted run resumes from) names it. Returns ""
+    once it does (at once for epoch < 0), else what the snapshot named instead."""
+    import ray.train
+
+    if epoch < 0:
+        return ""
+    storage_ctx = ray.train.get_context().get_storage()
+    fs, path = storage_ctx.storage_filesystem, storage_ctx.checkpoint_manager_snapshot_path
+    deadline, latest = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        try:
+            with fs.open_input_stream(path) as f:
+                latest = (json.loads(f.read()).get("latest_checkpoint_result") or {}).get("metrics", {})
+        except (FileNotFoundError, OSError, ValueError):  # not written yet, or caught mid-write
+            latest = None
+        if latest and latest.get("epoch") == epoch:
+            return ""
+        time.sleep(0.2)
+    return f" (epoch {epoch}'s checkpoint not registered within {wait_s:.0f} s: {path} names epoch " \
+           f"{(latest or {}).get('epoch')} as the latest)"
 
 
 def all_gather_strings(value: str, world: int) -> list[str]:
