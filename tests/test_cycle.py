@@ -21,6 +21,7 @@ import pytest
 from ray_al.core import config as config_mod
 from ray_al.run.ledger import Ledger
 from ray_al.loop.selection import seed_set
+from tests.pinned import check_pinned
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--smoke-test", "al.rounds=1", "al.initial_size=20", "al.budget=15"]
@@ -65,6 +66,8 @@ def test_end_to_end_writes_table_results_plot_and_ledger(reference_run):
     # the queried ids were unlabeled before (queries.parquet of round 0 = ledger round 1)
     queried = pq.read_table(run_dir / "rounds" / "0000" / "queries.parquet").column("id").to_pylist()
     assert sorted(queried) == sorted(r[0] for r in ledger if r[2] == 1)
+    # the default configuration selects the ids it selected when pinned (tests/pinned.py)
+    check_pinned("smoke cycle", " ".join(["python -m ray_al.cycle", *SMOKE]), ledger)
     # rerunning a finished run changes nothing and reprints the table
     again = cycle(*SMOKE, f"run.dir={run_dir}")
     assert again.returncode == 0 and "round   labels  accuracy" in again.stdout

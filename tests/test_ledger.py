@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import threading
 import uuid
 
 import numpy as np
@@ -127,16 +129,33 @@ def test_commit_load_roundtrip(run_uri):
     assert v1.column("id").to_pylist() == [10, 11]
 
 
-def test_interrupted_commit_is_ignored(run_uri):
-    """Crash between writing the new parquet and swapping the manifest: load gives the previous state."""
+class _Killed(BaseException):
+    """The writer's process dies here (not an Exception: nothing in commit may catch it)."""
+
+
+def test_interrupted_commit_is_ignored(run_uri, monkeypatch):
+    """A writer killed between writing its new parquet and creating the commit marker leaves what commit
+    itself wrote, ledger-000002-<token>.parquet with no marker: load gives the previous state."""
     l1 = Ledger.empty("int64").add([1, 2], [0, 1], 0, "initial", num_classes=2).commit(run_uri)
     l2 = l1.add([3, 4], [1, 1], 1, "query", num_classes=2)
-    storage.write_parquet_atomic(storage.join(run_uri, "ledger", "ledger-000002.parquet"), l2.table)  # no manifest
+    ldir = storage.join(run_uri, "ledger")
+    before = set(storage.listdir(ldir))
+
+    def killed(*_):
+        raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(storage, "create_exclusive", killed)  # the commit point is never reached
+        with pytest.raises(_Killed):
+            l2.commit(run_uri)
+    stray = sorted(set(storage.listdir(ldir)) - before)
+    assert len(stray) == 1 and re.fullmatch(r"ledger-000002-[0-9a-f]{8}\.parquet", stray[0]), stray
     got = Ledger.load(run_uri)
     assert got.version == 1 and got.ids.tolist() == [1, 2]
-    # the resumed run redoes the step: the stray file is replaced by a proper commit
+    # the resumed run redoes the step: its own commit, not the stray file, is version 2
     redo = got.add([3, 4], [0, 0], 1, "query", num_classes=2).commit(run_uri)
     assert redo.version == 2 and Ledger.load(run_uri).labels.tolist() == [0, 1, 0, 0]
+    assert storage.read_json(storage.join(ldir, "MANIFEST.json"))["file"] != stray[0]
 
 
 def test_tampered_file_is_detected(tmp_path):
@@ -189,13 +208,28 @@ def test_a_commit_whose_pointer_swap_died_is_still_loaded(tmp_path):
         base.add([3], [1], 1, "query", num_classes=2).commit(run)  # stale against the marker, not the pointer
 
 
+_start = None  # each writer's barrier (set by _set_start in the pool's processes)
+
+
+def _set_start(barrier) -> None:
+    global _start
+    _start = barrier
+
+
 def _commit_ids_with_retries(run: str, ids: list) -> int:
-    """One writer: load, add one id, commit; on a refused commit reload and apply it again."""
+    """One writer: load, add one id, commit; on a refused commit reload and apply it again. The first
+    commit waits for every writer to have loaded the same version, so that they race for it."""
     refused = 0
-    for i in ids:
+    for n, i in enumerate(ids):
         for _ in range(100):  # bounded: a ledger left inconsistent by a lost commit refuses every load
             try:
-                Ledger.load(run).add([i], [i % 2], 1, "import", num_classes=2).commit(run)
+                batch = Ledger.load(run).add([i], [i % 2], 1, "import", num_classes=2)
+                if n == 0 and refused == 0:
+                    try:
+                        _start.wait(timeout=60)
+                    except threading.BrokenBarrierError:  # writers that never meet: still commit
+                        pass
+                batch.commit(run)
                 break
             except LedgerError:
                 refused += 1
@@ -204,16 +238,20 @@ def _commit_ids_with_retries(run: str, ids: list) -> int:
 
 def test_concurrent_writers_never_lose_a_commit(tmp_path):
     """Six processes commit 5 labels each to one ledger at once, each retrying what was refused: every
-    label is in the final ledger (a lost commit would drop some), each version was committed once."""
+    label is in the final ledger (a lost commit would drop some), each version was committed once, and
+    commits were refused (the writers did contend: ones that ran one after another would prove nothing)."""
     import multiprocessing
 
     run = str(tmp_path / "run")
     Ledger.empty("int64").add([0], [0], 0, "initial", num_classes=2).commit(run)
     batches = [list(range(1 + 5 * w, 6 + 5 * w)) for w in range(6)]
-    with multiprocessing.get_context("spawn").Pool(6) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6, initializer=_set_start, initargs=(ctx.Barrier(6),)) as pool:
         refused = pool.starmap(_commit_ids_with_retries, [(run, b) for b in batches])
     got = Ledger.load(run)
     assert sorted(got.ids.tolist()) == list(range(31)), f"lost labels; refused commits per writer: {refused}"
     assert got.version == 31
     markers = [n for n in storage.listdir(storage.join(run, "ledger")) if n.startswith("commit-")]
     assert len(markers) == 31
+    # Six writers that all loaded version 1 race for version 2: five must be refused and retry.
+    assert sum(refused) >= 5, f"no contention: refused commits per writer {refused}"

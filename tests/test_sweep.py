@@ -105,16 +105,41 @@ def newest_event_file(trial_dir: Path) -> Path:
     return sorted(trial_dir.glob("events.out.tfevents.*"))[-1]
 
 
+# Tune's per-round scalars that depend on the rounds' results only (not on timings or the trial's process)
+SAME_SCALARS = ("ray/tune/round", "ray/tune/labels", "ray/tune/accuracy", "ray/tune/auc")
+
+
+def sweep_outputs(out: Path) -> dict:
+    """What a sweep hands its user, without timings: rows, summaries, the plot's data and bytes, and each
+    trial's TensorBoard values of SAME_SCALARS in order (the newest event file: a restarted trial writes a new
+    one; its step numbers are Tune's iteration count, not compared)."""
+    from ray_al.core.report import curves
+
+    keep = ("trial", "select.method", "round", "labels", "accuracy")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rows = sorted(({k: r[k] for k in keep} for r in rows), key=lambda r: (r["trial"], r["round"]))
+    points = curves(rows, ("select.method",))
+    return {
+        "rows": rows, "summary.csv": sorted((out / "summary.csv").read_text().splitlines()),
+        "summary.txt": (out / "summary.txt").read_text(),
+        "plot data": {k: [np.asarray(a).tolist() for a in v] for k, v in points.items()},
+        "learning_curves.png": (out / "learning_curves.png").read_bytes(),
+        "tensorboard": {t.name: {k: [value for _, value in v]
+                                 for k, v in tensorboard_scalars(newest_event_file(t)).items() if k in SAME_SCALARS}
+                        for t in sorted((out / "tune" / "tiny").glob("select.method=*"))},
+    }
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_tune_sweep_killed_mid_trial_resumes_and_writes_tables_plot_and_tensorboard(tmp_path, fresh_ray, capsys):
     out = tmp_path / "sweep"
+    base = {"data": {"dataset": "digits", "pool_size": 200, "test_size": 100},
+            "train": {"epochs": 1, "batch_size": 32},
+            "embed": {"batch_size": 128},
+            "al": {"initial_size": 10, "budget": 10, "rounds": 1}}
     path = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "max_failures": 0,
-                                  "grid": {"select.method": ["random", "entropy"]}},
-                       {"data": {"dataset": "digits", "pool_size": 200, "test_size": 100},
-                        "train": {"epochs": 1, "batch_size": 32},
-                        "embed": {"batch_size": 128},
-                        "al": {"initial_size": 10, "budget": 10, "rounds": 1}})
+                                  "grid": {"select.method": ["random", "entropy"]}}, base)
     # The sweep driver dies when the third round is reported (trials run one at a time): one trial
     # finished, the other killed after its round 0, while it trains round 1.
     kill_at("sweep.result", "ray_al.sweep", "--config", str(path), tmp=tmp_path, nth=3)
@@ -156,6 +181,18 @@ def test_tune_sweep_killed_mid_trial_resumes_and_writes_tables_plot_and_tensorbo
         expected = [r["accuracy"] for r in sorted((r for r in rows if r["select.method"] == method),
                                                   key=lambda r: r["round"])]
         assert logged == pytest.approx(expected, abs=1e-6)
+
+    # and all of it as an uninterrupted sweep of the same file writes it (the same name, another directory)
+    (tmp_path / "reference").mkdir()
+    undisturbed = write_sweep(tmp_path / "reference", {"name": "tiny", "dir": str(tmp_path / "undisturbed"),
+                                                       "max_failures": 0,
+                                                       "grid": {"select.method": ["random", "entropy"]}}, base)
+    assert main(["--config", str(undisturbed)]) == 0
+    got, want = sweep_outputs(out), sweep_outputs(tmp_path / "undisturbed")
+    assert len(want["rows"]) == 4 and len(want["tensorboard"]) == 2, want
+    assert all(len(t["ray/tune/accuracy"]) == 2 for t in want["tensorboard"].values()), want["tensorboard"]
+    for what in want:
+        assert got[what] == want[what], f"the resumed sweep's {what} differs from an uninterrupted sweep's"
 
     # a changed sweep file is not resumed silently
     changed = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "grid": {"select.method": ["random"]}}, {})

@@ -124,7 +124,7 @@ def test_a_lost_node_holding_a_worker_resumes_from_the_last_checkpoint(pool, clu
     marker = tmp_path / "held.json"
     # epoch 1, at its first step, on rank 1: that worker notes its node and holds; the drill removes the
     # node (the worker dies with it) and adds a replacement, on which Ray Train restarts the group.
-    fault = FaultInjection(epoch=1, step=0, rank=1, marker=str(marker), delay_s=5.0, hold=True)
+    fault = FaultInjection(epoch=1, step=0, rank=1, marker=str(marker), hold=True)
     out, lost = lose_node_during(cluster, marker, lambda: _fit(pool, "moby", 2, "moby_2w_node_lost", epochs=2,
                                                          fault_injection=fault), {"num_cpus": 1})
     assert "rank 1 at epoch 1 step 0" in marker.read_text() and lost not in out.nodes

@@ -105,35 +105,37 @@ class FaultInjection:
     process instead (the cycle driver: `train.epoch`, `driver_kill`); with `hold`, it notes its node in
     `marker` and waits for the drill to remove that node (a lost node).
 
-    The worker first waits `delay_s` so the controller has collected the previous epoch's report (Ray
-    Train polls workers every 2 s); a real crash earlier than that resumes one epoch further back.
+    The worker first waits, at most `wait_s`, until Ray Train's controller has registered the previous
+    epoch's checkpoint (ray_al.workers.train.checkpoint_registered): a crash before that resumes one epoch
+    further back, and a drill must not depend on how fast a loaded machine gets there.
     """
 
     epoch: int
     marker: str
     step: int = 0
     rank: int = 0
-    delay_s: float = 5.0
+    wait_s: float = 120.0
     pid: int = 0  # 0: the worker itself
     hold: bool = False  # instead of a kill, note this node in `marker` and wait: the drill removes the node
 
 
-def step_hook(fault: FaultInjection | None, epoch: int, rank: int, node_id: Callable[[], str]):
+def step_hook(fault: FaultInjection | None, epoch: int, rank: int, node_id: Callable[[], str],
+              registered: Callable[[int, float], str]):
     """The per-step callback of the epoch and rank `fault` names (None elsewhere); `node_id()` is asked
-    only by a hold, for the note the drill reads."""
+    only by a hold, for the note the drill reads; `registered(epoch, wait_s)` waits until the controller
+    holds that epoch's checkpoint ("" once it does, else what it holds instead: the marker says so)."""
     if fault is None or fault.epoch != epoch or fault.rank != rank:
         return None
 
     def on_step(step: int) -> None:
         if step != fault.step or os.path.exists(fault.marker):
             return
+        late = registered(epoch - 1, fault.wait_s)
         if fault.hold:
-            time.sleep(float(fault.delay_s))
-            hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}", node_id())
+            hold(fault.marker, f"rank {rank} at epoch {epoch} step {step}{late}", node_id())
             return
         with open(fault.marker, "w") as f:
-            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}\n")
-        time.sleep(float(fault.delay_s))
+            f.write(f"killed pid {fault.pid or os.getpid()} from rank {rank} at epoch {epoch} step {step}{late}\n")
         os.kill(fault.pid or os.getpid(), signal.SIGKILL)
         if fault.pid:  # the driver is gone: train no further (no later checkpoint) until Ray ends this worker
             time.sleep(3600)

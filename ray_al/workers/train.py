@@ -24,6 +24,7 @@ Data placement (`TrainRequest.sharding`):
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -256,7 +257,8 @@ def _train_epoch(spec: TrainSpec, plan: trainloop.EpochPlan, state: trainloop.Tr
     torch.manual_seed((spec.request.seed * 7919 + epoch) * 1009 + plan.rank)  # dropout: same after a resume
     started = time.perf_counter()
     metrics = trainloop.train_epoch(state, data, plan, epoch,
-                                    on_step=faults.step_hook(spec.fault_injection, epoch, plan.rank, node_id))
+                                    on_step=faults.step_hook(spec.fault_injection, epoch, plan.rank, node_id,
+                                                            checkpoint_registered))
     if plan.world > 1:
         metrics = _reduce_metrics(metrics, plan.device)
     metrics.update(epoch=epoch, start_epoch=start_epoch, steps=plan.n_steps, threads=torch.get_num_threads(),
@@ -311,6 +313,30 @@ def _progress_bar(spec: TrainSpec, rank: int, start_epoch: int):
     if start_epoch:
         bar.update(start_epoch)
     return bar
+
+
+def checkpoint_registered(epoch: int, wait_s: float) -> str:
+    """Wait, at most `wait_s`, until Ray Train's controller has registered `epoch`'s checkpoint as the
+    run's latest: its checkpoint manager snapshot (what a restarted run resumes from) names it. Returns ""
+    once it does (at once for epoch < 0), else what the snapshot named instead."""
+    import ray.train
+
+    if epoch < 0:
+        return ""
+    storage_ctx = ray.train.get_context().get_storage()
+    fs, path = storage_ctx.storage_filesystem, storage_ctx.checkpoint_manager_snapshot_path
+    deadline, latest = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        try:
+            with fs.open_input_stream(path) as f:
+                latest = (json.loads(f.read()).get("latest_checkpoint_result") or {}).get("metrics", {})
+        except (FileNotFoundError, OSError, ValueError):  # not written yet, or caught mid-write
+            latest = None
+        if latest and latest.get("epoch") == epoch:
+            return ""
+        time.sleep(0.2)
+    return f" (epoch {epoch}'s checkpoint not registered within {wait_s:.0f} s: {path} names epoch " \
+           f"{(latest or {}).get('epoch')} as the latest)"
 
 
 def all_gather_strings(value: str, world: int) -> list[str]:

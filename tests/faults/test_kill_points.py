@@ -22,6 +22,7 @@ import pytest
 from ray_al.run.ledger import Ledger
 from ray_al.run.rundir import RunDir
 from tests.faults.drill import ARGS, kill_at, launch, ledger_rows, queried, read_only, results, round_dir
+from tests.pinned import check_pinned
 
 CYCLE = "ray_al.cycle"
 # Up to 11 Ray starts per test: ~4 min idle, but 10-15 min on a shared 2-core box (pyproject's 900 s is per test)
@@ -149,3 +150,9 @@ def test_per_round_fit_killed_in_training_and_in_the_embedding_writes(reference,
     spoil_embeddings(run_dir)
     check_finished_like(run_dir, reference, tmp_path)
     check_embeddings_redone(run_dir, reference)
+
+
+def test_the_reference_run_selects_the_pinned_ids(reference):
+    """The drills' reference is the default configuration at small sizes (2 epochs, seed 0): what it
+    selects is pinned (tests/pinned.py), so a change to selection fails here naming the ids."""
+    check_pinned("default at the drills' sizes", " ".join(["python -m ray_al.cycle", *ARGS]), ledger_rows(reference))

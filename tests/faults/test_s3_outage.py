@@ -1,7 +1,8 @@
 """The S3 endpoint going away in the middle of a write and coming back (tests/s3gate.py: a real HTTP hop in
 front of the moto server, cut after a chosen number of requests): a ledger commit cut at each of its
 requests is whole or absent once the endpoint is back, and committing again ends in the one ledger an
-uninterrupted commit writes. The cut either drops a request unapplied or applies it and drops the answer.
+uninterrupted commit writes. The cut either drops a request unapplied or applies it and drops the answer;
+both are tried at every write, as an outage that lasts and as a blip the client retries through.
 """
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def writes_of_a_commit(gate: S3Gate, s3_server) -> list[int]:
     run, v1 = first_version(s3_server)
     before = gate.forwarded
     second_batch(v1).commit(run)
-    return [i for i, m in enumerate(gate.methods[before:]) if m in ("PUT", "POST")]
+    writes = [i for i, m in enumerate(gate.methods[before:]) if m in ("PUT", "POST")]
+    # None would make every test below pass on zero cases (requests that bypass the gate, say).
+    assert writes, f"the gate at {gate.endpoint} saw no write of a commit: {gate.methods[before:]}"
+    return writes
 
 
 def check_whole(run: str, cut: int) -> None:
@@ -50,12 +54,19 @@ def check_whole(run: str, cut: int) -> None:
     assert (final.version, final.ids.tolist(), final.labels.tolist()) == (2, [1, 2, 3, 4], [0, 1, 1, 0]), cut
 
 
-def test_an_outage_at_any_write_of_a_commit_leaves_it_whole_or_absent_and_it_can_be_redone(gate, s3_server):
-    """The endpoint goes away as a write lands (applied, its answer lost) and stays away: the commit fails
-    naming the endpoint; once it is back, the ledger is the old one or the new one, never a mix."""
+# The two ways a cut meets a write: it lands and its answer is lost, or it is dropped before it lands.
+CUTS = pytest.mark.parametrize("applied", [True, False], ids=["write-applied-answer-lost", "write-dropped"])
+
+
+@CUTS
+def test_an_outage_at_any_write_of_a_commit_leaves_it_whole_or_absent_and_it_can_be_redone(
+        gate, s3_server, applied):
+    """The endpoint goes away at a write (applied with its answer lost, or dropped unapplied) and stays
+    away: the commit fails naming the endpoint; once it is back, the ledger is the old one or the new one,
+    never a mix."""
     for cut in writes_of_a_commit(gate, s3_server):
         run, v1 = first_version(s3_server)
-        gate.cut_after(cut, last_applied=True)
+        gate.cut_after(cut, last_applied=applied)
         with pytest.raises(ConnectionError) as failed:
             second_batch(v1).commit(run)
         assert gate.down, f"cut after {cut} requests: the commit did not reach the cut"
@@ -69,12 +80,14 @@ def test_an_outage_at_any_write_of_a_commit_leaves_it_whole_or_absent_and_it_can
         check_whole(run, cut)
 
 
-def test_a_lost_answer_to_any_write_of_a_commit_is_retried_into_one_whole_commit(gate, s3_server):
-    """A write lands but its answer is lost, and the endpoint answers the retry: the retried commit marker
-    finds itself already there (S3 answers 412), which is this writer's commit, not another's."""
+@CUTS
+def test_a_blip_at_any_write_of_a_commit_is_retried_into_one_whole_commit(gate, s3_server, applied):
+    """A write's connection drops once and the endpoint answers the retry. Applied with its answer lost:
+    the retried commit marker finds itself already there (S3 answers 412), which is this writer's commit,
+    not another's. Dropped before it lands: the retry is the first write."""
     for cut in writes_of_a_commit(gate, s3_server):
         run, v1 = first_version(s3_server)
-        gate.cut_after(cut, last_applied=True, once=True)
+        gate.cut_after(cut, last_applied=applied, once=True)
         second_batch(v1).commit(run)
         assert not gate.down
         check_whole(run, cut)
