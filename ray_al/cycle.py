@@ -14,6 +14,7 @@ from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError
 from ray_al.loop.rounds import Cycle, check_config, default_run_dir, finish, open_run
 from ray_al.run.runlock import RunLock
+from ray_al.run.track import Tracker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,8 +58,9 @@ def cycle(args: argparse.Namespace) -> int:
         defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
         print(f"run directory: {run.uri}  (pool: {spec.pool_rows} images, {spec.num_classes} classes; "
               f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})", flush=True)
-        Cycle(cfg, run, spec, log=lambda m: print(m, flush=True)).run_all()
-        finish(run)
+        with Tracker.of(cfg, run.uri, past=run.results()) as tracker:  # track.*: MLflow / W&B, else a no-op
+            Cycle(cfg, run, spec, log=lambda m: print(m, flush=True), on_round_committed=tracker.round).run_all()
+            finish(run)
     return 0
 
 

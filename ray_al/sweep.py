@@ -567,6 +567,8 @@ def _restored_tuner(spec: dict):
 def _new_tuner(spec: dict):
     from ray import tune
 
+    from ray_al.workers.tune_track import tune_callbacks
+
     spec_uri = storage.join(spec["dir"], "sweep.json")
     if storage.exists(spec_uri):
         raise ConfigError(f"{spec['dir']} already holds a sweep: add --resume to continue it (finished trials "
@@ -582,7 +584,9 @@ def _new_tuner(spec: dict):
                                     trial_name_creator=name_of, trial_dirname_creator=name_of),
         run_config=tune.RunConfig(name=spec["name"], storage_path=path, storage_filesystem=fs, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),
-                                  callbacks=_kill_point_callbacks()),
+                                  callbacks=_kill_point_callbacks() + tune_callbacks(
+                                      config_mod.from_dict(spec["base"]).track, spec["name"],
+                                      lambda t: trial_config(spec, _values_from_params(t.config, spec["grid"])))),
     )
 
 
