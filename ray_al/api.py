@@ -170,6 +170,7 @@ def run_cycle(cfg: Any, uri: str, *, resume: bool = False, log: Callable[[str], 
     from ray_al.loop.rounds import Cycle, finish, open_run
     from ray_al.loop.rules import check_config
     from ray_al.run.runlock import RunLock
+    from ray_al.run.track import Tracker
     from ray_al.workers.ray_utils import defer_ray
 
     check_config(cfg)
@@ -182,8 +183,9 @@ def run_cycle(cfg: Any, uri: str, *, resume: bool = False, log: Callable[[str], 
         defer_ray(cfg.run.ray_num_cpus)  # a resumed run's own setting
         log(f"run directory: {run.uri}  (pool: {pool.pool_rows} images, {pool.num_classes} classes; "
             f"{cfg.train.method}/{cfg.train.mode} + {cfg.select.method})")
-        Cycle(cfg, run, pool, log=log).run_all()
-        return finish(run, log=log)
+        with Tracker.of(cfg, run.uri, past=run.results()) as tracker:  # track.*: MLflow / W&B, else a no-op
+            Cycle(cfg, run, pool, log=log, on_round_committed=tracker.round).run_all()
+            return finish(run, log=log)
 
 
 def _raw_config(config_or_path: Any, config_mod: Any) -> dict:

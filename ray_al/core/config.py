@@ -152,6 +152,16 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """Experiment tracking (README "Tracking"); off while both keys are empty. Not part of a run's identity:
+    adding it to a finished or stopped run logs that run (ray_al.loop.rounds.open_run ignores this section)."""
+
+    mlflow: str = ""  # MLflow tracking URI: a directory or file: URI (file store) or http(s)://host:port
+    wandb: str = ""  # W&B project (WANDB_MODE=offline: local files only, no account)
+    experiment: str = ""  # MLflow experiment and W&B group; empty = "ray_al" (a sweep: its name)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -160,6 +170,7 @@ class Config:
     select: SelectConfig = field(default_factory=SelectConfig)
     al: ALConfig = field(default_factory=ALConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict:
         return {s.name: _plain(dataclasses.asdict(getattr(self, s.name))) for s in dataclasses.fields(self)}

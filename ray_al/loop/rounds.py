@@ -305,8 +305,8 @@ def finish(run: RunDir, log=print) -> list[dict]:
 def _same_config(saved: dict | None, snapshot: dict) -> bool:
     if saved is None:
         return False
-    try:
-        return config_mod.from_dict(saved).to_dict() == snapshot
+    try:  # track.* only says where to log: adding it to a stopped or finished run logs that run
+        return config_mod.from_dict(saved).to_dict() | {"track": None} == snapshot | {"track": None}
     except ConfigError:  # a key this version no longer knows
         return False
 

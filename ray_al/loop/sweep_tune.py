@@ -9,6 +9,7 @@ import os
 import time
 from typing import Any
 
+from ray_al.core import config as config_mod
 from ray_al.core import faults, report, storage
 from ray_al.core.config import ConfigError
 from ray_al.loop.sweep_plan import SweepPlan, trial_name
@@ -198,6 +199,7 @@ def _new_tuner(plan: SweepPlan):
     storage.write_json_atomic(plan_uri, plan.to_json())
     fs, path = _storage(plan)
     name_of = lambda t: trial_name(_values_from_params(t.config, plan.grid))  # noqa: E731
+    config_of = lambda t: plan.trial_config(_values_from_params(t.config, plan.grid))  # noqa: E731
     return tune.Tuner(
         _trainable(plan),
         param_space=_tune_params(plan.grid),
@@ -205,8 +207,15 @@ def _new_tuner(plan: SweepPlan):
                                     trial_name_creator=name_of, trial_dirname_creator=name_of),
         run_config=tune.RunConfig(name=plan.name, storage_path=path, storage_filesystem=fs, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-                                  callbacks=_kill_point_callbacks()),
+                                  callbacks=_kill_point_callbacks() + _track_callbacks(plan, config_of)),
     )
+
+
+def _track_callbacks(plan: SweepPlan, config_of) -> list:
+    """Ray Tune's MLflow / W&B logger callbacks for the base config's track.* keys (ray_al.workers.tune_track)."""
+    from ray_al.workers.tune_track import tune_callbacks
+
+    return tune_callbacks(config_mod.from_dict(plan.base).track, plan.name, config_of)
 
 
 def _kill_point_callbacks() -> list:
