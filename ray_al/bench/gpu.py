@@ -7,8 +7,9 @@ Three parts, each run by its own benchmark's `main` (so the code measured is the
 measure, with a device option added):
 1. embedding (`ray_al.bench.embed`): `ray_al.workers.embed.embed_splits` through Ray Data actors with
    `EmbedOptions(gpus_per_actor=1)` against a plain PyTorch loop on cuda, on the same Parquet rows
-   (--rows CIFAR-10 JPEGs resized to --image-size, 224 px by default; a torchvision-sized --backbone,
-   random init: throughput only). Ratio = Ray images/s / plain images/s.
+   (--rows CIFAR-10 JPEGs resized to --image-size, 224 px by default; --backbone defaults to the packaged
+   pretrained efficientnet_lite0 where BACKBONES has it, else torchvision:resnet18, else ray_al's resnet18
+   at random init: throughput only). Ratio = Ray images/s / plain images/s.
 2. k-center (`ray_al.bench.kcenter`): the library's exact k-center with faiss on the GPU (`--faiss gpu`)
    at --n x --d (10,000,000 x 128), k = --k (1,000), against the plain per-step greedy (timed on
    --reference-steps steps and extrapolated to k) and its memory-bandwidth floor (k x one streaming read
@@ -42,7 +43,22 @@ from ray_al.bench import kcenter as kcenter_bench
 from ray_al.bench import train as train_bench
 from ray_al.data.builtin import SHARED_CIFAR10
 
-DEFAULT_BACKBONE = "resnet18"  # ray_al.models.BACKBONES; a torchvision/pretrained name once main has them
+# The embedding's backbone: the first of these that ray_al.models.BACKBONES knows (the packaged pretrained
+# EfficientNet-Lite0 and torchvision: names come with issue 22's pretrained backbones), else ray_al's
+# ResNet-18 (CIFAR stem: about 15x the FLOPs of torchvision's at 224 px).
+PREFERRED_BACKBONES = ("efficientnet_lite0", "torchvision:resnet18", "resnet18")
+
+
+def default_backbone() -> str:
+    from ray_al.models.backbones import build_backbone
+
+    for name in PREFERRED_BACKBONES[:-1]:
+        try:
+            build_backbone(name, 3, 224)  # built once here: a name this tree knows but cannot build is skipped
+            return name
+        except (KeyError, ValueError, ImportError, RuntimeError, OSError):  # unknown, torchvision missing, ...
+            continue
+    return PREFERRED_BACKBONES[-1]
 
 
 def synthetic_source(path: str, rows: int = 2048, size: int = 32, seed: int = 0) -> str:
@@ -80,7 +96,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="toy sizes on CPU: the same code paths, no GPU")
     p.add_argument("--rows", type=int, default=20000, help="embedding: images")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="embedding: model.backbone")
+    p.add_argument("--backbone", default=None, help="embedding: model.backbone (default: see PREFERRED_BACKBONES)")
     p.add_argument("--image-size", type=int, default=224, help="embedding: input pixels")
     p.add_argument("--batch-size", type=int, default=256, help="embedding: batch")
     p.add_argument("--cpus", type=int, default=16, help="embedding: Ray CPUs = the plain loop's torch threads")
@@ -95,6 +111,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=8, help="training: CPUs of the Ray worker = plain torch threads")
     a = p.parse_args(argv)
+    a.backbone = a.backbone or default_backbone()
     if a.dry_run:
         a.rows, a.backbone, a.image_size, a.batch_size, a.cpus, a.cpus_per_actor = 128, "small_cnn", 32, 64, 2, 1.0
         a.n, a.d, a.k, a.reference_steps, a.faiss = 20000, 16, 20, 20, "cpu"
