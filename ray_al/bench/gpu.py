@@ -141,7 +141,7 @@ def summary(parts: dict, seconds: dict) -> dict:
     ]
     print(f"{'part':<22}{'reference':<17}{'value':>12}  {'ours':<17}{'value':>12}{'ratio':>9}")
     for part, ref, rv, ours, ov, ratio in rows:
-        print(f"{part:<22}{ref:<17}{rv:>12.2f}  {ours:<17}{ov:>12.2f}{ratio:>9.3f}")
+        print(f"{part:<22}{ref:<17}{rv:>12.4g}  {ours:<17}{ov:>12.4g}{ratio:>9.4g}")
     print("ratios: embedding and training = ours / reference (images/s); k-center = reference / ours (seconds)")
     return {"embed_ratio": e["ratio"], "kcenter_speedup_vs_floor": k["speedup_vs_floor"],
             "kcenter_speedup_vs_plain": k["speedup_vs_reference"], "train_ratio": t["ratio"],
