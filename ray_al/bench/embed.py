@@ -22,6 +22,10 @@ sides' embeddings (they must agree: same model, same pixels). Also the CPU secon
 process and all its descendants: Ray's GCS, raylet, workers) and the load average before and after: on a
 shared machine other work steals cores from both sides, and the CPU time tells overhead from contention.
 --repeats alternates the two sides and reports medians.
+
+On a GPU: `--device cuda --gpus-per-actor 1 --image-size 224 --backbone resnet18` runs the plain loop on cuda
+and the Ray actors with `EmbedOptions(gpus_per_actor=1)` (ray_al.bench.gpu runs it so); it refuses when
+torch sees no GPU.
 """
 from __future__ import annotations
 
@@ -60,9 +64,9 @@ def make_pool(source: Path, rows: int, dest: str, row_group: int) -> None:
     pq.write_table(table, dest, row_group_size=row_group)
 
 
-def learner_kwargs(backbone: str) -> dict:
+def learner_kwargs(backbone: str, image_size: int = IMAGE_SIZE) -> dict:
     mean, std = STATS["cifar10"]
-    return {"backbone": backbone, "num_classes": CLASSES, "in_channels": CHANNELS, "image_size": IMAGE_SIZE,
+    return {"backbone": backbone, "num_classes": CLASSES, "in_channels": CHANNELS, "image_size": image_size,
             "mean": mean, "std": std, "ssl": "none", "ssl_options": {}, "dropout": 0.0}
 
 
@@ -133,8 +137,10 @@ class CpuMeter:
 # the two sides
 
 
-def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_size: int, dtype: str) -> float:
-    """A plain PyTorch loop (DataLoader over the Parquet rows, no worker processes); returns seconds."""
+def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_size: int, dtype: str,
+              device: str = "cpu") -> float:
+    """A plain PyTorch loop (DataLoader over the Parquet rows, no worker processes) on `device` (cpu or
+    cuda, as the Embedder's actors with gpus_per_actor > 0); returns seconds."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -144,23 +150,25 @@ def run_plain(pool: str, out: str, blob: bytes, kwargs: dict, cpus: int, batch_s
     class ParquetImages(IterableDataset):
         def __iter__(self):
             for rb in pq.ParquetFile(pool).iter_batches(batch_size=batch_size, columns=["id", "image"]):
-                pixels = np.stack([decode_one(b, IMAGE_SIZE, CHANNELS) for b in rb.column("image").to_pylist()])
+                pixels = np.stack([decode_one(b, size, CHANNELS) for b in rb.column("image").to_pylist()])
                 yield rb.column("id").to_numpy(), pixels  # (B,), (B, H, W, C) uint8; the DataLoader makes tensors
 
+    size = kwargs["image_size"]
     torch.set_num_threads(cpus)
     started = time.perf_counter()
     model = build_learner(kwargs)
     model.load_state_dict(state_from_bytes(blob))
-    model.eval()
+    model.to(device).eval()
     low = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     writer = None
     with torch.no_grad():
         for ids, pixels in DataLoader(ParquetImages(), batch_size=None, num_workers=0):
-            x = to_model_input(pixels)  # (B, C, H, W), as the Embedder
-            with torch.autocast("cpu", dtype=low, enabled=low != torch.float32):
+            x = to_model_input(pixels, device)  # (B, C, H, W), as the Embedder
+            with torch.autocast(device, dtype=low, enabled=low != torch.float32):
                 logits, feats = model(x)
-            probs = torch.softmax(logits.float(), dim=1).numpy()
-            table = pa.table({"id": pa.array(ids.numpy()), "embedding": _fixed(feats.float().numpy()), "probs": _fixed(probs)})
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            table = pa.table({"id": pa.array(ids.numpy()), "embedding": _fixed(feats.float().cpu().numpy()),
+                              "probs": _fixed(probs)})
             writer = writer or pq.ParquetWriter(out, table.schema)
             writer.write_table(table)
     writer.close()
@@ -172,7 +180,7 @@ def run_ray(pool: str, out: str, blob: bytes, kwargs: dict, options) -> float:
     from ray_al.workers.embed import embed_splits
 
     spec = PoolSpec(pool_uri=pool, test_uri=pool, num_classes=CLASSES, class_names=tuple(map(str, range(CLASSES))),
-                    image_size=IMAGE_SIZE, channels=CHANNELS, mean=kwargs["mean"], std=kwargs["std"],
+                    image_size=kwargs["image_size"], channels=CHANNELS, mean=kwargs["mean"], std=kwargs["std"],
                     image_column="image", id_type="int64", pool_rows=0, has_labels=False)
     started = time.perf_counter()
     embed_splits(tag_split(read_split(pool, columns=["id", "image"]), "unlabeled"), blob, kwargs, spec, options, out)
@@ -190,6 +198,21 @@ def max_difference(plain_out: str, ray_out: str) -> float:
     return float(np.abs(matrix(a.column("embedding")) - matrix(b.column("embedding"))).max())
 
 
+def _check_gpus(device: str, gpus_per_actor: float, actors: int) -> int:
+    """GPUs to give the local Ray (0 on CPU); refuses a GPU run on a machine torch sees no GPU on."""
+    if device == "cpu" and gpus_per_actor == 0:
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda / --gpus-per-actor > 0: torch sees no CUDA GPU on this machine "
+                         "(torch.cuda.is_available() is false); run on a GPU node or drop these options.")
+    if actors * gpus_per_actor > torch.cuda.device_count():
+        raise SystemExit(f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} exceeds the "
+                         f"{torch.cuda.device_count()} GPU(s) torch sees")
+    return torch.cuda.device_count()
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -204,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=1, help="alternate plain/ray this many times; medians reported")
     p.add_argument("--row-group", type=int, default=2048)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="pixels the model sees (images resized)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the plain loop's device")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="> 0: the Ray actors run on the GPU")
     p.add_argument("--source", default=None, help=f"CIFAR-10 train Parquet (default: {CIFAR10_ENV}'s, else the "
                    "download cache's)")
     p.add_argument("--smoke-test", action="store_true", help="2,000 rows, one repeat")
@@ -216,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     actors = args.actors or max(1, int(args.cpus // args.cpus_per_actor))
     if actors * args.cpus_per_actor > args.cpus:
         raise SystemExit(f"--actors {actors} x --cpus-per-actor {args.cpus_per_actor} exceeds --cpus {args.cpus}")
+    gpus = _check_gpus(args.device, args.gpus_per_actor, actors)
 
     import ray
 
@@ -227,26 +254,27 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         pool = os.path.join(work, "pool.parquet")
         make_pool(Path(args.source), args.rows, pool, args.row_group)
-        kwargs = learner_kwargs(args.backbone)
+        kwargs = learner_kwargs(args.backbone, args.image_size)
         blob = weights(kwargs)
         options = EmbedOptions(batch_size=args.batch_size, actors=actors, cpus_per_actor=args.cpus_per_actor,
-                               dtype=args.dtype)
+                               gpus_per_actor=args.gpus_per_actor, dtype=args.dtype)
         # address="local": a fresh cluster of exactly --cpus CPUs, never someone else's running one
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=args.cpus, num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
         ray.data.DataContext.get_current().enable_progress_bars = False
         # Untimed warm-up of both sides on a small pool: first imports, Ray's pooled task workers, page
         # cache. Each timed Ray run still starts its own actors (import torch, build the model), as every
         # round's embed step does.
         warm = os.path.join(work, "warm.parquet")
         make_pool(Path(args.source), min(args.rows, 1024), warm, args.row_group)
-        run_plain(warm, os.path.join(work, "warm_plain.parquet"), blob, kwargs, args.cpus, args.batch_size, args.dtype)
+        run_plain(warm, os.path.join(work, "warm_plain.parquet"), blob, kwargs, args.cpus, args.batch_size, args.dtype,
+                  args.device)
         run_ray(warm, os.path.join(work, "warm_ray"), blob, kwargs, options)
         plain_s, ray_s, plain_cpu, ray_cpu = [], [], [], []
         load_before = os.getloadavg()[0]
         for _ in range(args.repeats):  # alternated, so a change in the machine's load hits both sides
             with CpuMeter() as meter:
                 plain_s.append(run_plain(pool, os.path.join(work, "plain.parquet"), blob, kwargs, args.cpus,
-                                         args.batch_size, args.dtype))
+                                         args.batch_size, args.dtype, args.device))
             plain_cpu.append(meter.seconds)
             with CpuMeter() as meter:
                 ray_s.append(run_ray(pool, os.path.join(work, "ray_out"), blob, kwargs, options))
@@ -259,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     plain_ips, ray_ips = args.rows / statistics.median(plain_s), args.rows / statistics.median(ray_s)
     result = {
-        "bench": "embed", "rows": args.rows, "backbone": args.backbone, "batch_size": args.batch_size,
+        "bench": "embed", "rows": args.rows, "backbone": args.backbone, "image_size": args.image_size,
+        "device": args.device, "gpus_per_actor": args.gpus_per_actor, "batch_size": args.batch_size,
         "cpus": args.cpus, "actors": actors, "cpus_per_actor": args.cpus_per_actor, "dtype": args.dtype,
         "repeats": args.repeats, "plain_seconds": [round(s, 3) for s in plain_s],
         "ray_seconds": [round(s, 3) for s in ray_s], "plain_images_per_s": round(plain_ips, 1),

@@ -126,7 +126,8 @@ def streaming_read_seconds(x: np.ndarray, repeats: int = 5) -> float:
 
 
 def plain_greedy(
-    x: np.ndarray, k: int, labeled_features: np.ndarray | None, seed: int, steps: int | None = None
+    x: np.ndarray, k: int, labeled_features: np.ndarray | None, seed: int, steps: int | None = None,
+    use_gpu: bool | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """Plain per-step greedy: one full distance column (GEMV over all n rows) per pick.
 
@@ -136,7 +137,7 @@ def plain_greedy(
     """
     t0 = time.perf_counter()
     n, d = x.shape
-    use_gpu = resolve_use_gpu(None)
+    use_gpu = resolve_use_gpu(use_gpu)
     _, max_norm = nonfinite_scan(x)
     lf = labeled_features if labeled_features is not None and len(labeled_features) else None
     if lf is not None:
@@ -180,6 +181,20 @@ def plain_greedy(
     return np.asarray(picks, np.int64), t_init, time.perf_counter() - t1
 
 
+def _sig(v: float) -> float:
+    """4 significant digits: toy sizes (bench.gpu --dry-run) give ratios and floors far below 0.01."""
+    return float(f"{v:.4g}")
+
+
+FAISS_BACKENDS = {"auto": None, "cpu": False, "gpu": True}  # --faiss -> use_gpu
+
+
+def run_ours(x: np.ndarray, lf: np.ndarray | None, a: argparse.Namespace):
+    """The library's exact k-center on the bench's options: the one call to adapt if its signature moves."""
+    return kcenter_greedy_run(x, a.k, None, a.seed, labeled_features=lf, shards=a.shards, batch=a.batch,
+                              storage=a.storage, use_gpu=FAISS_BACKENDS[a.faiss])
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 
@@ -195,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default="clustered", choices=["clustered", "gaussian"])
     p.add_argument("--storage", default="float32", choices=["float32", "float16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--faiss", default="auto", choices=sorted(FAISS_BACKENDS),
+                   help="faiss backend of both sides' nearest-center searches (auto: GPU when faiss sees one)")
     p.add_argument("--reference-steps", type=int, default=None,
                    help="time the plain greedy on this many steps and extrapolate to k (default: all k)")
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes (CI)")
@@ -212,15 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = os.getloadavg()[0]
     cpu0 = time.process_time()
     with PeakRSS() as mem:
-        run = kcenter_greedy_run(x, a.k, None, a.seed, labeled_features=lf if a.labeled else None,
-                                 shards=a.shards, batch=a.batch, storage=a.storage)
+        run = run_ours(x, lf if a.labeled else None, a)
     ours, st = run.picks, run.stats
     ours_cpu = time.process_time() - cpu0
     reads.append(streaming_read_seconds(x))
     ref_steps = a.k if a.reference_steps is None else min(a.k, a.reference_steps)
     ref_x = x if a.storage == "float32" else x.astype(np.float16).astype(np.float32)
     cpu0 = time.process_time()
-    ref, ref_init, ref_loop = plain_greedy(ref_x, a.k, lf if a.labeled else None, a.seed, ref_steps)
+    ref, ref_init, ref_loop = plain_greedy(ref_x, a.k, lf if a.labeled else None, a.seed, ref_steps,
+                                           FAISS_BACKENDS[a.faiss])
     ref_cpu = time.process_time() - cpu0
     extrapolated = ref_steps < a.k
     ref_s = ref_init + ref_loop * (a.k / max(1, ref_steps))
@@ -237,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("memory-bandwidth floor (k x one read)", floor_s, a.k, "-", "-"),
     ]
     print(f"n={a.n} d={a.d} k={a.k} labeled={a.labeled} shards={a.shards} data={a.data} storage={a.storage} "
+          f"faiss={a.faiss} "
           f"(data generated in {t_data:.1f}s; one streaming read of {feat_bytes / 2**20:.0f} MiB: "
           f"{read_s * 1e3:.1f} ms)")
     print(f"{'method':<52}{'seconds':>10}{'passes':>8}{'trips':>7}{'peak mem':>11}")
@@ -252,13 +270,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"{load_end:.1f} at the end (other processes share these cores: wall times vary with them)")
     out = {
         "n": a.n, "d": a.d, "k": a.k, "labeled": a.labeled, "shards": a.shards, "data": a.data,
-        "storage": a.storage, "seconds": round(st["seconds"], 3), "passes": st["passes"],
+        "storage": a.storage, "faiss": a.faiss, "seconds": round(st["seconds"], 3), "passes": st["passes"],
         "round_trips": st["round_trips"], "rounds": st["rounds"],
-        "floor_seconds": round(floor_s, 3), "read_seconds": round(read_s, 5),
+        "floor_seconds": _sig(floor_s), "read_seconds": _sig(read_s),
         "reference_seconds": round(ref_s, 3), "reference_init_seconds": round(ref_init, 3),
         "reference_extrapolated": extrapolated, "reference_steps": ref_steps,
-        "speedup_vs_reference": round(ref_s / st["seconds"], 2),
-        "speedup_vs_floor": round(floor_s / st["seconds"], 2),
+        "speedup_vs_reference": _sig(ref_s / st["seconds"]),
+        "speedup_vs_floor": _sig(floor_s / st["seconds"]),
         "peak_memory_bytes": int(mem.peak), "feature_bytes": int(feat_bytes),
         "peak_memory_ratio": round(mem.peak / feat_bytes, 3), "identical": identical,
         "cpu_seconds": round(ours_cpu, 3), "reference_cpu_seconds": round(ref_cpu, 3),

@@ -16,6 +16,7 @@ Figures (images/s = images fed through the model, labeled + SSL inputs, over the
   `trainer.fit()` (controller and worker start-up, Ray Data read + decode, training, checkpoints).
 The ratio (last-line JSON `ratio`) is Ray steady state / plain steady state; the issue asks >= 0.9.
 --repeats R alternates plain and Ray R times and reports medians. `ray.init` itself is not timed.
+--gpu: train.use_gpu=true (one GPU worker; Ray Train's torch backend is NCCL) and the plain loop on cuda.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _load_pool(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out["id"][order], np.ascontiguousarray(out["pixels"][order]), labels[order]
 
 
-def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
+def run_plain(cfg, spec, epochs: int, threads: int, seed: int, device: str = "cpu") -> dict:
     import torch
 
     from ray_al.models import trainloop as tl
@@ -54,7 +55,7 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
     started = time.perf_counter()
     ids, pixels, labels = _load_pool(spec)
     torch.manual_seed(seed)  # as the Ray worker does before building the learner
-    learner = build_learner(learner_kwargs(cfg, spec))
+    learner = build_learner(learner_kwargs(cfg, spec)).to(device)
     use_ssl = cfg.train.method != "none"
     data = tl.TrainTensors(torch.from_numpy(pixels), torch.from_numpy(labels.astype(np.int64)),
                            torch.zeros((0, *pixels.shape[1:]), dtype=torch.uint8),
@@ -63,7 +64,7 @@ def run_plain(cfg, spec, epochs: int, threads: int, seed: int) -> dict:
                                  cfg.train.unlabeled_batch_size, use_ssl)
     plan = tl.EpochPlan(seed=seed, epochs=epochs, n_steps=n_steps, batch_size=cfg.train.batch_size,
                         unlabeled_batch_size=cfg.train.unlabeled_batch_size, ssl_weight=cfg.train.ssl_weight,
-                        use_ssl=use_ssl)
+                        use_ssl=use_ssl, device=device)
     optimizer, scheduler = tl.make_optimizer(learner.trainable_parameters(), cfg.train.lr, cfg.train.momentum,
                                              cfg.train.weight_decay, n_steps * epochs, tuple(cfg.train.milestones),
                                              cfg.train.optimizer, cfg.train.lr_schedule)
@@ -111,12 +112,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--backbone", default="small_cnn")
     p.add_argument("--repeats", type=int, default=2, help="alternate plain / Ray this many times; medians")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu", action="store_true",
+                   help="train.use_gpu=true (Ray Train on one GPU, NCCL backend); the plain loop on cuda")
+    p.add_argument("--dataset", default="cifar10", help="data.dataset of the pool (cifar10 or digits)")
     p.add_argument("--smoke-test", action="store_true", help="512 images, 2 epochs, 1 repeat")
     args = p.parse_args(argv)
     if args.smoke_test:
         args.images, args.epochs, args.repeats = 512, 2, 1
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2: the first epoch is warm-up and not timed")
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is false)")
 
     import ray
 
@@ -126,10 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     cfg = config_mod.load(None, [
-        "data.dataset=cifar10", f"data.pool_size={args.images}", "data.test_size=10",
+        f"data.dataset={args.dataset}", f"data.pool_size={args.images}", "data.test_size=10",
         f"model.backbone={args.backbone}", f"train.method={args.method}", f"train.batch_size={args.batch_size}",
         f"train.unlabeled_batch_size={args.batch_size}", "train.num_workers=1", f"train.cpus_per_worker={args.threads}",
-        "train.max_failures=0",
+        "train.max_failures=0", f"train.use_gpu={str(args.gpu).lower()}",
     ])
     work = tempfile.mkdtemp(prefix="ray_al_bench_train_")
     try:
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         init_ray(num_cpus=args.threads + 1)  # with the dashboard: Ray Train's placement-group cleaner needs it
         plain, ray_runs = [], []
         for r in range(args.repeats):
-            plain.append(run_plain(cfg, spec, args.epochs, args.threads, args.seed))
+            plain.append(run_plain(cfg, spec, args.epochs, args.threads, args.seed, "cuda" if args.gpu else "cpu"))
             ray_runs.append(run_ray(cfg, spec, args.epochs, args.seed, os.path.join(work, "ray_train"), f"bench_{r}"))
         ray.shutdown()
     finally:
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = med(rr, "steady") / med(pr, "steady")
     result = {
         "bench": "train", "images": args.images, "epochs": args.epochs, "timed_epochs": args.epochs - 1,
-        "batch_size": args.batch_size, "method": args.method, "backbone": args.backbone, "threads": args.threads,
+        "batch_size": args.batch_size, "method": args.method, "gpu": args.gpu, "dataset": args.dataset, "backbone": args.backbone, "threads": args.threads,
         "ray_worker_threads": ray_runs[0]["threads"], "repeats": args.repeats,
         "plain_steady_images_per_s": round(med(pr, "steady"), 1),
         "ray_steady_images_per_s": round(med(rr, "steady"), 1),
