@@ -29,6 +29,7 @@ import numpy as np
 from ray_al.acquisition.geometry import error_bound, exact_min_sqdist, sqnorms32
 from ray_al.acquisition.kcenter_greedy import (
     DEFAULT_CHUNK_ROWS,
+    KCenterOptions,
     _argmax_lowest,
     kcenter_greedy_run,
     nonfinite_scan,
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     cpu0 = time.process_time()
     with PeakRSS() as mem:
         run = kcenter_greedy_run(x, a.k, None, a.seed, labeled_features=lf if a.labeled else None,
-                                 shards=a.shards, batch=a.batch, storage=a.storage)
+                                 options=KCenterOptions(shards=a.shards, batch=a.batch, storage=a.storage))
     ours, st = run.picks, run.stats
     ours_cpu = time.process_time() - cpu0
     reads.append(streaming_read_seconds(x))
