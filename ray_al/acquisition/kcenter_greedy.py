@@ -697,15 +697,9 @@ def kcenter_greedy_run(
     )
 
 
-def kcenter_greedy(
-    features: np.ndarray,
-    k: int,
-    labeled: np.ndarray | Sequence[int] | None = None,
-    seed: int = 0,
-    *,
-    labeled_features: np.ndarray | None = None,
-    options: KCenterOptions = KCenterOptions(),
-) -> np.ndarray:
+def kcenter_greedy(features: np.ndarray, k: int, labeled: np.ndarray | Sequence[int] | None = None, seed: int = 0,
+                   *, labeled_features: np.ndarray | None = None, options: KCenterOptions = KCenterOptions()
+                   ) -> np.ndarray:
     """(k,) int64 indices into `features` in pick order: `kcenter_greedy_run(...).picks` (same arguments)."""
     return kcenter_greedy_run(features, k, labeled, seed, labeled_features=labeled_features, options=options).picks
 
