@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ray_al.acquisition import PoolView, score
 from ray_al.acquisition.committee import mean_kl_to_consensus_scores, vote_entropy_scores
-from ray_al.acquisition.heads import L2, bootstrap_counts, fit_softmax_head, heads_committee_probs
+from ray_al.acquisition.heads import L2, HeadsOptions, bootstrap_counts, fit_softmax_head, heads_committee_probs
 
 
 def sklearn_probs(x: np.ndarray, y: np.ndarray, weight: np.ndarray, x_eval: np.ndarray) -> np.ndarray:
@@ -174,8 +174,8 @@ def test_chunked_scoring_equals_one_chunk() -> None:
     x, y = blobs(10, 3, 4, spread=1.0, seed=5)
     pool = np.random.default_rng(6).normal(size=(103, 4)).astype(np.float32)
     whole = heads_committee_probs(x, y, pool, 3, size=3, seed=1)
-    np.testing.assert_allclose(heads_committee_probs(x, y, pool, 3, size=3, seed=1, chunk_rows=10), whole,
-                               atol=1e-6)
+    chunked = heads_committee_probs(x, y, pool, 3, size=3, seed=1, options=HeadsOptions(chunk_rows=10))
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 import ray_al.acquisition.probcover as probcover
 from ray_al.acquisition import PoolView, select
-from ray_al.acquisition.probcover import probcover_select
+from ray_al.acquisition.probcover import ProbCoverOptions, probcover_select
 from ray_al.acquisition.geometry import PoolRows
 
 CENTERS = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
@@ -137,7 +137,7 @@ def test_saturated_coverage_falls_back_to_named_method_and_says_so(caplog) -> No
 def test_fallback_kcenter_counts_the_covering_picks_as_labeled() -> None:
     x, y, ids = planted()
     view = view_of(x, ids)
-    pos, info = probcover_select(view, 6, seed=0, fallback="kcenter")
+    pos, info = probcover_select(view, 6, seed=0, options=ProbCoverOptions(fallback="kcenter"))
     assert info["fallback"] == "kcenter" and info["fallback_count"] == 2
     rest = np.setdiff1d(np.arange(x.shape[0]), pos[:4])
     sub = view.subset(rest)
@@ -159,7 +159,7 @@ def test_greedy_matches_brute_force_with_labeled_set() -> None:
     x = rng.random((400, 2)).astype(np.float32)
     ids = rng.permutation(10_000)[:400].astype(np.int64)
     labeled = rng.random((10, 2)).astype(np.float32)
-    pos, info = probcover_select(view_of(x, ids, labeled), 40, seed=0, delta=0.08)
+    pos, info = probcover_select(view_of(x, ids, labeled), 40, seed=0, options=ProbCoverOptions(delta=0.08))
     want = brute_greedy(x, ids, 0.08, 40, labeled)
     assert info["delta_rule"] == "given" and info["covering_picks"] == len(want) == 40
     assert pos.tolist() == want
@@ -170,7 +170,7 @@ def test_lattice_with_duplicates_ties_by_id_like_brute_force() -> None:
     x = np.concatenate([g, g[::5], g[::7]]).astype(np.float32)  # with duplicates: many exact ties
     rng = np.random.default_rng(3)
     ids = rng.permutation(x.shape[0]).astype(np.int64) * 3
-    pos, info = probcover_select(view_of(x, ids), 20, seed=1, delta=1.5)
+    pos, info = probcover_select(view_of(x, ids), 20, seed=1, options=ProbCoverOptions(delta=1.5))
     want = brute_greedy(x, ids, 1.5, 20)
     assert info["covering_picks"] == len(want) < 20  # the lattice saturates: the rest is the fallback
     assert pos[: len(want)].tolist() == want
@@ -210,12 +210,12 @@ def test_cell_pruned_graph_equals_the_unpruned_one(monkeypatch) -> None:
 def test_max_edges_lowers_delta_and_a_too_large_given_delta_stops() -> None:
     x, y, ids = planted()
     _, free = probcover_select(view_of(x, ids), 4, seed=0)
-    pos, info = probcover_select(view_of(x, ids), 4, seed=0, max_edges=2000)
+    pos, info = probcover_select(view_of(x, ids), 4, seed=0, options=ProbCoverOptions(max_edges=2000))
     assert info["delta_rule"] == "capped_by_max_edges"
     assert info["delta"] < info["delta_purity"] == free["delta"]
     assert info["edges"] <= 2 * 2000 and free["edges"] > 2 * 2000
     with pytest.raises(ValueError, match="max_edges"):
-        probcover_select(view_of(x, ids), 4, seed=0, delta=100.0, max_edges=1000)
+        probcover_select(view_of(x, ids), 4, seed=0, options=ProbCoverOptions(delta=100.0, max_edges=1000))
 
 
 def test_independent_of_row_order() -> None:
@@ -262,7 +262,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import faiss  # imported (and the libraries loaded) before the baseline
     import ray_al.acquisition.kcenter_greedy
     from ray_al.acquisition import PoolView
-    from ray_al.acquisition.probcover import probcover_select
+    from ray_al.acquisition.probcover import ProbCoverOptions, probcover_select
     from ray_al.acquisition.typiclust import typiclust_select
 
     method = sys.argv[1]
@@ -279,7 +279,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     if method == "typiclust":
         pos, info = typiclust_select(view, 200, 0, max_clusters=200, niter=5)
     else:
-        pos, info = probcover_select(view, 200, 0, purity_sample=300, max_edges=10_000_000, niter=5)
+        pos, info = probcover_select(view, 200, 0, ProbCoverOptions(purity_sample=300, max_edges=10_000_000, niter=5))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"extra": peak - base, "input": x.nbytes, "seconds": time.time() - t,
                       "picks": int(np.unique(pos).shape[0]), "info": info}))

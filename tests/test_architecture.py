@@ -9,7 +9,7 @@
 (f) no class is longer than MAX_CLASS_LINES, and the round loop's `Cycle` (which only orders stages) is
     shorter than MAX_CYCLE_LINES;
 (g) no function outside ray_al/bench/ takes more than MAX_PARAMETERS parameters (self and cls not
-    counted), except WIDE_FUNCTIONS.
+    counted).
 """
 
 from __future__ import annotations
@@ -42,19 +42,6 @@ LONG_FUNCTIONS: dict[str, str] = {}
 MAX_CLASS_LINES = 200
 MAX_CYCLE_LINES = 150  # ray_al.loop.rounds.Cycle must stay under this
 MAX_PARAMETERS = 8
-# "path:function" -> why it may take more parameters; an entry that is no longer needed fails the test
-_H2 = "issue 20: the acquisition/ and k-center reworks (helper h2, 2026-12-06) take these; remove when done"
-WIDE_FUNCTIONS: dict[str, str] = {
-    "ray_al/acquisition/heads.py:heads_committee_probs": _H2,
-    "ray_al/acquisition/heads.py:_fit_and_score": _H2,
-    "ray_al/acquisition/kcenter_greedy.py:kcenter_greedy_run": _H2,
-    "ray_al/acquisition/probcover.py:_block_edges": _H2,
-    "ray_al/acquisition/probcover.py:choose_radius": _H2,
-    "ray_al/acquisition/probcover.py:probcover_select": _H2,
-    "ray_al/workers/kcenter_shards.py:kcenter_select_distributed": _H2 + " (shard options as one dataclass)",
-    "ray_al/models/learner.py:JointLearner.__init__": "built as JointLearner(**learner_kwargs(cfg, pool)): one "
-                                                      "keyword per key of the learner's description",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,12 +415,9 @@ def _functions(node: ast.AST, prefix: str = ""):
 
 
 def test_no_function_takes_too_many_parameters() -> None:
-    found = {k: v for k, v in parameter_counts(_package_trees()).items() if v > MAX_PARAMETERS}
-    wide = {k: v for k, v in found.items() if k not in WIDE_FUNCTIONS}
+    wide = {k: v for k, v in parameter_counts(_package_trees()).items() if v > MAX_PARAMETERS}
     assert not wide, (f"functions with over {MAX_PARAMETERS} parameters (pass a dataclass, e.g. "
-                      f"workers.train.TrainRequest): {wide}")
-    stale = sorted(set(WIDE_FUNCTIONS) - set(found))
-    assert not stale, f"WIDE_FUNCTIONS entries that take few enough parameters now (remove them): {stale}"
+                      f"workers.train.TrainRequest or acquisition.kcenter_greedy.KCenterOptions): {wide}")
 
 
 def test_parameter_check_sees_a_planted_wide_function() -> None:

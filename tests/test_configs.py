@@ -51,12 +51,13 @@ def test_config_loads_strictly_and_passes_the_cycle_checks(path):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_config_builds_its_learner(path):
     """ssl_options must be accepted by the SSL method's constructor (build() rejects unknown ones)."""
-    from ray_al.models import JointLearner
+    from ray_al.models import JointLearner, LearnerSpec
 
     cfg = config.load(path)
     size, channels = (8, 1) if cfg.data.dataset == "digits" else (32, 3)
-    learner = JointLearner(cfg.model.backbone, 10, channels, size, (0.5,) * channels, (0.25,) * channels,
-                           ssl=cfg.train.method, ssl_options=dict(cfg.train.ssl_options), dropout=cfg.model.dropout)
+    learner = JointLearner(LearnerSpec(cfg.model.backbone, 10, channels, size, (0.5,) * channels, (0.25,) * channels,
+                                       ssl=cfg.train.method, ssl_options=dict(cfg.train.ssl_options),
+                                       dropout=cfg.model.dropout))
     logits, feats = learner(torch.rand(2, channels, size, size))
     assert logits.shape == (2, 10) and feats.shape[0] == 2
     if cfg.train.method != "none":

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
-from ray_al.acquisition.kcenter_greedy import kcenter_greedy, kcenter_greedy_run, zero_shot_order
+from ray_al.acquisition.kcenter_greedy import KCenterOptions, kcenter_greedy, kcenter_greedy_run, zero_shot_order
 from ray_al.acquisition.kcenter_greedy import (
     KCenterShard,
     LocalShardGroup,
@@ -100,7 +100,8 @@ K = {"random": 60, "clustered": 80, "lattice": None, "far": 50}  # None: the who
 def test_matches_brute_force(name, mode, shards, batch):
     x, labeled, lf = labeled_setup(name, mode)
     k = K[name] if K[name] is not None else len(x) - len(labeled)
-    got = kcenter_greedy(x, k, labeled if len(labeled) else None, 0, labeled_features=lf, shards=shards, batch=batch)
+    got = kcenter_greedy(x, k, labeled if len(labeled) else None, 0, labeled_features=lf,
+                         options=KCenterOptions(shards=shards, batch=batch))
     want = reference(name, mode, k)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
@@ -109,14 +110,16 @@ def test_matches_brute_force(name, mode, shards, batch):
 def test_small_chunks_same_selection():
     x, labeled, lf = labeled_setup("clustered", "both")
     want = reference("clustered", "both", 80)
-    np.testing.assert_array_equal(kcenter_greedy(x, 80, labeled, labeled_features=lf, chunk_rows=7, shards=3), want)
+    got = kcenter_greedy(x, 80, labeled, labeled_features=lf, options=KCenterOptions(chunk_rows=7, shards=3))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_float16_storage_is_exact_for_rounded_features():
     x, labeled, lf = labeled_setup("clustered", "features")
     x16 = x.astype(np.float16).astype(np.float32)
     want = brute_force_greedy(x16, 50, (), lf)
-    np.testing.assert_array_equal(kcenter_greedy(x, 50, labeled_features=lf, storage="float16", shards=2), want)
+    got = kcenter_greedy(x, 50, labeled_features=lf, options=KCenterOptions(storage="float16", shards=2))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_cold_start_is_seeded_and_deterministic():
@@ -141,7 +144,7 @@ def test_batched_rounds_are_few_on_clustered_data():
     means = rng.standard_normal((20, 32)).astype(np.float32) * 3
     x = means[rng.integers(0, 20, 20000)] + rng.standard_normal((20000, 32)).astype(np.float32)
     lf = means[:5] + rng.standard_normal((5, 32)).astype(np.float32)
-    run = kcenter_greedy_run(x, 200, labeled_features=lf, shards=2)
+    run = kcenter_greedy_run(x, 200, labeled_features=lf, options=KCenterOptions(shards=2))
     picks, st = run.picks, run.stats
     assert st["rounds"] <= 200 // 5 and st["passes"] <= 200 // 5
     # the plain greedy does 200 passes; ours gives the same picks in a few
@@ -252,7 +255,7 @@ def test_nonfinite_features_name_the_rows(bad):
     x[17, 3] = bad
     x[250, 0] = bad
     with pytest.raises(ValueError, match=r"NaN or inf.*\[17, 250\]"):
-        kcenter_greedy(x, 5, shards=2)
+        kcenter_greedy(x, 5, options=KCenterOptions(shards=2))
 
 
 def test_k_larger_than_the_unlabeled_pool():
@@ -279,6 +282,8 @@ def test_labeled_input_errors():
         kcenter_greedy(x, 5, labeled=[1.5])
     with pytest.raises(ValueError, match="2-D"):
         kcenter_greedy(x[0], 1)
+    with pytest.raises(ValueError, match="shards must be >= 1, got 0"):
+        KCenterOptions(shards=0)
 
 
 def test_shards_with_different_dimensions():
@@ -293,17 +298,18 @@ def test_use_gpu_true_without_gpu_is_an_error_or_matches_cpu():
     x = dataset("random")
     if faiss.get_num_gpus() == 0:
         with pytest.raises(ValueError, match="faiss sees no GPU"):
-            kcenter_greedy(x, 5, use_gpu=True)
+            kcenter_greedy(x, 5, options=KCenterOptions(use_gpu=True))
     else:
-        np.testing.assert_array_equal(kcenter_greedy(x, 30, use_gpu=True), kcenter_greedy(x, 30, use_gpu=False))
+        np.testing.assert_array_equal(kcenter_greedy(x, 30, options=KCenterOptions(use_gpu=True)),
+                                      kcenter_greedy(x, 30, options=KCenterOptions(use_gpu=False)))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs a CUDA GPU and faiss-gpu")
 def test_gpu_matches_brute_force():
     x, labeled, lf = labeled_setup("clustered", "both")
-    np.testing.assert_array_equal(kcenter_greedy(x, 80, labeled, labeled_features=lf, use_gpu=True, shards=2),
-                                  reference("clustered", "both", 80))
+    got = kcenter_greedy(x, 80, labeled, labeled_features=lf, options=KCenterOptions(use_gpu=True, shards=2))
+    np.testing.assert_array_equal(got, reference("clustered", "both", 80))
 
 
 def test_importing_kcenter_greedy_does_not_import_ray():

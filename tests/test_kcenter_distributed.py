@@ -14,8 +14,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no tok
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from ray_al.acquisition.kcenter_greedy import kcenter_greedy  # noqa: E402
-from ray_al.workers.kcenter_shards import kcenter_select_distributed  # noqa: E402
+from ray_al.acquisition.kcenter_greedy import KCenterOptions, kcenter_greedy  # noqa: E402
+from ray_al.workers.kcenter_shards import EmbeddingFiles, kcenter_select_distributed  # noqa: E402
 
 D = 32
 K = 100
@@ -72,7 +72,8 @@ def pool(tmp_path_factory):
 def test_two_shards_on_two_nodes_match_single_process(cluster, pool):
     files, ids, x, labeled = pool
     want = ids[kcenter_greedy(x, K, labeled_features=labeled)].tolist()
-    got, st = kcenter_select_distributed(files, K, labeled_features=labeled, shards=2)
+    got, st = kcenter_select_distributed(EmbeddingFiles(files), K, labeled_features=labeled,
+                                         options=KCenterOptions(shards=2))
     assert got == want
     assert st["shards"] == 2 and len(set(st["nodes"])) == 2  # SPREAD put one shard on each node
     assert st["round_trips"] <= K // 5, st
@@ -89,8 +90,8 @@ def test_killed_shard_actor_restarts_and_selection_is_identical(cluster, pool):
             ray.kill(group.handles[0], no_restart=False)
             killed.append(round_no)
 
-    got, st = kcenter_select_distributed(files, K, labeled_features=labeled, shards=2, batch=16,
-                                         on_pass=kill_first_shard)
+    got, st = kcenter_select_distributed(EmbeddingFiles(files), K, labeled_features=labeled,
+                                         options=KCenterOptions(shards=2, batch=16, on_pass=kill_first_shard))
     assert killed and st["resyncs"] >= 1
     assert got == want
 
@@ -101,8 +102,9 @@ def test_labeled_and_included_ids(cluster, pool):
     keep = np.sort(rng.choice(len(x), 1200, replace=False))  # e.g. an uncertainty pre-filter
     lab_pos = keep[rng.choice(len(keep), 5, replace=False)]
     want = ids[keep][kcenter_greedy(x[keep], 40, np.searchsorted(keep, lab_pos), labeled_features=labeled)]
-    got, st = kcenter_select_distributed(files, 40, labeled_features=labeled, shards=2,
-                                         include_ids=ids[keep].tolist(), labeled_ids=ids[lab_pos].tolist() + [-5])
+    got, st = kcenter_select_distributed(EmbeddingFiles(files), 40, labeled_features=labeled,
+                                         include_ids=ids[keep].tolist(), labeled_ids=ids[lab_pos].tolist() + [-5],
+                                         options=KCenterOptions(shards=2))
     assert got == want.tolist()
     assert st["labeled_ids_missing"] == 1
 
@@ -113,13 +115,13 @@ def test_bad_inputs_are_named(cluster, tmp_path):
     write_file(a, np.arange(50), rng.standard_normal((50, 8)))
     write_file(b, np.arange(50, 100), rng.standard_normal((50, 6)))
     with pytest.raises(ValueError, match="disagree on the embedding dimension.*d=8.*d=6"):
-        kcenter_select_distributed([a, b], 5, labeled_features=None, shards=2)
+        kcenter_select_distributed(EmbeddingFiles([a, b]), 5, labeled_features=None, options=KCenterOptions(shards=2))
     x = rng.standard_normal((60, 8))
     x[7, 1] = np.nan
     c = str(tmp_path / "c.parquet")
     write_file(c, np.arange(1000, 1060), x)
     with pytest.raises(ValueError, match=r"NaN or inf.*\[1007\]"):
-        kcenter_select_distributed([a, c], 5, labeled_features=None, shards=1)
+        kcenter_select_distributed(EmbeddingFiles([a, c]), 5, labeled_features=None, options=KCenterOptions(shards=1))
 
 
 def test_corrupt_rows_are_never_selected(cluster, tmp_path):
@@ -136,7 +138,7 @@ def test_corrupt_rows_are_never_selected(cluster, tmp_path):
     for i, (a, b) in enumerate([(0, 150), (150, 260), (260, 400)]):
         files.append(str(tmp_path / f"part-{i}.parquet"))
         write_file(files[-1], ids[a:b], x[a:b], fixed=(i != 1), corrupt=corrupt[a:b])
-    got, st = kcenter_select_distributed(files, 20, shards=2)
+    got, st = kcenter_select_distributed(EmbeddingFiles(files), 20, options=KCenterOptions(shards=2))
     assert not set(got) & set(ids[corrupt].tolist())
     assert got == ids[~corrupt][kcenter_greedy(x[~corrupt], 20)].tolist()
     assert sum(st["rows_per_shard"]) == n - corrupt.sum()
@@ -171,8 +173,8 @@ def test_cifar10_cycle_embeddings_on_two_nodes_few_round_trips(cluster, cifar_ro
         matrix(lab.column("embedding"))
     assert len(x) == 3800 and len(labeled) == 200
     want = ids[kcenter_greedy(x, k, labeled_features=labeled)].tolist()
-    got, st = kcenter_select_distributed(split_files(cifar_round, "unlabeled"), k, labeled_features=labeled,
-                                         shards=2)
+    got, st = kcenter_select_distributed(EmbeddingFiles(split_files(cifar_round, "unlabeled")), k,
+                                         labeled_features=labeled, options=KCenterOptions(shards=2))
     assert got == want
     assert len(set(st["nodes"])) == 2 and sum(st["rows_per_shard"]) == len(x)
     assert st["round_trips"] <= k // 5, st

@@ -12,6 +12,7 @@ from ray_al.models import (
     BACKBONES,
     GlobalBatchNorm,
     JointLearner,
+    LearnerSpec,
     build_backbone,
     convert_sync_batchnorm,
 )
@@ -51,7 +52,7 @@ def test_vgg_keeps_pools_that_fit() -> None:
 def _learner(ssl: str = "none", c: int = 3, s: int = 32, **kw) -> JointLearner:
     torch.manual_seed(0)
     opts = {"flip": c == 3, **kw.pop("ssl_options", {})} if ssl != "none" else None
-    return JointLearner("small_cnn", 10, c, s, (0.4,) * c, (0.2,) * c, ssl=ssl, ssl_options=opts, **kw)
+    return JointLearner(LearnerSpec("small_cnn", 10, c, s, (0.4,) * c, (0.2,) * c, ssl=ssl, ssl_options=opts, **kw))
 
 
 def test_forward_shapes_and_normalisation_first() -> None:
@@ -66,11 +67,11 @@ def test_forward_shapes_and_normalisation_first() -> None:
 
 def test_mean_std_validation() -> None:
     with pytest.raises(ValueError, match="one value per channel"):
-        JointLearner("small_cnn", 10, 3, 32, (0.5, 0.5), (0.2, 0.2, 0.2))
+        JointLearner(LearnerSpec("small_cnn", 10, 3, 32, (0.5, 0.5), (0.2, 0.2, 0.2)))
     with pytest.raises(ValueError, match="positive"):
-        JointLearner("small_cnn", 10, 1, 8, (0.5,), (0.0,))
+        JointLearner(LearnerSpec("small_cnn", 10, 1, 8, (0.5,), (0.0,)))
     with pytest.raises(ValueError, match="unknown SSL method 'byol'; valid: none, barlow_twins"):
-        JointLearner("small_cnn", 10, 1, 8, (0.5,), (0.2,), ssl="byol")
+        JointLearner(LearnerSpec("small_cnn", 10, 1, 8, (0.5,), (0.2,), ssl="byol"))
 
 
 def test_no_ssl_gives_zero_loss() -> None:

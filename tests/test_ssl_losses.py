@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ray_al import ssl
-from ray_al.models import JointLearner
+from ray_al.models import JointLearner, LearnerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,8 @@ def test_rotation_loss_matches_numpy() -> None:
 
 def _learner(method: str, c: int = 1, s: int = 8, **opts) -> JointLearner:
     torch.manual_seed(0)
-    return JointLearner("small_cnn", 10, c, s, (0.3,) * c, (0.4,) * c, ssl=method, ssl_options={"flip": False, **opts})
+    return JointLearner(LearnerSpec("small_cnn", 10, c, s, (0.3,) * c, (0.4,) * c, ssl=method,
+                                    ssl_options={"flip": False, **opts}))
 
 
 def _views(b: int = 8, c: int = 1, s: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,7 +305,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from ray_al.models import JointLearner, convert_sync_batchnorm
+    from ray_al.models import JointLearner, LearnerSpec, convert_sync_batchnorm
     from ray_al.ssl import concat_all_gather
 
     METHODS = ["none", "moby", "barlow_twins", "simclr"]
@@ -317,7 +318,7 @@ _DDP_SCRIPT = textwrap.dedent(
             opts["queue_size"] = 32
         if method == "barlow_twins":
             opts.update(proj_dim=32, scale=1 / 32)
-        return JointLearner("small_cnn", 10, 1, 8, (0.3,), (0.4,), ssl=method, ssl_options=opts)
+        return JointLearner(LearnerSpec("small_cnn", 10, 1, 8, (0.3,), (0.4,), ssl=method, ssl_options=opts))
 
     def data():
         g = torch.Generator().manual_seed(1)

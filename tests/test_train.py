@@ -14,7 +14,7 @@ import torch
 from ray_al.core import config as config_mod
 from ray_al.models import trainloop as tl
 from ray_al.core.config import ConfigError
-from ray_al.models import JointLearner
+from ray_al.models import JointLearner, LearnerSpec
 from ray_al.ssl import METHODS
 
 SSL_METHODS = sorted(METHODS)
@@ -81,8 +81,8 @@ def _digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _run(method: str, epochs: int, seed: int = 0, ssl_options: dict | None = None) -> tuple[JointLearner, dict]:
     x, y = _digits(96)
     torch.manual_seed(seed)
-    learner = JointLearner("small_cnn", 10, 1, 8, (0.3,), (0.36,), ssl=method,
-                           ssl_options=ssl_options if method != "none" else None)
+    learner = JointLearner(LearnerSpec("small_cnn", 10, 1, 8, (0.3,), (0.36,), ssl=method,
+                                       ssl_options=ssl_options if method != "none" else None))
     data = tl.TrainTensors(x[:24], y[:24], x[24:], torch.from_numpy(tl.ids_to_keys(np.arange(24))),
                            torch.from_numpy(tl.ids_to_keys(np.arange(24, 96))))
     n = tl.steps_per_epoch(24, 96, 8, 16, method != "none")
@@ -114,7 +114,8 @@ def test_checkpoint_loads_with_weights_only_and_resumes(tmp_path, optimizer: str
 
     def state() -> tl.TrainState:
         torch.manual_seed(0)
-        learner = JointLearner("small_cnn", 10, 1, 8, (0.3,), (0.36,), ssl="moby", ssl_options={"queue_size": 64})
+        learner = JointLearner(LearnerSpec("small_cnn", 10, 1, 8, (0.3,), (0.36,), ssl="moby",
+                                           ssl_options={"queue_size": 64}))
         opt, sched = tl.make_optimizer(learner.trainable_parameters(), 0.05, 0.9, 5e-4, 12, (0.6, 0.8), optimizer,
                                        schedule)
         return tl.TrainState(tl.JointObjective(learner), learner, opt, sched)
@@ -166,7 +167,7 @@ def test_train_spec_is_typed_checked_and_sorted() -> None:
 
 def test_ssl_defaults() -> None:
     from ray_al.data.pool import PoolSpec
-    from ray_al.models.weights import learner_kwargs, ssl_defaults
+    from ray_al.models.weights import build_learner, learner_kwargs, ssl_defaults
 
     grey = PoolSpec("p", "t", 10, tuple("0123456789"), 8, 1, (0.3,), (0.36,), "image", "int64", 100, True)
     rgb = PoolSpec("p", "t", 10, tuple("0123456789"), 32, 3, (0.5,) * 3, (0.25,) * 3, "image", "int64", 100, True)
@@ -175,7 +176,7 @@ def test_ssl_defaults() -> None:
     assert ssl_defaults("barlow_twins", rgb) == {"scale": 1 / 32}
     cfg = config_mod.load(None, ["train.method=barlow_twins", "train.ssl_options.scale=0.5"])
     assert learner_kwargs(cfg, grey)["ssl_options"] == {"flip": False, "scale": 0.5}  # explicit options win
-    JointLearner(**learner_kwargs(cfg, grey))  # every default is a valid option of the method
+    build_learner(learner_kwargs(cfg, grey))  # every default is a valid option of the method
 
 
 def test_sizes_are_checked_before_ray_train_starts() -> None:

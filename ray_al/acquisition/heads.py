@@ -20,6 +20,8 @@ Pure module (numpy/scipy, never ray). Fitting touches only the labeled set; scor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
@@ -81,6 +83,15 @@ def _softmax_rows(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class HeadsOptions:
+    """How each head is fitted (l2, L-BFGS max_iter) and how many pool rows are scored at once."""
+
+    l2: float = L2
+    max_iter: int = MAX_ITER
+    chunk_rows: int = SCORE_CHUNK_ROWS
+
+
 def heads_committee_probs(
     labeled_embeddings: np.ndarray,
     labeled_labels: np.ndarray,
@@ -89,9 +100,7 @@ def heads_committee_probs(
     size: int,
     seed: int,
     labeled_ids: np.ndarray | None = None,
-    l2: float = L2,
-    max_iter: int = MAX_ITER,
-    chunk_rows: int = SCORE_CHUNK_ROWS,
+    options: HeadsOptions = HeadsOptions(),
 ) -> np.ndarray:
     """(size, n, n_classes) float32 class probabilities of `size` bagged softmax heads on `embeddings`.
 
@@ -132,16 +141,25 @@ def heads_committee_probs(
     # save; measured L 1000, d 512, m 5, pool 100k on a busy 2-core machine: fit 0.2 s + score 0.35 s with
     # one thread, fit 6-8 s and score 0.3-1.7 s with two.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_and_score(x, y, mean, scale, pool, n_classes, int(size), seed, l2, max_iter, int(chunk_rows))
+        weights, bias = _fit_heads(x, y, n_classes, int(size), seed, options)
+        # Fold the scaling into the heads: ((z - mean) / scale) W + b = z (W / scale) + (b - mean W / scale),
+        # then one (rows, d) x (d, m C) product per chunk scores every head.
+        weights /= scale
+        bias -= mean @ weights
+        return _score(pool, weights, bias, n_classes, int(options.chunk_rows))
 
 
-def _fit_and_score(x, y, mean, scale, pool, n_classes, size, seed, l2, max_iter, chunk_rows) -> np.ndarray:
+def _fit_heads(x: np.ndarray, y: np.ndarray, n_classes: int, size: int, seed: int, options: HeadsOptions
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The `size` bagged heads on the scaled labeled rows side by side: (W (d, m C), b (m C,))."""
     counts = bootstrap_counts(len(y), size, seed)
-    heads = [fit_softmax_head(x, y, n_classes, counts[j], l2=l2, max_iter=max_iter) for j in range(size)]
-    # Fold the scaling into the heads: ((z - mean) / scale) W + b = z (W / scale) + (b - mean W / scale),
-    # then one (rows, d) x (d, m C) product per chunk scores every head.
-    weights = np.concatenate([w for w, _ in heads], axis=1) / scale  # (d, m C)
-    bias = np.concatenate([b for _, b in heads]) - mean @ weights  # (m C,)
+    heads = [fit_softmax_head(x, y, n_classes, c, l2=options.l2, max_iter=options.max_iter) for c in counts]
+    return np.concatenate([w for w, _ in heads], axis=1), np.concatenate([b for _, b in heads])
+
+
+def _score(pool: np.ndarray, weights: np.ndarray, bias: np.ndarray, n_classes: int, chunk_rows: int) -> np.ndarray:
+    """(m, n, C) float32 softmax of every head on the pool, chunk_rows pool rows at a time."""
+    size = weights.shape[1] // n_classes
     n = pool.shape[0]
     out = np.empty((size, n, n_classes), dtype=np.float32)
     for start in range(0, n, chunk_rows):

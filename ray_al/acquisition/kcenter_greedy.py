@@ -638,6 +638,31 @@ def split_rows(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
+@dataclass(frozen=True)
+class KCenterOptions:
+    """How k-center runs; none of these change the selection (module docstring), except that
+    storage="float16" selects exactly for the float16-rounded features.
+
+    shards: split the pool into this many shards (in-process here, Ray actors in workers.kcenter_shards).
+    batch: candidates per shard per round (None: adapts to what is left).
+    storage: "float32" or "float16" (half the memory).
+    use_gpu: faiss GPU if True, CPU if False, GPU when faiss sees one if None.
+    chunk_rows: rows per faiss call (bounds the temporaries).
+    on_pass: on_pass(round, group) after every round's greedy steps (tests kill shards there).
+    """
+
+    shards: int = 1
+    batch: int | None = None
+    storage: str = "float32"
+    use_gpu: bool | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    on_pass: Callable[[int, ShardGroup], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.shards}")
+
+
 def kcenter_greedy_run(
     features: np.ndarray,
     k: int,
@@ -645,12 +670,7 @@ def kcenter_greedy_run(
     seed: int = 0,
     *,
     labeled_features: np.ndarray | None = None,
-    shards: int = 1,
-    batch: int | None = None,
-    storage: str = "float32",
-    use_gpu: bool | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    on_pass: Callable[[int, ShardGroup], None] | None = None,
+    options: KCenterOptions = KCenterOptions(),
 ) -> GreedyResult:
     """k-center greedy (CoreSet, Sener & Savarese 2018) in this process: the picks and the stats.
 
@@ -658,41 +678,38 @@ def kcenter_greedy_run(
     labeled: indices into `features` that are already centers (never picked).
     labeled_features: (m, d) extra centers not in the pool (the labeled set embedded separately).
     seed: cold start (no centers at all) picks `np.random.default_rng(seed).integers(n)` first.
-    shards: split the pool into this many in-process shards (same selection; exercises the driver).
-    storage: "float32" or "float16" (half the memory; exact for the float16-rounded features).
-    use_gpu: faiss GPU if True, CPU if False, GPU when faiss sees one if None.
+    options: shards, batch, storage, use_gpu, ... (`KCenterOptions`; in-process shards give the same
+    selection and exercise the driver).
     The selection is exactly the plain greedy's on exact distances (ties to the lowest index); see the
     module docstring. stats: passes over the features, round_trips, seconds, ...
     """
     x = np.asarray(features)
     if x.ndim != 2:
         raise ValueError(f"features must be a 2-D (n, d) array, got shape {x.shape}")
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
-    parts = [
-        KCenterShard(x[a:b], ids=a, storage=storage, use_gpu=use_gpu, chunk_rows=chunk_rows)
-        for a, b in split_rows(x.shape[0], shards)
-    ]
-    group = LocalShardGroup(parts, [f"rows {a}..{b - 1}" for a, b in split_rows(x.shape[0], shards)])
+    o = options
+    rows = split_rows(x.shape[0], o.shards)
+    parts = [KCenterShard(x[a:b], ids=a, storage=o.storage, use_gpu=o.use_gpu, chunk_rows=o.chunk_rows)
+             for a, b in rows]
+    group = LocalShardGroup(parts, [f"rows {a}..{b - 1}" for a, b in rows])
     return exact_greedy(
         group, k, labeled=None if labeled is None else np.asarray(labeled), labeled_features=labeled_features,
-        seed=seed, batch=batch, on_pass=on_pass,
+        seed=seed, batch=o.batch, on_pass=o.on_pass,
     )
 
 
-def kcenter_greedy(
-    features: np.ndarray, k: int, labeled: np.ndarray | Sequence[int] | None = None, seed: int = 0, **options: Any
-) -> np.ndarray:
-    """(k,) int64 indices into `features` in pick order: `kcenter_greedy_run(...).picks` (same options)."""
-    return kcenter_greedy_run(features, k, labeled, seed, **options).picks
+def kcenter_greedy(features: np.ndarray, k: int, labeled: np.ndarray | Sequence[int] | None = None, seed: int = 0,
+                   *, labeled_features: np.ndarray | None = None, options: KCenterOptions = KCenterOptions()
+                   ) -> np.ndarray:
+    """(k,) int64 indices into `features` in pick order: `kcenter_greedy_run(...).picks` (same arguments)."""
+    return kcenter_greedy_run(features, k, labeled, seed, labeled_features=labeled_features, options=options).picks
 
 
 def zero_shot_order(
     features: np.ndarray,
     seed: int = 0,
     labeled_features: np.ndarray | None = None,
-    **kwargs: Any,
+    options: KCenterOptions = KCenterOptions(),
 ) -> np.ndarray:
     """(n,) k-center ordering of the whole pool (zero-shot selection: every budget is a prefix)."""
     return kcenter_greedy(features, np.asarray(features).shape[0], None, seed,
-                          labeled_features=labeled_features, **kwargs)
+                          labeled_features=labeled_features, options=options)

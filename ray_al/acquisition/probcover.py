@@ -39,14 +39,16 @@ Scale (never an n x n or n x |labeled| matrix):
 Determinism: candidates are processed in ascending-id order and labeled rows in an order fixed by their
 values; k-means, samples and the fallback are seeded: same ids, features and seed, same picks.
 
-`probcover_select(view, k, seed, **options) -> (positions, info)`; the registered strategy returns the
-positions and, given `info={}`, fills that dict with the same record.
+`probcover_select(view, k, seed, ProbCoverOptions(...)) -> (positions, info)`; the registered strategy
+takes the options as keywords, returns the positions and, given `info={}`, fills that dict with the same
+record.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -222,11 +224,12 @@ class _Cells:
         return self.xs[rows], self.sq[rows], self.perm[rows]
 
 
-def _block_edges(q: np.ndarray, q_sq: np.ndarray, y: np.ndarray, y_sq: np.ndarray, y_p: np.ndarray, n: int,
+def _block_edges(q: np.ndarray, q_sq: np.ndarray, near: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
                  t: float, err: float, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Edges from query rows q to pool rows y (P indices y_p): (query row, unlabeled neighbour P index)
-    as int32 pairs, and which query rows have a labeled point (P >= n) in their ball. More than `budget`
-    unlabeled edges stops with an error."""
+    """Edges from query rows q to the pool rows `near` = (rows y, squared norms, P indices y_p), as
+    `_Cells.near` gives them: (query row, unlabeled neighbour P index) as int32 pairs, and which query rows
+    have a labeled point (P >= n) in their ball. More than `budget` unlabeled edges stops with an error."""
+    y, y_sq, y_p = near
     lo_t, hi_t = _thresholds(t, err)
     step = max(1, BLOCK // q.shape[0])
     near_lab = np.zeros(q.shape[0], dtype=bool)
@@ -277,11 +280,10 @@ def build_ball_graph(pool: PoolRows, t: float, err: float, max_norm: float, seed
         q_pos = members[cells.perm[members] < n]  # the unlabeled members of the cell
         if q_pos.size == 0:
             continue
-        y, y_sq, y_p = cells.near(c, reach)
+        near = cells.near(c, reach)
         for lo in range(0, q_pos.size, QUERY_ROWS):
             qp = q_pos[lo : lo + QUERY_ROWS]
-            rr, nb, near_lab = _block_edges(cells.xs[qp], cells.sq[qp], y, y_sq, y_p, n, t, err,
-                                            2 * int(max_edges) - total)
+            rr, nb, near_lab = _block_edges(cells.xs[qp], cells.sq[qp], near, n, t, err, 2 * int(max_edges) - total)
             total += rr.shape[0]
             idx_all.append(nb[np.argsort(rr, kind="stable")])
             counts_all.append(np.bincount(rr, minlength=qp.size))
@@ -330,22 +332,40 @@ def greedy_cover(graph: BallGraph, k: int) -> tuple[list[int], np.ndarray]:
     return picks, covered
 
 
-def _check_options(alpha: Any, num_classes: Any, delta: Any, purity_sample: Any, max_edges: Any,
-                   niter: Any, fallback: Any) -> None:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 < float(alpha) <= 1.0:
-        raise ValueError(f"probcover option alpha must be a purity in (0, 1], got {alpha!r}")
-    for name, value, low in (("num_classes", num_classes, 2), ("purity_sample", purity_sample, 1),
-                             ("max_edges", max_edges, 1), ("niter", niter, 0)):
+@dataclass(frozen=True)
+class ProbCoverOptions:
+    """ProbCover's options (module docstring); the registered strategy takes them as keywords.
+
+    alpha: purity threshold of the radius rule. num_classes: pseudo-label clusters (None: the columns of
+    view.probs, else DEFAULT_NUM_CLASSES). delta: the radius by hand (None: by purity). fallback: the method
+    that fills the batch once coverage saturates. purity_sample: points whose purity is measured.
+    max_edges: stored edges before delta is lowered. niter: Lloyd iterations of the pseudo-label k-means.
+    """
+
+    alpha: float = ALPHA
+    num_classes: int | None = None
+    delta: float | None = None
+    fallback: str = "random"
+    purity_sample: int = PURITY_SAMPLE
+    max_edges: int = MAX_EDGES
+    niter: int = KMEANS_NITER
+
+
+def _check_options(o: ProbCoverOptions) -> None:
+    if not isinstance(o.alpha, (int, float)) or isinstance(o.alpha, bool) or not 0.0 < float(o.alpha) <= 1.0:
+        raise ValueError(f"probcover option alpha must be a purity in (0, 1], got {o.alpha!r}")
+    for name, value, low in (("num_classes", o.num_classes, 2), ("purity_sample", o.purity_sample, 1),
+                             ("max_edges", o.max_edges, 1), ("niter", o.niter, 0)):
         if value is None and name == "num_classes":
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"probcover option {name} must be an integer >= {low}, got {value!r}")
-    if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float))
-                              or not float(delta) >= 0.0):
-        raise ValueError(f"probcover option delta must be a radius >= 0 (or None: by purity), got {delta!r}")
-    if fallback == "probcover":
+    if o.delta is not None and (isinstance(o.delta, bool) or not isinstance(o.delta, (int, float))
+                                or not float(o.delta) >= 0.0):
+        raise ValueError(f"probcover option delta must be a radius >= 0 (or None: by purity), got {o.delta!r}")
+    if o.fallback == "probcover":
         raise ValueError("probcover option fallback must name another method (e.g. 'random')")
-    ACQUISITIONS.get(fallback)  # an unknown name lists the valid ones
+    ACQUISITIONS.get(o.fallback)  # an unknown name lists the valid ones
 
 
 def _fallback(view: PoolView, pool: PoolRows, picks: list[int], remaining: int, seed: int,
@@ -377,16 +397,16 @@ def _centre(pool: PoolRows) -> tuple[float, float]:
     return max_norm, error_bound(pool.d, max_norm)
 
 
-def choose_radius(pool: PoolRows, rng: np.random.Generator, alpha: float, num_classes: int,
-                  purity_sample: int, max_edges: int, niter: int, max_norm: float, err: float,
-                  info: dict[str, Any]) -> float:
-    """Squared delta by the purity rule, lowered if the graph would exceed max_edges; fills `info`."""
-    N = pool.N
-    S = min(int(purity_sample), N)
+def choose_radius(pool: PoolRows, rng: np.random.Generator, options: ProbCoverOptions, max_norm: float,
+                  err: float, info: dict[str, Any]) -> float:
+    """Squared delta by the purity rule, lowered if the graph would exceed max_edges; fills `info`.
+    options.num_classes is set (probcover_select resolves None)."""
+    N, max_edges = pool.N, options.max_edges
+    S = min(int(options.purity_sample), N)
     sample = np.arange(N) if S == N else np.sort(rng.choice(N, size=S, replace=False))
-    K = min(int(num_classes), N)
-    _, labels = seeded_kmeans(pool, K, int(rng.integers(2**31 - 1)), niter=niter)
-    t, r_sq = purity_radius(pool, labels, K, sample, float(alpha), err)
+    K = min(int(options.num_classes), N)
+    _, labels = seeded_kmeans(pool, K, int(rng.integers(2**31 - 1)), niter=options.niter)
+    t, r_sq = purity_radius(pool, labels, K, sample, float(options.alpha), err)
     del labels
     info.update(delta_rule="purity", delta_purity=math.sqrt(t), purity_sample=int(S))
     if pool.n * N > max_edges:  # the graph could exceed max_edges: estimate its size from the sample
@@ -402,16 +422,7 @@ def choose_radius(pool: PoolRows, rng: np.random.Generator, alpha: float, num_cl
 
 
 def probcover_select(
-    view: PoolView,
-    k: int,
-    seed: int,
-    alpha: float = ALPHA,
-    num_classes: int | None = None,
-    delta: float | None = None,
-    fallback: str = "random",
-    purity_sample: int = PURITY_SAMPLE,
-    max_edges: int = MAX_EDGES,
-    niter: int = KMEANS_NITER,
+    view: PoolView, k: int, seed: int, options: ProbCoverOptions = ProbCoverOptions()
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """((k,) positions into view.ids in selection order, info).
 
@@ -421,10 +432,12 @@ def probcover_select(
     whole pool, labeled included, before and after the picks), covering_picks, fallback, fallback_used,
     fallback_count.
     """
-    if num_classes is None:
+    if options.num_classes is None:
         probs = getattr(view, "probs", None)
         num_classes = int(np.shape(probs)[1]) if probs is not None and np.ndim(probs) == 2 else DEFAULT_NUM_CLASSES
-    _check_options(alpha, num_classes, delta, purity_sample, max_edges, niter, fallback)
+        options = replace(options, num_classes=num_classes)
+    _check_options(options)
+    alpha, num_classes, delta, fallback = options.alpha, options.num_classes, options.delta, options.fallback
     k, pool = int(k), PoolRows(view)
     n, N = pool.n, pool.N
     if k > n:
@@ -442,9 +455,9 @@ def probcover_select(
         t = float(np.float32(float(delta) ** 2))
         info["delta_rule"] = "given"
     else:
-        t = choose_radius(pool, rng, alpha, num_classes, purity_sample, max_edges, niter, max_norm, err, info)
+        t = choose_radius(pool, rng, options, max_norm, err, info)
     info["delta"] = math.sqrt(t)
-    graph = build_ball_graph(pool, t, err, max_norm, int(rng.integers(2**31 - 1)), int(max_edges))
+    graph = build_ball_graph(pool, t, err, max_norm, int(rng.integers(2**31 - 1)), int(options.max_edges))
     info.update(edges=graph.edges, mean_degree=graph.edges / max(1, n), cells=graph.cells,
                 coverage_before=float((graph.covered.sum() + pool.L) / N))
     picks, covered = greedy_cover(graph, k)
@@ -460,9 +473,13 @@ def probcover_select(
     return positions.astype(np.int64), info
 
 
+def _probcover_strategy(view: PoolView, k: int, seed: int, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """probcover_select with the options as keywords (how `acquisition.select` passes them)."""
+    return probcover_select(view, k, seed, ProbCoverOptions(**options))
+
+
 STRATEGY = register(Strategy(
-    "probcover", "select", recording(probcover_select), required=frozenset({"embeddings"}),
+    "probcover", "select", recording(_probcover_strategy), required=frozenset({"embeddings"}),
     optional=frozenset({"labeled_embeddings"}),
-    options=frozenset({"alpha", "num_classes", "delta", "fallback", "purity_sample", "max_edges", "niter",
-                       "info"}),
+    options=frozenset({f.name for f in fields(ProbCoverOptions)} | {"info"}),
     summary="ProbCover: greedy max coverage of purity-chosen delta-balls (Yehuda et al. 2022)"))

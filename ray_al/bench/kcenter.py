@@ -29,6 +29,7 @@ import numpy as np
 from ray_al.acquisition.geometry import error_bound, exact_min_sqdist, sqnorms32
 from ray_al.acquisition.kcenter_greedy import (
     DEFAULT_CHUNK_ROWS,
+    KCenterOptions,
     _argmax_lowest,
     kcenter_greedy_run,
     nonfinite_scan,
@@ -191,8 +192,9 @@ FAISS_BACKENDS = {"auto": None, "cpu": False, "gpu": True}  # --faiss -> use_gpu
 
 def run_ours(x: np.ndarray, lf: np.ndarray | None, a: argparse.Namespace):
     """The library's exact k-center on the bench's options: the one call to adapt if its signature moves."""
-    return kcenter_greedy_run(x, a.k, None, a.seed, labeled_features=lf, shards=a.shards, batch=a.batch,
-                              storage=a.storage, use_gpu=FAISS_BACKENDS[a.faiss])
+    return kcenter_greedy_run(x, a.k, None, a.seed, labeled_features=lf,
+                              options=KCenterOptions(shards=a.shards, batch=a.batch, storage=a.storage,
+                                                     use_gpu=FAISS_BACKENDS[a.faiss]))
 
 
 # ----------------------------------------------------------------------------------------------

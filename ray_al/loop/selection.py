@@ -318,11 +318,13 @@ def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[n
 
 def _kcenter_on_shards(source: ShardFiles, k: int, shards: int, seed: int) -> list:
     from ray_al.workers.ray_utils import ensure_ray
-    from ray_al.workers.kcenter_shards import kcenter_select_distributed
+    from ray_al.acquisition.kcenter_greedy import KCenterOptions
+    from ray_al.workers.kcenter_shards import EmbeddingFiles, kcenter_select_distributed
 
     ensure_ray()
-    chosen, _stats = kcenter_select_distributed(source.files, k, labeled_features=source.labeled_embeddings,
-                                                shards=shards, seed=seed, filesystem=source.filesystem)
+    chosen, _stats = kcenter_select_distributed(EmbeddingFiles(source.files, source.filesystem), k,
+                                                labeled_features=source.labeled_embeddings, seed=seed,
+                                                options=KCenterOptions(shards=shards))
     return list(chosen)
 
 

@@ -5,6 +5,7 @@ from ray_al.models.learner import (
     Encoder,
     GlobalBatchNorm,
     JointLearner,
+    LearnerSpec,
     Normalize,
     convert_sync_batchnorm,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "Encoder",
     "GlobalBatchNorm",
     "JointLearner",
+    "LearnerSpec",
     "Normalize",
     "convert_sync_batchnorm",
 ]

@@ -6,6 +6,7 @@ Pure torch: never imports ray.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ray_al import ssl as ssl_methods
 from ray_al.models.backbones import build_backbone
 
-__all__ = ["Normalize", "Encoder", "JointLearner", "GlobalBatchNorm", "convert_sync_batchnorm"]
+__all__ = ["Normalize", "Encoder", "LearnerSpec", "JointLearner", "GlobalBatchNorm", "convert_sync_batchnorm"]
 
 
 class Normalize(nn.Module):
@@ -52,52 +53,58 @@ class Encoder(nn.Sequential):
         self.feature_dim: int = int(backbone.feature_dim)
 
 
-class JointLearner(nn.Module):
-    """Encoder + classifier (+ SSL method sharing the encoder).
+@dataclass(frozen=True)
+class LearnerSpec:
+    """What a JointLearner is. Its fields are the keys of ray_al.models.weights.learner_kwargs, the dict
+    that travels to the workers (`build_learner` turns it into a learner).
 
-    Args:
-        backbone: a name from ``ray_al.models.BACKBONES``.
-        num_classes: classifier outputs.
-        in_channels, image_size: input geometry (B, in_channels, image_size, image_size).
-        mean, std: per-dataset channel statistics; normalisation is the encoder's first layer, so
-            callers (and augmentations) work on [0, 1] images.
-        ssl: "none" or a name from ``ray_al.ssl.METHODS``; ssl_options go to ``ray_al.ssl.build``.
-        dropout: dropout before the classifier (training only; MC-dropout committees apply their own
-            masks to the features, ray_al.workers.embed).
+    backbone: a name from ``ray_al.models.BACKBONES``.
+    num_classes: classifier outputs.
+    in_channels, image_size: input geometry (B, in_channels, image_size, image_size).
+    mean, std: per-dataset channel statistics; normalisation is the encoder's first layer, so
+        callers (and augmentations) work on [0, 1] images.
+    ssl: "none" or a name from ``ray_al.ssl.METHODS``; ssl_options go to ``ray_al.ssl.build``.
+    dropout: dropout before the classifier (training only; MC-dropout committees apply their own
+        masks to the features, ray_al.workers.embed).
+    """
+
+    backbone: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    ssl: str = "none"
+    ssl_options: dict[str, Any] | None = None
+    dropout: float = 0.0
+
+
+class JointLearner(nn.Module):
+    """Encoder + classifier (+ SSL method sharing the encoder), as `spec` (a LearnerSpec) describes.
 
     ``forward(x) -> (logits (B, num_classes), features (B, feature_dim))``; ``ssl_loss`` is the SSL
     method's loss (ray_al.models.trainloop.JointObjective routes both through one DDP forward).
     """
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        ssl: str = "none",
-        ssl_options: dict[str, Any] | None = None,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, spec: LearnerSpec) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        net = build_backbone(backbone, in_channels, image_size)
-        self.encoder = Encoder(Normalize(mean, std, in_channels), net)
+        if spec.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {spec.num_classes}")
+        if not 0.0 <= spec.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {spec.dropout}")
+        net = build_backbone(spec.backbone, spec.in_channels, spec.image_size)
+        self.encoder = Encoder(Normalize(spec.mean, spec.std, spec.in_channels), net)
         self.feature_dim: int = self.encoder.feature_dim
-        self.num_classes = int(num_classes)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-        self.ssl_name = ssl
+        self.num_classes = int(spec.num_classes)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.classifier = nn.Linear(self.feature_dim, spec.num_classes)
+        self.ssl_name = spec.ssl
         self.ssl: ssl_methods.SSLMethod | None = None
-        if ssl != "none":
-            self.ssl = ssl_methods.build(ssl, self.encoder, self.feature_dim, image_size, in_channels, **(ssl_options or {}))
-        elif ssl_options:
-            raise ValueError(f"ssl_options {sorted(ssl_options)} given but ssl='none'")
+        if spec.ssl != "none":
+            self.ssl = ssl_methods.build(spec.ssl, self.encoder, self.feature_dim, spec.image_size, spec.in_channels,
+                                         **(spec.ssl_options or {}))
+        elif spec.ssl_options:
+            raise ValueError(f"ssl_options {sorted(spec.ssl_options)} given but ssl='none'")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.encoder(x)  # (B, feature_dim)

@@ -35,6 +35,7 @@ def ssl_defaults(method: str, pool: PoolSpec) -> dict:
 
 
 def learner_kwargs(cfg: Config, pool: PoolSpec, method: str | None = None) -> dict:
+    """The learner's LearnerSpec fields as a plain dict (what travels to the workers; `build_learner`)."""
     method = cfg.train.method if method is None else method
     return {
         "backbone": cfg.model.backbone, "num_classes": pool.num_classes, "in_channels": pool.channels,
@@ -45,9 +46,9 @@ def learner_kwargs(cfg: Config, pool: PoolSpec, method: str | None = None) -> di
 
 
 def build_learner(kwargs: dict) -> torch.nn.Module:
-    from ray_al.models.learner import JointLearner
+    from ray_al.models.learner import JointLearner, LearnerSpec
 
-    return JointLearner(**kwargs)
+    return JointLearner(LearnerSpec(**kwargs))
 
 
 def state_to_bytes(state: dict) -> bytes:

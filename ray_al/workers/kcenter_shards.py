@@ -1,7 +1,7 @@
 """k-center over Ray shard actors: each actor loads its own embedding Parquet files, the pure exact
 driver (`ray_al.acquisition.kcenter_greedy.exact_greedy`) runs in the caller and talks to them.
 
-Ray plumbing only; the selection logic is in kcenter.py. The caller owns `ray.init()`.
+Ray plumbing only; the selection logic is in acquisition/kcenter_greedy.py. The caller owns `ray.init()`.
 
 - Global order: the sorted file list, then the row within a file. Each shard gets a contiguous run of
   files (balanced by row count from the Parquet footers), so the selection and its tie-breaking equal
@@ -17,21 +17,38 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import ray
 
 from ray_al.core.embeddings import drop_corrupt
-from ray_al.acquisition.kcenter_greedy import (
-    DEFAULT_CHUNK_ROWS,
-    MAX_NAMED_ROWS,
-    KCenterShard,
-    ShardGroup,
-    exact_greedy,
-)
+from ray_al.acquisition.kcenter_greedy import MAX_NAMED_ROWS, KCenterOptions, KCenterShard, exact_greedy
 
 _SHARE_BYTES = 1 << 20  # broadcast arrays larger than this through one ray.put instead of per call
+
+
+@dataclass(frozen=True)
+class EmbeddingFiles:
+    """Embedding Parquet files and how to read them: paths (local, or URIs for `filesystem`, a pyarrow or
+    fsspec filesystem) whose `id_column` and `embedding_column` hold the pool (rows with a true `corrupt`
+    column are left out)."""
+
+    files: Sequence[str]
+    filesystem: Any = None
+    id_column: str = "id"
+    embedding_column: str = "embedding"
+
+
+@dataclass(frozen=True)
+class ShardResources:
+    """Each shard actor's Ray resources and how often Ray restarts it (a restarted actor reloads its
+    files and is resynced by the driver)."""
+
+    num_cpus: float = 1
+    num_gpus: float = 0
+    max_restarts: int = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,21 +145,23 @@ def _list_width(f: str, arr: Any, embedding_column: str) -> int | None:
 
 
 class ShardActor:
-    """A KCenterShard over its files. Load errors are reported by `info()` (a raising __init__ would be
-    retried by Ray's restarts and hide the message)."""
+    """A KCenterShard over its files (`source`: this shard's run of them). Load errors are reported by
+    `info()` (a raising __init__ would be retried by Ray's restarts and hide the message). Of `options`
+    it uses storage, use_gpu and chunk_rows."""
 
-    def __init__(self, files: Sequence[str], filesystem: Any, id_column: str, embedding_column: str,
-                 include_ids: Sequence | None, storage: str, use_gpu: bool | None, chunk_rows: int) -> None:
-        self.files = list(files)
+    def __init__(self, source: EmbeddingFiles, include_ids: Sequence | None, options: KCenterOptions) -> None:
+        self.files = list(source.files)
         self.incarnation = uuid.uuid4().hex  # changes on every (re)start
         self.error = None
+        o = options
         try:
-            self.ids, x, _ = load_embeddings(self.files, filesystem, id_column, embedding_column, include_ids)
-            self.shard = KCenterShard(x, ids=self.ids, storage=storage, use_gpu=use_gpu, chunk_rows=chunk_rows)
+            self.ids, x, _ = load_embeddings(self.files, source.filesystem, source.id_column,
+                                             source.embedding_column, include_ids)
+            self.shard = KCenterShard(x, ids=self.ids, storage=o.storage, use_gpu=o.use_gpu, chunk_rows=o.chunk_rows)
         except (ValueError, OSError) as e:
             self.error = f"{type(e).__name__}: {e}"
             self.ids = np.empty(0, np.int64)
-            self.shard = KCenterShard(np.empty((0, 1), np.float32), storage=storage, use_gpu=False)
+            self.shard = KCenterShard(np.empty((0, 1), np.float32), storage=o.storage, use_gpu=False)
 
     def info(self) -> dict:
         out = self.shard.info()  # an empty shard reports d=None: it never decides the pool's dimension
@@ -238,42 +257,38 @@ def partition_files(files: Sequence[str], shards: int, filesystem: Any = None) -
 
 
 def kcenter_select_distributed(
-    files: Sequence[str], k: int | None, *, labeled_features: np.ndarray | None = None, shards: int,
-    seed: int = 0, filesystem: Any = None, id_column: str = "id", embedding_column: str = "embedding",
-    labeled_ids: Sequence | None = None, include_ids: Sequence | None = None, storage: str = "float32",
-    use_gpu: bool | None = None, batch: int | None = None, num_cpus_per_shard: float = 1,
-    num_gpus_per_shard: float = 0, max_restarts: int = 3, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    on_pass: Callable[[int, ShardGroup], None] | None = None,
+    source: EmbeddingFiles, k: int | None, *, labeled_features: np.ndarray | None = None, seed: int = 0,
+    labeled_ids: Sequence | None = None, include_ids: Sequence | None = None,
+    options: KCenterOptions = KCenterOptions(), resources: ShardResources = ShardResources(),
 ) -> tuple[list, dict]:
-    """Exact k-center greedy over the round's embedding Parquet with `shards` Ray actors.
+    """Exact k-center greedy over the round's embedding Parquet with `options.shards` Ray actors.
 
     Returns (pool ids in pick order, stats: passes, round_trips, seconds, nodes, resyncs, ...).
-    files: Parquet paths (local or URIs for `filesystem`, a pyarrow or fsspec filesystem) with
-    `id_column` and `embedding_column` (rows with a true `corrupt` column are left out of the pool).
-    labeled_features (m, d): the labeled set's embeddings (centers).
+    source: the embedding files (`EmbeddingFiles`; rows with a true `corrupt` column are left out of the
+    pool). labeled_features (m, d): the labeled set's embeddings (centers).
     labeled_ids: ids in the files that are already labeled (centers, never picked; ids not found are
     ignored and counted in stats["labeled_ids_missing"]). include_ids: only these ids form the pool
     (e.g. an uncertainty pre-filter). k=None orders the whole pool (zero-shot).
+    options: shards, batch, storage, ... (`KCenterOptions`); resources: each actor's (`ShardResources`).
     Same picks as `kcenter_greedy` over the concatenated sorted files (ties to the lowest global index).
     """
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call ray.init() first (the caller owns the connection)")
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
-    files = sorted(str(f) for f in files)
+    files = sorted(str(f) for f in source.files)
     if not files:
         raise ValueError("no embedding files given")
     t0 = time.perf_counter()
-    parts = partition_files(files, shards, filesystem)
-    options = dict(num_cpus=num_cpus_per_shard, num_gpus=num_gpus_per_shard, max_restarts=max_restarts,
-                   max_task_retries=max_restarts, scheduling_strategy="SPREAD")  # SPREAD: shards on different nodes
-    shard_args = (filesystem, id_column, embedding_column, include_ids, storage, use_gpu, chunk_rows)
-    group = _start_shards(parts, shard_args, options)
+    parts = partition_files(files, options.shards, source.filesystem)
+    actor_options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                         max_restarts=resources.max_restarts, max_task_retries=resources.max_restarts,
+                         scheduling_strategy="SPREAD")  # SPREAD: shards on different nodes
+    shard_options = replace(options, on_pass=None)  # the driver's hook stays in the driver
+    group = _start_shards([replace(source, files=p) for p in parts], (include_ids, shard_options), actor_options)
     try:
         infos = _loaded_infos(group)
         labeled, missing = _labeled_indices(group, infos, labeled_ids)
         result = exact_greedy(group, k, labeled=labeled, labeled_features=labeled_features, seed=seed,
-                              batch=batch, on_pass=on_pass)
+                              batch=options.batch, on_pass=options.on_pass)
         ids = _ids_of(group, infos, result.picks)
     finally:
         for h in group.handles:
@@ -288,12 +303,12 @@ def kcenter_select_distributed(
     return ids, stats
 
 
-def _start_shards(parts: list[list[str]], shard_args: tuple, options: dict) -> RayShardGroup:
+def _start_shards(parts: list[EmbeddingFiles], shard_args: tuple, actor_options: dict) -> RayShardGroup:
     """One ShardActor per run of files; a restarted actor gets one retry more than its restarts."""
-    actor_cls = ray.remote(ShardActor).options(**options)
+    actor_cls = ray.remote(ShardActor).options(**actor_options)
     handles = [actor_cls.remote(part, *shard_args) for part in parts]
-    names = [f"shard {i} ({len(p)} files: {p[0]} .. {p[-1]})" for i, p in enumerate(parts)]
-    return RayShardGroup(handles, names, retries=options["max_restarts"] + 1)
+    names = [f"shard {i} ({len(p.files)} files: {p.files[0]} .. {p.files[-1]})" for i, p in enumerate(parts)]
+    return RayShardGroup(handles, names, retries=actor_options["max_restarts"] + 1)
 
 
 def _loaded_infos(group: RayShardGroup) -> list[dict]:

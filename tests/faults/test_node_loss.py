@@ -19,8 +19,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from ray_al.core.embeddings import matrix, read_embeddings  # noqa: E402
 from ray_al.core.faults import HOLD_AT, HOLD_MARKER  # noqa: E402
-from ray_al.acquisition.kcenter_greedy import kcenter_greedy  # noqa: E402
-from ray_al.workers.kcenter_shards import kcenter_select_distributed  # noqa: E402
+from ray_al.acquisition.kcenter_greedy import KCenterOptions, kcenter_greedy  # noqa: E402
+from ray_al.workers.kcenter_shards import EmbeddingFiles, kcenter_select_distributed  # noqa: E402
 from tests.faults.drill import lose_node_during  # noqa: E402
 from tests.test_embed import embed_one, learner_kwargs, make_spec, model_state, png_table, reference, write  # noqa: E402
 from tests.test_kcenter_distributed import write_file  # noqa: E402
@@ -90,8 +90,8 @@ def test_a_kcenter_shard_on_a_lost_node_restarts_and_the_selection_is_identical(
             c.add_node(**NODE)
             lost.append(node)
 
-    got, stats = kcenter_select_distributed(files, 60, labeled_features=labeled, shards=2, batch=8,
-                                            on_pass=lose_shard_zeros_node)
+    got, stats = kcenter_select_distributed(EmbeddingFiles(files), 60, labeled_features=labeled,
+                                            options=KCenterOptions(shards=2, batch=8, on_pass=lose_shard_zeros_node))
     assert lost and lost[0] not in alive_nodes() and stats["resyncs"] >= 1
     assert got == ids[kcenter_greedy(x, 60, labeled_features=labeled)].tolist()
 
