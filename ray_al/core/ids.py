@@ -109,3 +109,13 @@ def describe_ids(ids: np.ndarray, mask: np.ndarray) -> str:
     shown = ", ".join(repr(x.item() if hasattr(x, "item") else x) for x in bad[:MAX_IDS_IN_ERROR])
     more = ", ..." if bad.shape[0] > MAX_IDS_IN_ERROR else ""
     return f"[{shown}{more}] ({bad.shape[0]} in all)"
+
+
+def duplicated(ids) -> tuple[int, str]:
+    """(how many ids occur more than once, up to ten of them shown) of an Arrow id column: pool and
+    embeddings checks name them in their errors."""
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    return len(dup), ", ".join(repr(v.as_py()) for v in dup.field("values")[:10])

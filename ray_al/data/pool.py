@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ray_al.core import storage
+from ray_al.core.ids import duplicated
 from ray_al.core.config import ConfigError, DataConfig, ModelConfig
 from ray_al.data import builtin
 from ray_al.data.images import decode_one
@@ -86,12 +87,10 @@ def check_pool(uri: str, what: str = "pool", allow_ood: bool = True) -> tuple[pa
                         "image folder with python -m ray_al.data ingest).")
     if ids.null_count:
         raise PoolError(f"{what} '{uri}': {ids.null_count} rows have a null `id`; every record needs one.")
-    counts = pc.value_counts(ids)
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        shown = ", ".join(repr(v.as_py()) for v in dup.field("values")[:10])
+    count, shown = duplicated(ids)
+    if count:
         raise PoolError(
-            f"{what} '{uri}' has {len(dup)} duplicate ids (e.g. {shown}). Ids must be unique: de-duplicate the "
+            f"{what} '{uri}' has {count} duplicate ids (e.g. {shown}). Ids must be unique: de-duplicate the "
             "rows or regenerate the ids."
         )
     if "label" in names:

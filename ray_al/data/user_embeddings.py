@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ray_al.acquisition.base import PROB_SUM_ATOL
 from ray_al.core import storage
 from ray_al.core.embeddings import BATCH_ROWS
+from ray_al.core.ids import duplicated
 
 REQUIRED = ("id", "embedding")
 
@@ -94,12 +95,9 @@ def _check_ids(uri: str, dataset: pads.Dataset) -> tuple[int, str]:
         raise EmbeddingsError(f"data.embeddings '{uri}' has no rows.")
     if ids.null_count:
         raise EmbeddingsError(f"data.embeddings '{uri}': {ids.null_count} rows have a null `id`.")
-    counts = pc.value_counts(ids)
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        shown = ", ".join(repr(v.as_py()) for v in dup.field("values")[:10])
-        raise EmbeddingsError(f"data.embeddings '{uri}' has {len(dup)} duplicate ids (e.g. {shown}): one row per "
-                              "image.")
+    count, shown = duplicated(ids)
+    if count:
+        raise EmbeddingsError(f"data.embeddings '{uri}' has {count} duplicate ids (e.g. {shown}): one row per image.")
     return len(ids), "int64" if pa.types.is_integer(kind) else "string"
 
 
