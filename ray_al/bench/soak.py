@@ -43,7 +43,7 @@ def stream_config(rounds: int, smoke: bool, extra: list[str]) -> config_mod.Conf
 def live_actors() -> int:
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("state", "=", "ALIVE")], limit=100_000, raise_on_missing_output=False))
+    return len(list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False))
 
 
 def check_ledger(run_uri: str, id_type, r: int, cfg: config_mod.Config, final: bool) -> None:
