@@ -2,9 +2,6 @@
 process on a local Ray; each round's measures and ledger check (issue 23, "A long soak")."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from ray_al.bench import soak
