@@ -6,7 +6,7 @@ Doucet et al. 2023: TypiClust, then margin) once the labeled set has `switch_per
 where uncertainty overtakes typicality. The switch point is a config key (select.auto_switch_per_class),
 3 by default: of the switches measured (3, 5, 10 labels per class, frozen SimCLR features, 5 seeds), 3 is
 the one at or above random at every budget from 10 to 200 labels on both digits and CIFAR-10
-(docs/RESULTS.md, session 8).
+(docs/RESULTS.md, commit 059c831).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Per round, a new `TorchTrainer.fit` pays ~20 s of Ray start-up (controller, worker actors, `import torch`,
 train context) and the embedding's actor pool ~10 s more, for well under a second of work on a small pool
-(docs/RESULTS.md, session 4). A resident group starts once, decodes the pool and the test split once into
+(docs/RESULTS.md, commit 9b6890d). A resident group starts once, decodes the pool and the test split once into
 every worker's memory, and then runs jobs the driver posts on a `JobBoard` actor:
 * train: one round's model from this round's labeled set (the same data, seeds and steps as a per-round
   fit with sharding="replicate", so the same model), epoch checkpoints through `ray.train.report` tagged
