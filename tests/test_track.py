@@ -20,8 +20,6 @@ from ray_al.core import config as config_mod
 from ray_al.core.config import ConfigError
 from ray_al.run.track import Tracker, flat_params, mlflow_uri
 
-pytest.importorskip("mlflow")
-pytest.importorskip("wandb")
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--smoke-test", "al.rounds=1", "al.initial_size=20", "al.budget=15"]  # test_cycle's smallest cycle
