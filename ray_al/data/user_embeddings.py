@@ -86,7 +86,7 @@ def _check_sums(uri: str, batch: pa.RecordBatch, probs: np.ndarray) -> None:
                               "`probs` out and use a method that needs none (typiclust, probcover, kcenter, random).")
 
 
-def _check_ids(uri: str, dataset: pads.Dataset) -> tuple[int, str]:
+def _check_ids(uri: str, dataset: pads.Dataset) -> None:
     ids = dataset.to_table(columns=["id"]).column("id")
     kind = ids.type
     if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
@@ -98,7 +98,6 @@ def _check_ids(uri: str, dataset: pads.Dataset) -> tuple[int, str]:
     count, shown = duplicated(ids)
     if count:
         raise EmbeddingsError(f"data.embeddings '{uri}' has {count} duplicate ids (e.g. {shown}): one row per image.")
-    return len(ids), "int64" if pa.types.is_integer(kind) else "string"
 
 
 def check_user_embeddings(uri: str) -> UserEmbeddings:
@@ -108,14 +107,29 @@ def check_user_embeddings(uri: str) -> UserEmbeddings:
     if missing:
         raise EmbeddingsError(f"data.embeddings '{uri}' has no {', '.join(f'`{c}`' for c in missing)} column "
                               f"(columns: {', '.join(dataset.schema.names)}); it needs `id` and `embedding`.")
-    rows, id_type = _check_ids(uri, dataset)
-    dim = _list_width(uri, dataset, "embedding")
-    num_classes = _list_width(uri, dataset, "probs") if "probs" in dataset.schema.names else 0
+    _check_ids(uri, dataset)
+    _list_width(uri, dataset, "embedding")
+    if "probs" in dataset.schema.names:
+        _list_width(uri, dataset, "probs")
     if "label" in dataset.schema.names and not pa.types.is_integer(dataset.schema.field("label").type):
         raise EmbeddingsError(f"data.embeddings '{uri}': `label` must be an integer class index (null = unknown), "
                               f"got {dataset.schema.field('label').type}.")
-    return UserEmbeddings(uri=uri, rows=rows, dim=dim, num_classes=num_classes, id_type=id_type,
-                          has_labels="label" in dataset.schema.names, has_paths="path" in dataset.schema.names)
+    return describe(uri)
+
+
+def describe(uri: str) -> UserEmbeddings:
+    """What a file that passed `check_user_embeddings` holds, from its schema and first row: the run checks
+    the file once (when the pool is prepared); every round reads this instead of scanning it again."""
+    dataset = _dataset(uri)
+    names = dataset.schema.names
+    lists = [c for c in ("embedding", "probs") if c in names]
+    first = next(iter(dataset.to_batches(columns=lists, batch_size=1)))
+    width = {c: len(first.column(c)[0]) for c in lists}
+    id_kind = dataset.schema.field("id").type
+    return UserEmbeddings(uri=uri, rows=dataset.count_rows(), dim=width["embedding"],
+                          num_classes=width.get("probs", 0),
+                          id_type="int64" if pa.types.is_integer(id_kind) else "string",
+                          has_labels="label" in names, has_paths="path" in names)
 
 
 def _contract_batch(batch: pa.RecordBatch, user: UserEmbeddings) -> pa.RecordBatch:

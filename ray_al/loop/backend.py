@@ -132,9 +132,9 @@ class EmbeddingsBackend(Backend):
     trains = False
 
     def __init__(self, pool: PoolSpec):
-        from ray_al.data.user_embeddings import check_user_embeddings
+        from ray_al.data.user_embeddings import describe
 
-        self.user = check_user_embeddings(pool.pool_uri)
+        self.user = describe(pool.pool_uri)
 
     def train(self, request: TrainRequest) -> TrainOutcome:
         raise RuntimeError("data.embeddings runs select only: there is no model to train")

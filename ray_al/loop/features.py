@@ -95,9 +95,9 @@ class RunFeatures:
 
         uri, done = self.run.path("pool_features"), self.run.path("pool_features.json")
         if not storage.exists(done) and self.cfg.data.embeddings:  # the user's own features, as they are
-            from ray_al.data.user_embeddings import check_user_embeddings, write_round_splits
+            from ray_al.data.user_embeddings import describe, write_round_splits
 
-            write_round_splits(check_user_embeddings(self.cfg.data.embeddings), np.zeros(0, np.int64), uri)
+            write_round_splits(describe(self.cfg.data.embeddings), np.zeros(0, np.int64), uri)
             storage.write_json_atomic(done, {"seconds": 0.0, "source": self.cfg.data.embeddings})
         if not storage.exists(done):
             state = init_state if init_state is not None else self.checkpoint_state()
