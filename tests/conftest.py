@@ -20,7 +20,7 @@ pytest_plugins = ["tests.s3server"]
 # measured at commit 8d3fa7c. `make test` runs two pytest workers that take whole modules in collection order;
 # a long module taken last would keep one worker busy while the other idles.
 LONG_MODULES = ("test_cycle.py", "test_kill_points.py", "test_train_distributed.py", "test_embed.py", "test_resident.py",
-                "test_train_memory.py", "test_train.py", "test_sweep.py", "test_track.py", "test_two_jobs.py",
+                "test_train_memory.py", "test_train.py", "test_sweep.py", "test_track.py",
                 "test_job_submit.py", "test_cycle_methods.py",
                 "test_kcenter_distributed.py", "test_string_ids.py", "test_bench_scale.py", "test_node_loss.py")
 

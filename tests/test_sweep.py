@@ -86,14 +86,44 @@ def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-@pytest.fixture()
-def fresh_ray():
+def _shutdown_ray() -> None:
     import ray
 
-    if ray.is_initialized():  # another module's Ray: the sweep starts its own (RAY_ADDRESS=local)
+    if ray.is_initialized():  # another test's Ray: a sweep starts its own (RAY_ADDRESS=local)
         ray.shutdown()
+
+
+@pytest.fixture()
+def fresh_ray():
+    _shutdown_ray()
     yield
-    ray.shutdown()
+    _shutdown_ray()
+
+
+# The Tune sweep of both tests below: two trials of two rounds each on 200 digits
+TINY_BASE = {"data": {"dataset": "digits", "pool_size": 200, "test_size": 100},
+             "train": {"epochs": 1, "batch_size": 32},
+             "embed": {"batch_size": 128},
+             "al": {"initial_size": 10, "budget": 10, "rounds": 1}}
+TINY_GRID = {"select.method": ["random", "entropy"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The tiny sweep run once, undisturbed, logging to an MLflow file store and W&B offline files (Tune's
+    own callbacks): what the killed sweep must end equal to, and what the tracking test reads back.
+    (out dir, MLflow store, W&B folder)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    out, store, wandb_dir = tmp / "sweep", tmp / "mlruns", tmp / "wandb_files"
+    wandb_dir.mkdir()
+    path = write_sweep(tmp, {"name": "tiny", "dir": str(out), "max_failures": 0, "grid": TINY_GRID}, TINY_BASE)
+    _shutdown_ray()
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(wandb_dir)), ("WANDB_SILENT", "true")):
+            env.setenv(key, value)
+        assert main(["--config", str(path), f"track.mlflow={store}", "track.wandb=ray-al-sweep"]) == 0
+    _shutdown_ray()
+    return out, store, wandb_dir
 
 
 def committed_rounds(trial_dir: Path) -> dict[str, float]:
@@ -133,14 +163,10 @@ def sweep_outputs(out: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_tune_sweep_killed_mid_trial_resumes_and_writes_tables_plot_and_tensorboard(tmp_path, fresh_ray, capsys):
+def test_tune_sweep_killed_mid_trial_resumes_and_writes_tables_plot_and_tensorboard(
+        tmp_path, uninterrupted, fresh_ray, capsys):
     out = tmp_path / "sweep"
-    base = {"data": {"dataset": "digits", "pool_size": 200, "test_size": 100},
-            "train": {"epochs": 1, "batch_size": 32},
-            "embed": {"batch_size": 128},
-            "al": {"initial_size": 10, "budget": 10, "rounds": 1}}
-    path = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "max_failures": 0,
-                                  "grid": {"select.method": ["random", "entropy"]}}, base)
+    path = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "max_failures": 0, "grid": TINY_GRID}, TINY_BASE)
     # The sweep driver dies when the third round is reported (trials run one at a time): one trial
     # finished, the other killed after its round 0, while it trains round 1.
     kill_at("sweep.result", "ray_al.sweep", "--config", str(path), tmp=tmp_path, nth=3)
@@ -183,6 +209,45 @@ def test_tune_sweep_killed_mid_trial_resumes_and_writes_tables_plot_and_tensorbo
                                                   key=lambda r: r["round"])]
         assert logged == pytest.approx(expected, abs=1e-6)
 
+    # and all of it as the uninterrupted sweep of the same file wrote it (the same name, another directory;
+    # that one also logged to MLflow and W&B, which changes none of these)
+    got, want = sweep_outputs(out), sweep_outputs(uninterrupted[0])
+    assert len(want["rows"]) == 4 and len(want["tensorboard"]) == 2, want
+    assert all(len(t["ray/tune/accuracy"]) == 2 for t in want["tensorboard"].values()), want["tensorboard"]
+    for what in want:
+        assert got[what] == want[what], f"the resumed sweep's {what} differs from an uninterrupted sweep's"
+
     # a changed sweep file is not resumed silently
     changed = write_sweep(tmp_path, {"name": "tiny", "dir": str(out), "grid": {"select.method": ["random"]}}, {})
     assert main(["--config", str(changed), "--resume"]) == 2
+
+
+@pytest.mark.slow
+def test_the_uninterrupted_sweep_logs_through_tune_callbacks(uninterrupted):
+    """track.mlflow / track.wandb on a sweep (README "Tracking"): each trial is an MLflow run and a W&B
+    offline run (Tune's MLflowLoggerCallback / WandbLoggerCallback) with the config as params, a metric
+    per round and ray_al's results.jsonl and curve as artifacts."""
+    from tests.test_track import mlflow_runs, results_rows, wandb_runs
+
+    out, store, wandb_dir = uninterrupted
+    runs = mlflow_runs(store, "tiny")  # the experiment defaults to the sweep's name
+    logged = wandb_runs(wandb_dir)
+    for method in ("random", "entropy"):
+        name = f"select.method={method}"
+        rows = results_rows(out / "trials" / name)
+        run = runs[name]
+        assert run["status"] == "FINISHED" and run["params"]["select.method"] == method
+        assert run["params"]["al.budget"] == "10" and run["params"]["track.mlflow"] == str(store)
+        assert [v for _, v in run["metrics"]["accuracy"]] == pytest.approx([r["accuracy"] for r in rows])
+        assert [v for _, v in run["metrics"]["labels"]] == [10, 20] and "train_s" in run["metrics"]
+        assert {"ray_al/results.jsonl", "ray_al/learning_curve.png", "result.json"} <= set(run["artifacts"])
+        assert (run["artifact_dir"] / "ray_al" / "results.jsonl").read_text() == (
+            out / "trials" / name / "results.jsonl").read_text()
+
+        wb = logged[name]
+        assert (wb["project"], wb["group"], wb["exit_code"]) == ("ray-al-sweep", "tiny", 0)
+        assert wb["config"]["select.method"] == method and wb["config"]["al.rounds"] == 1
+        accuracies = [h["accuracy"] for h in wb["history"] if "accuracy" in h]
+        assert accuracies == pytest.approx([r["accuracy"] for r in rows])
+        (artifact,) = wb["artifacts"].values()
+        assert artifact == ["learning_curve.png", "results.jsonl"]
