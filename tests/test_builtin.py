@@ -85,3 +85,15 @@ def test_the_library_reads_nothing_beside_the_checkout():
     hits = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in sorted((REPO / "ray_al").rglob("*.py"))
             for n, line in enumerate(p.read_text().splitlines(), 1) if neighbour.search(line)]
     assert hits == []
+
+
+def test_a_download_that_cannot_reach_the_network_says_what_to_set(no_cifar_env, monkeypatch):
+    """torchvision's URLError becomes an error naming RAY_AL_CIFAR10 (a proxy on a closed loopback port:
+    the download fails at once, with or without internet)."""
+    for key in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(key, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(RuntimeError, match=f"could not download CIFAR-10 .*set {builtin.CIFAR10_ENV} to a folder"):
+        builtin.cifar10()
+    assert not list((no_cifar_env / "cache" / "cifar10").glob("*.parquet"))  # no half-written split

@@ -141,7 +141,12 @@ def _download_cifar10(folder: Path) -> Path:
         target = folder / f"{split}.parquet"
         if target.is_file():
             continue
-        ds = CIFAR10(str(folder / "torchvision"), train=split == "train", download=True)
+        try:
+            ds = CIFAR10(str(folder / "torchvision"), train=split == "train", download=True)
+        except OSError as err:  # URLError included: no network, a proxy, a firewall
+            raise RuntimeError(f"could not download CIFAR-10 into {folder} ({err}). Without internet access, "
+                               f"set {CIFAR10_ENV} to a folder holding train.parquet and test.parquet "
+                               "(or train/ and test/ image folders)") from err
         labels = np.asarray(ds.targets, dtype=np.int64)
         table = _table(np.arange(len(labels)), [encode_png(x) for x in ds.data], labels, CIFAR10_CLASSES)
         partial = folder / f".{split}.parquet.{os.getpid()}"  # renamed whole: a killed download leaves no half file
