@@ -9,6 +9,7 @@ whatever the pool's size.
 """
 from __future__ import annotations
 
+import bisect
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -17,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from ray_al.core import storage
@@ -80,28 +81,45 @@ def value_set(ids, id_type: pa.DataType, where: str) -> pa.Array:
                         "pass ids of the pool's id type (int or str).") from e
 
 
+def _admits(stats, wanted: list) -> bool:
+    """Whether a row group whose `id` statistics are `stats` may hold one of `wanted` (sorted): some id
+    lies in [min, max]. Parquet orders strings by their UTF-8 bytes, which is Python's str order."""
+    if stats is None or not stats.has_min_max:
+        return True
+    lo = bisect.bisect_left(wanted, stats.min)
+    return lo < len(wanted) and wanted[lo] <= stats.max
+
+
+def candidate_groups(metadata, wanted: list) -> list[int]:
+    """The row groups of a file (its footer's `metadata`) whose id statistics admit one of `wanted`, sorted.
+    (pyarrow's own pruning, `split_by_row_group(field.isin(...))`, gave up past ~50 ids in pyarrow 26:
+    every row group passed.)"""
+    column = metadata.schema.to_arrow_schema().get_field_index("id")
+    return [i for i in range(metadata.num_row_groups) if _admits(metadata.row_group(i).column(column).statistics,
+                                                                    wanted)]
+
+
 def file_rows(fs: pafs.FileSystem, path: str, ids, columns: Sequence[str] | None,
               stats: LookupStats) -> Iterator[pa.Table]:
     """The rows of one Parquet file whose id is in `ids`, one row group at a time (counted in `stats`)."""
-    fragment = pads.ParquetFileFormat().make_fragment(path, filesystem=fs)
-    schema = fragment.physical_schema  # reads the footer once; the row groups' statistics come with it
-    if "id" not in schema.names:
-        raise ValueError(f"Parquet file '{path}' has no `id` column (columns: {', '.join(schema.names)}).")
-    wanted = value_set(ids, schema.field("id").type, path)
-    stats.files += 1
-    stats.row_groups += fragment.metadata.num_row_groups
-    if len(wanted) == 0:
-        return
-    candidates = fragment.split_by_row_group(pc.field("id").isin(wanted), schema=schema)
-    for group in candidates:  # one fragment per row group statistics could not rule out
-        stats.row_groups_scanned += 1
-        mask = pc.is_in(group.to_table(columns=["id"], schema=schema).column("id"), value_set=wanted)
-        hits = pc.sum(mask).as_py() or 0
-        if not hits:
-            continue
-        stats.row_groups_read += 1
-        stats.rows += hits
-        yield group.to_table(columns=list(columns) if columns else None, schema=schema).filter(mask)
+    with fs.open_input_file(path) as source:
+        parquet = pq.ParquetFile(source)  # reads the footer: the row groups' statistics come with it
+        schema = parquet.schema_arrow
+        if "id" not in schema.names:
+            raise ValueError(f"Parquet file '{path}' has no `id` column (columns: {', '.join(schema.names)}).")
+        wanted = value_set(ids, schema.field("id").type, path)
+        stats.files += 1
+        stats.row_groups += parquet.metadata.num_row_groups
+        if len(wanted) == 0:
+            return
+        for group in candidate_groups(parquet.metadata, sorted(wanted.to_pylist())):
+            stats.row_groups_scanned += 1
+            mask = pc.is_in(parquet.read_row_group(group, columns=["id"]).column("id"), value_set=wanted)
+            hits = pc.sum(mask).as_py() or 0
+            if hits:
+                stats.row_groups_read += 1
+                stats.rows += hits
+                yield parquet.read_row_group(group, columns=list(columns) if columns else None).filter(mask)
 
 
 def rows_by_id(uri: str, ids, columns: Sequence[str] | None = None,
@@ -124,7 +142,8 @@ def rows_by_id(uri: str, ids, columns: Sequence[str] | None = None,
             tables.extend(found)
             total.add(st)
     if not tables:
-        schema = pads.ParquetFileFormat().make_fragment(files[0], filesystem=fs).physical_schema
+        with fs.open_input_file(files[0]) as source:
+            schema = pq.ParquetFile(source).schema_arrow
         names = list(columns) if columns else schema.names
         return pa.schema([schema.field(n) for n in names]).empty_table(), total
     return pa.concat_tables(tables, promote_options="default"), total
