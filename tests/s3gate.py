@@ -30,6 +30,7 @@ class S3Gate:
         self.upstream = urlsplit(upstream).netloc
         self.forwarded = 0  # requests answered so far
         self.methods: list[str] = []  # the HTTP method of each, in order
+        self.bytes_answered = 0  # body bytes of the answers sent (what clients read through the gate)
         self._left: int | None = None  # requests still answered before the cut; None: no cut planned
         self._apply_next = False  # hand the next refused request to the store, unanswered
         self._once = False  # back up right after the first refused request (a blip, not an outage)
@@ -118,6 +119,8 @@ def _handler(gate: S3Gate) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
+                with gate._lock:
+                    gate.bytes_answered += len(payload)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

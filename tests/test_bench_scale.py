@@ -1,5 +1,6 @@
 """`python -m ray_al.bench.scale` at a tiny size, as a user runs it (a subprocess with its own local Ray):
-every stage is timed and watched, and each process kind a stage needs was seen with its memory."""
+every stage of two rounds is timed and watched, each process kind a stage needs was seen with its memory,
+and each round's labeled read is reported."""
 from __future__ import annotations
 
 import json
@@ -27,14 +28,14 @@ def test_variants_are_distinct_seeded_images() -> None:
 def test_scale_bench_reports_every_stage(tmp_path, cifar_parquet) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "ray_al.bench.scale", "--rows", str(ROWS), "--out", str(out),
-           "--unlabeled-per-round", "200", "--initial", "20", "--budget", "10", "--test-rows", "100"]
+           "--unlabeled-per-round", "200", "--initial", "20", "--budget", "10", "--test-rows", "100", "--rounds", "2"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "RAY_ADDRESS": "local"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     stages = res["stages"]
-    assert list(stages) == ["build", "ingest", "open", "train", "embed", "select_kcenter", "select_default",
-                            "label_commit"]
+    rounds = ["train", "embed", "select_kcenter", "select_default", "label_commit"]
+    assert list(stages) == ["build", "ingest", "open", *rounds, *[f"{s} r1" for s in rounds]]
     for name, st in stages.items():
         assert st["seconds"] > 0 and st["rows_per_s"] > 0, name
         assert st["peak_rss_mib"]["driver"] > 0 and st["peak_anon_mib"]["driver"] > 0, name
@@ -45,9 +46,16 @@ def test_scale_bench_reports_every_stage(tmp_path, cifar_parquet) -> None:
     for name, kind in needed.items():
         assert kind in stages[name]["peak_rss_mib"], (name, stages[name]["peak_rss_mib"], res["titles"])
     assert res["object_store_peak_mib"] > 0
-    assert res["pool"]["rows"] == ROWS and res["label_commit"]["committed"]
-    assert res["label_commit"]["labels"] == 20 + 10
-    assert res["select_kcenter"]["k"] == res["select_default"]["k"] == 10
+    assert res["pool"]["rows"] == ROWS and res["label_commit"]["committed"] and res["label_commit r1"]["committed"]
+    assert res["label_commit"]["labels"] == 20 + 10 and res["label_commit r1"]["labels"] == 20 + 10 + 10
+    assert res["select_kcenter"]["k"] == res["select_default"]["k"] == res["select_kcenter r1"]["k"] == 10
+    # each round's labeled read: its labels found, from only some of the pool's row groups
+    reads = res["labeled_read"]
+    assert [(x["round"], x["labels"], x["rows"]) for x in reads] == [(0, 20, 20), (1, 30, 30)]
+    for x in reads:
+        assert x["seconds"] > 0 and 1 <= x["row_groups_read"] <= x["row_groups_scanned"] <= x["row_groups"]
+        assert x["row_groups"] == res["pool"]["row_groups"]
+    assert "labeled read, round 1:" in proc.stdout
     assert 0 < res["train"]["images"] and res["embed"]["test_rows"] == 100
     assert not (out / f"rows_{ROWS}" / "images").exists()  # the folder goes once ingested
 

@@ -250,6 +250,9 @@ def test_fit_joint_every_method(pool, method: str) -> None:
     else:
         assert out.metrics["ssl"] != 0.0 and out.metrics["steps"] == 4  # 64 pool images / SSL batch 16
     assert len(out.nodes) == 1
+    # the labeled read found the 16 rows by id in the driver (data.reader.read_ids), and says what it read
+    assert out.metrics["labeled_read_rows"] == 16 and out.metrics["labeled_read_seconds"] > 0
+    assert 1 <= out.metrics["labeled_read_row_groups_read"] <= out.metrics["labeled_read_row_groups"]
     learner = build_learner(learner_kwargs(cfg, spec))
     learner.load_state_dict(out.state_dict)  # strict: the weights fit the embed stage's learner
     init = _fresh(spec, method)

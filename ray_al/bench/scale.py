@@ -1,6 +1,6 @@
 """Benchmark: one complete active-learning round on a pool of N real small images, stage by stage.
 
-    python -m ray_al.bench.scale --rows 100000 [--device cuda] [--keep]
+    python -m ray_al.bench.scale --rows 100000 [--rounds 3] [--device cuda] [--keep]
 
 Stages, each timed and watched for memory:
   build           N distinct JPEGs in an image folder (class sub-folders): CIFAR-10 train images
@@ -18,6 +18,11 @@ Stages, each timed and watched for memory:
   select_default  `selection.choose_queries` on the same embeddings with the default select.method and
                   select.shards (config.SelectConfig(): auto, in the driver).
   label_commit    `Cycle.label_step` (simulated oracle, ledger commit) and `Cycle.run_round` (the round's commit).
+
+With --rounds R, the stages train .. label_commit run for rounds 0 .. R-1 (rows `train r1`, ... after round
+0's), each round's labeled set al.budget larger. Each round's labeled read (the training input's rows of the
+labeled ids, `data.reader.read_ids`: only the row groups holding them are read) is reported apart: its
+seconds and the row groups it scanned and read, from the train step's metrics.
 
 rows/s is N / the stage's seconds for every stage (train streams all N rows but trains on a sample).
 
@@ -181,7 +186,8 @@ def round_config(args, pool_uri: str, test_uri: str, run_uri: str):
         "train.resident=never", f"train.unlabeled_per_round={args.unlabeled_per_round}",
         f"train.use_gpu={gpu}", f"embed.gpus_per_actor={1.0 if gpu else 0.0}",
         "select.method=kcenter", f"select.shards={args.shards}",
-        "al.rounds=1", f"al.initial_size={args.initial}", f"al.budget={args.budget}", f"al.seed={args.seed}",
+        f"al.rounds={args.rounds}", f"al.initial_size={args.initial}", f"al.budget={args.budget}",
+        f"al.seed={args.seed}",
         f"run.dir={run_uri}", "run.overwrite=true",
     ])
 
@@ -194,12 +200,18 @@ def default_selection_config(cfg):
     return config_mod.replace(cfg, select={"method": d.method, "shards": d.shards})
 
 
+def stage_name(name: str, r: int) -> str:
+    return name if r == 0 else f"{name} r{r}"
+
+
 class Round:
-    """Round 0 of the library's own loop (loop.open_run + Cycle), step by step so each is a stage."""
+    """Rounds of the library's own loop (loop.open_run + Cycle), step by step so each is a stage; `info`
+    holds each stage's figures under its stage name."""
 
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
         self.info: dict = {}
+        self.labeled_reads: list[dict] = []
 
     def open(self) -> None:
         from ray_al.loop.rounds import Cycle, check_config, open_run
@@ -208,39 +220,43 @@ class Round:
         run, spec, cfg = open_run(self.cfg, self.cfg.run.dir, resume=False)
         self.cycle = Cycle(cfg, run, spec, log=self.log)
         self.cycle.initial_step()
-        self.ledger = self.cycle.ledger().up_to_round(0)
 
-    def train(self) -> None:
-        self.state = self.cycle.train_step(0, self.ledger, None)
-        metrics = self.cycle.run.step_payload(0, "train")["metrics"]
-        self.info["train"] = {k: metrics[k] for k in ("images", "steps", "loss") if k in metrics}
+    def train(self, r: int) -> None:
+        self.ledger = self.cycle.ledger().up_to_round(r)
+        self.state = self.cycle.train_step(r, self.ledger, None)
+        metrics = self.cycle.run.step_payload(r, "train")["metrics"]
+        self.info[stage_name("train", r)] = {k: metrics[k] for k in ("images", "steps", "loss") if k in metrics}
+        read = {k[len("labeled_read_"):]: v for k, v in metrics.items() if k.startswith("labeled_read_")}
+        self.labeled_reads.append({"round": r, "labels": len(self.ledger), **read})
 
-    def embed(self) -> None:
-        payload = self.cycle.embed_step(0, self.ledger, self.state)
-        self.info["embed"] = {"accuracy": payload["accuracy"], "corrupt": payload["corrupt"],
-                              "test_rows": payload["test_rows"]}
+    def embed(self, r: int) -> None:
+        payload = self.cycle.embed_step(r, self.ledger, self.state)
+        self.info[stage_name("embed", r)] = {"accuracy": payload["accuracy"], "corrupt": payload["corrupt"],
+                                             "test_rows": payload["test_rows"]}
 
-    def select_kcenter(self) -> None:
-        self.ids = self.cycle.select_step(0, self.ledger)
-        self.info["select_kcenter"] = {"k": len(self.ids), "shards": self.cfg.select.shards,
-                                       "selected_by": self.cycle.run.step_payload(0, "select")["selected_by"]}
+    def select_kcenter(self, r: int) -> None:
+        self.ids = self.cycle.select_step(r, self.ledger)
+        self.info[stage_name("select_kcenter", r)] = {
+            "k": len(self.ids), "shards": self.cfg.select.shards,
+            "selected_by": self.cycle.run.step_payload(r, "select")["selected_by"]}
 
-    def select_default(self) -> None:
+    def select_default(self, r: int) -> None:
         from ray_al.core import config as config_mod
         from ray_al.loop.selection import choose_queries
 
         cfg = default_selection_config(self.cfg)
-        chosen = choose_queries(cfg, self.cycle.run.round_uri(0, "embeddings"), self.ledger,
-                                config_mod.round_budget(cfg, 0), 0)
-        self.info["select_default"] = {"method": cfg.select.method, "shards": cfg.select.shards,
-                                       "k": len(chosen.ids), "selected_by": chosen.method,
-                                       "same_ids_as_sharded": len(set(chosen.ids) & set(self.ids))}
+        chosen = choose_queries(cfg, self.cycle.run.round_uri(r, "embeddings"), self.ledger,
+                                config_mod.round_budget(cfg, r), r)
+        self.info[stage_name("select_default", r)] = {
+            "method": cfg.select.method, "shards": cfg.select.shards, "k": len(chosen.ids),
+            "selected_by": chosen.method, "same_ids_as_sharded": len(set(chosen.ids) & set(self.ids))}
 
-    def label_commit(self) -> None:
-        self.cycle.label_step(0, self.ids, self.cycle.ledger())
-        row = self.cycle.run_round(0, None)  # every step is done: this is the round's commit
-        self.cycle.close()
-        self.info["label_commit"] = {"labels": len(self.cycle.ledger()), "committed": row is not None}
+    def label_commit(self, r: int) -> None:
+        self.cycle.label_step(r, self.ids, self.cycle.ledger())
+        row = self.cycle.run_round(r, None)  # every step is done: this is the round's commit
+        if r == self.cfg.al.rounds - 1:
+            self.cycle.close()
+        self.info[stage_name("label_commit", r)] = {"labels": len(self.cycle.ledger()), "committed": row is not None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,16 +329,20 @@ def run(args, log=print) -> dict:
         setup = build_and_ingest(args, watch, timed, paths, log)
         cfg = round_config(args, paths["pool"], paths["test"], paths["run"])
         rnd = Round(cfg, log)
-        for name in STAGES[2:]:
-            with timed(name):
-                getattr(rnd, name)()
+        with timed("open"):
+            rnd.open()
+        for r in range(args.rounds):
+            for name in STAGES[3:]:
+                with timed(stage_name(name, r)):
+                    getattr(rnd, name)(r)
     # after the watch has stopped: its object-store sampler talks to the GCS, and a call to a GCS that
     # shut down makes Ray's core worker exit the process (rc 1, no traceback) after 60 s
     ray.shutdown()
     started = time.perf_counter()  # after the round: 100k small files take minutes to delete
     shutil.rmtree(paths["images"], ignore_errors=True)  # ~4x the Parquet on disk (4 KiB blocks)
     setup["delete_images_seconds"] = round(time.perf_counter() - started, 1)
-    return result(args, cfg, watch, seconds, {**setup, **rnd.info, "pool": parquet_layout(paths["pool"])})
+    return result(args, cfg, watch, seconds, {**setup, **rnd.info, "labeled_read": rnd.labeled_reads,
+                                              "pool": parquet_layout(paths["pool"])})
 
 
 def result(args, cfg, watch: MemWatch, seconds: dict, info: dict) -> dict:
@@ -335,7 +355,7 @@ def result(args, cfg, watch: MemWatch, seconds: dict, info: dict) -> dict:
         "config": {"backbone": cfg.model.backbone, "train.method": cfg.train.method,
                    "train.epochs": cfg.train.epochs, "train.resident": cfg.train.resident,
                    "train.unlabeled_per_round": cfg.train.unlabeled_per_round, "select.shards": cfg.select.shards,
-                   "al.initial_size": cfg.al.initial_size, "al.budget": cfg.al.budget,
+                   "al.rounds": cfg.al.rounds, "al.initial_size": cfg.al.initial_size, "al.budget": cfg.al.budget,
                    "embed.actors": cfg.embed.actors, "test_rows": args.test_rows},
         "stages": stages, "peak_rss_mib": {k: v for k, v in overall.items() if v},
         "object_store_peak_mib": max((st["object_store_peak_mib"] for st in stages.values()), default=0.0),
@@ -350,15 +370,25 @@ def print_table(res: dict) -> None:
     print(f"\nbench.scale: {res['rows']} rows, device {res['device']}; peak RSS MiB of the largest process of "
           f"each kind; train.unlabeled_per_round={res['config']['train.unlabeled_per_round']} "
           f"(SSL on a sample: training memory bounded), train.resident=never")
-    print(f"{'stage':<16}{'seconds':>9}{'rows/s':>10}" + "".join(f"{k:>13}" for k in shown) + f"{'obj store':>11}")
+    print(f"{'stage':<18}{'seconds':>9}{'rows/s':>10}" + "".join(f"{k:>13}" for k in shown) + f"{'obj store':>11}")
     for name, st in res["stages"].items():
         cells = "".join(f"{st['peak_rss_mib'][k]:>13.0f}" if k in st["peak_rss_mib"] else f"{'-':>13}" for k in shown)
-        print(f"{name:<16}{st['seconds']:>9.1f}{st['rows_per_s']:>10.0f}{cells}{st['object_store_peak_mib']:>11.0f}")
+        print(f"{name:<18}{st['seconds']:>9.1f}{st['rows_per_s']:>10.0f}{cells}{st['object_store_peak_mib']:>11.0f}")
     train, emb = res.get("train", {}), res.get("embed", {})
     print(f"train: {train.get('images', '?')} images in {train.get('steps', '?')} steps; test accuracy "
           f"{emb.get('accuracy', float('nan')):.3f}; pool Parquet {res['pool']}; object store peak "
           f"{res['object_store_peak_mib']:.0f} MiB, spilled {res['object_store_spilled_mib']:.0f} MiB; "
           f"total {res['total_seconds']:.0f} s; load average {res['loadavg_1min']}")
+    print_labeled_reads(res.get("labeled_read", []))
+
+
+def print_labeled_reads(reads: list[dict]) -> None:
+    """One line per round: the training input's labeled read (data.reader.read_ids)."""
+    for x in reads:
+        print(f"labeled read, round {x['round']}: {x.get('seconds', float('nan')):.2f} s for {x['labels']} labels "
+              f"({x.get('rows', '?')} rows found; row groups: {x.get('row_groups_read', '?')} read, "
+              f"{x.get('row_groups_scanned', '?')} scanned, of {x.get('row_groups', '?')} in "
+              f"{x.get('files', '?')} files)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -367,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="runs/bench_scale", help="work directory (pool, run) under OUT/rows_N")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--keep", action="store_true", help="reuse OUT/rows_N's pool when one of N rows is there")
+    p.add_argument("--rounds", type=int, default=1, help="active-learning rounds (train .. label_commit each)")
     p.add_argument("--shards", type=int, default=2, help="k-center shard actors of the first selection")
     p.add_argument("--unlabeled-per-round", type=int, default=5000, help="train.unlabeled_per_round")
     p.add_argument("--initial", type=int, default=100, help="al.initial_size")
@@ -378,6 +409,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "else the download cache's)")
     p.add_argument("--test-source", type=Path, default=None, help="CIFAR-10 test Parquet (default: as --source)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds {args.rounds}: run at least one round.")
     if args.source is None or args.test_source is None:
         folder = cifar10_dir()
         args.source = args.source or folder / "train.parquet"

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_al.core import storage
+from ray_al.data import lookup
 from ray_al.data.images import decode_batch
 from ray_al.data.pool import PoolSpec
 from ray_al.core.ids import seeded_sample
@@ -55,26 +56,71 @@ def _sampled(table: pa.Table, seed: int, fraction: float) -> pa.Table:
 def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, exclude_ids=None,
                sample: tuple[int, float] | None = None):
     """A Ray Dataset over a pool/test Parquet, optionally restricted to (or excluding) some ids, and to a
-    seeded sample (seed, fraction) by id (`ids.seeded_sample`), taken as the rows stream by."""
+    seeded sample (seed, fraction) by id (`ids.seeded_sample`), taken as the rows stream by. With
+    include_ids only the row groups that hold those ids are read (`read_ids`)."""
     import ray
 
     from ray_al.workers.ray_utils import ensure_ray
 
     ensure_ray()
-    # The flag is read when the Dataset is created (see _SMALL_PARQUET_BYTES).
-    ray.data.DataContext.get_current().use_datasource_v2 = storage.total_bytes(uri) > _SMALL_PARQUET_BYTES
-    fs, path = storage.pyarrow_fs(uri)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
-    for ids, keep in ((include_ids, True), (exclude_ids, False)):
-        if ids is None:
-            continue
-        ids_ref = ray.put(pa.array(np.asarray(ids)))
-        ds = ds.map_batches(_select_ids, fn_kwargs={"ids_ref": ids_ref, "keep": keep}, batch_format="pyarrow",
+    if include_ids is not None:
+        ds = read_ids(uri, include_ids, columns)[0]
+    else:
+        # The flag is read when the Dataset is created (see _SMALL_PARQUET_BYTES).
+        ray.data.DataContext.get_current().use_datasource_v2 = storage.total_bytes(uri) > _SMALL_PARQUET_BYTES
+        fs, path = storage.pyarrow_fs(uri)
+        ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    if exclude_ids is not None:
+        ids_ref = ray.put(pa.array(np.asarray(exclude_ids)))
+        ds = ds.map_batches(_select_ids, fn_kwargs={"ids_ref": ids_ref, "keep": False}, batch_format="pyarrow",
                             batch_size=None, zero_copy_batch=True)
     if sample is not None and sample[1] < 1.0:
         ds = ds.map_batches(_sampled, fn_kwargs={"seed": sample[0], "fraction": sample[1]}, batch_format="pyarrow",
                             batch_size=None, zero_copy_batch=True)
     return ds
+
+
+# Up to this many ids the rows are looked up in the driver (a labeled set: hundreds to a few thousand rows
+# of the pool, ~1 GiB at worst for 100 KiB images); more are looked up in Ray tasks, file by file.
+DRIVER_LOOKUP_MAX_IDS = 4096
+_BLOCK_ROWS = 1024  # rows per block of a driver lookup's Dataset: decoding runs in parallel tasks
+
+
+def read_ids(uri: str, ids, columns: list[str] | None = None) -> tuple["ray.data.Dataset", dict]:
+    """(a Ray Dataset of the rows of `uri` whose id is in `ids`; what the lookup read: `lookup.LookupStats`
+    fields, `seconds`, and `where` = driver | tasks). Only the row groups whose id statistics admit a wanted
+    id are scanned, and only those holding one are read whole (`ray_al.data.lookup`)."""
+    import time
+
+    import ray
+
+    from ray_al.workers.ray_utils import ensure_ray
+
+    ensure_ray()
+    started = time.perf_counter()
+    if len(ids) <= DRIVER_LOOKUP_MAX_IDS:
+        table, stats = lookup.rows_by_id(uri, ids, columns)
+        blocks = [table.slice(i, _BLOCK_ROWS) for i in range(0, table.num_rows, _BLOCK_ROWS)] or [table]
+        info = {**stats.to_dict(), "where": "driver"}
+        ds = ray.data.from_arrow(blocks)
+    else:  # the read happens when the Dataset executes: `seconds` is the planning only
+        fs, _ = storage.pyarrow_fs(uri)
+        files = lookup.parquet_files(uri)
+        ids_ref = ray.put(pa.array(np.asarray(ids)))
+        ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+            _lookup_files, fn_kwargs={"fs": fs, "ids_ref": ids_ref, "columns": columns}, batch_format="pyarrow",
+            batch_size=1)
+        info = {"files": len(files), "where": "tasks"}
+    return ds, {**info, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _lookup_files(batch: pa.Table, fs, ids_ref, columns):
+    """Ray Data task: the wanted rows of the files named in `batch`, one row group at a time."""
+    import ray
+
+    ids = _cached(ids_ref, ray.get)
+    for path in batch.column("path").to_pylist():
+        yield from lookup.file_rows(fs, path, ids, columns, lookup.LookupStats())
 
 
 def _tag(table: pa.Table, split: str) -> pa.Table:
