@@ -1,4 +1,5 @@
-"""Two users on one cluster (issue 23, "Two jobs on one cluster"): two `ray job submit` cycles at once on one
+"""Two users on one cluster (docs/RELIABILITY.md, the "two users' cycles" row): two `ray job submit` cycles at
+once on one
 `ray start --head`, one run directory local, one `s3://` on the suite's moto server. Both must succeed, and
 each ledger and results file must equal the same run done alone on that head (submitted first).
 

@@ -32,7 +32,8 @@ SOURCES = ("pyproject.toml", "README.md", "ray_al")
 
 def _run(cmd, timeout: float, **kw) -> subprocess.CompletedProcess:
     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
-    assert p.returncode == 0, f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    shown = ' '.join(map(str, cmd))
+    assert p.returncode == 0, f"{shown} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p
 
 
