@@ -37,6 +37,13 @@ def _run(cmd, timeout: float, **kw) -> subprocess.CompletedProcess:
     return p
 
 
+def _dependency_dirs() -> list[str]:
+    """The test interpreter's site-packages directories (those a .pth of its own added too)."""
+    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    dirs |= {p for p in sys.path if Path(p).name == "site-packages"}
+    return sorted(d for d in dirs if Path(d).is_dir())
+
+
 def _base_python() -> Path:
     """The interpreter this venv was made from: the new venv must share its ABI with the dependencies."""
     v = sys.version_info
@@ -64,7 +71,7 @@ class Installed:
               "-w", dist, src], timeout=300)
         (self.wheel,) = dist.glob("ray_al-*.whl")
         _run([_base_python(), "-m", "venv", self.venv], timeout=300)
-        deps = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+        deps = _dependency_dirs()
         purelib = Path(self.python("-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
         (purelib / "ray_al_test_dependencies.pth").write_text("".join(d + "\n" for d in deps))
         self.python("-m", "pip", "install", "--no-deps", "--no-index", "-q", self.wheel, timeout=300)
@@ -119,7 +126,7 @@ def test_the_venv_imports_the_wheels_ray_al(installed):
     where, version, path = json.loads(installed.python("-c", code).stdout)
     assert Path(where).is_relative_to(installed.venv), f"ray_al imported from {where}, not from the wheel"
     assert version == ray_al.__version__ and installed.wheel.name.startswith(f"ray_al-{version}-")
-    deps = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    deps = set(_dependency_dirs())
     leaks = [p for p in path if p and p not in deps and Path(p).resolve().is_relative_to(REPO)]
     assert leaks == [], f"the fresh venv's sys.path reaches into the checkout: {leaks}"
 
