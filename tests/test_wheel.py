@@ -145,7 +145,7 @@ def test_sweep_and_label_console_scripts_print_their_help(installed):
 @pytest.mark.slow
 def test_smoke_cycle_runs_from_the_installed_wheel(installed):
     """Starts a local Ray (under the flock rule, DEVELOPERS.md): `ray-al-cycle --smoke-test`, as a user runs it."""
-    out = installed.run("ray-al-cycle", "--smoke-test", timeout=900).stdout
+    out = installed.run("ray-al-cycle", "--smoke-test", timeout=600).stdout
     (run_dir,) = (installed.work / "runs").iterdir()  # the default run directory, under the working directory
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2] and [r["labels"] for r in rows] == [20, 40, 60]
