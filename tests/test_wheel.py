@@ -38,10 +38,10 @@ def _run(cmd, timeout: float, **kw) -> subprocess.CompletedProcess:
 
 
 def _dependency_dirs() -> list[str]:
-    """The test interpreter's site-packages directories (those a .pth of its own added too)."""
-    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
-    dirs |= {p for p in sys.path if Path(p).name == "site-packages"}
-    return sorted(d for d in dirs if Path(d).is_dir())
+    """The test interpreter's site-packages directories (those a .pth of its own added too), in its order."""
+    dirs = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    dirs += [p for p in sys.path if Path(p).name == "site-packages"]
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
 
 
 def _base_python() -> Path:
