@@ -1,5 +1,5 @@
 """bench.soak at test size: 4 rounds of the default loop (resident) and 3 on the per-round path, in one
-process on a local Ray; each round's measures and ledger check (issue 23, "A long soak")."""
+process on a local Ray; each round's measures and ledger check (docs/RELIABILITY.md, "Long runs (leaks)")."""
 from __future__ import annotations
 
 from pathlib import Path

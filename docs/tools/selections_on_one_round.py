@@ -1,6 +1,6 @@
 """Every registered selection method on one run's round-0 embeddings, with whichever checkout is on PYTHONPATH
 (the layered layout or the flat one before it): run it on two checkouts and compare the JSON files to see
-that a change left every method's picks as they were (docs/RESULTS.md, 2026-12-06).
+that a change left every method's picks as they were (docs/RESULTS.md, "The layered layout changed no selection", 2026-12-06).
 
     PYTHONPATH=<checkout> python docs/tools/selections_on_one_round.py RUN_DIR OUT.json
 

@@ -44,7 +44,7 @@ from ray_al.bench import train as train_bench
 from ray_al.data.builtin import cifar10_dir
 
 # The embedding's backbone: the first of these that ray_al.models.BACKBONES knows (the packaged pretrained
-# EfficientNet-Lite0 and torchvision: names come with issue 22's pretrained backbones), else ray_al's
+# EfficientNet-Lite0 and torchvision: names: README, "Pretrained backbones"), else ray_al's
 # ResNet-18 (CIFAR stem: about 15x the FLOPs of torchvision's at 224 px).
 PREFERRED_BACKBONES = ("efficientnet_lite0", "torchvision:resnet18", "resnet18")
 

@@ -1,4 +1,5 @@
-"""`python -m ray_al.bench.soak`: many rounds in one process, looking for leaks (issue 23, "A long soak").
+"""`python -m ray_al.bench.soak`: many rounds in one process, looking for leaks
+(docs/RELIABILITY.md, "Long runs (leaks)").
 
 Two streams on one local Ray: `--rounds` rounds (default 100) of the embedded default (digits; a small
 budget, al.initial_size=10 al.budget=10, so the pool lasts), then `--per-round-rounds` rounds (default 30)

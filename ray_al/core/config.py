@@ -121,7 +121,9 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    method: str = "auto"  # typiclust at few labels per class, then margin (docs/RESULTS.md, commit 1a4b1a6)
+    # typiclust at few labels per class, then margin
+    # (docs/RESULTS.md, "`select.method=auto` becomes the embedded default")
+    method: str = "auto"
     shards: int = 1  # plain k-center's shards (method=kcenter); > 1 runs Ray actors
     prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
     prefilter_factor: int = 10  # must equal ray_al.acquisition.PREFILTER_FACTOR (one default; a test checks)

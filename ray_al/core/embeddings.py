@@ -1,4 +1,4 @@
-"""A round's embeddings on disk (the DESIGN.md contract), read and written in one place. Pure pyarrow.
+"""A round's embeddings on disk (README, "What a run prints and writes"), read and written in one place. Pure pyarrow.
 
 RUN_DIR/rounds/NNNN/embeddings/split=<unlabeled|labeled|test>/*.parquet, columns `id`, `embedding`
 (fixed-size list of float32), `probs` (fixed-size list of float32), `corrupt` (bool: the image could not

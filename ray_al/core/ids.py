@@ -1,6 +1,7 @@
 """Pool ids: the one home for hashing and ordering them (pure numpy, no Ray).
 
-Ids are int64 or strings (DESIGN.md's pool contract). Everything that needs a per-id number (augmentation
+Ids are int64 or strings (the pool contract, README "Your own data"). Everything that needs a per-id
+number (augmentation
 seeds, MC-dropout masks) goes through `id_keys`, and everything that orders ids (tie-breaks, seeded draws)
 through `id_sort_keys`, so a given id means the same thing in every process and every module.
 """

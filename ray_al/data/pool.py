@@ -30,7 +30,7 @@ NATIVE_SHAPE = {"digits": (8, 1), "cifar10": (32, 3)}
 
 
 class PoolError(ValueError):
-    """A pool that breaks the contract (DESIGN.md: unique `id`, `image` bytes or `path` URI, int `label`,
+    """A pool that breaks the contract (README, "Your own data": unique `id`, `image` bytes or `path` URI, int `label`,
     -1 for an out-of-distribution image)."""
 
 

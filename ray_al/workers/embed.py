@@ -1,6 +1,7 @@
 """Streaming embedding with Ray Data: decode -> learner in an actor pool -> Parquet shards per split.
 
-Output (DESIGN.md contract): RUN_DIR/rounds/NNNN/embeddings/split=<unlabeled|labeled|test>/*.parquet with
+Output (the contract of core/embeddings.py):
+RUN_DIR/rounds/NNNN/embeddings/split=<unlabeled|labeled|test>/*.parquet with
 `id`, `embedding` (float32 list), `probs` (float32 list), `corrupt`, and `committee` (members x classes,
 flattened) when a committee method needs it; test rows keep `label`. The weights travel once through the
 object store; each actor fetches them when it starts.

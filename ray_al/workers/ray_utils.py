@@ -1,5 +1,5 @@
 """Ray start-up in one place: `ray.init()` with no address joins the cluster under `ray job submit` and
-starts a local one otherwise (DESIGN.md)."""
+starts a local one otherwise (README, "On a cluster")."""
 from __future__ import annotations
 
 import logging

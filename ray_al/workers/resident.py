@@ -2,14 +2,15 @@
 
 Per round, a new `TorchTrainer.fit` pays ~20 s of Ray start-up (controller, worker actors, `import torch`,
 train context) and the embedding's actor pool ~10 s more, for well under a second of work on a small pool
-(docs/RESULTS.md, commit 9b6890d). A resident group starts once, decodes the pool and the test split once into
-every worker's memory, and then runs jobs the driver posts on a `JobBoard` actor:
+(docs/RESULTS.md, "Per-round overhead: Ray Data's reader and one read per embedding", commit 9b6890d).
+A resident group starts once, decodes the pool and the test split once into every worker's memory, and
+then runs jobs the driver posts on a `JobBoard` actor:
 * train: one round's model from this round's labeled set (the same data, seeds and steps as a per-round
   fit with sharding="replicate", so the same model), epoch checkpoints through `ray.train.report` tagged
   with the round; a worker group that Ray Train restarts (FailureConfig), or a new group after a killed
   driver, continues the round from its last checkpoint;
 * embed: the round's embeddings, each rank writing its share of every split to
-  RUN_DIR/rounds/NNNN/embeddings/split=<s>/part-<rank>.parquet (the DESIGN.md contract).
+  RUN_DIR/rounds/NNNN/embeddings/split=<s>/part-<rank>.parquet (the contract of core/embeddings.py).
 It holds the whole decoded pool in every worker, so it is for pools that fit (`wanted`); larger pools take
 the per-round path (Ray Data streaming into a fit, an embedding actor pool). The loop reaches both paths
 through one interface, ray_al.loop.backend, which asks `wanted` once per run.
