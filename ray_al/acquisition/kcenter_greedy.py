@@ -4,7 +4,7 @@ Pure module: numpy + faiss only, never `import ray` (a test enforces it).
 
 The textbook greedy: with min-distances D[i] = min over centers c of ||x_i - c||^2, pick
 argmax D, make it a center, update D, repeat k times. It reads all n x d features once per pick.
-Here (DESIGN.md, "k-center at scale"):
+Here (docs/ARCHITECTURE.md; docs/RESULTS.md, "k-center against plain greedy"):
 
 - `KCenterShard` holds one shard of the pool. Its initial min-distances to the labeled set come from a
   chunked nearest-center search (faiss), never an n x |L| matrix: memory O(n + chunk).

@@ -2,7 +2,7 @@
 
     backend = open_backend(cfg, run, pool, features)  # train.resident and the pool's size decide
     outcome = backend.train(request)                  # a TrainRequest -> TrainOutcome (weights, metrics)
-    backend.embed(state, labeled_ids, out_uri)        # the round's embeddings (DESIGN.md contract)
+    backend.embed(state, labeled_ids, out_uri)        # the round's embeddings (core/embeddings.py contract)
     backend.close()                                   # free what it holds (a worker group)
 
 * `PerRoundBackend`: a Ray Train fit per round (ray_al.workers.train.fit) and a Ray Data actor pool per
