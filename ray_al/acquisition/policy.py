@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 AUTO = "auto"
 EARLY_METHOD = "typiclust"
 LATE_METHOD = "margin"
@@ -32,3 +34,96 @@ def auto_choice(n_labeled: int, n_classes: int, switch_per_class: float) -> Choi
     if per_class < switch_per_class:
         return Choice(EARLY_METHOD, f"auto: {per_class:.1f} labels/class < {switch_per_class:g}: typicality")
     return Choice(LATE_METHOD, f"auto: {per_class:.1f} labels/class >= {switch_per_class:g}: uncertainty")
+
+
+# ----------------------------------------------------------------------------------------------
+# data-driven switch signals (measured by `python -m ray_al.bench.autoswitch`)
+# ----------------------------------------------------------------------------------------------
+
+PURITY_ALPHA = 0.95  # ProbCover's purity of the covering balls
+TYPICALITY_KNN = 20  # neighbours of the pool-wide typicality (typiclust's K_NN)
+
+
+@dataclass(frozen=True, eq=False)
+class SwitchContext:
+    """What the switch signals need of a pool, computed once: the rows (N, d) float32, the class count,
+    the purity radius delta (ProbCover: largest radius whose balls are 95% pure against k-means
+    pseudo-labels with K = classes) and each row's pool-wide typicality (1 / mean distance to its
+    TYPICALITY_KNN nearest rows)."""
+
+    x: np.ndarray
+    classes: int
+    delta: float
+    typicality: np.ndarray
+
+    @classmethod
+    def build(cls, x: np.ndarray, classes: int, seed: int = 0, typicality: bool = True) -> "SwitchContext":
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        typ = pool_typicality(x) if typicality else np.zeros(len(x))
+        return cls(x=x, classes=int(classes), delta=purity_delta(x, classes, seed), typicality=typ)
+
+
+def purity_delta(x: np.ndarray, classes: int, seed: int = 0, sample: int = 2000) -> float:
+    """ProbCover's purity radius of the rows x (N, d): alpha = PURITY_ALPHA, K = classes pseudo-labels."""
+    from ray_al.acquisition.base import PoolView
+    from ray_al.acquisition.geometry import PoolRows, seeded_kmeans
+    from ray_al.acquisition.probcover import _centre, purity_radius
+
+    pool = PoolRows(PoolView(ids=np.arange(len(x)), embeddings=x))
+    _, err = _centre(pool)
+    rng = np.random.default_rng([int(seed), 0xD1])
+    S = min(int(sample), pool.N)
+    rows = np.arange(pool.N) if S == pool.N else np.sort(rng.choice(pool.N, size=S, replace=False))
+    K = int(min(max(2, classes), pool.N))
+    _, labels = seeded_kmeans(pool, K, seed)
+    t, _ = purity_radius(pool, labels, K, rows, PURITY_ALPHA, err)
+    return float(np.sqrt(max(t, 0.0)))
+
+
+def pool_typicality(x: np.ndarray, knn: int = TYPICALITY_KNN) -> np.ndarray:
+    """(N,) 1 / mean distance to the knn nearest other rows, over the whole pool."""
+    from ray_al.acquisition.typiclust import mean_knn_distance
+
+    with np.errstate(divide="ignore"):
+        return 1.0 / mean_knn_distance(x, knn).astype(np.float64)
+
+
+def coverage(x: np.ndarray, labeled: np.ndarray, delta: float) -> float:
+    """Share of the rows x within delta of a labeled row (a labeled row covers itself)."""
+    from ray_al.core.optional import require_faiss
+
+    if not labeled.any():
+        return 0.0
+    dist, _ = require_faiss().knn(x, np.ascontiguousarray(x[labeled]), 1)
+    return float(np.mean(np.sqrt(np.maximum(dist[:, 0], 0.0)) < delta))
+
+
+def _percentile(values: np.ndarray, among: np.ndarray) -> float:
+    """Mean share of `among` strictly below each of `values` (0.5: like a random pick)."""
+    ranked = np.sort(among)
+    return float(np.mean(np.searchsorted(ranked, values, side="left") / max(1, len(ranked))))
+
+
+def switch_signals(ctx: SwitchContext, labeled: np.ndarray, probs: np.ndarray, picks: np.ndarray,
+                   n_in_class: int) -> dict[str, float]:
+    """The candidate signals before a round: labeled (N,) mask, probs (N, C) of the current model,
+    picks = typiclust's proposed positions for the round."""
+    free = np.flatnonzero(~labeled)
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    unc = 1.0 - (top2[:, 1] - top2[:, 0])  # margin uncertainty, higher = less sure
+    conf = top2[:, 1]
+    k = len(picks)
+    margin_picks = free[np.argsort(-unc[free], kind="stable")[:k]]
+    after = labeled.copy()
+    after[picks] = True
+    return {
+        "per_class": n_in_class / max(1, ctx.classes),
+        "coverage": coverage(ctx.x, labeled, ctx.delta),
+        "coverage_after": coverage(ctx.x, after, ctx.delta),
+        "typ_pct": _percentile(ctx.typicality[picks], ctx.typicality[free]),
+        "typ_ratio": float(np.median(ctx.typicality[picks]) / np.median(ctx.typicality[free])),
+        "margin_typ_pct": _percentile(ctx.typicality[margin_picks], ctx.typicality[free]),
+        "unc_pct": _percentile(unc[picks], unc[free]),
+        "conf_ratio": float(conf[picks].mean() / conf[free].mean()),
+        "pool_conf": float(conf[free].mean()),
+    }
