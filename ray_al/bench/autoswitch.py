@@ -175,8 +175,8 @@ def print_report(trace: dict) -> None:
         print(f"signals before the round to each budget ({start}, mean over seeds)")
         print(f"{'signal':<18}" + "".join(f"{b:>9}" for b in budgets))
         for name in names:
-            cells = [np.mean([r["signals"][str(b)][name] for r in runs if str(b) in r["signals"]])
-                     if any(str(b) in r["signals"] for r in runs) else np.nan for b in budgets]
+            cells = [np.mean([r["signals"][str(b)][name] for r in runs if name in r["signals"].get(str(b), {})]
+                             or [np.nan]) for b in budgets]
             print(f"{name:<18}" + "".join(f"{v:>9.3f}" for v in cells))
 
 
