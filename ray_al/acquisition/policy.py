@@ -54,12 +54,12 @@ class SwitchContext:
     x: np.ndarray
     classes: int
     delta: float
-    typicality: np.ndarray
+    typicality: np.ndarray | None = None
 
     @classmethod
     def build(cls, x: np.ndarray, classes: int, seed: int = 0, typicality: bool = True) -> "SwitchContext":
         x = np.ascontiguousarray(x, dtype=np.float32)
-        typ = pool_typicality(x) if typicality else np.zeros(len(x))
+        typ = pool_typicality(x) if typicality else None
         return cls(x=x, classes=int(classes), delta=purity_delta(x, classes, seed), typicality=typ)
 
 
@@ -116,14 +116,55 @@ def switch_signals(ctx: SwitchContext, labeled: np.ndarray, probs: np.ndarray, p
     margin_picks = free[np.argsort(-unc[free], kind="stable")[:k]]
     after = labeled.copy()
     after[picks] = True
-    return {
+    out = {
         "per_class": n_in_class / max(1, ctx.classes),
         "coverage": coverage(ctx.x, labeled, ctx.delta),
         "coverage_after": coverage(ctx.x, after, ctx.delta),
-        "typ_pct": _percentile(ctx.typicality[picks], ctx.typicality[free]),
-        "typ_ratio": float(np.median(ctx.typicality[picks]) / np.median(ctx.typicality[free])),
-        "margin_typ_pct": _percentile(ctx.typicality[margin_picks], ctx.typicality[free]),
         "unc_pct": _percentile(unc[picks], unc[free]),
         "conf_ratio": float(conf[picks].mean() / conf[free].mean()),
         "pool_conf": float(conf[free].mean()),
     }
+    if ctx.typicality is not None:
+        typ = ctx.typicality
+        out.update(typ_pct=_percentile(typ[picks], typ[free]),
+                   typ_ratio=float(np.median(typ[picks]) / np.median(typ[free])),
+                   margin_typ_pct=_percentile(typ[margin_picks], typ[free]))
+    return out
+
+
+@dataclass(frozen=True)
+class SwitchRule:
+    """Switch to LATE_METHOD when `signal` <op> threshold (op ">=" or "<")."""
+
+    signal: str
+    op: str
+    threshold: float
+
+    def says_late(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value < self.threshold
+
+
+DATA_RULE = SwitchRule("coverage", ">=", 0.5)  # placeholder until bench.autoswitch measures it
+
+
+def view_signals(view, early: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """switch_signals of a PoolView (probs and labeled rows present), `early` = typiclust's positions."""
+    x_u = np.asarray(view.embeddings, dtype=np.float32)
+    x_l = np.asarray(view.labeled_embeddings, dtype=np.float32)
+    probs = np.asarray(view.probs, dtype=np.float32)
+    n, classes = len(x_u), probs.shape[1]
+    labeled = np.zeros(n + len(x_l), bool)
+    labeled[n:] = True
+    padded = np.concatenate([probs, np.full((len(x_l), classes), 1.0 / classes, np.float32)])
+    in_class = len(x_l) if view.labeled_labels is None else int(np.sum(np.asarray(view.labeled_labels) >= 0))
+    ctx = SwitchContext.build(np.concatenate([x_u, x_l]), classes, seed=seed, typicality=False)
+    return switch_signals(ctx, labeled, padded, np.asarray(early, dtype=np.int64), in_class)
+
+
+def data_choice(signals: dict[str, float], rule: SwitchRule = DATA_RULE) -> Choice:
+    """The round's method from its signals under `rule`, the reason naming the signal and its value."""
+    value = signals[rule.signal]
+    if rule.says_late(value):
+        return Choice(LATE_METHOD, f"auto: {rule.signal}={value:.3f} {rule.op} {rule.threshold:g}: uncertainty")
+    other = "<" if rule.op == ">=" else ">="
+    return Choice(EARLY_METHOD, f"auto: {rule.signal}={value:.3f} {other} {rule.threshold:g}: typicality")

@@ -293,23 +293,32 @@ def fields_for(cfg: Config, choice: Choice | None) -> set[str] | None:
 
 
 def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:
-    """select.method, or what the `auto` policy picks for a labeled set of this size (in-class labels:
-    an OOD answer adds to no class). n_classes = 0: the embeddings hold no class probabilities (a user's
-    own), so auto stays with typicality, which needs none."""
-    if cfg.select.method == AUTO and not n_classes:
+    """select.method, or for `auto`: typicality without class probabilities (n_classes = 0, a user's own
+    embeddings) or labels; the fixed rule of commit 059c831 when select.auto_switch_per_class > 0 (n_labeled:
+    in-class labels, an OOD answer adds to no class); else Choice(AUTO): the `auto` strategy decides from
+    the round's data (ray_al.acquisition.policy.DATA_RULE) and `_run` records what it ran."""
+    if cfg.select.method != AUTO:
+        return Choice(cfg.select.method, "select.method")
+    if not n_classes:
         return Choice(EARLY_METHOD, "auto: no class probabilities in the embeddings: typicality")
-    if cfg.select.method == AUTO:
+    if not n_labeled:
+        return Choice(EARLY_METHOD, "auto: no labels yet: typicality")
+    if cfg.select.auto_switch_per_class > 0:
         return auto_choice(n_labeled, n_classes, cfg.select.auto_switch_per_class)
-    return Choice(cfg.select.method, "select.method")
+    return Choice(AUTO, "auto: from the data")
 
 
 def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[np.ndarray, Choice]:
     """Positions chosen by choice.method; a strategy that fell back part-way (probcover's saturated
     coverage) says so in the returned choice."""
     options = strategy_options(cfg, choice.method)
+    if choice.method == AUTO:  # labeled rows, OOD answers too, are covered ground; no labels read
+        view = dataclasses.replace(view, labeled_labels=None, labeled_probs=None)
     view = for_method(choice.method, view, options.get("prefilter"))
     positions = acquisition.select(choice.method, view, k, seed=selection_seed(cfg, r), **options)
     info = options.get("info") or {}
+    if choice.method == AUTO:
+        choice = Choice(info["method"], info["why"])
     if info.get("fallback_used"):
         choice = Choice(choice.method, f"{choice.why}; coverage saturated: {info['fallback_count']} of {k} "
                                        f"from {info['fallback']}")

@@ -1,0 +1,80 @@
+"""`auto` as a strategy and its policy: each branch of the rule on data whose signal is known. No Ray."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_al.acquisition import PoolView, select
+from ray_al.acquisition.policy import (DATA_RULE, EARLY_METHOD, LATE_METHOD, SwitchRule, data_choice,
+                                       view_signals)
+
+pytestmark = pytest.mark.usefixtures("single_threaded_faiss")
+
+CENTRES = np.array([[0.0, 0.0], [30.0, 0.0], [0.0, 30.0], [30.0, 30.0]])
+
+
+def blobs(labeled_per_blob: list[int], n: int = 60, seed: int = 0) -> PoolView:
+    """Four tight blobs of n points, probs that favour each blob's class; labeled_per_blob[c] points of blob c
+    are labeled (taken out of the candidates)."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([c + rng.normal(0, 1, (n, 2)) for c in CENTRES]).astype(np.float32)
+    y = np.repeat(np.arange(4), n)
+    logits = 1.5 * np.eye(4)[y] + rng.normal(0, 1, (len(y), 4))
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    lab = np.concatenate([np.arange(c * n, c * n + m) for c, m in enumerate(labeled_per_blob)]).astype(np.int64)
+    free = np.setdiff1d(np.arange(len(y)), lab)
+    return PoolView(ids=free, probs=probs[free], embeddings=x[free],
+                    labeled_embeddings=x[lab] if lab.size else None, labeled_labels=y[lab] if lab.size else None)
+
+
+def test_cold_start_and_no_probabilities_are_typicality():
+    view = blobs([0, 0, 0, 0])
+    info: dict = {}
+    picks = select("auto", view, 4, seed=1, info=info)
+    assert info["method"] == EARLY_METHOD and "no labels yet" in info["why"]
+    np.testing.assert_array_equal(picks, select("typiclust", view, 4, seed=1))
+    bare = PoolView(ids=view.ids, embeddings=view.embeddings)
+    assert np.array_equal(select("auto", bare, 4, seed=1, info=info), picks) and "no class probabilities" in info["why"]
+
+
+def test_the_fixed_per_class_rule_is_kept_as_an_option():
+    info: dict = {}
+    few, many = blobs([2, 2, 2, 2]), blobs([4, 4, 4, 4])
+    np.testing.assert_array_equal(select("auto", few, 5, seed=0, switch_per_class=3, info=info),
+                                  select(EARLY_METHOD, few, 5, seed=0))
+    assert info["why"] == "auto: 2.0 labels/class < 3: typicality"
+    np.testing.assert_array_equal(select("auto", many, 5, seed=0, switch_per_class=3, info=info),
+                                  select(LATE_METHOD, many, 5, seed=0))
+    assert info["method"] == LATE_METHOD and "4.0 labels/class >= 3" in info["why"]
+
+
+def test_data_choice_names_the_signal_and_its_value():
+    rule = SwitchRule("coverage", ">=", 0.5)
+    late, early = data_choice({"coverage": 0.75}, rule), data_choice({"coverage": 0.25}, rule)
+    assert late.method == LATE_METHOD and late.why == "auto: coverage=0.750 >= 0.5: uncertainty"
+    assert early.method == EARLY_METHOD and early.why == "auto: coverage=0.250 < 0.5: typicality"
+    below = SwitchRule("unc_pct", "<", 0.4)
+    assert data_choice({"unc_pct": 0.3}, below).method == LATE_METHOD
+    assert data_choice({"unc_pct": 0.4}, below).why == "auto: unc_pct=0.400 >= 0.4: typicality"
+
+
+def test_select_auto_records_its_signals_and_is_independent_of_row_order():
+    view = blobs([3, 1, 0, 2])
+    info: dict = {}
+    picks = select("auto", view, 6, seed=2, info=info)
+    assert set(info["signals"]) >= {DATA_RULE.signal, "per_class"} and info["signals"]["per_class"] == 1.5
+    assert info["why"].startswith(f"auto: {DATA_RULE.signal}=")
+    np.testing.assert_array_equal(picks, select(info["method"], view, 6, seed=2))
+    perm = np.random.default_rng(0).permutation(view.n)
+    again = select("auto", view.subset(perm), 6, seed=2)
+    np.testing.assert_array_equal(view.ids[picks], view.ids[perm][again])
+
+
+def test_coverage_signal_on_blobs():
+    """One labeled point in one blob of four covers about a quarter of the pool at the purity radius; one
+    in each covers all of it."""
+    one, every = blobs([1, 0, 0, 0]), blobs([1, 1, 1, 1])
+    s_one = view_signals(one, select(EARLY_METHOD, one, 3, seed=0))
+    s_every = view_signals(every, select(EARLY_METHOD, every, 3, seed=0))
+    assert 0.2 < s_one["coverage"] < 0.3 and s_every["coverage"] > 0.95
+    assert s_one["coverage_after"] > s_one["coverage"]  # typiclust's picks go to the uncovered blobs
