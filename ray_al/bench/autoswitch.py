@@ -180,6 +180,25 @@ def print_report(trace: dict) -> None:
             print(f"{name:<18}" + "".join(f"{v:>9.3f}" for v in cells))
 
 
+def markdown(trace: dict, start: str, rules: list[str]) -> str:
+    """A markdown table of one trace and start: random, typiclust, every switch-after curve and each rule
+    ("signal op threshold"), mean +- SE per budget, AUC, paired AUC gain on random +- SE, points."""
+    budgets, runs = trace["budgets"], trace["runs"][start]
+    rows = {name: [r["curves"][name] for r in runs] for name in runs[0]["curves"]}
+    for rule in rules:
+        signal, op, threshold = rule.split()
+        rows[f"rule: {rule}"] = evaluate_rule(trace, start, signal, op, float(threshold))["acc"]
+    summary = lowbudget.summarise(rows, budgets)
+    out = ["| curve | " + " | ".join(map(str, budgets)) + " | AUC | gain on random |",
+           "| --- |" + " --- |" * (len(budgets) + 2)]
+    for name, row in summary.items():
+        label = {"never": "typiclust (never switch)", "random": "random"}.get(name, name.replace("after_", "switch after "))
+        cells = " | ".join(f"{m:.1f}+-{e:.1f}" for m, e in zip(row["mean"], row["se"]))
+        gain = f"{row['auc_gain']:+.1f}+-{row['auc_gain_se']:.1f}" if "auc_gain" in row else "-"
+        out.append(f"| {label} | {cells} | {row['auc']:.1f} | {gain} |")
+    return "\n".join(out)
+
+
 def main_rank(paths: list[str], top: int) -> list[dict]:
     """Rank the rules on saved traces: per rule the worst shortfall under the best single method (points)
     and the worst margin over random, over every trace and start, then each case's figures."""
@@ -200,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rank", nargs="+", default=None, help="rank the rules on saved traces (no run)")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--markdown", nargs="*", default=None, metavar="RULE",
+                   help="with --rank: print each trace's tables in markdown, with these rules ('coverage >= 0.5')")
     p.add_argument("--features")
     p.add_argument("--test")
     p.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 30, 50, 100, 200])
@@ -210,6 +231,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--c", type=float, default=1.0)
     p.add_argument("--out", default=None, help="write the trace JSON here")
     args = p.parse_args(argv)
+    if args.rank and args.markdown is not None:
+        for path in args.rank:
+            with open(path) as f:
+                trace = json.load(f)
+            for start in trace["runs"]:
+                print(f"\n{path} {start} start, seeds {trace['seeds']}\n\n" + markdown(trace, start, args.markdown))
+        return {}
     if args.rank:
         return {"rules": main_rank(args.rank, args.top)}
     if not (args.features and args.test):
