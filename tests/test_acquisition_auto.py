@@ -5,21 +5,20 @@ import numpy as np
 import pytest
 
 from ray_al.acquisition import PoolView, select
-from ray_al.acquisition.policy import (DATA_RULE, EARLY_METHOD, LATE_METHOD, SwitchRule, data_choice,
-                                       view_signals)
+from ray_al.acquisition.policy import DATA_RULE, EARLY_METHOD, LATE_METHOD, SwitchRule, data_choice, rule_signals
 
 pytestmark = pytest.mark.usefixtures("single_threaded_faiss")
 
 CENTRES = np.array([[0.0, 0.0], [30.0, 0.0], [0.0, 30.0], [30.0, 30.0]])
 
 
-def blobs(labeled_per_blob: list[int], n: int = 60, seed: int = 0) -> PoolView:
-    """Four tight blobs of n points, probs that favour each blob's class; labeled_per_blob[c] points of blob c
-    are labeled (taken out of the candidates)."""
+def blobs(labeled_per_blob: list[int], n: int = 60, seed: int = 0, sure: float = 1.5) -> PoolView:
+    """Four tight blobs of n points, probs that favour each blob's class by `sure` (logit units);
+    labeled_per_blob[c] points of blob c are labeled (taken out of the candidates)."""
     rng = np.random.default_rng(seed)
     x = np.concatenate([c + rng.normal(0, 1, (n, 2)) for c in CENTRES]).astype(np.float32)
     y = np.repeat(np.arange(4), n)
-    logits = 1.5 * np.eye(4)[y] + rng.normal(0, 1, (len(y), 4))
+    logits = sure * np.eye(4)[y] + rng.normal(0, 1, (len(y), 4))
     probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
     lab = np.concatenate([np.arange(c * n, c * n + m) for c, m in enumerate(labeled_per_blob)]).astype(np.int64)
     free = np.setdiff1d(np.arange(len(y)), lab)
@@ -58,23 +57,30 @@ def test_data_choice_names_the_signal_and_its_value():
     assert data_choice({"unc_pct": 0.4}, below).why == "auto: unc_pct=0.400 >= 0.4: typicality"
 
 
-def test_select_auto_records_its_signals_and_is_independent_of_row_order():
-    view = blobs([3, 1, 0, 2])
+def test_the_data_rule_switches_on_the_models_confidence():
+    """pool_conf = mean top-class probability over the candidates: a model that is unsure (flat
+    probabilities) keeps typicality, a sure one (>= 0.8) moves to margin, whatever the label count."""
+    assert DATA_RULE == SwitchRule("pool_conf", ">=", 0.8)
+    unsure, sure = blobs([1, 1, 1, 1], sure=0.5), blobs([1, 1, 1, 1], sure=6.0)
+    assert rule_signals(unsure)["pool_conf"] < 0.6 < 0.9 < rule_signals(sure)["pool_conf"]
+    assert rule_signals(sure)["per_class"] == 1.0
+    info: dict = {}
+    np.testing.assert_array_equal(select("auto", unsure, 5, seed=0, info=info), select(EARLY_METHOD, unsure, 5, seed=0))
+    assert info["method"] == EARLY_METHOD
+    assert info["why"] == f"auto: pool_conf={info['signals']['pool_conf']:.3f} < 0.8: typicality"
+    np.testing.assert_array_equal(select("auto", sure, 5, seed=0, info=info), select(LATE_METHOD, sure, 5, seed=0))
+    assert info["method"] == LATE_METHOD and info["why"].startswith("auto: pool_conf=0.9")
+    # the mean, exactly: two rows at 0.9 and 0.7 top probability give 0.8, which switches
+    two = PoolView(ids=np.arange(2), probs=np.array([[0.9, 0.1], [0.3, 0.7]], np.float32),
+                   embeddings=np.zeros((2, 2), np.float32), labeled_embeddings=np.ones((1, 2), np.float32))
+    assert abs(rule_signals(two)["pool_conf"] - 0.8) < 1e-6
+
+
+def test_select_auto_is_independent_of_row_order():
+    view = blobs([3, 1, 0, 2], sure=3.0)
     info: dict = {}
     picks = select("auto", view, 6, seed=2, info=info)
-    assert set(info["signals"]) >= {DATA_RULE.signal, "per_class"} and info["signals"]["per_class"] == 1.5
-    assert info["why"].startswith(f"auto: {DATA_RULE.signal}=")
     np.testing.assert_array_equal(picks, select(info["method"], view, 6, seed=2))
     perm = np.random.default_rng(0).permutation(view.n)
     again = select("auto", view.subset(perm), 6, seed=2)
     np.testing.assert_array_equal(view.ids[picks], view.ids[perm][again])
-
-
-def test_coverage_signal_on_blobs():
-    """One labeled point in one blob of four covers about a quarter of the pool at the purity radius; one
-    in each covers all of it."""
-    one, every = blobs([1, 0, 0, 0]), blobs([1, 1, 1, 1])
-    s_one = view_signals(one, select(EARLY_METHOD, one, 3, seed=0))
-    s_every = view_signals(every, select(EARLY_METHOD, every, 3, seed=0))
-    assert 0.2 < s_one["coverage"] < 0.3 and s_every["coverage"] > 0.95
-    assert s_one["coverage_after"] > s_one["coverage"]  # typiclust's picks go to the uncovered blobs

@@ -4,9 +4,10 @@
 
 Pure (numpy, faiss through the methods it runs), never imports ray. Reads the unlabeled embeddings and,
 when present, the class probabilities and the labeled embeddings and labels; without probabilities (a
-user's own embeddings) or labels (a cold start) it is typiclust. `switch_per_class=N` restores the
-fixed rule of commit 059c831 (typiclust below N labels per class); left out, the rule is the policy's
-data-driven one (policy.DATA_RULE).
+user's own embeddings) or labels (a cold start) it is typiclust. Otherwise the policy's data rule
+(policy.DATA_RULE): margin once the model's mean top-class probability over the unlabeled rows reaches
+0.8, typiclust before. `switch_per_class=N` keeps the fixed rule of commit 059c831 (typiclust below N
+labels per class).
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
 from ray_al.acquisition.dispatch import select
-from ray_al.acquisition.policy import (AUTO, EARLY_METHOD, LATE_METHOD, Choice, auto_choice, data_choice,
-                                       view_signals)
+from ray_al.acquisition.policy import AUTO, EARLY_METHOD, LATE_METHOD, Choice, auto_choice, data_choice, rule_signals
 
 
 def auto_select(view: PoolView, k: int, seed: int, switch_per_class: float | None = None
@@ -33,11 +33,8 @@ def auto_select(view: PoolView, k: int, seed: int, switch_per_class: float | Non
     elif switch_per_class is not None:
         choice = auto_choice(in_class, int(np.shape(view.probs)[1]), float(switch_per_class))
     else:
-        early = select(EARLY_METHOD, view, k, seed)
-        signals = view_signals(view, early)
+        signals = rule_signals(view)
         choice = data_choice(signals)
-        if choice.method == EARLY_METHOD:
-            return early, {"method": choice.method, "why": choice.why, "signals": signals}
     positions = select(choice.method, view, k, seed)
     return positions, {"method": choice.method, "why": choice.why, "signals": signals}
 

@@ -121,7 +121,7 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    method: str = "auto"  # typiclust at few labels per class, then margin (docs/RESULTS.md, commit 1a4b1a6)
+    method: str = "auto"  # typiclust, then margin once the model is confident (docs/auto_rule.md)
     shards: int = 1  # plain k-center's shards (method=kcenter); > 1 runs Ray actors
     prefilter: str = ""  # e.g. entropy: k-center over the prefilter_factor * k most uncertain
     prefilter_factor: int = 10  # must equal ray_al.acquisition.PREFILTER_FACTOR (one default; a test checks)
@@ -129,7 +129,8 @@ class SelectConfig:
     committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
     fallback: str = "typiclust"  # run when the method cannot yet (weibull before 3 labels in a class); recorded
-    auto_switch_per_class: float = 3.0  # method=auto: typiclust below this many labels per class, then margin
+    auto_switch_per_class: float = 0.0  # method=auto: 0 = margin when the data say (docs/auto_rule.md); N > 0 = fixed
+    # rule of commit 059c831, typiclust below N labels per class
     features: Features = "model"  # what selection measures distances on
 
 
