@@ -160,8 +160,14 @@ def rule_signals(view) -> dict[str, float]:
     labeled = 0 if view.labeled_embeddings is None else int(np.shape(view.labeled_embeddings)[0])
     if view.labeled_labels is not None:
         labeled = int(np.sum(np.asarray(view.labeled_labels) >= 0))
-    top = np.concatenate([probs[lo:lo + 65_536].max(axis=1) for lo in range(0, len(probs), 65_536)] or [[0.0]])
-    return {"pool_conf": float(np.mean(top, dtype=np.float64)), "per_class": labeled / max(1, probs.shape[1])}
+    return {"pool_conf": pool_confidence(probs), "per_class": labeled / max(1, probs.shape[1])}
+
+
+def pool_confidence(probs: np.ndarray, chunk: int = 65_536) -> float:
+    """Mean top-class probability of the rows of probs (n, C), `chunk` rows at a time (0 for no rows)."""
+    probs = np.asarray(probs)
+    total = sum(float(probs[lo:lo + chunk].max(axis=1).sum(dtype=np.float64)) for lo in range(0, len(probs), chunk))
+    return total / len(probs) if len(probs) else 0.0
 
 
 def data_choice(signals: dict[str, float], rule: SwitchRule = DATA_RULE) -> Choice:
