@@ -29,8 +29,10 @@ def select(embeddings: Any, labeled: Any, budget: int, method: str = "auto", pro
     (or ids when `ids` is given) or a boolean mask of length N. probs: (N, C) class probabilities (softmax of your
     model), needed by the uncertainty methods (entropy, margin, badge, ...), not by kcenter, probcover, random
     or typiclust. labels: the classes of the `labeled` rows, in their order (weibull reads them; `auto` counts
-    labels per class with them; a keyword, `labels=`). method="auto": typiclust below select.auto_switch_per_class (3) labels per
-    class, then margin (ray_al.acquisition.policy). Other options go to the method (e.g. prefilter="entropy").
+    labels per class with them; a keyword, `labels=`). method="auto": typiclust until your model's mean top-class
+    probability over the unlabeled rows reaches 0.8, then margin (ray_al.acquisition.policy, docs/auto_rule.md);
+    switch_per_class=N: the fixed rule, typiclust below N labels per class. Other options go to the method (e.g.
+    prefilter="entropy").
     """
     from ray_al import acquisition
     from ray_al.acquisition.policy import AUTO
@@ -42,8 +44,8 @@ def select(embeddings: Any, labeled: Any, budget: int, method: str = "auto", pro
     lab = _labeled_positions(labeled, row_ids, n, ids is not None)
     p = None if probs is None else _matrix(probs, "probs", rows=n)
     lab_labels = _labels(labels, lab.shape[0])
-    if method == AUTO:
-        method = _auto_method(lab_labels, lab.shape[0], p, options.pop("switch_per_class", 3.0))
+    if method == AUTO and options.get("switch_per_class") is not None:  # the fixed rule, labels per class
+        method = _auto_method(lab_labels, lab.shape[0], p, options.pop("switch_per_class"))
     acquisition.get(method)  # unknown names: the registry's error, listing the valid ones
     if p is None and "probs" in acquisition.needs(method, optional=False, prefilter=options.get("prefilter")):
         raise ValueError(f"method {method!r} needs probs: an (N, C) array of class probabilities for every row "

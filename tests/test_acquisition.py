@@ -62,7 +62,7 @@ def permuted(view: PoolView, perm: np.ndarray) -> PoolView:
 EXPECTED = {
     "random", "balanced", "entropy", "margin", "least_confidence", "variation_ratio",
     "committee_vote_entropy", "committee_kl", "weibull", "badge", "kcenter",
-    "typiclust", "probcover",
+    "typiclust", "probcover", "auto",
     "entropy_kcenter", "margin_kcenter", "least_confidence_kcenter", "weibull_kcenter",
 }  # fmt: skip
 

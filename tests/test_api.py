@@ -75,9 +75,22 @@ def test_select_auto_follows_the_policy(data):
     emb, probs = data
     cold = ray_al.select(emb, [], 4)  # no labels: typiclust
     assert np.array_equal(cold, ray_al.select(emb, [], 4, method="typiclust"))
-    labeled = np.arange(16)  # 4 per class of 4 classes >= 3: margin
-    late = ray_al.select(emb, labeled, 4, probs=probs, labels=np.repeat(np.arange(4), 4))
+    labeled = np.arange(16)  # the fixed rule: 4 per class of 4 classes >= 3: margin
+    late = ray_al.select(emb, labeled, 4, probs=probs, labels=np.repeat(np.arange(4), 4), switch_per_class=3)
     assert np.array_equal(late, ray_al.select(emb, labeled, 4, method="margin", probs=probs))
+    # the data rule reads the model's mean top-class probability on the unlabeled rows (0.8 switches)
+    from ray_al.acquisition.policy import DATA_RULE
+
+    unlabeled = np.setdiff1d(np.arange(len(emb)), labeled)
+    confident = float(probs[unlabeled].max(axis=1).mean()) >= DATA_RULE.threshold
+    want = ray_al.select(emb, labeled, 4, method="margin" if confident else "typiclust", probs=probs)
+    assert np.array_equal(ray_al.select(emb, labeled, 4, probs=probs), want)
+    sure = np.full_like(probs, 0.02)
+    sure[np.arange(len(sure)), probs.argmax(axis=1)] = 1 - 0.02 * (probs.shape[1] - 1)
+    assert np.array_equal(ray_al.select(emb, labeled, 4, probs=sure), ray_al.select(emb, labeled, 4, method="margin",
+                                                                                    probs=sure))
+    # labeled rows but no probabilities: typiclust, as for a user's own embeddings
+    assert np.array_equal(ray_al.select(emb, [0, 1], 3), ray_al.select(emb, [0, 1], 3, method="typiclust"))
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
@@ -98,7 +111,7 @@ def test_select_auto_follows_the_policy(data):
     (dict(ids=np.arange(5)), r"ids must be 1-D with one id per embedding row \(120\)"),
     (dict(ids=np.zeros(120, int)), r"ids must be unique; repeated: \[0\]"),
     (dict(ids=np.arange(120) + 1000, labeled=[5]), r"labeled ids not in ids: \[5\]"),
-    (dict(method="auto", labeled=[0, 1]), r"method='auto' needs the number of classes"),
+    (dict(method="auto", labeled=[0, 1], switch_per_class=3), r"method='auto' needs the number of classes"),
     (dict(labels=[1]), r"labels must be 2 integer classes"),
     (dict(method="kcenter", unknown_option=1), r"unknown option\(s\) \['unknown_option'\]"),
 ])

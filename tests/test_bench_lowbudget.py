@@ -24,7 +24,8 @@ def _digits(tmp_path):
 def test_curves_tables_and_paired_gains(tmp_path, capsys):
     paths = _digits(tmp_path)
     report = lowbudget.main(["--features", paths["pool"], "--test", paths["test"], "--budgets", "10", "20", "40",
-                             "--seeds", "0", "1", "--methods", "random", "typiclust", "auto", "--start", "warm", "cold"])
+                             "--seeds", "0", "1", "--methods", "random", "typiclust", "auto", "--start", "warm", "cold",
+                             "--switch", "3"])
     out = capsys.readouterr().out
     assert "warm start, 600 pool rows" in out and "cold start" in out
     warm, cold = report["warm"], report["cold"]
@@ -32,7 +33,7 @@ def test_curves_tables_and_paired_gains(tmp_path, capsys):
     assert all(len(row["mean"]) == 3 and 0 < min(row["mean"]) <= max(row["mean"]) <= 100 for row in warm.values())
     # a warm start shares its first budget's labels (the same random draw) across methods
     assert warm["typiclust"]["mean"][0] == warm["random"]["mean"][0]
-    # auto is typiclust below 3 labels per class (10 classes: below 30 labels)
+    # auto --switch 3 is typiclust below 3 labels per class (10 classes: below 30 labels)
     assert cold["auto"]["mean"][:2] == cold["typiclust"]["mean"][:2]
     gain = np.mean(warm["typiclust"]["mean"]) - np.mean(warm["random"]["mean"])
     assert abs(warm["typiclust"]["auc_gain"] - gain) < 0.02

@@ -332,8 +332,9 @@ def test_shards_that_would_be_ignored_are_refused(overrides, named):
         check_config(config.load(None, overrides))
     check_config(config.load(None, ["select.method=kcenter", "select.shards=4"]))
 
-def _two_class_round(tmp_path, labels_per_class: int):
-    """Embedding files of a round: 2 well-separated classes, `labels_per_class` labeled in each."""
+def _two_class_round(tmp_path, labels_per_class: int, top: float = 0.9):
+    """Embedding files of a round: 2 well-separated classes, `labels_per_class` labeled in each; every
+    row's top-class probability is `top`."""
     rng = np.random.default_rng(0)
     centers = np.array([[0.0, 0.0], [10.0, 10.0]])
     n_lab = 2 * labels_per_class
@@ -341,7 +342,7 @@ def _two_class_round(tmp_path, labels_per_class: int):
     lab_emb = (centers[lab_y] + rng.normal(size=(n_lab, 2))).astype(np.float32)
     unl_ids = np.arange(80)
     unl_emb = (centers[unl_ids % 2] + rng.normal(size=(80, 2))).astype(np.float32)
-    probs = np.eye(2, dtype=np.float32)[unl_ids % 2] * 0.8 + 0.1
+    probs = np.eye(2, dtype=np.float32)[unl_ids % 2] * (2 * top - 1) + (1 - top)
     emb_dir = tmp_path / "embeddings"
     _write_split(emb_dir, "labeled", lab_ids, lab_emb, np.eye(2, dtype=np.float32)[lab_y] * 0.8 + 0.1)
     _write_split(emb_dir, "unlabeled", unl_ids, unl_emb, probs)
@@ -439,3 +440,17 @@ def test_a_fallback_that_needs_labels_per_class_is_refused_and_others_pass():
     check_config(config.load(None, ["select.method=typiclust"]))  # its own fallback: it is never "not ready"
     with pytest.raises(ConfigError, match="select.fallback=weibull cannot stand in"):
         check_config(config.load(None, ["select.method=kcenter", "select.fallback=weibull"]))
+
+
+def test_auto_from_the_data_records_the_models_confidence(tmp_path):
+    """The default auto (select.auto_switch_per_class=0) reads the round's probabilities: mean top-class
+    probability 0.9 on the unlabeled rows switches to margin, 0.6 keeps typiclust; each says so."""
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
+    cfg = config.load(None, [])
+    assert cfg.select.method == "auto" and cfg.select.auto_switch_per_class == 0
+    sure = choose_queries(cfg, emb_dir, ledger, 4, 0)
+    assert (sure.method, sure.why) == ("margin", "auto: pool_conf=0.900 >= 0.8: uncertainty")
+    view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.8 + 0.1)
+    assert sure.ids == np.arange(80)[acquisition.select("margin", view, 4, seed=0)].tolist()
+    unsure = choose_queries(cfg, *_two_class_round(tmp_path / "flat", labels_per_class=3, top=0.6), 4, 0)
+    assert unsure.method == "typiclust" and unsure.why == "auto: pool_conf=0.600 < 0.8: typicality"

@@ -10,7 +10,8 @@ needs(method, **options)                   -> PoolView fields the method reads (
 top_k(scores, ids, k, seed)                -> the one shared ranking, ties by a seeded id hash
 
 Registered: random, balanced, entropy, margin, least_confidence, variation_ratio,
-committee_vote_entropy, committee_kl, weibull, badge, kcenter, typiclust, probcover, and hybrids NAME_kcenter
+committee_vote_entropy, committee_kl, weibull, badge, kcenter, typiclust, probcover, auto (typiclust or margin,
+as the policy decides), and hybrids NAME_kcenter
 (entropy, margin, least_confidence, weibull); any score can pre-filter kcenter/badge via
 prefilter=NAME, prefilter_factor=F (default PREFILTER_FACTOR).
 """
@@ -28,7 +29,8 @@ from ray_al.acquisition.base import (
 )
 from ray_al.acquisition.dispatch import PREFILTER_FACTOR, needs, score, select
 
-# importing a strategy module registers it; hybrid last (it combines the others)
+# importing a strategy module registers it; hybrid (it combines the others) and auto (it runs typiclust or
+# margin, ray_al.acquisition.policy) last
 from ray_al.acquisition import (  # noqa: E402,F401  isort: skip
     entropy,
     margin,
@@ -43,6 +45,7 @@ from ray_al.acquisition import (  # noqa: E402,F401  isort: skip
     typiclust,
     probcover,
     hybrid,
+    auto,
 )
 
 REQUIREMENTS: dict[str, dict[str, frozenset[str]]] = {

@@ -315,8 +315,8 @@ class Strategy:
 
 
 # name -> Strategy; filled by the strategy modules when ray_al.acquisition is imported
-# "auto" is the config's budget-aware policy (policy.py), valid for select.method but not a strategy
-ACQUISITIONS: Registry[Strategy] = Registry("acquisition method", "select.method", extra=("auto",))
+# "auto" (auto.py, the policy of policy.py) registers like every strategy
+ACQUISITIONS: Registry[Strategy] = Registry("acquisition method", "select.method")
 
 
 def register(strategy: Strategy) -> Strategy:

@@ -12,9 +12,10 @@ to derive a policy such as `auto`; `python -m ray_al.sweep` confirms it through 
 Inputs: Parquet with `id`, `embedding` (list of floats) and `label` for the pool and the test split.
 The probe: features standardised on the pool (no labels used), then scikit-learn's multinomial logistic
 regression (C=--c); its pool probabilities feed the methods that read them (margin, badge, auto's late
-phase). Warm start: --initial random labels (seeded); cold start: the first --initial picked by each
-method itself on the unlabeled pool (random's cold start is its warm start). Budgets are labelled-set
-sizes. Prints mean accuracy +- standard error over seeds per method and budget, the area under the curve
+phase; `auto` is ray_al.acquisition.select("auto"), which decides each round from the data, or with
+--switch N the fixed rule, typiclust below N labels per class). Warm start: --initial random labels
+(seeded); cold start: the first --initial picked by each method itself on the unlabeled pool (random's
+cold start is its warm start). Budgets are labelled-set sizes. Prints mean accuracy +- standard error over seeds per method and budget, the area under the curve
 (mean over budgets, points) and each method's paired difference with random (+- SE); last line JSON.
 """
 from __future__ import annotations
@@ -67,8 +68,9 @@ def probabilities(model, x: np.ndarray, y_seen: np.ndarray, classes: int) -> np.
 
 def pick(method: str, x: np.ndarray, ids: np.ndarray, labeled: np.ndarray, probs: np.ndarray, k: int,
          seed: int, switch: float, classes: int, y: np.ndarray) -> np.ndarray:
-    """k positions of unlabeled rows chosen by `method` (auto resolved by the policy on in-class labels)."""
-    if method == AUTO:
+    """k positions of unlabeled rows chosen by `method`; auto with switch > 0 is the fixed rule (typiclust
+    below `switch` labels per class), with switch <= 0 the `auto` strategy, which decides from the data."""
+    if method == AUTO and switch > 0:
         method = auto_choice(int(labeled.sum()), classes, switch).method
     free = np.flatnonzero(~labeled)
     view = PoolView(ids=ids[free], probs=probs[free], embeddings=x[free],
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--start", nargs="+", default=["warm", "cold"], choices=["warm", "cold"])
     p.add_argument("--initial", type=int, default=10, help="random labels of a warm start")
-    p.add_argument("--switch", type=float, default=3.0, help="auto's labels per class (select.auto_switch_per_class)")
+    p.add_argument("--switch", type=float, default=0.0,
+                   help="auto's fixed switch in labels per class (select.auto_switch_per_class); 0: from the data")
     p.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe")
     args = p.parse_args(argv)
     ids, x, y = load(args.features)

@@ -32,7 +32,7 @@ from ray_al import acquisition
 
 from ray_al.core import storage
 from ray_al.acquisition import PoolView
-from ray_al.acquisition.policy import AUTO, EARLY_METHOD, Choice, auto_choice
+from ray_al.acquisition.policy import AUTO, EARLY_METHOD, Choice, auto_choice, data_choice, pool_confidence
 from ray_al.core.config import BudgetError, Config
 from ray_al.core.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
                                read_embeddings, split_columns, split_files)
@@ -257,6 +257,8 @@ def choose_queries(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, ze
     in_one_process = not on_shards(cfg) and not cfg.select.zero_shot
     choice = (round_choice(cfg, len(ledger.in_class()), list_width(emb_uri, "unlabeled", "probs"))
               if in_one_process else None)
+    if choice is not None and choice.method == AUTO:
+        choice = auto_from_data(emb_uri, len(ledger.in_class()))
     fields = fields_for(cfg, choice)
     source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields)
     if k > source.n:
@@ -293,14 +295,27 @@ def fields_for(cfg: Config, choice: Choice | None) -> set[str] | None:
 
 
 def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:
-    """select.method, or what the `auto` policy picks for a labeled set of this size (in-class labels:
-    an OOD answer adds to no class). n_classes = 0: the embeddings hold no class probabilities (a user's
-    own), so auto stays with typicality, which needs none."""
-    if cfg.select.method == AUTO and not n_classes:
+    """select.method, or for `auto`: typicality without class probabilities (n_classes = 0, a user's own
+    embeddings) or labels; the fixed rule of commit 059c831 when select.auto_switch_per_class > 0 (n_labeled:
+    in-class labels, an OOD answer adds to no class); else Choice(AUTO): `auto_from_data` decides on the
+    round's probabilities (ray_al.acquisition.policy.DATA_RULE)."""
+    if cfg.select.method != AUTO:
+        return Choice(cfg.select.method, "select.method")
+    if not n_classes:
         return Choice(EARLY_METHOD, "auto: no class probabilities in the embeddings: typicality")
-    if cfg.select.method == AUTO:
+    if not n_labeled:
+        return Choice(EARLY_METHOD, "auto: no labels yet: typicality")
+    if cfg.select.auto_switch_per_class > 0:
         return auto_choice(n_labeled, n_classes, cfg.select.auto_switch_per_class)
-    return Choice(cfg.select.method, "select.method")
+    return Choice(AUTO, "auto: from the data")
+
+
+def auto_from_data(emb_uri: str, n_labeled: int) -> Choice:
+    """The policy's data rule on the round's unlabeled class probabilities, read alone (n x C) before
+    anything else: margin then reads no embeddings. The same decision as select("auto", view)."""
+    _, read = read_decodable(emb_uri, "unlabeled", ["probs"])
+    probs = read["probs"]
+    return data_choice({"pool_conf": pool_confidence(probs), "per_class": n_labeled / max(1, probs.shape[1])})
 
 
 def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[np.ndarray, Choice]:
