@@ -443,11 +443,12 @@ def test_a_fallback_that_needs_labels_per_class_is_refused_and_others_pass():
 
 
 def test_auto_from_the_data_records_the_models_confidence(tmp_path):
-    """The default auto (select.auto_switch_per_class=0) reads the round's probabilities: mean top-class
-    probability 0.9 on the unlabeled rows switches to margin, 0.6 keeps typiclust; each says so."""
+    """auto from the data (select.auto_switch_per_class=0, the pretrained configs' rule) reads the round's
+    probabilities: mean top-class probability 0.9 on the unlabeled rows switches to margin, 0.6 keeps
+    typiclust; each says so."""
     emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
-    cfg = config.load(None, [])
-    assert cfg.select.method == "auto" and cfg.select.auto_switch_per_class == 0
+    cfg = config.load(None, ["select.auto_switch_per_class=0"])
+    assert cfg.select.method == "auto" and config.load(None, []).select.auto_switch_per_class == 3
     sure = choose_queries(cfg, emb_dir, ledger, 4, 0)
     assert (sure.method, sure.why) == ("margin", "auto: pool_conf=0.900 >= 0.8: uncertainty")
     view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.8 + 0.1)
