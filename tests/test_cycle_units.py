@@ -82,6 +82,8 @@ def test_committee_config_is_checked():
         check_config(config.load(None, ["select.committee=head"]))
     with pytest.raises(ConfigError, match=r"select.committee_size must be >= 2.*got 1"):
         check_config(config.load(None, ["select.committee_size=1"]))
+    with pytest.raises(ConfigError, match=r"select.auto_switch_per_class must be >= 0.*got -1"):
+        check_config(config.load(None, ["select.auto_switch_per_class=-1"]))
 
 
 def test_a_committee_is_needed_by_committee_methods_and_prefilters_only():

@@ -214,7 +214,8 @@ class Round:
         self.labeled_reads: list[dict] = []
 
     def open(self) -> None:
-        from ray_al.loop.rounds import Cycle, check_config, open_run
+        from ray_al.loop.rounds import Cycle, open_run
+        from ray_al.loop.rules import check_config
 
         check_config(self.cfg)
         run, spec, cfg = open_run(self.cfg, self.cfg.run.dir, resume=False)

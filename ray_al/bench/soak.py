@@ -104,7 +104,8 @@ class Sampler:
 
 
 def run_stream(name: str, cfg: config_mod.Config, run_uri: str, watch: MemWatch) -> list[dict]:
-    from ray_al.loop.rounds import Cycle, check_config, finish, open_run
+    from ray_al.loop.rounds import Cycle, finish, open_run
+    from ray_al.loop.rules import check_config
 
     check_config(cfg)
     run, pool, cfg = open_run(cfg, run_uri, resume=False)

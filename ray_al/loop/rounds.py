@@ -30,12 +30,12 @@ from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.loop import selection
 from ray_al.loop.backend import Backend, head_only, open_backend, train_seed
 from ray_al.loop.features import RunFeatures, wants_pool_features
-from ray_al.loop.rules import check_budget, check_config, check_embeddings_run  # noqa: F401  (sweep.py, bench/scale.py import it here)
+from ray_al.loop.rules import check_budget, check_embeddings_run
 from ray_al.run.ledger import Ledger
 from ray_al.run.oracle import PoolOracle, query_uris
 from ray_al.run.rundir import SEED_ROUND, RunDir, batch_name
 
-__all__ = ["Cycle", "check_config", "default_run_dir", "finish", "open_run"]
+__all__ = ["Cycle", "default_run_dir", "finish", "open_run"]
 
 
 def default_run_dir(cfg: Config, smoke: bool) -> str:

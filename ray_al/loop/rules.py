@@ -33,6 +33,9 @@ def check_config(cfg: Config) -> None:
     if cfg.train.unlabeled_per_round < 0:
         raise ConfigError(f"train.unlabeled_per_round must be >= 0 (0 = the whole pool), got "
                           f"{cfg.train.unlabeled_per_round}.")
+    if cfg.select.auto_switch_per_class < 0:
+        raise ConfigError(f"select.auto_switch_per_class must be >= 0 (0: switch once the model is confident, "
+                          f"N > 0: at N labels per class), got {cfg.select.auto_switch_per_class:g}.")
     if cfg.select.committee_size < 2:
         raise ConfigError(f"select.committee_size must be >= 2 (a committee of one never disagrees), "
                           f"got {cfg.select.committee_size}.")

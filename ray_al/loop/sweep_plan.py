@@ -51,7 +51,7 @@ class SweepPlan:
 
     def trial_config(self, values: dict[str, Any]) -> Config:
         """The Config of one grid point: base + grid values (+ smoke), with its own run directory."""
-        from ray_al.loop.rounds import check_config
+        from ray_al.loop.rules import check_config
 
         raw = copy.deepcopy(self.base)
         for key, value in values.items():
