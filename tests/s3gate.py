@@ -19,7 +19,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-__all__ = ["S3Gate"]
+import pytest
+
+__all__ = ["S3Gate", "gate"]
 
 # Per-hop headers (RFC 9110 7.6.1): the gate frames each answer itself.
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -128,3 +130,18 @@ def _handler(gate: S3Gate) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Forward
+
+
+@pytest.fixture
+def gate(s3_server, monkeypatch):
+    """ray_al.core.storage pointed at a gate in front of the test S3 server, for this test only."""
+    from ray_al.core import storage
+
+    saved = dict(storage._explicit)
+    monkeypatch.setenv("RAY_AL_S3_ENDPOINT", "")
+    with S3Gate(s3_server.endpoint) as g:
+        storage.configure_s3(g.endpoint, s3_server.region)
+        try:
+            yield g
+        finally:
+            storage.configure_s3(saved["endpoint"], saved["region"])

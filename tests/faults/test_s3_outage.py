@@ -10,22 +10,8 @@ import uuid
 
 import pytest
 
-from ray_al.core import storage
 from ray_al.run.ledger import Ledger
-from tests.s3gate import S3Gate
-
-
-@pytest.fixture
-def gate(s3_server, monkeypatch):
-    """ray_al.core.storage pointed at a gate in front of the test S3 server, for this test only."""
-    saved = dict(storage._explicit)
-    monkeypatch.setenv("RAY_AL_S3_ENDPOINT", "")
-    with S3Gate(s3_server.endpoint) as g:
-        storage.configure_s3(g.endpoint, s3_server.region)
-        try:
-            yield g
-        finally:
-            storage.configure_s3(saved["endpoint"], saved["region"])
+from tests.s3gate import S3Gate, gate  # noqa: F401  (gate: a fixture)
 
 
 def first_version(s3_server) -> tuple[str, Ledger]:
