@@ -9,7 +9,8 @@ import pytest
 
 from ray_al.core import config as config_mod
 from ray_al.core.config import ConfigError
-from ray_al.loop.rounds import Cycle, check_config, finish, open_run
+from ray_al.loop.rounds import Cycle, finish, open_run
+from ray_al.loop.rules import check_config
 from ray_al.run.ledger import Ledger
 from ray_al.run.rundir import SEED_ROUND
 
