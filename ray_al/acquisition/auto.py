@@ -17,24 +17,14 @@ import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
 from ray_al.acquisition.dispatch import select
-from ray_al.acquisition.policy import AUTO, EARLY_METHOD, LATE_METHOD, Choice, auto_choice, data_choice, rule_signals
+from ray_al.acquisition.policy import AUTO, EARLY_METHOD, LATE_METHOD, decide, labeled_in_class, rule_signals
 
 
 def auto_select(view: PoolView, k: int, seed: int, switch_per_class: float | None = None
                 ) -> tuple[np.ndarray, dict[str, Any]]:
     """((k,) positions, record): the record holds the method run, why, and the signals it read."""
-    labeled = 0 if view.labeled_embeddings is None else int(np.shape(view.labeled_embeddings)[0])
-    in_class = labeled if view.labeled_labels is None else int(np.sum(np.asarray(view.labeled_labels) >= 0))
-    signals: dict[str, float] = {}
-    if view.probs is None:
-        choice = Choice(EARLY_METHOD, "auto: no class probabilities: typicality")
-    elif in_class == 0:
-        choice = Choice(EARLY_METHOD, "auto: no labels yet: typicality")
-    elif switch_per_class is not None:
-        choice = auto_choice(in_class, int(np.shape(view.probs)[1]), float(switch_per_class))
-    else:
-        signals = rule_signals(view)
-        choice = data_choice(signals)
+    n_classes = 0 if view.probs is None else int(np.shape(view.probs)[1])
+    choice, signals = decide(labeled_in_class(view), n_classes, switch_per_class, lambda: rule_signals(view))
     positions = select(choice.method, view, k, seed)
     return positions, {"method": choice.method, "why": choice.why, "signals": signals}
 

@@ -17,6 +17,7 @@ probe (scikit-learn logistic regression, C=1): a model with another confidence s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -153,14 +154,33 @@ class SwitchRule:
 DATA_RULE = SwitchRule("pool_conf", ">=", 0.8)  # docs/auto_rule.md: chosen on digits, EfficientNet, CIFAR pixels
 
 
+def labeled_in_class(view) -> int:
+    """A PoolView's labeled rows with a class (an answer of "none of these classes", label -1, has none)."""
+    labeled = 0 if view.labeled_embeddings is None else int(np.shape(view.labeled_embeddings)[0])
+    return labeled if view.labeled_labels is None else int(np.sum(np.asarray(view.labeled_labels) >= 0))
+
+
 def rule_signals(view) -> dict[str, float]:
     """What the data rule reads of a PoolView with probs: pool_conf (mean top-class probability over the
     unlabeled rows) and, for the record, per_class (labeled rows per class column)."""
     probs = np.asarray(view.probs)
-    labeled = 0 if view.labeled_embeddings is None else int(np.shape(view.labeled_embeddings)[0])
-    if view.labeled_labels is not None:
-        labeled = int(np.sum(np.asarray(view.labeled_labels) >= 0))
-    return {"pool_conf": pool_confidence(probs), "per_class": labeled / max(1, probs.shape[1])}
+    return {"pool_conf": pool_confidence(probs), "per_class": labeled_in_class(view) / max(1, probs.shape[1])}
+
+
+def decide(n_in_class: int, n_classes: int, switch_per_class: float | None,
+           read_signals: Callable[[], dict[str, float]]) -> tuple[Choice, dict[str, float]]:
+    """`auto`'s method for a round, for the cycle (loop.selection) and select("auto") alike: typiclust
+    without class probabilities (n_classes 0: a user's own embeddings) or labels; the fixed rule of commit
+    059c831 when switch_per_class is given; else DATA_RULE on read_signals(), called only then (the cycle
+    reads the probabilities for it alone). Returns the choice and the signals read ({} when none were)."""
+    if not n_classes:
+        return Choice(EARLY_METHOD, "auto: no class probabilities in the embeddings: typicality"), {}
+    if not n_in_class:
+        return Choice(EARLY_METHOD, "auto: no labels yet: typicality"), {}
+    if switch_per_class is not None:
+        return auto_choice(n_in_class, n_classes, float(switch_per_class)), {}
+    signals = read_signals()
+    return data_choice(signals), signals
 
 
 def pool_confidence(probs: np.ndarray, chunk: int = 65_536) -> float:

@@ -32,7 +32,7 @@ from ray_al import acquisition
 
 from ray_al.core import storage
 from ray_al.acquisition import PoolView
-from ray_al.acquisition.policy import AUTO, EARLY_METHOD, Choice, auto_choice, data_choice, pool_confidence
+from ray_al.acquisition.policy import AUTO, Choice, decide, pool_confidence
 from ray_al.core.config import BudgetError, Config
 from ray_al.core.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
                                read_embeddings, split_columns, split_files)
@@ -255,10 +255,7 @@ def choose_queries(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, ze
     features_uri: the self-supervised features (select.features=pretrained). The round's method is
     chosen before the embeddings are read, so only what it reads is (margin: no n x d matrix)."""
     in_one_process = not on_shards(cfg) and not cfg.select.zero_shot
-    choice = (round_choice(cfg, len(ledger.in_class()), list_width(emb_uri, "unlabeled", "probs"))
-              if in_one_process else None)
-    if choice is not None and choice.method == AUTO:
-        choice = auto_from_data(emb_uri, len(ledger.in_class()))
+    choice = round_choice(cfg, emb_uri, len(ledger.in_class())) if in_one_process else None
     fields = fields_for(cfg, choice)
     source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields)
     if k > source.n:
@@ -294,28 +291,20 @@ def fields_for(cfg: Config, choice: Choice | None) -> set[str] | None:
     return {"probs"} | acquisition.needs(choice.method, prefilter=prefilter)
 
 
-def round_choice(cfg: Config, n_labeled: int, n_classes: int) -> Choice:
-    """select.method, or for `auto`: typicality without class probabilities (n_classes = 0, a user's own
-    embeddings) or labels; the fixed rule of commit 059c831 when select.auto_switch_per_class > 0 (n_labeled:
-    in-class labels, an OOD answer adds to no class); else Choice(AUTO): `auto_from_data` decides on the
-    round's probabilities (ray_al.acquisition.policy.DATA_RULE)."""
+def round_choice(cfg: Config, emb_uri: str, n_labeled: int) -> Choice:
+    """select.method, or what `auto` runs this round (policy.decide; n_labeled: in-class labels). Its data rule
+    reads the round's unlabeled class probabilities alone (n x C), before anything else: a margin round then
+    reads no embeddings. select.auto_switch_per_class = 0 asks for the data rule, N > 0 for the fixed one."""
     if cfg.select.method != AUTO:
         return Choice(cfg.select.method, "select.method")
-    if not n_classes:
-        return Choice(EARLY_METHOD, "auto: no class probabilities in the embeddings: typicality")
-    if not n_labeled:
-        return Choice(EARLY_METHOD, "auto: no labels yet: typicality")
-    if cfg.select.auto_switch_per_class > 0:
-        return auto_choice(n_labeled, n_classes, cfg.select.auto_switch_per_class)
-    return Choice(AUTO, "auto: from the data")
 
+    def read_signals() -> dict[str, float]:
+        _, read = read_decodable(emb_uri, "unlabeled", ["probs"])
+        probs = read["probs"]
+        return {"pool_conf": pool_confidence(probs), "per_class": n_labeled / max(1, probs.shape[1])}
 
-def auto_from_data(emb_uri: str, n_labeled: int) -> Choice:
-    """The policy's data rule on the round's unlabeled class probabilities, read alone (n x C) before
-    anything else: margin then reads no embeddings. The same decision as select("auto", view)."""
-    _, read = read_decodable(emb_uri, "unlabeled", ["probs"])
-    probs = read["probs"]
-    return data_choice({"pool_conf": pool_confidence(probs), "per_class": n_labeled / max(1, probs.shape[1])})
+    n_classes = list_width(emb_uri, "unlabeled", "probs")
+    return decide(n_labeled, n_classes, cfg.select.auto_switch_per_class or None, read_signals)[0]
 
 
 def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[np.ndarray, Choice]:
