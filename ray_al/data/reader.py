@@ -15,9 +15,9 @@ from ray_al.data.pool import PoolSpec
 from ray_al.core.ids import seeded_sample
 
 
-def _select_ids(table: pa.Table, ids_ref, keep: bool) -> pa.Table:
-    mask = _member(table, ids_ref)
-    return table.filter(mask if keep else pc.invert(mask))
+def _drop_ids(table: pa.Table, ids_ref) -> pa.Table:
+    """The rows whose id is not in the id set behind ids_ref (the wanted ones: `read_ids`)."""
+    return table.filter(pc.invert(_member(table, ids_ref)))
 
 
 def _member(table: pa.Table, ids_ref):
@@ -72,7 +72,7 @@ def read_split(uri: str, *, columns: list[str] | None = None, include_ids=None, 
         ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
     if exclude_ids is not None:
         ids_ref = ray.put(pa.array(np.asarray(exclude_ids)))
-        ds = ds.map_batches(_select_ids, fn_kwargs={"ids_ref": ids_ref, "keep": False}, batch_format="pyarrow",
+        ds = ds.map_batches(_drop_ids, fn_kwargs={"ids_ref": ids_ref}, batch_format="pyarrow",
                             batch_size=None, zero_copy_batch=True)
     if sample is not None and sample[1] < 1.0:
         ds = ds.map_batches(_sampled, fn_kwargs={"seed": sample[0], "fraction": sample[1]}, batch_format="pyarrow",
