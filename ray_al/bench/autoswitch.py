@@ -28,15 +28,13 @@ from ray_al.acquisition.policy import SwitchContext, switch_signals
 from ray_al.bench import lowbudget
 
 
-def _accuracy(data: dict, labeled: np.ndarray, classes: int, c: float) -> float:
-    model = lowbudget.probe(data["x"][labeled], data["y"][labeled], classes, c)
-    test_probs = lowbudget.probabilities(model, data["tx"], data["y"][labeled], classes)
-    return float((test_probs.argmax(axis=1) == data["ty"]).mean())
-
-
-def _pool_probs(data: dict, labeled: np.ndarray, classes: int, c: float) -> np.ndarray:
-    model = lowbudget.probe(data["x"][labeled], data["y"][labeled], classes, c)
-    return lowbudget.probabilities(model, data["x"], data["y"][labeled], classes)
+def _fit(data: dict, labeled: np.ndarray, classes: int, c: float) -> tuple[np.ndarray, float]:
+    """(pool probabilities, test accuracy) of one probe on the labeled rows: the next round's picks and
+    this round's point on the curve come from the same fit."""
+    seen = data["y"][labeled]
+    model = lowbudget.probe(data["x"][labeled], seen, classes, c)
+    test_probs = lowbudget.probabilities(model, data["tx"], seen, classes)
+    return lowbudget.probabilities(model, data["x"], seen, classes), float((test_probs.argmax(axis=1) == data["ty"]).mean())
 
 
 def _first_labels(data: dict, seed: int, start: str, args) -> np.ndarray:
@@ -46,7 +44,7 @@ def _first_labels(data: dict, seed: int, start: str, args) -> np.ndarray:
     if start == "cold":
         uniform = np.full((len(x), classes), 1.0 / classes, np.float32)
         labeled[lowbudget.pick("typiclust", x, data["ids"], labeled, uniform, args.budgets[0], seed, 3.0,
-                               classes, y)] = True
+                               y)] = True
     else:
         labeled[np.random.default_rng(seed).choice(len(x), args.initial, replace=False)] = True
     return labeled
@@ -57,18 +55,19 @@ def typiclust_trace(data: dict, ctx: SwitchContext, seed: int, start: str, args)
     x, y, ids, classes = data["x"], data["y"], data["ids"], data["classes"]
     labeled = _first_labels(data, seed, start, args)
     acc, masks, signals, last = [], {}, {}, None
+    probs, accuracy = _fit(data, labeled, classes, args.c)
     for budget in args.budgets:
         if budget > labeled.sum():
-            probs = _pool_probs(data, labeled, classes, args.c)
             picks = lowbudget.pick("typiclust", x, ids, labeled, probs, budget - int(labeled.sum()),
-                                   seed * 1000 + budget, 3.0, classes, y)
+                                   seed * 1000 + budget, 3.0, y)
             signals[budget] = switch_signals(ctx, labeled, probs, picks, int((y[labeled] >= 0).sum()))
             if last is not None:  # the model before the last round, on the batch typiclust then picked
                 signals[budget]["batch_acc"] = float((last[0][last[1]].argmax(axis=1) == y[last[1]]).mean())
             last = (probs, picks)
             labeled[picks] = True
+            probs, accuracy = _fit(data, labeled, classes, args.c)
         masks[budget] = labeled.copy()
-        acc.append(_accuracy(data, labeled, classes, args.c))
+        acc.append(accuracy)
     return {"acc": acc, "masks": masks, "signals": signals}
 
 
@@ -76,11 +75,12 @@ def margin_after(data: dict, mask: np.ndarray, after: int, seed: int, args) -> l
     """Accuracy at every budget > after, margin each round from the labeled mask at `after`."""
     x, y, ids, classes = data["x"], data["y"], data["ids"], data["classes"]
     labeled, acc = mask.copy(), []
+    probs, _ = _fit(data, labeled, classes, args.c)
     for budget in [b for b in args.budgets if b > after]:
-        probs = _pool_probs(data, labeled, classes, args.c)
         labeled[lowbudget.pick("margin", x, ids, labeled, probs, budget - int(labeled.sum()),
-                               seed * 1000 + budget, 3.0, classes, y)] = True
-        acc.append(_accuracy(data, labeled, classes, args.c))
+                               seed * 1000 + budget, 3.0, y)] = True
+        probs, accuracy = _fit(data, labeled, classes, args.c)
+        acc.append(accuracy)
     return acc
 
 

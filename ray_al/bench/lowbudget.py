@@ -28,7 +28,7 @@ import numpy as np
 
 from ray_al import acquisition
 from ray_al.acquisition import PoolView
-from ray_al.acquisition.policy import AUTO, auto_choice
+from ray_al.acquisition.policy import AUTO
 
 METHODS = ("random", "kcenter", "margin", "badge", "typiclust", "probcover", AUTO)
 
@@ -67,17 +67,16 @@ def probabilities(model, x: np.ndarray, y_seen: np.ndarray, classes: int) -> np.
 
 
 def pick(method: str, x: np.ndarray, ids: np.ndarray, labeled: np.ndarray, probs: np.ndarray, k: int,
-         seed: int, switch: float, classes: int, y: np.ndarray) -> np.ndarray:
+         seed: int, switch: float, y: np.ndarray) -> np.ndarray:
     """k positions of unlabeled rows chosen by `method`; auto with switch > 0 is the fixed rule (typiclust
     below `switch` labels per class), with switch <= 0 the `auto` strategy, which decides from the data."""
-    if method == AUTO and switch > 0:
-        method = auto_choice(int(labeled.sum()), classes, switch).method
+    options = {"switch_per_class": switch} if method == AUTO and switch > 0 else {}
     free = np.flatnonzero(~labeled)
     view = PoolView(ids=ids[free], probs=probs[free], embeddings=x[free],
                     labeled_embeddings=x[labeled] if labeled.any() else None,
                     labeled_labels=y[labeled] if labeled.any() else None,
                     labeled_probs=probs[labeled] if labeled.any() else None)
-    return free[acquisition.select(method, view, k, seed=seed)]
+    return free[acquisition.select(method, view, k, seed=seed, **options)]
 
 
 def curve(method: str, data: dict, budgets: list[int], seed: int, start: str, args) -> list[float]:
@@ -88,7 +87,7 @@ def curve(method: str, data: dict, budgets: list[int], seed: int, start: str, ar
     first = budgets[0] if start == "cold" else args.initial
     if start == "cold" and method != "random":
         uniform = np.full((len(x), classes), 1.0 / classes, np.float32)
-        labeled[pick(method, x, ids, labeled, uniform, first, seed, args.switch, classes, y)] = True
+        labeled[pick(method, x, ids, labeled, uniform, first, seed, args.switch, y)] = True
     else:
         labeled[rng.choice(len(x), first, replace=False)] = True
     accuracies = []
@@ -97,7 +96,7 @@ def curve(method: str, data: dict, budgets: list[int], seed: int, start: str, ar
         probs = probabilities(model, x, y[labeled], classes)
         if budget > labeled.sum():
             labeled[pick(method, x, ids, labeled, probs, budget - int(labeled.sum()), seed * 1000 + budget,
-                         args.switch, classes, y)] = True
+                         args.switch, y)] = True
             model = probe(x[labeled], y[labeled], classes, args.c)
         test_probs = probabilities(model, data["tx"], y[labeled], classes)
         accuracies.append(float((test_probs.argmax(axis=1) == data["ty"]).mean()))
