@@ -514,3 +514,15 @@ def test_an_actor_taking_every_cpu_is_refused_before_it_hangs():
     _check_cpus(EmbedOptions(cpus_per_actor=1.0, actors=2), 2.0)  # Ray Data scales the pool around its I/O
     _check_cpus(EmbedOptions(cpus_per_actor=1.0, gpus_per_actor=1.0), 1.0)  # GPU actors: their CPU is no issue
     _check_cpus(EmbedOptions(cpus_per_actor=4.0), 0.0)  # autoscaling from zero: nothing known yet
+
+
+def test_the_embedding_pool_starts_whole_when_the_cpus_hold_it_and_a_cpu_for_io():
+    from ray_al.workers.embed import pool_bounds
+
+    assert pool_bounds(EmbedOptions(actors=2, cpus_per_actor=0.5), 2.0) == (2, 2)
+    assert pool_bounds(EmbedOptions(actors=2, cpus_per_actor=1.0), 2.0) == (1, 2)  # a whole pool starves I/O
+    assert pool_bounds(EmbedOptions(actors=4, cpus_per_actor=1.0), 16.0) == (4, 4)
+    assert pool_bounds(EmbedOptions(actors=8, cpus_per_actor=2.0), 9.0) == (4, 8)
+    assert pool_bounds(EmbedOptions(actors=3, cpus_per_actor=1.0), 0.0) == (1, 3)  # nothing known yet
+    assert pool_bounds(EmbedOptions(actors=2, gpus_per_actor=1.0), 1.0) == (2, 2)
+    assert pool_bounds(EmbedOptions(actors=0), 4.0) == (1, 1)

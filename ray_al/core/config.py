@@ -112,7 +112,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EmbedConfig:
     batch_size: int = 256
-    actors: int = 1  # actor pool size (max); min is 1
+    actors: int = 1  # actor pool size; it starts whole when the CPUs allow (workers.embed.pool_bounds)
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     dtype: EmbedDtype = "float32"  # inference
