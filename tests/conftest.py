@@ -1,4 +1,5 @@
-"""Shared test set-up: a local Ray per test module, the moto S3 server fixture, small data."""
+"""Shared test set-up: a local Ray head per pytest process (a job on it per test module), the moto S3 server
+fixture, small data."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-# Every Ray the tests start (fixtures and `python -m ray_al...` subprocesses) is their own local one,
-# never a cluster some other process left running on this machine.
+# Every Ray the tests use is their own local one (the shared head of tests/rayhead.py, a cluster a test
+# builds, or one a subprocess starts), never a cluster some other process left running on this machine.
 os.environ["RAY_ADDRESS"] = "local"
 
 pytest_plugins = ["tests.s3server"]
@@ -38,23 +39,37 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_ray_head():
+    """Stops the head that launched cycles join (tests/rayhead.py), if any test started it."""
+    from tests import rayhead
+
+    yield
+    rayhead.stop()
+
+
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
-    """A 2-CPU local Ray for one test module (modules that build multi-node clusters shut it down).
+    """Ray for one test module: a job of its own on the session's 2-CPU local head (tests/rayhead.py), which
+    the cycles the module launches join too (modules that build multi-node clusters shut it down).
 
-    Ray workers inherit the environment at start-up, so the test S3 endpoint is exported first."""
+    Ray workers see the test S3 endpoint through the job's runtime env (init_ray forwards it)."""
     import ray
 
     from ray_al.workers.ray_utils import init_ray
+    from tests.rayhead import shared_env
 
     if ray.is_initialized():
         ray.shutdown()
     os.environ["RAY_AL_S3_ENDPOINT"] = s3_server.endpoint
     os.environ.setdefault("AWS_REGION", s3_server.region)
-    init_ray(num_cpus=2)
-    yield ray
-    _no_resident_thread_left()
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in shared_env().items():
+            env.setenv(key, value)
+        init_ray()
+        yield ray
+        _no_resident_thread_left()
+        ray.shutdown()
 
 
 def _no_resident_thread_left() -> None:

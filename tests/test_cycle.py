@@ -1,4 +1,5 @@
-"""The whole loop as users run it: `python -m ray_al.cycle` in a subprocess on a local Ray.
+"""The whole loop as users run it: `python -m ray_al.cycle` in a subprocess, on a Ray head the session
+shares (tests/rayhead.py).
 
 One uninterrupted run is the reference; a second run with the same seed is SIGKILLed in the middle of a
 round and resumed, and must end with the same ledger. The file oracle loop (export, import, resume) runs
@@ -9,10 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,14 +21,16 @@ from ray_al.core import config as config_mod
 from ray_al.run.ledger import Ledger
 from ray_al.loop.selection import seed_set
 from tests.pinned import check_pinned
+from tests.rayhead import shared_env
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--smoke-test", "al.rounds=1", "al.initial_size=20", "al.budget=15"]
 
 
 def cycle(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m ray_al.cycle args`, joined to the session's shared Ray head (tests/rayhead.py)."""
     return subprocess.run([sys.executable, "-m", "ray_al.cycle", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **shared_env()})
 
 
 def ledger_rows(run_dir: Path) -> list[tuple]:

@@ -10,6 +10,7 @@ is test_train's job; this covers the selection half without paying for a Ray Tra
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from ray_al.core.embeddings import matrix, read_embeddings, split_files
 from ray_al.run.ledger import Ledger
 from ray_al.loop.rounds import Cycle
 from ray_al.run.rundir import RunDir
+from tests.rayhead import shared_env
 from ray_al.loop.selection import choose_queries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def committee(method: str) -> bool:
 def round0(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("methods") / "round0"
     proc = subprocess.run([sys.executable, "-m", "ray_al.cycle", "--smoke-test", *SMOKE, f"run.dir={run_dir}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **shared_env()})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run_dir / "rounds" / "0000" / "MANIFEST.json").is_file()
     return run_dir

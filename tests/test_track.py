@@ -19,6 +19,7 @@ import pytest
 from ray_al.core import config as config_mod
 from ray_al.core.config import ConfigError
 from ray_al.run.track import Tracker, flat_params, mlflow_uri
+from tests.rayhead import shared_env
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_cycle_logs_config_rounds_and_artifacts_to_mlflow_and_wandb(tmp_path, wa
     store, run_dir = tmp_path / "mlruns", tmp_path / "tracked"
     proc = subprocess.run([sys.executable, "-m", "ray_al.cycle", *SMOKE, f"run.dir={run_dir}",
                            f"track.mlflow={store}", "track.wandb=ray-al-test", "track.experiment=cycle-test"],
-                          cwd=REPO, capture_output=True, text=True, timeout=540, env=os.environ.copy())
+                          cwd=REPO, capture_output=True, text=True, timeout=540, env={**os.environ, **shared_env()})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = results_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1]

@@ -56,11 +56,11 @@ def _env(tree: Path) -> dict:
 class LocalHead:
     """`ray start --head` on loopback ports of its own, stopped with its whole session."""
 
-    def __init__(self, tree: Path, cpus: int):
+    def __init__(self, tree: Path, cpus: int, env: dict | None = None):
         self.temp = tempfile.mkdtemp(prefix="ral_oh_", dir="/tmp")  # short: unix socket paths
-        self.dashboard = _free_port()
+        self.dashboard, self.port = _free_port(), _free_port()
         ray_bin = str(Path(sys.executable).parent / "ray")
-        cmd = [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", f"--temp-dir={self.temp}",
+        cmd = [ray_bin, "start", "--head", "--block", f"--port={self.port}", f"--temp-dir={self.temp}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
                f"--num-cpus={cpus}", "--num-gpus=0",
                # ports of its own: another Ray on this machine (a test's, a user's) holds the defaults, and a
@@ -68,12 +68,17 @@ class LocalHead:
                f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
                f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
         self.log = open(Path(self.temp) / "head.log", "w")
-        self.proc = subprocess.Popen(cmd, env=_env(tree), stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, env={**_env(tree), **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     @property
     def address(self) -> str:
         return f"http://127.0.0.1:{self.dashboard}"
+
+    @property
+    def gcs_address(self) -> str:
+        """What a driver joins with (RAY_ADDRESS)."""
+        return f"127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         from urllib.request import urlopen
@@ -103,10 +108,11 @@ class LocalHead:
                 return proc
             time.sleep(2.0)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM (`ray start --block` then stops Ray), and after grace_s SIGKILL to the whole group."""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
         try:

@@ -1,8 +1,9 @@
 """What the fault drills share: cycles and label imports launched with a kill point armed (ray_al.core.faults),
 the uninterrupted reference run they are compared with, and a read-only run directory.
 
-Every launch is its own session (`start_new_session`): once the driver is dead, the test kills what is left
-of its group (a local Ray it started), so the next attempt meets no leftover of the dead one but its files.
+Every launch is its own session (`start_new_session`) and its own Ray job on a head shared by the launches
+(tests/rayhead.py): once the driver is dead, Ray ends the job's workers and actors and the test kills what
+is left of the driver's group, so the next attempt meets no leftover of the dead one but its files.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from ray_al.core.faults import KILL_AT, KILL_MARKER, KILL_NTH
+from tests.rayhead import shared_env
 from tests.test_cycle import REPO, ledger_rows
 
 # The smoke test's sizes spelled out (--smoke-test forces one epoch): two epochs with a checkpoint after
@@ -44,12 +46,13 @@ class Launch:
 
 def launch(module: str, *args: str, tmp: Path, env: dict | None = None, preexec_fn=None,
            timeout: float = 600) -> Launch:
-    """`python -m module args` in its own session; its leftovers are killed once it exits. Output goes to
-    files: Ray's processes inherit the driver's descriptors and may outlive a killed driver."""
+    """`python -m module args` in its own session, joined to the process's shared Ray head
+    (tests/rayhead.py); its leftovers are killed once it exits. Output goes to files: processes it starts
+    inherit the driver's descriptors and may outlive a killed driver."""
     out, err = tmp / "stdout.txt", tmp / "stderr.txt"
     with out.open("w") as o, err.open("w") as e:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=o, stderr=e,
-                                env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
+                                env={**os.environ, **shared_env(), **(env or {})}, preexec_fn=preexec_fn,
                                 start_new_session=True)
         try:
             proc.wait(timeout=timeout)
