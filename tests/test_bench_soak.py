@@ -40,3 +40,10 @@ def test_a_lost_query_fails_the_ledger_check(tmp_path):
         else:
             with pytest.raises(AssertionError, match=error):
                 soak.check_ledger(run.uri, "int64", 0, cfg, final=False)
+
+
+def test_each_round_prints_its_measures():
+    row = {"round": 3, "seconds": 12.25, "driver_mib": 800.4, "worker_mib": 1500.6, "store_mib": 0.25, "actors": 4,
+           "threads": 9, "native_threads": 40, "open_files": 31}
+    assert soak.progress_line(row, 100) == ("round 3/100: 12.2 s, driver 800 MiB, worker 1501 MiB, store 0.2 MiB, "
+                                            "4 actors, 9 threads (40 native), 31 open files; ledger ok")

@@ -96,11 +96,19 @@ class Sampler:
             "native_threads": len(os.listdir("/proc/self/task")), "open_files": len(os.listdir("/proc/self/fd"))})
         self.started = time.perf_counter()
         check_ledger(self.run_uri, self.id_type, r, self.cfg, final=r == self.cfg.al.rounds)
+        print(progress_line(self.rows[-1], self.cfg.al.rounds), flush=True)  # a long run shows where it is
 
     def close(self) -> None:
         if self.stage is not None:
             self.stage.__exit__(None, None, None)
             self.stage = None
+
+
+def progress_line(row: dict, rounds: int) -> str:
+    """One round's measures, printed as it is committed and checked."""
+    return (f"round {row['round']}/{rounds}: {row['seconds']:.1f} s, driver {row['driver_mib']:.0f} MiB, "
+            f"worker {row['worker_mib']:.0f} MiB, store {row['store_mib']:.1f} MiB, {row['actors']} actors, "
+            f"{row['threads']} threads ({row['native_threads']} native), {row['open_files']} open files; ledger ok")
 
 
 def run_stream(name: str, cfg: config_mod.Config, run_uri: str, watch: MemWatch) -> list[dict]:
