@@ -42,9 +42,13 @@ def stream_config(rounds: int, smoke: bool, extra: list[str]) -> config_mod.Conf
 
 
 def live_actors() -> int:
+    """Ray's live actors, asked of this driver's own cluster: without the address the State API refuses to
+    choose when another Ray runs on the machine ("Found multiple active Ray instances")."""
+    import ray
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False))
+    return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                           limit=10_000, raise_on_missing_output=False))
 
 
 def check_ledger(run_uri: str, id_type, r: int, cfg: config_mod.Config, final: bool) -> None:
