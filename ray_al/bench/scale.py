@@ -188,7 +188,7 @@ def round_config(args, pool_uri: str, test_uri: str, run_uri: str):
         "select.method=kcenter", f"select.shards={args.shards}",
         f"al.rounds={args.rounds}", f"al.initial_size={args.initial}", f"al.budget={args.budget}",
         f"al.seed={args.seed}",
-        f"run.dir={run_uri}", "run.overwrite=true",
+        f"run.dir={run_uri}", "run.overwrite=true", *args.overrides,
     ])
 
 
@@ -357,7 +357,8 @@ def result(args, cfg, watch: MemWatch, seconds: dict, info: dict) -> dict:
                    "train.epochs": cfg.train.epochs, "train.resident": cfg.train.resident,
                    "train.unlabeled_per_round": cfg.train.unlabeled_per_round, "select.shards": cfg.select.shards,
                    "al.rounds": cfg.al.rounds, "al.initial_size": cfg.al.initial_size, "al.budget": cfg.al.budget,
-                   "embed.actors": cfg.embed.actors, "test_rows": args.test_rows},
+                   "embed.actors": cfg.embed.actors, "embed.cpus_per_actor": cfg.embed.cpus_per_actor,
+                   "overrides": list(args.overrides), "test_rows": args.test_rows},
         "stages": stages, "peak_rss_mib": {k: v for k, v in overall.items() if v},
         "object_store_peak_mib": max((st["object_store_peak_mib"] for st in stages.values()), default=0.0),
         "object_store_spilled_mib": round(watch.spilled / 2**20, 1),
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--source", type=Path, default=None, help=f"CIFAR-10 train Parquet (default: {CIFAR10_ENV}'s, "
                    "else the download cache's)")
     p.add_argument("--test-source", type=Path, default=None, help="CIFAR-10 test Parquet (default: as --source)")
+    p.add_argument("overrides", nargs="*", help="section.key=value for the rounds' config (e.g. embed.actors=2)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         raise SystemExit(f"--rounds {args.rounds}: run at least one round.")
