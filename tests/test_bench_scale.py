@@ -78,3 +78,15 @@ def test_built_images_are_distinct_decodable_jpegs(tmp_path, cifar_parquet) -> N
     for f in files[:10]:
         with Image.open(f) as img:
             assert img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_overrides_reach_the_rounds_config() -> None:
+    from types import SimpleNamespace
+
+    from ray_al.bench.scale import round_config
+
+    args = SimpleNamespace(device="cpu", unlabeled_per_round=200, shards=2, rounds=1, initial=20, budget=10, seed=0,
+                           overrides=["embed.actors=2", "embed.cpus_per_actor=0.5"])
+    cfg = round_config(args, "/p/pool.parquet", "/p/test.parquet", "/p/run")
+    assert (cfg.embed.actors, cfg.embed.cpus_per_actor) == (2, 0.5)
+    assert (cfg.train.method, cfg.select.method, cfg.data.pool) == ("moby", "kcenter", "/p/pool.parquet")
