@@ -211,3 +211,25 @@ def test_a_frozen_encoders_kept_features_give_the_embeddings_of_a_fresh_forward(
         assert got.column("id").to_pylist() == want.column("id").to_pylist()
         for column in ("embedding", "probs"):
             np.testing.assert_allclose(matrix(got.column(column)), matrix(want.column(column)), atol=1e-5)
+
+
+def test_rank_0_reports_decoding_and_feature_progress_in_lines(pool, capsys) -> None:
+    """A resident group's one-off steps (decoding the pool, a frozen encoder's features) can take minutes on a
+    large pool at 224 px: rank 0 prints how far it is; the other ranks print nothing."""
+    from ray_al.models.weights import learner_kwargs, state_to_bytes
+    from ray_al.workers.embed import EmbedOptions, FeatureModel
+    from ray_al.workers.resident import DecodedRows, RankFeatures, _rank0_lines
+
+    spec, _, _, _ = pool
+    assert _rank0_lines(1) is None
+    rows = DecodedRows.read(spec.pool_uri, spec, "skip", with_label=False, progress=_rank0_lines(0))
+    decoded = capsys.readouterr().out.splitlines()
+    assert decoded[-1] == f"resident group: decoding {spec.pool_uri.rsplit('/', 1)[-1]} at {spec.image_size} px: images 64/64"
+    from ray_al.models.weights import build_learner
+
+    model = FeatureModel(state_to_bytes(build_learner(learner_kwargs(_cfg(), spec)).state_dict()), learner_kwargs(_cfg(), spec), EmbedOptions(batch_size=8))
+    share = np.arange(len(rows.ids)) % 2 == 0
+    features = RankFeatures.of(model, rows, share, 8, _rank0_lines(0), "pool")
+    assert features.values.shape[0] == 32
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "resident group: encoder features of this rank's pool rows: images 32/32"

@@ -307,14 +307,14 @@ def test_optimizers_and_schedules() -> None:
 
 def test_epoch_lines_print_the_end_and_at_most_one_line_per_interval(capsys) -> None:
     """In logs (no terminal) training progress is a line now and then, not tqdm's lines per epoch."""
-    from ray_al.workers.train import EpochLines
+    from ray_al.workers.train import ProgressLines
 
-    lines = EpochLines(total=50, desc="train round 3", every_s=3600.0)
+    lines = ProgressLines(total=50, desc="train round 3", every_s=3600.0)
     for epoch in range(50):
         lines.set_description(f"train round 3 loss {1.0 / (epoch + 1):.3f}")
         lines.update(1)
     assert capsys.readouterr().out.splitlines() == ["train round 3 loss 0.020: epoch 50/50"]
-    chatty = EpochLines(total=3, desc="pretrain", every_s=0.0)
+    chatty = ProgressLines(total=3, desc="pretrain", every_s=0.0)
     for _ in range(3):
         chatty.update(1)
     assert capsys.readouterr().out.splitlines() == [f"pretrain: epoch {i}/3" for i in (1, 2, 3)]

@@ -134,7 +134,8 @@ class DecodedRows:
     labels: np.ndarray | None = None
 
     @classmethod
-    def read(cls, uri: str, pool: PoolSpec, on_corrupt: str, with_label: bool) -> "DecodedRows":
+    def read(cls, uri: str, pool: PoolSpec, on_corrupt: str, with_label: bool, progress=None) -> "DecodedRows":
+        """`progress(total, desc)`, when given, makes a ProgressLines-like counter of the images decoded."""
         from ray_al.data.images import decode_batch
 
         columns = ["id", pool.image_column] + (["label"] if with_label else [])
@@ -143,10 +144,13 @@ class DecodedRows:
             return cls(np.zeros(0, np.int64), np.zeros(shape, np.uint8), np.zeros(0, bool),
                        np.zeros(0, np.int64) if with_label else None)
         table = storage.read_parquet(uri, columns=columns)
+        lines = progress(table.num_rows, f"decoding {uri.rsplit('/', 1)[-1]} at {pool.image_size} px") if progress else None
         parts = []
         for batch in table.to_batches(max_chunksize=_DECODE_ROWS):
             raw = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
             parts.append(decode_batch(raw, pool.image_size, pool.channels, on_corrupt, read_uri=storage.read_bytes))
+            if lines:
+                lines.update(batch.num_rows)
         del table
         ids = np.concatenate([p["id"] for p in parts])
         order = np.argsort(ids, kind="stable")  # the order a per-round fit trains in (train._collect)
@@ -197,8 +201,9 @@ def resident_loop(config: dict) -> dict:
     if rank == 0:
         ray.get(board.restart.remote())
     nodes = all_gather_strings(ray.get_runtime_context().get_node_id(), world)
-    pool_rows = DecodedRows.read(pool.pool_uri, pool, on_corrupt, with_label=False)
-    test_rows = DecodedRows.read(pool.test_uri, pool, on_corrupt, with_label=True)
+    progress = _rank0_lines(rank)
+    pool_rows = DecodedRows.read(pool.pool_uri, pool, on_corrupt, with_label=False, progress=progress)
+    test_rows = DecodedRows.read(pool.test_uri, pool, on_corrupt, with_label=True, progress=progress)
     checkpoint = ray.train.get_checkpoint()
     restored = None
     if checkpoint:
@@ -216,8 +221,18 @@ def resident_loop(config: dict) -> dict:
             result = _train_job(job, pool_rows, rank, world, restored)
             restored = None  # only the job the group restarted in continues a checkpoint
         else:
-            result = _embed_job(job, pool_rows, test_rows, rank, world, ray.train.torch.get_device())
+            result = _embed_job(job, pool_rows, test_rows, rank, world, ray.train.torch.get_device(), progress)
         ray.get(board.finish.remote(job.seq, rank, {**result, "nodes": nodes} if rank == 0 else None))
+
+
+def _rank0_lines(rank: int):
+    """Rank 0 reports the long one-off steps (decoding the pool, a frozen encoder's features) as lines in the
+    driver's log; the other ranks do the same work in step and stay quiet."""
+    from ray_al.workers.train import ProgressLines
+
+    if rank != 0:
+        return None
+    return lambda total, desc: ProgressLines(total, f"resident group: {desc}", unit="images")
 
 
 def _train_job(job: Job, pool_rows: DecodedRows, rank: int, world: int, restored: dict | None) -> dict:
@@ -245,7 +260,8 @@ _kept: dict = {}
 MAX_KEPT_FEATURES = 512 << 20
 
 
-def _embed_job(job: Job, pool_rows: DecodedRows, test_rows: DecodedRows, rank: int, world: int, device) -> dict:
+def _embed_job(job: Job, pool_rows: DecodedRows, test_rows: DecodedRows, rank: int, world: int, device,
+               progress=None) -> dict:
     import ray
 
     from ray_al.workers.embed import FeatureModel
@@ -259,7 +275,7 @@ def _embed_job(job: Job, pool_rows: DecodedRows, test_rows: DecodedRows, rank: i
     labeled = np.isin(pool_rows.ids, job.labeled_ids)
     mine = np.arange(len(pool_rows.ids)) % world == rank
     mine_test = np.arange(len(test_rows.ids)) % world == rank
-    features = {name: _kept[name] if reused else RankFeatures.of(model, rows, share, batch)
+    features = {name: _kept[name] if reused else RankFeatures.of(model, rows, share, batch, progress, name)
                 for name, rows, share in (("pool", pool_rows, mine), ("test", test_rows, mine_test))}
     splits = (("labeled", pool_rows, labeled & mine, "pool"), ("unlabeled", pool_rows, ~labeled & mine, "pool"),
               ("test", test_rows, mine_test, "test"))
@@ -285,9 +301,15 @@ class RankFeatures:
     values: np.ndarray  # (K, D) float32
 
     @classmethod
-    def of(cls, model, decoded: DecodedRows, share: np.ndarray, batch: int) -> "RankFeatures":
+    def of(cls, model, decoded: DecodedRows, share: np.ndarray, batch: int, progress=None,
+           name: str = "") -> "RankFeatures":
         rows = np.flatnonzero(share)
-        parts = [model.features(decoded.pixels[rows[i:i + batch]]) for i in range(0, len(rows), batch)]
+        lines = progress(len(rows), f"encoder features of this rank's {name} rows") if progress and len(rows) else None
+        parts = []
+        for i in range(0, len(rows), batch):
+            parts.append(model.features(decoded.pixels[rows[i:i + batch]]))
+            if lines:
+                lines.update(len(parts[-1]))
         return cls(rows, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32))
 
     def at(self, positions: np.ndarray) -> np.ndarray:

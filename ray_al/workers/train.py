@@ -86,7 +86,7 @@ class TrainSpec:
     use_ssl: bool
     has_unlabeled: bool  # SSL reads the pool too, not only the labeled images
     unlabeled_fraction: float  # of the unlabeled pool, a seeded sample by id (train.unlabeled_per_round)
-    progress_lines: bool  # the driver logs to a file: EpochLines instead of a tqdm bar
+    progress_lines: bool  # the driver logs to a file: ProgressLines instead of a tqdm bar
     init_state: bytes | None = None  # weights to start from (state_to_bytes)
     fault_injection: FaultInjection | None = None  # the request's, or the armed `train.epoch` drill
 
@@ -278,18 +278,19 @@ def _report(metrics: dict, state: trainloop.TrainState, epoch: int, rank: int, t
         ray.train.report(metrics, checkpoint=ckpt)
 
 
-class EpochLines:
+class ProgressLines:
     """Progress for logs (the driver's stdout is no terminal: `ray job logs`, CI): a line at most every
-    `every_s` and at the end, where a tqdm bar would print several lines per epoch."""
+    `every_s` and at the end, where a tqdm bar would print several lines per epoch. `unit` names what is
+    counted (epochs of a fit, images a resident group decodes or embeds)."""
 
-    def __init__(self, total: int, desc: str, every_s: float = 30.0):
-        self.total, self.desc, self.every_s = total, desc, every_s
+    def __init__(self, total: int, desc: str, every_s: float = 30.0, unit: str = "epoch"):
+        self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
         self.done, self.last, self.note = 0, time.monotonic(), desc
 
     def update(self, n: int) -> None:
         self.done += n
         if self.done >= self.total or time.monotonic() - self.last >= self.every_s:
-            print(f"{self.note}: epoch {self.done}/{self.total}", flush=True)
+            print(f"{self.note}: {self.unit} {self.done}/{self.total}", flush=True)
             self.last = time.monotonic()
 
     def set_description(self, note: str) -> None:
@@ -304,7 +305,7 @@ def _progress_bar(spec: TrainSpec, rank: int, start_epoch: int):
     if rank != 0 or not req.progress:
         return None
     if spec.progress_lines:
-        lines = EpochLines(req.epochs, req.desc)
+        lines = ProgressLines(req.epochs, req.desc)
         lines.done = start_epoch
         return lines
     from ray.experimental.tqdm_ray import tqdm
