@@ -15,6 +15,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # builds, or one a subprocess starts), never a cluster some other process left running on this machine.
 os.environ["RAY_ADDRESS"] = "local"
 
+# The same float results on any x86-64 CPU with AVX2, so the pinned selections (tests/pinned.py) hold on
+# whatever machine CI draws: oneDNN, MKL and ATen's own kernels each pick code paths by CPU, and the smoke
+# cycle's picks moved on a Sapphire Rapids (AMX, AVX-512 FP16) machine against pins made on another
+# (2026-12-06). Set before torch loads; Ray heads and cycles the tests start inherit them.
+for _name, _value in (("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")):
+    os.environ.setdefault(_name, _value)
+
 pytest_plugins = ["tests.s3server"]
 
 # The longest modules (minutes each: subprocess cycles, kill drills, Ray clusters), longest first as
