@@ -1,6 +1,8 @@
 """What the default configuration selects, pinned: tests/pinned_selection.json holds, per pinned run, the
 ids each ledger round labels (round 0: the seed set; round r: the batch round r-1 queried). A change to
 selection, training or the data fails the test that runs the cycle, naming each round's ids that changed.
+The pins hold for torch's AVX2 kernels, which tests/conftest.py selects for every test and the Ray it starts
+(the native kernels of another CPU train another model, and select other ids).
 
 Regenerate after a change you meant (then review `git diff tests/pinned_selection.json`):
 
