@@ -28,6 +28,15 @@ def test_join():
     assert storage.join("/tmp/x", "a", "b") == os.path.join("/tmp/x", "a", "b")
 
 
+def test_absolute_paths_for_workers_and_remote_uris_for_annotators(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("pool.parquet") == str(tmp_path / "pool.parquet")
+    assert storage.absolute("s3://b/p") == "s3://b/p"
+    assert storage.absolute("") == ""  # no test split: not the working directory, which a worker would read
+    assert [storage.is_remote(u) for u in ("s3://b/x.jpg", "https://h/x.jpg", "/data/x.jpg", "x.jpg", None)] == \
+        [True, True, False, False, False]
+
+
 def test_bytes_text_json_roundtrip(base):
     storage.write_bytes_atomic(storage.join(base, "a", "b.bin"), b"\x00\x01payload")
     assert storage.read_bytes(storage.join(base, "a", "b.bin")) == b"\x00\x01payload"

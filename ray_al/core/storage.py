@@ -77,6 +77,14 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+REMOTE_SCHEMES = ("s3://", "http://", "https://", "gs://", "azure-blob://")
+
+
+def is_remote(uri: str | None) -> bool:
+    """An object-store or web URI that a labelling tool can fetch itself (no local file)."""
+    return isinstance(uri, str) and uri.startswith(REMOTE_SCHEMES)
+
+
 def _local(uri: str) -> str:
     uri = os.fspath(uri)
     if uri.startswith("file://"):
@@ -91,7 +99,10 @@ TMP_PREFIX = ".tmp-"  # a local atomic write's temporary file; one left behind m
 
 def absolute(uri: str) -> str:
     """``uri`` usable from any working directory: s3:// as is, a local path made absolute. Ray workers
-    (a Ray Train worker runs in its trial's artifacts directory) do not share the driver's."""
+    (a Ray Train worker runs in its trial's artifacts directory) do not share the driver's. "" (no such
+    file: a pool without a test split) stays "", not the working directory."""
+    if not uri:
+        return uri
     return uri if is_s3(uri) else os.path.abspath(_local(uri))
 
 

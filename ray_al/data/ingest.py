@@ -7,7 +7,8 @@ unlabeled folder (images directly in SRC, at any depth below it, or `unlabeled=T
 `python -m ray_al.data ingest SRC DEST`. The folder is listed directory by directory into one compact Arrow
 table (`id`, `label`), which Ray Data splits into blocks whose files are read in parallel tasks; the original
 encoded bytes are kept (no re-encoding). Ids are the paths relative to SRC, which stay stable when the folder
-grows. The driver holds no per-file Python object (1M files would cost ~1 KiB each).
+grows; `path` is each file's own URI (SRC/<id>, a local SRC made absolute), where an s3:// source's images are
+shown to annotators (ray_al.run.oracle.query_uris). The driver holds no per-file Python object (1M files would cost ~1 KiB each).
 """
 from __future__ import annotations
 
@@ -123,14 +124,16 @@ def _read_file(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
-def _read_rows(batch: pa.Table, fs: pafs.FileSystem, root: str, classes: list[str]) -> pa.Table:
-    """One block of listed rows -> pool rows, the files' bytes read here (in a Ray task), not in the driver."""
+def _read_rows(batch: pa.Table, fs: pafs.FileSystem, root: str, classes: list[str], source: str) -> pa.Table:
+    """One block of listed rows -> pool rows, the files' bytes read here (in a Ray task), not in the driver;
+    `path` is each file's own URI under `source` (annotators' tools open it there)."""
     ids, labels = batch.column("id"), batch.column("label")
     images = [_read_file(fs, f"{root}/{i}") for i in ids.to_pylist()]
     names = pc.take(pa.array(classes, pa.string()), labels) if labels.null_count < len(labels) \
         else pa.nulls(len(labels), pa.string())  # unlabeled: no class name (take on an empty list fails)
+    paths = pa.array([f"{source}/{i}" for i in ids.to_pylist()], pa.string())
     return pa.table({"id": ids, "image": pa.array(images, pa.binary()), "label": labels, "label_name": names,
-                     "path": ids})
+                     "path": paths})
 
 
 def ingest(src: str, dest: str, *, overwrite: bool = False, unlabeled: bool | None = None,
@@ -154,7 +157,8 @@ def ingest(src: str, dest: str, *, overwrite: bool = False, unlabeled: bool | No
     tasks = min(ray.data.DataContext.get_current().read_op_min_num_blocks,
                 -(-listing.num_rows // MIN_FILES_PER_TASK))
     ds = ray.data.from_arrow(listing, override_num_blocks=tasks)
-    ds = ds.map_batches(_read_rows, fn_kwargs={"fs": fs, "root": root.rstrip("/"), "classes": classes},
+    ds = ds.map_batches(_read_rows, fn_kwargs={"fs": fs, "root": root.rstrip("/"), "classes": classes,
+                                               "source": _source(src)},
                         batch_format="pyarrow", batch_size=FILES_PER_BATCH)
     dest_fs, dest_path = storage.pyarrow_fs(dest)
     ds.write_parquet(dest_path, filesystem=dest_fs)
@@ -171,7 +175,12 @@ def folder_table(src: str, unlabeled: bool | None = None, classes: tuple[str, ..
     """Small folders without Ray (built-in datasets given as a folder): the same rows as `ingest`."""
     listing, classes = list_image_folder(src, None, unlabeled, classes)
     fs, root = storage.pyarrow_fs(src)
-    return _read_rows(listing, fs, root.rstrip("/"), classes)
+    return _read_rows(listing, fs, root.rstrip("/"), classes, _source(src))
+
+
+def _source(src: str) -> str:
+    """The folder's URI as files under it are named: s3:// as given, a local folder absolute."""
+    return src.rstrip("/") if storage.is_s3(src) else os.path.abspath(src)
 
 
 def read_classes(dest: str) -> list[str] | None:

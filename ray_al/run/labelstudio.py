@@ -72,7 +72,7 @@ def _image_url(uri: str | None, qid: Any, document_root: str) -> str:
     if uri is None:
         raise OracleError(f"query {qid!r} has no image path (the pool stores image bytes): pass --images-dir "
                           "to write the images where Label Studio can serve them")
-    if uri.startswith(("s3://", "http://", "https://", "gs://", "azure-blob://")):
+    if storage.is_remote(uri):
         return uri
     return local_files_url(uri, document_root)
 

@@ -150,12 +150,19 @@ def read_pool_rows(uri: str, ids: list, columns: list[str], id_column: str = "id
 
 
 def query_uris(pool_uri: str, image_column: str, ids: list) -> list:
-    """Where annotators find each queried image: the pool's `path`, or None where the pool holds bytes."""
-    if image_column != "path":
+    """Where annotators find each queried image: the pool's `path`; in a pool that holds the bytes, the
+    source's URI when it is remote (`ingest` of an s3:// prefix records it: Label Studio's S3 storage serves
+    it), else None (the export writes the bytes to --images-dir)."""
+    try:
+        table = read_pool_rows(pool_uri, ids, ["id", "path"])
+    except OracleError:  # no `path` column
+        if image_column == "path":
+            raise
         return [None] * len(ids)
-    table = read_pool_rows(pool_uri, ids, ["id", "path"])
     by_id = dict(zip(table.column("id").to_pylist(), table.column("path").to_pylist()))
-    return [by_id.get(i) for i in ids]
+    if image_column == "path":
+        return [by_id.get(i) for i in ids]
+    return [by_id.get(i) if storage.is_remote(by_id.get(i)) else None for i in ids]
 
 
 def load_image_bytes(pool: dict, ids: list) -> dict:
