@@ -267,3 +267,26 @@ def test_the_seed_set_as_a_query_batch_becomes_ledger_round_0(tmp_path):
     ledger = import_labels(rd, write_csv(tmp_path / "l.csv", [(5, 0), (6, 1), (7, "none")]))
     assert [(r["id"], r["label"], r["round"]) for r in ledger.table.to_pylist()] == [(5, 0, 0), (6, 1, 0), (7, -1, 0)]
     assert rd.pending_query_round() is None and rd.is_done(SEED_ROUND, "label")
+
+
+def test_query_uris_give_remote_sources_and_paths_but_not_relative_names(tmp_path):
+    """Where annotators find a query: a path pool's `path`; a byte pool's `path` only when it is a URI a
+    labelling tool can fetch (an ingested s3:// prefix), else None (the export writes the bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_al.run.oracle import query_uris
+
+    def pool(name, paths, image=True):
+        columns = {"id": pa.array([1, 2, 3]), "path": pa.array(paths)}
+        if image:
+            columns["image"] = pa.array([b"x", b"y", b"z"])
+        pq.write_table(pa.table(columns), tmp_path / name)
+        return str(tmp_path / name)
+
+    remote = pool("remote.parquet", [f"s3://b/photos/{i}.jpg" for i in "abc"])
+    assert query_uris(remote, "image", [3, 1]) == ["s3://b/photos/c.jpg", "s3://b/photos/a.jpg"]
+    relative = pool("relative.parquet", ["train/cat/0.jpg", "train/cat/1.jpg", "train/dog/2.jpg"])
+    assert query_uris(relative, "image", [3, 1]) == [None, None]
+    paths = pool("paths.parquet", ["/data/a.jpg", "/data/b.jpg", "/data/c.jpg"], image=False)
+    assert query_uris(paths, "path", [2]) == ["/data/b.jpg"]

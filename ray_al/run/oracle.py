@@ -153,16 +153,25 @@ def query_uris(pool_uri: str, image_column: str, ids: list) -> list:
     """Where annotators find each queried image: the pool's `path`; in a pool that holds the bytes, the
     source's URI when it is remote (`ingest` of an s3:// prefix records it: Label Studio's S3 storage serves
     it), else None (the export writes the bytes to --images-dir)."""
-    try:
-        table = read_pool_rows(pool_uri, ids, ["id", "path"])
-    except OracleError:  # no `path` column
-        if image_column == "path":
-            raise
-        return [None] * len(ids)
+    if image_column != "path" and not _remote_paths(pool_uri):
+        return [None] * len(ids)  # no filtered read of a large pool for nothing
+    table = read_pool_rows(pool_uri, ids, ["id", "path"])
     by_id = dict(zip(table.column("id").to_pylist(), table.column("path").to_pylist()))
     if image_column == "path":
         return [by_id.get(i) for i in ids]
     return [by_id.get(i) if storage.is_remote(by_id.get(i)) else None for i in ids]
+
+
+def _remote_paths(pool_uri: str) -> bool:
+    """Whether the pool's `path` column holds remote URIs, judged by its first row (one row group read)."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.pyarrow_fs(pool_uri)
+    ds = pads.dataset(path, filesystem=fs, format="parquet")
+    if "path" not in ds.schema.names:
+        return False
+    first = ds.head(1, columns=["path"]).column("path").to_pylist()
+    return bool(first) and storage.is_remote(first[0])
 
 
 def load_image_bytes(pool: dict, ids: list) -> dict:
