@@ -318,3 +318,6 @@ def test_epoch_lines_print_the_end_and_at_most_one_line_per_interval(capsys) -> 
     for _ in range(3):
         chatty.update(1)
     assert capsys.readouterr().out.splitlines() == [f"pretrain: epoch {i}/3" for i in (1, 2, 3)]
+    fast = ProgressLines(total=5, desc="decoding", every_s=3600.0, unit="images", quiet_if_fast=True)
+    fast.update(5)
+    assert capsys.readouterr().out == ""

@@ -162,8 +162,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dir", help="where the two run directories go (default: a temporary directory)")
     p.add_argument("--json", help="write the per-round rows and slopes here")
     p.add_argument("--cpus", type=int, default=0, help="local Ray's CPUs (0: all)")
-    p.add_argument("--keep-freed-heap", action="store_true",
-                   help="the reference: the round loop does not hand freed heap back (ray_al.core.heap)")
     p.add_argument("overrides", nargs="*", help="section.key=value for both streams")
     return p.parse_args(argv)
 
@@ -173,10 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     from ray_al.workers.ray_utils import init_ray
 
     base = args.dir or tempfile.mkdtemp(prefix="ral_soak_")
-    if args.keep_freed_heap:
-        from ray_al.loop import rounds
-
-        rounds.TRIM_HEAP = False
     plan = {"default": (args.rounds, []), "per-round": (args.per_round_rounds, ["train.resident=never"])}
     init_ray(args.cpus)
     streams: dict[str, dict] = {}

@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 
 from ray_al.core import config as config_mod
 from ray_al.core import faults, storage
-from ray_al.core.heap import release_freed_heap
 from ray_al.core.config import BudgetError, Config, ConfigError
 from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.loop import selection
@@ -37,8 +36,6 @@ from ray_al.run.oracle import PoolOracle, query_uris
 from ray_al.run.rundir import SEED_ROUND, RunDir, batch_name
 
 __all__ = ["Cycle", "default_run_dir", "finish", "open_run"]
-
-TRIM_HEAP = True  # python -m ray_al.bench.soak --keep-freed-heap measures the driver without it
 
 
 def default_run_dir(cfg: Config, smoke: bool) -> str:
@@ -190,8 +187,6 @@ class Cycle:
         row = round_row(self.cfg, r, len(ledger), embedded, chosen, seconds)
         self.run.commit_round(r, row)
         faults.kill_point("round.committed")
-        if TRIM_HEAP:  # a long run's driver keeps its round-to-round memory flat (core/heap.py)
-            release_freed_heap()
         if self.on_round_committed is not None:
             self.on_round_committed(row)
         return row

@@ -225,14 +225,15 @@ def resident_loop(config: dict) -> dict:
         ray.get(board.finish.remote(job.seq, rank, {**result, "nodes": nodes} if rank == 0 else None))
 
 
-def _rank0_lines(rank: int):
+def _rank0_lines(rank: int, every_s: float = 30.0):
     """Rank 0 reports the long one-off steps (decoding the pool, a frozen encoder's features) as lines in the
     driver's log; the other ranks do the same work in step and stay quiet."""
     from ray_al.workers.train import ProgressLines
 
     if rank != 0:
         return None
-    return lambda total, desc: ProgressLines(total, f"resident group: {desc}", unit="images")
+    return lambda total, desc: ProgressLines(total, f"resident group: {desc}", unit="images", every_s=every_s,
+                                             quiet_if_fast=True)
 
 
 def _train_job(job: Job, pool_rows: DecodedRows, rank: int, world: int, restored: dict | None) -> dict:

@@ -281,17 +281,20 @@ def _report(metrics: dict, state: trainloop.TrainState, epoch: int, rank: int, t
 class ProgressLines:
     """Progress for logs (the driver's stdout is no terminal: `ray job logs`, CI): a line at most every
     `every_s` and at the end, where a tqdm bar would print several lines per epoch. `unit` names what is
-    counted (epochs of a fit, images a resident group decodes or embeds)."""
+    counted (epochs of a fit, images a resident group decodes or embeds); `quiet_if_fast`: no line at all for
+    work done within `every_s` (a small pool's embedding every round)."""
 
-    def __init__(self, total: int, desc: str, every_s: float = 30.0, unit: str = "epoch"):
+    def __init__(self, total: int, desc: str, every_s: float = 30.0, unit: str = "epoch", quiet_if_fast: bool = False):
         self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
         self.done, self.last, self.note = 0, time.monotonic(), desc
+        self.printed = not quiet_if_fast  # the final line is due once any line was
 
     def update(self, n: int) -> None:
         self.done += n
-        if self.done >= self.total or time.monotonic() - self.last >= self.every_s:
+        due = time.monotonic() - self.last >= self.every_s
+        if due or (self.done >= self.total and self.printed):
             print(f"{self.note}: {self.unit} {self.done}/{self.total}", flush=True)
-            self.last = time.monotonic()
+            self.last, self.printed = time.monotonic(), True
 
     def set_description(self, note: str) -> None:
         self.note = note
