@@ -3,10 +3,15 @@ fixture, small data."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+# Byte-code caches written (see the Makefile): with PYTHONDONTWRITEBYTECODE every Ray worker and cycle the tests
+# start compiled ray and torch anew (pytest tests/test_cycle.py -k end_to_end: 97 s with it, 44 s without).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 # Local clusters use token auth by default (Ray >= 2.59); tests talk to their own cluster only.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
