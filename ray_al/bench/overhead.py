@@ -68,7 +68,12 @@ class LocalHead:
                f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
                f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
         self.log = open(Path(self.temp) / "head.log", "w")
-        self.proc = subprocess.Popen(cmd, env={**_env(tree), **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
+        # RAY_ADDRESS: this head's own, for what runs on it: with another Ray on the machine, Ray Train's
+        # PlacementGroupCleaner (a State API call with no address) died on "Found multiple active Ray
+        # instances" and a killed driver's placement group kept a CPU reserved, so a later embedding waited
+        # for it forever (seen in make test at 11d5188, tests/test_walkthrough.py)
+        head_env = {**_env(tree), **(env or {}), "RAY_ADDRESS": self.gcs_address}
+        self.proc = subprocess.Popen(cmd, env=head_env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     @property
