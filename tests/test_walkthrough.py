@@ -19,8 +19,10 @@ import pytest
 
 from ray_al.core import storage
 from ray_al.run.ledger import Ledger
+from ray_al.run.rundir import RunDir
 from tests.conftest import CIFAR10, REPO
 from tests.rayhead import shared_env
+from tests.test_labelstudio import choice
 
 CLASSES = ("cat", "dog", "bird")
 PER_CLASS = 8
@@ -57,8 +59,7 @@ def _annotate(tasks: list[dict], truth: dict[str, str]) -> list[dict]:
     """What Label Studio's Export > JSON gives once an annotator has answered every task with its class."""
     return [{"id": n, "data": task["data"], "annotations": [{
         "id": 1000 + n, "completed_by": 1, "was_cancelled": False,
-        "result": [{"from_name": "label", "to_name": "image", "type": "choices",
-                    "value": {"choices": [truth[task["data"]["image"].rsplit("/", 1)[-1]]]}}]}]}
+        "result": choice(truth[task["data"]["image"].rsplit("/", 1)[-1]])}]}
         for n, task in enumerate(tasks, 1)]
 
 
@@ -102,7 +103,7 @@ def test_the_s3_to_label_studio_walkthrough_in_order(s3, tmp_path):
     resumed = _run(s3, "ray_al.cycle", "--resume", run)
     assert f"round 0: {FIRST} images await labels" in resumed.stdout
     assert storage.exists(f"{run}/rounds/0000/model.pt")  # round 0's head, trained on the imported labels
-    second = pq.read_table(io.BytesIO(storage.read_bytes(f"{run}/rounds/0000/queries.parquet"))).column("id").to_pylist()
+    second = RunDir.open(run).read_queries(0).column("id").to_pylist()
     assert len(second) == FIRST and not set(second) & set(labels)
     status = _run(s3, "ray_al.label", "status", run)
     assert f"labels     {FIRST} " in status.stdout and "pending    no query batch awaiting labels" not in status.stdout

@@ -128,10 +128,11 @@ def _read_rows(batch: pa.Table, fs: pafs.FileSystem, root: str, classes: list[st
     """One block of listed rows -> pool rows, the files' bytes read here (in a Ray task), not in the driver;
     `path` is each file's own URI under `source` (annotators' tools open it there)."""
     ids, labels = batch.column("id"), batch.column("label")
-    images = [_read_file(fs, f"{root}/{i}") for i in ids.to_pylist()]
+    names_in_folder = ids.to_pylist()
+    images = [_read_file(fs, f"{root}/{i}") for i in names_in_folder]
     names = pc.take(pa.array(classes, pa.string()), labels) if labels.null_count < len(labels) \
         else pa.nulls(len(labels), pa.string())  # unlabeled: no class name (take on an empty list fails)
-    paths = pa.array([f"{source}/{i}" for i in ids.to_pylist()], pa.string())
+    paths = pa.array([f"{source}/{i}" for i in names_in_folder], pa.string())
     return pa.table({"id": ids, "image": pa.array(images, pa.binary()), "label": labels, "label_name": names,
                      "path": paths})
 
