@@ -1,14 +1,11 @@
 """Label Studio export/import (ray_al/run/labelstudio.py) and the round trip through a real Label Studio.
 
 The round trip starts the `label-studio` package (its own venv: its pins clash with ours) on loopback with
-SQLite. It is found through RAY_AL_LABEL_STUDIO (the executable), then PATH, then ../lsvenv/bin next to the
-checkout; without it the test fails with the install command. It is marked `labelstudio` and runs in
-`make test-labelstudio`, not in `make test`: installing and first starting Label Studio costs ~5 minutes of a
-suite that must stay under 45 (the other tests here check the export and import formats in make test).
-Figures (2026-12-06, 2 shared cores):
-`pip install label-studio` 1.23.2 into a fresh python3.11 venv 146 s; first start (migrating a new SQLite
-database) 136 s, later starts from the migrated database (kept in RAY_AL_TEST_CACHE, else
-~/.cache/ray_al-tests) 17 s.
+SQLite. It is found through RAY_AL_LABEL_STUDIO (the executable; the Makefile points it at .lsvenv, which
+`make test` installs), then PATH, then .lsvenv/bin in the checkout; without it the test fails with the install
+command. Figures (2026-12-06, 2 cores, idle): `pip install label-studio==1.23.2` into a fresh python3.11 venv
+59 s (146 s under load); the test with a first start (migrating a new SQLite database) 30 s, 136 s under load;
+later starts from the migrated database (kept in RAY_AL_TEST_CACHE, else ~/.cache/ray_al-tests) 12-17 s.
 """
 from __future__ import annotations
 
@@ -250,7 +247,7 @@ def test_cli_on_s3_keeps_s3_uris_for_label_studio_storage(s3):
 # ----------------------------------------------------------------------------- a real Label Studio
 def _label_studio() -> str | None:
     for candidate in (os.environ.get("RAY_AL_LABEL_STUDIO"), shutil.which("label-studio"),
-                      str(REPO.parent / "lsvenv" / "bin" / "label-studio")):
+                      str(REPO / ".lsvenv" / "bin" / "label-studio")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -312,7 +309,7 @@ class LabelStudio:
 def label_studio(tmp_path):
     exe = _label_studio()
     if exe is None:
-        pytest.fail("label-studio not installed: `make test-labelstudio` installs it into ../lsvenv (or set "
+        pytest.fail("label-studio not installed: `make test-labelstudio` installs it into .lsvenv (or set "
                     "RAY_AL_LABEL_STUDIO to its executable)")
     # the version from the venv's metadata: `label-studio --version` migrates a database in ~ and asks PyPI
     dist = sorted(Path(exe).resolve().parents[1].glob("lib/python*/site-packages/label_studio-*.dist-info"))
