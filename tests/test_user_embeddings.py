@@ -74,3 +74,39 @@ def test_round_splits_hold_every_row_once_in_the_contract(tmp_path, probs):
     np.testing.assert_allclose(read["embedding"], emb[np.asarray(ids.to_pylist()) - 100].astype(np.float32))
     assert ("probs" in read) == probs and pa.types.is_fixed_size_list(lab.schema.field("embedding").type)
     assert matrix(lab.column("embedding")).shape == (3, 8)
+
+
+def test_round_splits_are_cut_into_files_that_shard_actors_share(tmp_path, monkeypatch):
+    import ray_al.data.user_embeddings as user_embeddings
+    from ray_al.core.embeddings import split_files
+    from ray_al.workers.kcenter_shards import load_embeddings, partition_files
+
+    monkeypatch.setattr(user_embeddings, "FILE_ROWS", 10)
+    emb = _write(tmp_path / "e.parquet", probs=False)
+    counts = write_round_splits(check_user_embeddings(str(tmp_path / "e.parquet")), pa.array([100, 117, 149]),
+                                str(tmp_path / "round"))
+    files = split_files(str(tmp_path / "round"), "unlabeled")
+    assert counts["unlabeled"] == 47 and [pq.read_metadata(f).num_rows for f in files] == [10, 10, 10, 10, 7]
+    parts = partition_files(files, 2)
+    assert len(parts) == 2 and sum(parts, []) == files
+    loaded = [load_embeddings(part) for part in parts]
+    ids = np.concatenate([i for i, _, _ in loaded])
+    assert ids.tolist() == [i for i in range(100, 150) if i not in (100, 117, 149)]
+    np.testing.assert_allclose(np.concatenate([x for _, x, _ in loaded]), emb[ids - 100].astype(np.float32))
+
+
+def test_shard_loading_drops_undecodable_and_excluded_rows_and_names_null_embeddings(tmp_path):
+    from ray_al.workers.kcenter_shards import load_embeddings
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    corrupt = pa.array([False, True, None, False, False, False, False, False, False, True])
+    table = pa.table({"id": np.arange(10), "embedding": pa.FixedSizeListArray.from_arrays(x.reshape(-1), 4),
+                      "corrupt": corrupt})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=3)
+    ids, got, d = load_embeddings([str(tmp_path / "a.parquet")], include_ids=[0, 1, 2, 3, 5, 8, 9])
+    assert ids.tolist() == [0, 3, 5, 8] and d == 4  # 1 and 9 corrupt, 2 of unknown state, 4 6 7 excluded
+    np.testing.assert_array_equal(got, x[[0, 3, 5, 8]])
+    ragged = pa.table({"id": [7, 8, 9], "embedding": pa.array([[1.0, 2.0], None, [3.0, 4.0]])})
+    pq.write_table(ragged, tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"rows \[1\] have a null 'embedding' \(ids \[8\]\)"):
+        load_embeddings([str(tmp_path / "b.parquet")])

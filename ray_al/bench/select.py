@@ -11,8 +11,10 @@ then runs, per method, the command users run, in its own process:
 (kcenter on --shards Ray shard actors: select.method=kcenter select.shards=S). Each process is watched
 from /proc (ray_al.bench.memwatch): the cycle's driver and the shard actors, peak resident set (rss) and
 peak private heap (anon). The reference is the float32 matrix itself (rows x dim x 4 bytes), which the
-design allows the driver to hold once: the bench prints each peak as a ratio to it, and the seconds of the
-round's select step (from results.jsonl) next to the whole command's wall time. Last line: JSON.
+design allows the driver to hold once: the bench prints each peak as a ratio to it, also above the heap of a
+`random` round run first in the same bench (it reads no embedding matrix: a driver that imported Ray and
+torch), each shard actor's heap as a ratio to its share of the matrix, and the seconds of the round's
+select step (from results.jsonl) next to the whole command's wall time. Last line: JSON.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import pyarrow.parquet as pq
 from ray_al.bench.memwatch import MemWatch
 
 ROW_GROUP = 65_536
+REFERENCE = "random"  # reads no embedding matrix: the driver's heap without one, run first
 
 
 def write_embeddings(path: str, rows: int, dim: int, clusters: int, seed: int) -> None:
@@ -76,6 +79,21 @@ def run_method(method: str, emb: str, out: str, args, watch: MemWatch) -> dict:
             "heap_mib": {k: round(v["anon"], 1) for k, v in peaks.items()}}
 
 
+def print_method(method: str, res: dict, reference: dict, matrix_mib: float, shards: int) -> None:
+    """One method's line; the driver's heap also above the reference run's (what the round's read and the
+    method add to a driver that has imported Ray and torch), as a ratio to the matrix."""
+    heap = res["heap_mib"]
+    base = reference.get("heap_mib", {}).get("cycle_driver", 0.0)
+    res["heap_vs_matrix"] = {k: round(v / matrix_mib, 2) for k, v in heap.items()}
+    res["driver_heap_above_reference_vs_matrix"] = round((heap["cycle_driver"] - base) / matrix_mib, 2)
+    actor = heap["shard_actor"]
+    res["shard_actor_heap_vs_share"] = round(actor / (matrix_mib / shards), 2) if actor else 0.0
+    print(f"{method:<10} select {res['select_s']:>7.1f} s  (command {res['wall_s']:.1f} s, {res['selected_by']})  "
+          f"driver peak {res['peak_mib']['cycle_driver']:.0f} MiB, heap {heap['cycle_driver']:.0f} MiB = "
+          f"{res['heap_vs_matrix']['cycle_driver']:.2f}x the matrix, {res['driver_heap_above_reference_vs_matrix']:.2f}x "
+          f"above {REFERENCE}'s; shard actor heap {actor:.0f} MiB = {res['shard_actor_heap_vs_share']:.2f}x its share")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -97,16 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.rows} x {args.dim} float32 = {matrix_mib:.0f} MiB, written in {time.perf_counter() - started:.1f} s")
     results = {}
     with MemWatch(kind_of) as watch:
-        for method in args.methods:
+        for method in [REFERENCE] + [m for m in args.methods if m != REFERENCE]:
             results[method] = res = run_method(method, emb, out, args, watch)
             if "error" in res:
                 print(f"{method}: FAILED\n{res['error']}")
                 continue
-            ratio = {k: round(v / matrix_mib, 2) for k, v in res["heap_mib"].items()}
-            res["heap_vs_matrix"] = ratio
-            print(f"{method:<10} select {res['select_s']:>7.1f} s  (command {res['wall_s']:.1f} s, {res['selected_by']})  "
-                  f"driver peak {res['peak_mib']['cycle_driver']:.0f} MiB, heap {res['heap_mib']['cycle_driver']:.0f} MiB "
-                  f"= {ratio['cycle_driver']:.2f}x the matrix; shard actor heap {res['heap_mib']['shard_actor']:.0f} MiB")
+            print_method(method, res, results.get(REFERENCE, {}), matrix_mib, args.shards)
     report = {"rows": args.rows, "dim": args.dim, "matrix_mib": round(matrix_mib, 1), "methods": results}
     print(json.dumps(report))
     return report

@@ -76,7 +76,16 @@ def drop_corrupt(table: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     corrupt = table.column("corrupt")
     if not corrupt.null_count and not pc.any(corrupt).as_py():
         return table
-    return table.filter(pc.invert(corrupt))
+    return table.filter(decodable(table))
+
+
+def decodable(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """One bool per row: the image decoded (`corrupt` false; a null `corrupt` counts as undecodable)."""
+    import pyarrow.compute as pc
+
+    if "corrupt" not in table.schema.names:
+        return np.ones(table.num_rows, bool)
+    return pc.fill_null(pc.invert(table.column("corrupt")), False).to_numpy(zero_copy_only=False)
 
 
 def _dataset(out_uri: str, split: str) -> ds.Dataset | None:
@@ -106,8 +115,16 @@ def batches(dataset: ds.Dataset | None, columns: list[str]) -> Iterator[pa.Recor
     """A split's rows (`_dataset`) in read_embeddings' order, `columns` only, one record batch at a time:
     a file's row group in memory, never the split."""
     for fragment in dataset.get_fragments() if dataset is not None else ():
-        with pq.ParquetFile(fragment.path, filesystem=dataset.filesystem, buffer_size=1 << 20) as file:
-            yield from file.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+        yield from row_group_batches(fragment.path, dataset.filesystem, columns)
+
+
+def row_group_batches(path: str, filesystem, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """One Parquet file's `columns`, a row group at a time, in batches of at most BATCH_ROWS rows. Not
+    ParquetFile.iter_batches: on pyarrow 26 it kept every row group it had read (a 1,000,000 x 128 float32
+    split: Arrow's peak 583 MiB against 18 MiB row group by row group, 2026-12-06)."""
+    with pq.ParquetFile(path, filesystem=filesystem, buffer_size=1 << 20) as file:
+        for group in range(file.num_row_groups):
+            yield from file.read_row_group(group, columns=columns, use_threads=False).to_batches(BATCH_ROWS)
 
 
 def read_decodable(out_uri: str, split: str, columns: list[str]) -> tuple[pa.ChunkedArray, dict[str, np.ndarray]]:

@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 
 from ray_al.acquisition.base import PROB_SUM_ATOL
 from ray_al.core import storage
-from ray_al.core.embeddings import BATCH_ROWS
+from ray_al.core.embeddings import batches
 from ray_al.core.ids import duplicated
 
 REQUIRED = ("id", "embedding")
+FILE_ROWS = 131_072  # rows per file of a round's split: 8 files at 1,000,000 rows, for k-center's shards
 
 
 class EmbeddingsError(ValueError):
@@ -56,7 +57,7 @@ def _list_width(uri: str, dataset: pads.Dataset, column: str) -> int:
             or not pa.types.is_floating(kind.value_type):
         raise EmbeddingsError(f"data.embeddings '{uri}': `{column}` must be a list of floats, got {kind}.")
     width = kind.list_size if pa.types.is_fixed_size_list(kind) else None
-    for batch in dataset.to_batches(columns=["id", column], batch_size=BATCH_ROWS):
+    for batch in batches(dataset, ["id", column]):
         lengths = pc.list_value_length(batch.column(column)).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(np.isnan(lengths.astype(float)) | (lengths != (width or lengths[0])))
         if len(bad):
@@ -123,7 +124,7 @@ def describe(uri: str) -> UserEmbeddings:
     dataset = _dataset(uri)
     names = dataset.schema.names
     lists = [c for c in ("embedding", "probs") if c in names]
-    first = next(iter(dataset.to_batches(columns=lists, batch_size=1)))
+    first = next(batches(dataset, lists))
     width = {c: len(first.column(c)[0]) for c in lists}
     id_kind = dataset.schema.field("id").type
     return UserEmbeddings(uri=uri, rows=dataset.count_rows(), dim=width["embedding"],
@@ -149,33 +150,49 @@ def _fixed(column: pa.Array, width: int) -> pa.FixedSizeListArray:
 
 def write_round_splits(user: UserEmbeddings, labeled_ids: pa.Array, out_uri: str) -> dict[str, int]:
     """The user's rows as a round's `split=unlabeled` and `split=labeled` files under out_uri, split by
-    `labeled_ids`, streaming (one batch in memory). Returns the rows written per split."""
+    `labeled_ids`, streaming (one batch in memory). A split is cut into files of FILE_ROWS rows, so k-center's
+    shard actors (which take whole files) can share it. Returns the rows written per split."""
     dataset = _dataset(user.uri)
     columns = ["id", "embedding"] + (["probs"] if user.num_classes else [])
     fs, root = storage.pyarrow_fs(out_uri)
-    writers: dict[str, pq.ParquetWriter] = {}
-    counts = {"unlabeled": 0, "labeled": 0}
+    files = {"unlabeled": _SplitFiles(fs, root, "unlabeled"), "labeled": _SplitFiles(fs, root, "labeled")}
     labeled = pa.array(labeled_ids).cast(dataset.schema.field("id").type)
     try:
-        for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
+        for batch in batches(dataset, columns):
             rows = _contract_batch(batch, user)
             is_labeled = pc.is_in(rows.column("id"), value_set=labeled)
-            for split, mask in (("labeled", is_labeled), ("unlabeled", pc.invert(is_labeled))):
-                part = rows.filter(mask)
-                if part.num_rows:
-                    _writer(writers, fs, root, split, part.schema).write_batch(part)
-                    counts[split] += part.num_rows
+            files["labeled"].write(rows.filter(is_labeled))
+            files["unlabeled"].write(rows.filter(pc.invert(is_labeled)))
     finally:
-        for writer in writers.values():
-            writer.close()
-    return counts
+        for split in files.values():
+            split.close()
+    return {name: split.rows for name, split in files.items()}
 
 
-def _writer(writers: dict, fs, root: str, split: str, schema: pa.Schema) -> pq.ParquetWriter:
-    if split not in writers:
-        fs.create_dir(f"{root.rstrip('/')}/split={split}", recursive=True)
-        writers[split] = pq.ParquetWriter(f"{root.rstrip('/')}/split={split}/part-0.parquet", schema, filesystem=fs)
-    return writers[split]
+class _SplitFiles:
+    """One split's Parquet files, part-00000.parquet, part-00001.parquet, ..., FILE_ROWS rows each."""
+
+    def __init__(self, fs, root: str, split: str):
+        self.fs, self.folder = fs, f"{root.rstrip('/')}/split={split}"
+        self.rows, self.writer, self.in_file, self.files = 0, None, 0, 0
+
+    def write(self, part: pa.RecordBatch) -> None:
+        while part.num_rows:
+            if self.writer is None:
+                self.fs.create_dir(self.folder, recursive=True)
+                self.writer = pq.ParquetWriter(f"{self.folder}/part-{self.files:05d}.parquet", part.schema,
+                                               filesystem=self.fs)
+            room = FILE_ROWS - self.in_file
+            self.writer.write_batch(part.slice(0, room))
+            taken = min(room, part.num_rows)
+            self.rows, self.in_file, part = self.rows + taken, self.in_file + taken, part.slice(taken)
+            if self.in_file == FILE_ROWS:
+                self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.in_file, self.files = None, 0, self.files + 1
 
 
 def has_probs(uri: str) -> bool:

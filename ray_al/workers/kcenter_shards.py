@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import ray
 
-from ray_al.core.embeddings import drop_corrupt
+from ray_al.core.embeddings import decodable, row_group_batches
 from ray_al.acquisition.kcenter_greedy import MAX_NAMED_ROWS, KCenterOptions, KCenterShard, exact_greedy
 
 _SHARE_BYTES = 1 << 20  # broadcast arrays larger than this through one ray.put instead of per call
@@ -66,66 +66,79 @@ def load_embeddings(
     and rows whose image could not be decoded (`corrupt` true) too: they must never be selected.
 
     `embedding` may be a fixed-size list<float> or a list<float> whose rows all have the same length.
+    Two passes, a row group at a time: the ids and which rows stay, then the embeddings straight into one
+    (n, d) matrix, so an actor's peak is its matrix plus a row group (a whole table, then its numpy copy,
+    held 3.6x the matrix: `python -m ray_al.bench.select`, 2026-12-06).
     """
-    ids_parts, x_parts, dims = [], [], {}
     keep = None if include_ids is None else set(include_ids)
-    for f in files:
-        ids, x, d = _read_file(f, filesystem, id_column, embedding_column)
-        if d is not None:
+    kept = [(f, *_kept_rows(f, filesystem, id_column, embedding_column, keep)) for f in files]
+    ids = np.concatenate([i for _, i, _ in kept]) if kept else np.empty(0, np.int64)
+    x, dims, start = None, {}, 0
+    for f, _, mask in kept:
+        for rows, d in _kept_embeddings(f, filesystem, id_column, embedding_column, mask):
             dims[f] = d
-        if keep is not None:
-            mask = np.fromiter((i in keep for i in ids.tolist()), bool, len(ids))
-            ids, x = ids[mask], x[mask]
-        ids_parts.append(ids)
-        x_parts.append(x)
-    if len(set(dims.values())) > 1:
-        raise ValueError(f"embedding dimensions differ between files: {dims}")
+            if len(set(dims.values())) > 1:
+                raise ValueError(f"embedding dimensions differ between files: {dims}")
+            if x is None:
+                x = np.empty((len(ids), d), np.float32)
+            x[start:start + len(rows)] = rows
+            start += len(rows)
     d = next(iter(dims.values()), None)
-    nonempty = [x for x in x_parts if len(x)]
-    if len(nonempty) > 1:
-        x = np.concatenate(nonempty)
-    else:
-        x = nonempty[0] if nonempty else np.empty((0, d or 0), np.float32)
-    ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int64)
-    return ids, np.ascontiguousarray(x, np.float32), d
+    return ids, (x if x is not None else np.empty((0, d or 0), np.float32)), d
 
 
-def _read_table(f: str, filesystem: Any, id_column: str, embedding_column: str) -> Any:
-    """The id and embedding columns of one file, its undecodable rows dropped (`ray_al.core.embeddings`)."""
+def _columns(f: str, filesystem: Any, id_column: str, embedding_column: str) -> list[str]:
+    """The file's id and `corrupt` (when it has one) columns, its embedding column checked to be a list."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        has_corrupt = "corrupt" in pq.read_schema(f, filesystem=filesystem).names
-        columns = [id_column, embedding_column] + (["corrupt"] if has_corrupt else [])
-        return drop_corrupt(pq.read_table(f, columns=columns, filesystem=filesystem))
-    except (KeyError, pa.ArrowInvalid) as e:
-        raise ValueError(f"{f}: cannot read columns {id_column!r} and {embedding_column!r}: {e}") from e
-
-
-def _read_file(f: str, filesystem: Any, id_column: str, embedding_column: str
-               ) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(ids (n,), embeddings (n, d) float32, d or None if it cannot tell) of one file, checked."""
-    import pyarrow as pa
-
-    t = _read_table(f, filesystem, id_column, embedding_column)
-    col, ids_col = t.column(embedding_column), t.column(id_column)
-    typ = col.type
+    schema = pq.read_schema(f, filesystem=filesystem)
+    missing = [c for c in (id_column, embedding_column) if c not in schema.names]
+    if missing:
+        raise ValueError(f"{f}: cannot read columns {id_column!r} and {embedding_column!r}: no {missing}")
+    typ = schema.field(embedding_column).type
     if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
         raise ValueError(f"{f}: column {embedding_column!r} must be a (fixed-size) list of floats, got {typ}")
-    if ids_col.null_count:
-        raise ValueError(f"{f}: column {id_column!r} has {ids_col.null_count} null ids")
-    ids = ids_col.to_numpy()
-    arr = col.combine_chunks()
-    if arr.null_count:
-        bad = ids[np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))][:MAX_NAMED_ROWS]
-        raise ValueError(f"{f}: {arr.null_count} rows have a null {embedding_column!r}, e.g. ids {bad.tolist()}")
-    d = _list_width(f, arr, embedding_column)
-    if len(arr):
-        x = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), d)
-    else:
-        x = np.empty((0, d or 0), np.float32)
-    return ids, x, d
+    return [id_column] + (["corrupt"] if "corrupt" in schema.names else [])
+
+
+def _kept_rows(f: str, filesystem: Any, id_column: str, embedding_column: str, keep: set | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of the rows kept, one bool per row of the file): decodable, and in `keep` when given."""
+    ids, masks = [], []
+    for batch in row_group_batches(f, filesystem, _columns(f, filesystem, id_column, embedding_column)):
+        col = batch.column(id_column)
+        if col.null_count:
+            raise ValueError(f"{f}: column {id_column!r} has {col.null_count} null ids")
+        mask = decodable(batch)
+        values = col.to_numpy(zero_copy_only=False)
+        if keep is not None:
+            mask &= np.fromiter((i in keep for i in values.tolist()), bool, len(values))
+        ids.append(values[mask])
+        masks.append(mask)
+    return (np.concatenate(ids) if ids else np.empty(0, np.int64)), (np.concatenate(masks) if masks else np.zeros(0, bool))
+
+
+def _kept_embeddings(f: str, filesystem: Any, id_column: str, embedding_column: str, mask: np.ndarray):
+    """Yields (rows (m, d) float32, d) of the kept rows (`mask`) of one file, a batch at a time, checked."""
+    start = 0
+    for batch in row_group_batches(f, filesystem, [embedding_column]):
+        arr, here = batch.column(embedding_column), mask[start:start + batch.num_rows]
+        if arr.null_count:
+            nulls = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[:MAX_NAMED_ROWS] + start
+            ids = row_group_batches(f, filesystem, [id_column])
+            raise ValueError(f"{f}: rows {nulls.tolist()} have a null {embedding_column!r} "
+                             f"(ids {_ids_at(ids, id_column, nulls)})")
+        d = _list_width(f, arr, embedding_column)
+        start += batch.num_rows
+        if len(arr) and d is not None:
+            yield np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), d)[here], d
+
+
+def _ids_at(batches: Any, id_column: str, rows: np.ndarray) -> list:
+    import pyarrow as pa
+
+    return pa.concat_arrays([b.column(id_column) for b in batches]).take(rows).to_pylist()
 
 
 def _list_width(f: str, arr: Any, embedding_column: str) -> int | None:
