@@ -84,3 +84,18 @@ def test_select_auto_is_independent_of_row_order():
     perm = np.random.default_rng(0).permutation(view.n)
     again = select("auto", view.subset(perm), 6, seed=2)
     np.testing.assert_array_equal(view.ids[picks], view.ids[perm][again])
+
+
+def test_the_probe_reads_pool_conf_on_the_rules_own_scale():
+    """probe_confidence fits the probe DATA_RULE was measured with on the labeled rows: separated classes
+    give a confident pool, overlapping ones do not, whatever a round's head would say; one class: 1.0."""
+    from ray_al.acquisition.policy import probe_confidence
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    y_lab, y_pool = np.repeat(np.arange(4), 3), rng.integers(0, 4, 2000)
+    for gap, low, high in ((8.0, 0.9, 1.0), (0.05, 0.0, 0.6)):
+        lab = gap * centres[y_lab] + rng.normal(size=(12, 16))
+        pool = gap * centres[y_pool] + rng.normal(size=(2000, 16))
+        assert low < probe_confidence(lab, y_lab, pool) < high, gap
+    assert probe_confidence(lab[:3], np.zeros(3, np.int64), pool) == 1.0

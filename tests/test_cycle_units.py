@@ -15,7 +15,7 @@ from ray_al.loop import selection
 from ray_al.acquisition.policy import Choice
 from ray_al.acquisition.heads import heads_committee_probs
 from ray_al.core.config import Config, ConfigError
-from ray_al.core.embeddings import fixed_list
+from ray_al.core.embeddings import fixed_list, matrix, read_embeddings
 from ray_al.core.ids import tie_keys
 from ray_al.run.ledger import Ledger
 from ray_al.core.config import BudgetError
@@ -334,11 +334,11 @@ def test_shards_that_would_be_ignored_are_refused(overrides, named):
         check_config(config.load(None, overrides))
     check_config(config.load(None, ["select.method=kcenter", "select.shards=4"]))
 
-def _two_class_round(tmp_path, labels_per_class: int, top: float = 0.9):
-    """Embedding files of a round: 2 well-separated classes, `labels_per_class` labeled in each; every
-    row's top-class probability is `top`."""
+def _two_class_round(tmp_path, labels_per_class: int, top: float = 0.9, gap: float = 10.0):
+    """Embedding files of a round: 2 classes whose centres are `gap` apart on each axis (10: well separated),
+    `labels_per_class` labeled in each; every row's top-class probability is `top`."""
     rng = np.random.default_rng(0)
-    centers = np.array([[0.0, 0.0], [10.0, 10.0]])
+    centers = np.array([[0.0, 0.0], [gap, gap]])
     n_lab = 2 * labels_per_class
     lab_ids, lab_y = np.arange(1000, 1000 + n_lab), np.arange(n_lab) % 2
     lab_emb = (centers[lab_y] + rng.normal(size=(n_lab, 2))).astype(np.float32)
@@ -444,16 +444,21 @@ def test_a_fallback_that_needs_labels_per_class_is_refused_and_others_pass():
         check_config(config.load(None, ["select.method=kcenter", "select.fallback=weibull"]))
 
 
-def test_auto_from_the_data_records_the_models_confidence(tmp_path):
-    """auto from the data (select.auto_switch_per_class=0, the pretrained configs' rule) reads the round's
-    probabilities: mean top-class probability 0.9 on the unlabeled rows switches to margin, 0.6 keeps
-    typiclust; each says so."""
-    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3)
+def test_auto_from_the_data_reads_the_probes_confidence_not_the_heads(tmp_path):
+    """auto from the data (select.auto_switch_per_class=0, the pretrained configs' rule) reads pool_conf
+    through the rule's own probe on the round's features (policy.probe_confidence): separated classes
+    switch to margin, overlapping ones keep typiclust, whatever the head's probabilities (`top`) say; each
+    says so with the probe's value."""
+    from ray_al.acquisition.policy import probe_confidence
+
     cfg = config.load(None, ["select.auto_switch_per_class=0"])
     assert cfg.select.method == "auto" and config.load(None, []).select.auto_switch_per_class == 3
+    emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3, top=0.55)  # an unsure head
     sure = choose_queries(cfg, emb_dir, ledger, 4, 0)
-    assert (sure.method, sure.why) == ("margin", "auto: pool_conf=0.900 >= 0.8: uncertainty")
-    view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.8 + 0.1)
+    lab, unl = (read_embeddings(emb_dir, split) for split in ("labeled", "unlabeled"))
+    conf = probe_confidence(matrix(lab.column("embedding")), np.arange(6) % 2, matrix(unl.column("embedding")))
+    assert conf >= 0.8 and (sure.method, sure.why) == ("margin", f"auto: pool_conf={conf:.3f} >= 0.8: uncertainty")
+    view = acquisition.PoolView(ids=np.arange(80), probs=np.eye(2, dtype=np.float32)[np.arange(80) % 2] * 0.1 + 0.45)
     assert sure.ids == np.arange(80)[acquisition.select("margin", view, 4, seed=0)].tolist()
-    unsure = choose_queries(cfg, *_two_class_round(tmp_path / "flat", labels_per_class=3, top=0.6), 4, 0)
-    assert unsure.method == "typiclust" and unsure.why == "auto: pool_conf=0.600 < 0.8: typicality"
+    unsure = choose_queries(cfg, *_two_class_round(tmp_path / "mixed", labels_per_class=3, top=0.99, gap=0.1), 4, 0)
+    assert unsure.method == "typiclust" and unsure.why.startswith("auto: pool_conf=0.") and "< 0.8" in unsure.why

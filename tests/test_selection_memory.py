@@ -50,18 +50,21 @@ def _peaks(uri: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _write_pool(root, n: int, sharpen: float = 1.0) -> str:
+def _write_pool(root, n: int, sharpen: float = 1.0, gap: float = 0.0) -> str:
     """split=unlabeled: n rows in files of ROWS_PER_FILE, every 100th undecodable; split=labeled: 50 rows.
-    sharpen > 1 makes the probabilities peaked (a confident model)."""
+    sharpen > 1 makes the probabilities peaked (a confident model); gap > 0 puts the rows of each class
+    (id % C; labeled id -1 - i: class i % C, as the scripts label them) around their own centre."""
     rng = np.random.default_rng(n)
+    centres = np.random.default_rng(1).standard_normal((C, D)).astype(np.float32)
     for split, ids, parts in (("unlabeled", np.arange(n), n // ROWS_PER_FILE), ("labeled", -1 - np.arange(50), 1)):
         (root / f"split={split}").mkdir(parents=True)
         for i, rows in enumerate(np.array_split(ids, parts)):
             m = len(rows)
             probs = rng.random((m, C), dtype=np.float32) ** np.float32(sharpen)
+            classes = np.where(rows >= 0, rows, -1 - rows) % C
             pq.write_table(pa.table({
                 "id": pa.array(rows, pa.int64()),
-                "embedding": fixed_list(rng.standard_normal((m, D), dtype=np.float32)),
+                "embedding": fixed_list(rng.standard_normal((m, D), dtype=np.float32) + gap * centres[classes]),
                 "probs": fixed_list(probs / probs.sum(1, keepdims=True)),
                 "corrupt": pa.array(rows % 100 == 7),
             }), root / f"split={split}" / f"part-{i}.parquet")
@@ -118,6 +121,6 @@ def test_a_method_that_reads_only_probabilities_never_loads_the_embeddings(tmp_p
     early = _select_peak(uri, "select.auto_switch_per_class=100")  # typiclust, on the embeddings
     assert (late["method"], early["method"]) == ("margin", "typiclust") and late["k"] == early["k"] == 20
     assert late["peak"] < 0.25 * matrix_bytes < matrix_bytes < early["peak"], (late, early, matrix_bytes)
-    # the default, from the data: a confident model's round is margin, decided on the probabilities alone
-    sure = _select_peak(_write_pool(tmp_path / "sure", 20_000, sharpen=30.0))
+    # the default, from the data: where the probe is confident the round is margin, decided on a sample
+    sure = _select_peak(_write_pool(tmp_path / "sure", 20_000, sharpen=30.0, gap=4.0))
     assert sure["method"] == "margin" and sure["peak"] < 0.25 * matrix_bytes, (sure, matrix_bytes)

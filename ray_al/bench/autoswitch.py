@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from ray_al.acquisition.policy import SwitchContext, switch_signals
+from ray_al.acquisition.policy import SwitchContext, fit_probe, switch_signals
 from ray_al.bench import lowbudget
 
 
@@ -32,7 +32,7 @@ def _fit(data: dict, labeled: np.ndarray, classes: int, c: float) -> tuple[np.nd
     """(pool probabilities, test accuracy) of one probe on the labeled rows: the next round's picks and
     this round's point on the curve come from the same fit."""
     seen = data["y"][labeled]
-    model = lowbudget.probe(data["x"][labeled], seen, classes, c)
+    model = fit_probe(data["x"][labeled], seen, c)
     test_probs = lowbudget.probabilities(model, data["tx"], seen, classes)
     return lowbudget.probabilities(model, data["x"], seen, classes), float((test_probs.argmax(axis=1) == data["ty"]).mean())
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ray_al import acquisition
 from ray_al.acquisition import PoolView
-from ray_al.acquisition.policy import AUTO
+from ray_al.acquisition.policy import AUTO, fit_probe
 
 METHODS = ("random", "kcenter", "margin", "badge", "typiclust", "probcover", AUTO)
 
@@ -45,15 +45,6 @@ def load(uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def standardise(pool: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = pool.mean(axis=0), pool.std(axis=0) + 1e-6
     return (pool - mean) / std, (test - mean) / std
-
-
-def probe(x: np.ndarray, y: np.ndarray, classes: int, c: float):
-    """A multinomial logistic regression on the labeled rows; None with a single class (predict it)."""
-    from sklearn.linear_model import LogisticRegression
-
-    if len(np.unique(y)) < 2:
-        return None
-    return LogisticRegression(C=c, max_iter=500).fit(x, y)
 
 
 def probabilities(model, x: np.ndarray, y_seen: np.ndarray, classes: int) -> np.ndarray:
@@ -92,12 +83,12 @@ def curve(method: str, data: dict, budgets: list[int], seed: int, start: str, ar
         labeled[rng.choice(len(x), first, replace=False)] = True
     accuracies = []
     for budget in budgets:
-        model = probe(x[labeled], y[labeled], classes, args.c)
+        model = fit_probe(x[labeled], y[labeled], args.c)
         probs = probabilities(model, x, y[labeled], classes)
         if budget > labeled.sum():
             labeled[pick(method, x, ids, labeled, probs, budget - int(labeled.sum()), seed * 1000 + budget,
                          args.switch, y)] = True
-            model = probe(x[labeled], y[labeled], classes, args.c)
+            model = fit_probe(x[labeled], y[labeled], args.c)
         test_probs = probabilities(model, data["tx"], y[labeled], classes)
         accuracies.append(float((test_probs.argmax(axis=1) == data["ty"]).mean()))
     return accuracies

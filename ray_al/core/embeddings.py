@@ -32,6 +32,12 @@ def read_embeddings(out_uri: str, split: str, columns: list[str] | None = None) 
     return storage.read_parquet(uri, columns=columns)
 
 
+def split_rows(out_uri: str, split: str) -> int:
+    """The split's row count, undecodable rows included, from the files' footers (0 without the split)."""
+    dataset = _dataset(out_uri, split)
+    return 0 if dataset is None else dataset.count_rows()
+
+
 def split_files(out_uri: str, split: str) -> list[str]:
     uri = storage.join(out_uri, f"split={split}")
     if not storage.exists(uri):

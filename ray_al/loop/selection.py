@@ -32,10 +32,10 @@ from ray_al import acquisition
 
 from ray_al.core import storage
 from ray_al.acquisition import PoolView
-from ray_al.acquisition.policy import AUTO, Choice, decide, pool_confidence
+from ray_al.acquisition.policy import AUTO, PROBE_SAMPLE, Choice, decide, probe_confidence
 from ray_al.core.config import BudgetError, Config
 from ray_al.core.embeddings import (drop_corrupt, fixed_list, gather, list_width, matrix, read_decodable,
-                               read_embeddings, split_columns, split_files)
+                               read_embeddings, split_columns, split_files, split_rows)
 from ray_al.run.ledger import OOD_LABEL, Ledger
 
 
@@ -255,7 +255,7 @@ def choose_queries(cfg: Config, emb_uri: str, ledger: Ledger, k: int, r: int, ze
     features_uri: the self-supervised features (select.features=pretrained). The round's method is
     chosen before the embeddings are read, so only what it reads is (margin: no n x d matrix)."""
     in_one_process = not on_shards(cfg) and not cfg.select.zero_shot
-    choice = round_choice(cfg, emb_uri, len(ledger.in_class())) if in_one_process else None
+    choice = round_choice(cfg, emb_uri, ledger) if in_one_process else None
     fields = fields_for(cfg, choice)
     source = strategy_input(cfg, emb_uri, ledger.labels_by_id(), r, features_uri, fields)
     if k > source.n:
@@ -291,20 +291,34 @@ def fields_for(cfg: Config, choice: Choice | None) -> set[str] | None:
     return {"probs"} | acquisition.needs(choice.method, prefilter=prefilter)
 
 
-def round_choice(cfg: Config, emb_uri: str, n_labeled: int) -> Choice:
-    """select.method, or what `auto` runs this round (policy.decide; n_labeled: in-class labels). Its data rule
-    reads the round's unlabeled class probabilities alone (n x C), before anything else: a margin round then
-    reads no embeddings. select.auto_switch_per_class = 0 asks for the data rule, N > 0 for the fixed one."""
+def round_choice(cfg: Config, emb_uri: str, ledger: Ledger) -> Choice:
+    """select.method, or what `auto` runs this round (policy.decide). Its data rule reads pool_conf through the
+    probe it was measured with (policy.probe_confidence), on the labeled rows' features and a seeded sample of
+    PROBE_SAMPLE unlabeled rows, not the round head's probabilities (their confidence scale is the head's
+    training's); a margin round then reads no n x d matrix. select.auto_switch_per_class = 0 asks for the
+    data rule, N > 0 for the fixed one."""
     if cfg.select.method != AUTO:
         return Choice(cfg.select.method, "select.method")
+    n_labeled, n_classes = len(ledger.in_class()), list_width(emb_uri, "unlabeled", "probs")
 
     def read_signals() -> dict[str, float]:
-        _, read = read_decodable(emb_uri, "unlabeled", ["probs"])
-        probs = read["probs"]
-        return {"pool_conf": pool_confidence(probs), "per_class": n_labeled / max(1, probs.shape[1])}
+        return {"pool_conf": _probe_confidence(cfg, emb_uri, ledger), "per_class": n_labeled / max(1, n_classes)}
 
-    n_classes = list_width(emb_uri, "unlabeled", "probs")
     return decide(n_labeled, n_classes, cfg.select.auto_switch_per_class or None, read_signals)[0]
+
+
+def _probe_confidence(cfg: Config, emb_uri: str, ledger: Ledger) -> float:
+    """policy.probe_confidence on the round's embeddings: the labeled rows with a class, and a seeded sample
+    of the unlabeled split's rows."""
+    labeled = drop_corrupt(read_embeddings(emb_uri, "labeled", columns=["id", "embedding", "corrupt"]))
+    labels = ledger.labels_by_id()
+    y = np.asarray([labels[i] for i in _ids(labeled).tolist()], np.int64)
+    n = split_rows(emb_uri, "unlabeled")
+    if not n:
+        return 0.0
+    at = np.sort(np.random.default_rng(cfg.al.seed).choice(n, min(n, PROBE_SAMPLE), replace=False))
+    x = matrix(labeled.column("embedding"))
+    return probe_confidence(x[y >= 0], y[y >= 0], gather(emb_uri, "unlabeled", "embedding", at))
 
 
 def _run(cfg: Config, choice: Choice, view: PoolView, k: int, r: int) -> tuple[np.ndarray, Choice]:
