@@ -285,11 +285,12 @@ _MEMORY_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("method", ["typiclust", "probcover"])
 def test_peak_memory_at_pool_scale_stays_near_the_input(method: str) -> None:
     """n = 200,000, d = 128 float32 (100 MB): an n x n float32 matrix would be 160 GB. The selection's
-    peak RSS above the loaded input stays under 3x the input."""
+    peak RSS above the loaded input stays under 1.5x the input (measured 2026-12-06: typiclust 1.09,
+    probcover 1.16; probcover was 1.84 with its cell-sorted copy of the pool)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, method], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["picks"] == 200
-    assert res["extra"] < 3 * res["input"], res
+    assert res["extra"] < 1.5 * res["input"], res

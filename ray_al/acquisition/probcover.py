@@ -179,66 +179,67 @@ class BallGraph:
 
 
 class _Cells:
-    """The pool sorted by k-means cell (one float32 copy, `xs`), with each cell's centre and radius, to rule
-    out whole cells by the triangle inequality: no point of D is within delta of a point of C when
-    |mu_C - mu_D| - R_C - R_D >= delta."""
+    """The pool's rows grouped by k-means cell (`perm`: a permutation, no copy of the rows), with each cell's
+    centre and radius, to rule out whole cells by the triangle inequality: no point of D is within delta of a
+    point of C when |mu_C - mu_D| - R_C - R_D >= delta. Rows are gathered from the pool when a block needs
+    them (a cell-sorted copy of the pool was one matrix more: 1,000,000 x 128, `python -m
+    ray_al.bench.select`, 2026-12-06)."""
 
     def __init__(self, pool: PoolRows, seed: int) -> None:
         N = pool.N
-        self.count = 1 if N <= MIN_CELL_POOL else min(MAX_CELLS, int(math.isqrt(N)))
+        self.pool, self.count = pool, 1 if N <= MIN_CELL_POOL else min(MAX_CELLS, int(math.isqrt(N)))
         if self.count > 1:
             _, cell = seeded_kmeans(pool, self.count, seed, niter=CELL_NITER, points_per_centroid=CELL_POINTS)
         else:
             cell = np.zeros(N, dtype=np.int64)
-        self.perm, self.starts = cluster_members(cell, self.count)  # xs row -> P index, sorted by (cell, P)
-        self.xs = np.empty((N, pool.d), dtype=np.float32)
-        for lo in range(0, N, CHUNK_ROWS):
-            self.xs[lo : lo + CHUNK_ROWS] = pool.gather(self.perm[lo : lo + CHUNK_ROWS])
-        self.sq = sqnorms32(self.xs)  # (N,)
+        self.perm, self.starts = cluster_members(cell, self.count)  # sorted row -> P index, by (cell, P)
+        self.sq = np.empty(N, dtype=np.float32)  # (N,) squared norms in sorted order
         self.mu = np.zeros((self.count, pool.d), dtype=np.float64)
         self.radius = np.zeros(self.count, dtype=np.float64)
         for c in range(self.count):
             s, e = self.starts[c], self.starts[c + 1]
             if e == s:
                 continue
-            self.mu[c] = self.xs[s:e].mean(axis=0, dtype=np.float64)
+            x = self.rows(np.arange(s, e))
+            self.sq[s:e] = sqnorms32(x)
+            self.mu[c] = x.mean(axis=0, dtype=np.float64)
             r2 = 0.0
-            for lo in range(s, e, CHUNK_ROWS):
-                diff = self.xs[lo : min(e, lo + CHUNK_ROWS)].astype(np.float64) - self.mu[c]
+            for lo in range(0, e - s, CHUNK_ROWS):
+                diff = x[lo : lo + CHUNK_ROWS].astype(np.float64) - self.mu[c]
                 r2 = max(r2, float(np.einsum("ij,ij->i", diff, diff).max()))
             self.radius[c] = math.sqrt(r2) * (1 + 1e-6)
         self.mu_sq = np.einsum("ij,ij->i", self.mu, self.mu)
 
+    def rows(self, sorted_rows: np.ndarray) -> np.ndarray:
+        """(m, d) float32 copy of the rows at these sorted positions."""
+        return self.pool.gather(self.perm[sorted_rows])
+
     def members(self, c: int) -> np.ndarray:
         return np.arange(self.starts[c], self.starts[c + 1])
 
-    def near(self, c: int, reach: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, squared norms, P indices) of every cell that may hold points within `reach` of cell c:
-        a view of the whole pool when that is most of it, a copy of those cells' rows otherwise."""
+    def near(self, c: int, reach: float) -> np.ndarray:
+        """Sorted positions of every cell that may hold points within `reach` of cell c."""
         mu, starts = self.mu, self.starts
         dist = np.sqrt(np.maximum(self.mu_sq[c] + self.mu_sq - 2.0 * (mu @ mu[c]), 0.0))  # (cells,)
         near = np.flatnonzero((dist - self.radius[c] - self.radius < reach) & (starts[1:] > starts[:-1]))
-        if 2 * int((starts[near + 1] - starts[near]).sum()) > self.xs.shape[0]:
-            return self.xs, self.sq, self.perm
-        rows = np.concatenate([self.members(j) for j in near])
-        return self.xs[rows], self.sq[rows], self.perm[rows]
+        return np.concatenate([self.members(j) for j in near])
 
 
-def _block_edges(q: np.ndarray, q_sq: np.ndarray, near: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
+def _block_edges(q: np.ndarray, q_sq: np.ndarray, cells: _Cells, near: np.ndarray, n: int,
                  t: float, err: float, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Edges from query rows q to the pool rows `near` = (rows y, squared norms, P indices y_p), as
-    `_Cells.near` gives them: (query row, unlabeled neighbour P index) as int32 pairs, and which query rows
-    have a labeled point (P >= n) in their ball. More than `budget` unlabeled edges stops with an error."""
-    y, y_sq, y_p = near
+    """Edges from query rows q to the rows at sorted positions `near` (`_Cells.near`), gathered a block at
+    a time: (query row, unlabeled neighbour P index) as int32 pairs, and which query rows have a labeled
+    point (P >= n) in their ball. More than `budget` unlabeled edges stops with an error."""
     lo_t, hi_t = _thresholds(t, err)
     step = max(1, BLOCK // q.shape[0])
     near_lab = np.zeros(q.shape[0], dtype=bool)
     rr_l: list[np.ndarray] = []
     nb_l: list[np.ndarray] = []
     total = 0
-    for lo in range(0, y.shape[0], step):
-        yc = y[lo : lo + step]
-        g = sq_block(q, q_sq, yc, y_sq[lo : lo + step])  # (b, step)
+    for lo in range(0, near.shape[0], step):
+        block = near[lo : lo + step]
+        yc, y_p = cells.rows(block), cells.perm[block]
+        g = sq_block(q, q_sq, yc, cells.sq[block])  # (b, step)
         mask = g < lo_t
         br, bc = np.nonzero((g >= lo_t) & (g < hi_t))  # too close to call in float32: exact
         del g
@@ -247,7 +248,7 @@ def _block_edges(q: np.ndarray, q_sq: np.ndarray, near: tuple[np.ndarray, np.nda
             mask[br[ok], bc[ok]] = True
         rr, cc = np.nonzero(mask)
         del mask
-        nb = y_p[lo + cc]
+        nb = y_p[cc]
         lab = nb >= n
         near_lab[rr[lab]] = True
         rr_l.append(rr[~lab].astype(np.int32))
@@ -283,7 +284,8 @@ def build_ball_graph(pool: PoolRows, t: float, err: float, max_norm: float, seed
         near = cells.near(c, reach)
         for lo in range(0, q_pos.size, QUERY_ROWS):
             qp = q_pos[lo : lo + QUERY_ROWS]
-            rr, nb, near_lab = _block_edges(cells.xs[qp], cells.sq[qp], near, n, t, err, 2 * int(max_edges) - total)
+            rr, nb, near_lab = _block_edges(cells.rows(qp), cells.sq[qp], cells, near, n, t, err,
+                                            2 * int(max_edges) - total)
             total += rr.shape[0]
             idx_all.append(nb[np.argsort(rr, kind="stable")])
             counts_all.append(np.bincount(rr, minlength=qp.size))
