@@ -43,7 +43,15 @@ def test_a_lost_query_fails_the_ledger_check(tmp_path):
 
 
 def test_each_round_prints_its_measures():
-    row = {"round": 3, "seconds": 12.25, "driver_mib": 800.4, "worker_mib": 1500.6, "store_mib": 0.25, "actors": 4,
-           "threads": 9, "native_threads": 40, "open_files": 31}
-    assert soak.progress_line(row, 100) == ("round 3/100: 12.2 s, driver 800 MiB, worker 1501 MiB, store 0.2 MiB, "
-                                            "4 actors, 9 threads (40 native), 31 open files; ledger ok")
+    row = {"round": 3, "seconds": 12.25, "driver_mib": 800.4, "driver_end_mib": 760.2, "worker_mib": 1500.6,
+           "store_mib": 0.25, "actors": 4, "threads": 9, "native_threads": 40, "open_files": 31}
+    assert soak.progress_line(row, 100) == ("round 3/100: 12.2 s, driver 800 MiB (at commit 760), worker 1501 MiB, "
+                                            "store 0.2 MiB, 4 actors, 9 threads (40 native), 31 open files; ledger ok")
+
+
+def test_the_drivers_memory_at_commit_is_its_resident_set_now():
+    import numpy as np
+
+    before = soak.driver_rss_now()
+    held = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    assert soak.driver_rss_now() - before > 60 and held[-1] == 1.0

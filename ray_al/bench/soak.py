@@ -16,6 +16,7 @@ against the round number: a leak shows as a slope that is not flat.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ from ray_al.bench.memwatch import MemWatch, ray_worker_kinds
 from ray_al.core import config as config_mod
 from ray_al.run.ledger import Ledger
 
-MEASURES = ("seconds", "driver_mib", "worker_mib", "store_mib", "actors", "threads", "native_threads", "open_files")
+MEASURES = ("seconds", "driver_mib", "driver_end_mib", "worker_mib", "store_mib", "actors", "threads", "native_threads", "open_files")
 
 
 def stream_config(rounds: int, smoke: bool, extra: list[str]) -> config_mod.Config:
@@ -95,7 +96,7 @@ class Sampler:
         peaks = self.watch.peaks(name, kinds=("driver", "actor", "task"))
         self.rows.append({
             "round": r, "seconds": time.perf_counter() - self.started,
-            "driver_mib": peaks["driver"]["rss"], "worker_mib": max(peaks["actor"]["rss"], peaks["task"]["rss"]),
+            "driver_mib": peaks["driver"]["rss"], "driver_end_mib": driver_rss_now(), "worker_mib": max(peaks["actor"]["rss"], peaks["task"]["rss"]),
             "store_mib": self.watch.store.get(name, 0) / 2**20, "actors": live_actors(), "threads": threading.active_count(),
             "native_threads": len(os.listdir("/proc/self/task")), "open_files": len(os.listdir("/proc/self/fd"))})
         self.started = time.perf_counter()
@@ -108,9 +109,18 @@ class Sampler:
             self.stage = None
 
 
+def driver_rss_now() -> float:
+    """The driver's resident memory (MiB) as the round is committed, its work done: a leak raises it round
+    after round; a round's peak (`driver_mib`) also rises with the round's work (more labels, more clusters)."""
+    gc.collect()
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
 def progress_line(row: dict, rounds: int) -> str:
     """One round's measures, printed as it is committed and checked."""
-    return (f"round {row['round']}/{rounds}: {row['seconds']:.1f} s, driver {row['driver_mib']:.0f} MiB, "
+    return (f"round {row['round']}/{rounds}: {row['seconds']:.1f} s, driver {row['driver_mib']:.0f} MiB "
+            f"(at commit {row['driver_end_mib']:.0f}), "
             f"worker {row['worker_mib']:.0f} MiB, store {row['store_mib']:.1f} MiB, {row['actors']} actors, "
             f"{row['threads']} threads ({row['native_threads']} native), {row['open_files']} open files; ledger ok")
 
