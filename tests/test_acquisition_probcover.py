@@ -178,6 +178,19 @@ def test_lattice_with_duplicates_ties_by_id_like_brute_force() -> None:
     assert info["fallback_count"] == 20 - len(want) and np.unique(pos).shape[0] == 20
 
 
+def test_the_greedy_read_a_few_edges_at_a_time_picks_as_in_one_pass() -> None:
+    """greedy_cover reads the graph in chunks of about chunk_edges edges: 7-edge chunks (many per ball,
+    one row or point at a time) give the same picks and coverage as chunks larger than the graph."""
+    x, _, ids = planted(sizes=(300, 200, 120, 60), sigma=2.0)
+    pool = PoolRows(view_of(x, ids, (x[:6] + 0.05).astype(np.float32)))
+    pool.shift = pool.mean().astype(np.float32)
+    graph = probcover.build_ball_graph(pool, 3.0**2, 1e-3, 40.0, seed=0, max_edges=10**8)
+    assert graph.edges > 20 * 7 and graph.covered.any()
+    whole, covered = probcover.greedy_cover(graph, 25, chunk_edges=10**9)
+    small, covered_small = probcover.greedy_cover(graph, 25, chunk_edges=7)
+    assert small == whole and len(whole) > 3 and np.array_equal(covered_small, covered)
+
+
 def test_cell_pruned_graph_equals_the_unpruned_one(monkeypatch) -> None:
     """A pool above MIN_CELL_POOL is searched cell by cell; same edges as one block over everything."""
     rng = np.random.default_rng(4)
