@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import ray_al.core.arrow_pool  # noqa: F401  first: before anything loads pyarrow (core/arrow_pool.py says why)
 from ray_al.core import config as config_mod
 from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError

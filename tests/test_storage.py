@@ -208,20 +208,22 @@ class socket_port:
         self.s.close()
 
 
-def test_a_long_running_driver_allocates_arrow_memory_from_the_system_pool():
-    """return_freed_arrow_memory (loop.rounds.Cycle calls it) moves Arrow's new allocations off its default
-    mimalloc pool, which kept freed pages (bench.soak: the driver grew ~1.4 MiB a round). In a fresh process,
-    so this one keeps its pool."""
+
+def test_the_cycles_driver_loads_arrow_with_the_system_pool_and_leaves_the_variable_as_it_was():
+    """`python -m ray_al.cycle` imports core.arrow_pool before pyarrow loads: Arrow's C++ default pool is
+    the system allocator (mimalloc kept freed pages: bench.soak's driver grew ~1.4 MiB a round), and the
+    environment that Ray workers inherit is unchanged. A process that loaded pyarrow first keeps its pool."""
     import subprocess
     import sys
 
-    script = ("import pyarrow as pa\n"
-              "from ray_al.core import storage\n"
-              "before = pa.default_memory_pool().backend_name\n"
-              "storage.return_freed_arrow_memory()\n"
-              "used = pa.system_memory_pool().bytes_allocated()\n"
-              "column = pa.array(range(100_000))\n"
-              "print(before, pa.default_memory_pool().backend_name, pa.system_memory_pool().bytes_allocated() - used)\n")
-    before, after, grown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                          check=True).stdout.split()
-    assert before != "system" and after == "system" and int(grown) >= 800_000
+    script = ("import os, sys\n"
+              "first = sys.argv[1] == 'pyarrow-first'\n"
+              "if first: import pyarrow\n"
+              "import ray_al.cycle\n"
+              "import pyarrow as pa\n"
+              "print(pa.default_memory_pool().backend_name, os.environ.get('ARROW_DEFAULT_MEMORY_POOL', '-'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    run = lambda order: subprocess.run([sys.executable, "-c", script, order], capture_output=True, text=True,
+                                       check=True, env=env).stdout.split()
+    assert run("cycle-first") == ["system", "-"]
+    assert run("pyarrow-first")[0] != "system"

@@ -28,12 +28,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
-    "return_freed_arrow_memory",
     "configure_s3", "s3_settings", "is_s3", "pyarrow_fs", "fsspec_fs", "join", "exists", "isdir",
     "makedirs", "listdir", "read_bytes", "read_text", "write_bytes_atomic", "write_text_atomic",
     "write_json_atomic", "read_json", "remove_tree", "total_bytes", "create_exclusive", "write_parquet_atomic", "read_parquet",
 ]
-
 
 DEFAULT_REGION = "us-east-1"
 
@@ -471,12 +469,3 @@ def read_parquet(uri: str, columns: list[str] | None = None, filters: Any = None
         return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
     except OSError as e:
         raise _translate(uri, e) from e
-
-
-# ----------------------------------------------------------------------------- Arrow memory
-def return_freed_arrow_memory() -> None:
-    """Arrow's allocations in this process go to the system allocator from now on. Its default (mimalloc)
-    kept the pages that Arrow's threads had freed: a driver's resident set grew ~1.4 MiB a round, 756 -> 840
-    MiB over 60 rounds of the embedded default, against 732 -> 739 MiB with the system allocator (bench.soak,
-    2026-12-06). A long-running driver calls it (loop.rounds.Cycle); worker processes keep the default."""
-    pa.set_memory_pool(pa.system_memory_pool())

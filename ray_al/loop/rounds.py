@@ -50,7 +50,6 @@ class Cycle:
     def __init__(self, cfg: Config, run: RunDir, pool: PoolSpec, log=print,
                  on_round_committed: Callable[[dict], None] | None = None):
         self.cfg, self.run, self.pool, self.log, self.on_round_committed = cfg, run, pool, log, on_round_committed
-        storage.return_freed_arrow_memory()  # many rounds in one driver (core.storage says why)
         self.features = RunFeatures(cfg, run, pool, log)
         self.oracle = PoolOracle(pool.pool_uri)  # al.oracle=simulated: answers from the pool's labels
         self._backend: Backend | None = None  # chosen on first use, once for the run
