@@ -310,14 +310,14 @@ def round_choice(cfg: Config, emb_uri: str, ledger: Ledger) -> Choice:
 def _probe_confidence(cfg: Config, emb_uri: str, ledger: Ledger) -> float:
     """policy.probe_confidence on the round's embeddings: the labeled rows with a class, and a seeded sample
     of the unlabeled split's rows."""
-    labeled = drop_corrupt(read_embeddings(emb_uri, "labeled", columns=["id", "embedding", "corrupt"]))
+    ids, read = read_decodable(emb_uri, "labeled", ["embedding"])
     labels = ledger.labels_by_id()
-    y = np.asarray([labels[i] for i in _ids(labeled).tolist()], np.int64)
+    y = np.asarray([labels[i] for i in _ids(ids).tolist()], np.int64)
     n = split_rows(emb_uri, "unlabeled")
     if not n:
         return 0.0
     at = np.sort(np.random.default_rng(cfg.al.seed).choice(n, min(n, PROBE_SAMPLE), replace=False))
-    x = matrix(labeled.column("embedding"))
+    x = read["embedding"]
     return probe_confidence(x[y >= 0], y[y >= 0], gather(emb_uri, "unlabeled", "embedding", at))
 
 
