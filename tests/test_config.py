@@ -41,7 +41,7 @@ def test_unknown_section_and_bad_values():
     ("embed.dtype=float16", "embed.dtype='float16' is not valid; choose one of float32, bfloat16. Did you mean"),
     ("data.on_corrupt=skp", "data.on_corrupt='skp' is not valid; choose one of skip, error. Did you mean 'skip'?"),
     ("al.oracle=human", "al.oracle='human' is not valid; choose one of simulated, file."),
-    ("al.initial=typclust", "al.initial='typclust' is not valid; choose one of random, typiclust, probcover, kcenter."),
+    ("al.initial=typclust", "al.initial='typclust' is not valid; choose one of random, typiclust, probcover, kcenter, auto."),
     ("select.committee=head", "select.committee='head' is not valid; choose one of mc_dropout, heads. Did you mean"),
     ("select.features=ssl", "select.features='ssl' is not valid; choose one of model, pretrained."),
 ])

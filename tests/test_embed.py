@@ -526,3 +526,35 @@ def test_the_embedding_pool_starts_whole_when_the_cpus_hold_it_and_a_cpu_for_io(
     assert pool_bounds(EmbedOptions(actors=3, cpus_per_actor=1.0), 0.0) == (1, 3)  # nothing known yet
     assert pool_bounds(EmbedOptions(actors=2, gpus_per_actor=1.0), 1.0) == (2, 2)
     assert pool_bounds(EmbedOptions(actors=0), 4.0) == (1, 1)
+
+
+def test_frozen_runs_share_one_features_cache_and_fit_the_head_ray_train_fits(embedded: Embedded, tmp_path):
+    """Two frozen runs with one embed.features_cache embed the images once between them; a head-only round
+    trains on the stored features (no worker group) the head a Ray Train fit over the images gives."""
+    from ray_al.core import config as config_mod
+    from ray_al.loop.rounds import Cycle
+    from ray_al.models.weights import learner_kwargs as kwargs_of
+    from ray_al.run.rundir import RunDir
+    from ray_al.workers.train import TrainRequest, fit
+
+    e = embedded
+    cfg = config_mod.load(None, ["train.mode=frozen", "train.method=simclr", "train.resident=never", "train.epochs=3",
+                                 "train.batch_size=32", "train.lr_schedule=cosine", "embed.batch_size=64",
+                                 f"embed.features_cache={tmp_path / 'cache'}"])
+    state = model_state(kwargs_of(cfg, e.spec))
+    labeled = np.random.default_rng(4).permutation(ids_of(e.pool))[:70]  # not in id order
+    request = TrainRequest(name="round_0000", labeled_ids=labeled, labeled_labels=labeled % CLASSES, seed=5,
+                           epochs=3, use_ssl=False, head_only=True, init_state=state, progress=False)
+    outs, logs = [], []
+    for name in ("a", "b"):
+        cyc = Cycle(cfg, RunDir.create(str(tmp_path / name), {"num_classes": CLASSES, "id_type": "int64"}), e.spec,
+                    log=logs.append)
+        outs.append(cyc.backend().train(request))
+    assert sum("stored once for the run" in m for m in logs) == 1
+    assert sum("found in the shared cache" in m for m in logs) == 1
+    assert len([p for p in os.listdir(tmp_path / "cache") if not p.endswith(".json")]) == 1
+    assert all(torch.equal(v, outs[1].state_dict[k]) for k, v in outs[0].state_dict.items())
+    reference_fit = fit(cfg, e.spec, request, storage_uri=str(tmp_path / "ray_train"))
+    for name in ("classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(outs[0].state_dict[name], reference_fit.state_dict[name], rtol=1e-4, atol=1e-4)
+    assert (outs[0].state_dict["classifier.weight"] - state["classifier.weight"]).abs().max() > 1e-2

@@ -99,3 +99,24 @@ def test_results_table_flattens_seconds_and_keeps_mixed_grid_values_as_text() ->
     numbers = results_table([{"x": 1}, {"x": 0.5}])  # ints and floats stay numbers
     assert numbers.column("x").to_pylist() == [1.0, 0.5]
     assert csv_text([{"a": 1}, {"b": 2}]).splitlines() == ["a,b", "1,", ",2"]
+
+
+def test_gains_on_random_are_paired_by_seed_and_setting() -> None:
+    from ray_al.core.report import format_paired_gains, paired_gains
+
+    grid = {"al.initial": ["random", "auto"], "select.method": ["random", "typiclust"], "al.seed": [0, 1]}
+    acc = {("random", "random"): [[0.2, 0.3], [0.4, 0.5]], ("random", "typiclust"): [[0.25, 0.4], [0.40, 0.6]],
+           ("auto", "random"): [[0.3, 0.3], [0.3, 0.3]], ("auto", "typiclust"): [[0.3, 0.5], [0.3, 0.4]]}
+    rows = [{"al.initial": init, "select.method": method, "al.seed": seed, "labels": labels, "accuracy": a,
+             "round": r, "trial": f"{init}-{method}-{seed}"}
+            for (init, method), seeds in acc.items() for seed, curve in enumerate(seeds)
+            for r, (labels, a) in enumerate(zip((10, 20), curve))]
+    gains = {g["al.initial"]: g["gains"] for g in paired_gains(rows, grid)}
+    assert set(gains) == {"random", "auto"}  # typiclust's rows only: random is the reference
+    mean, se, n = gains["random"][20]  # per seed: 0.4 - 0.3, 0.6 - 0.5 (not across seeds or initial sets)
+    assert (mean, n) == (pytest.approx(10.0), 2) and se == pytest.approx(0.0)
+    assert gains["auto"][20][:2] == (pytest.approx(15.0), pytest.approx(5.0))  # +20 and +10 on auto's own random
+    assert gains["random"]["mean"][0] == pytest.approx(np.mean([(5.0 + 10.0) / 2, (0.0 + 10.0) / 2]))
+    text = format_paired_gains(paired_gains(rows, grid), grid)
+    assert "random / typiclust" in text and "+15.0+-5.0" in text
+    assert paired_gains(rows, {"select.method": ["typiclust"], "al.seed": [0, 1]}) == []

@@ -52,8 +52,8 @@ def test_view_seeds_depend_on_sample_epoch_and_step_only() -> None:
 
 @pytest.mark.parametrize("n,batch,world", [(16, 4, 2), (37, 5, 3), (5, 4, 2)])
 def test_global_batches_are_the_one_worker_batches_split_by_rank(n: int, batch: int, world: int) -> None:
-    one = tl._cycling_batches(n, batch * world, tl.epoch_generator(7, 1, 0))
-    ranks = [tl._cycling_batches(n, batch, tl.epoch_generator(7, 1, 0), world, r) for r in range(world)]
+    one = tl.cycling_batches(n, batch * world, tl.epoch_generator(7, 1, 0))
+    ranks = [tl.cycling_batches(n, batch, tl.epoch_generator(7, 1, 0), world, r) for r in range(world)]
     for _ in range(5):
         whole = next(one)
         parts = [next(it) for it in ranks]

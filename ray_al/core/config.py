@@ -37,7 +37,7 @@ EmbedDtype = Literal["float32", "bfloat16"]
 Committee = Literal["mc_dropout", "heads"]  # MC-dropout passes in the embed step | bagged linear heads at selection
 Features = Literal["model", "pretrained"]  # the round's model | the self-supervised encoder's, once per run
 Oracle = Literal["simulated", "file"]
-InitialMethod = Literal["random", "typiclust", "probcover", "kcenter"]  # all but random: on SSL features
+InitialMethod = Literal["random", "typiclust", "probcover", "kcenter", "auto"]  # all but random: on SSL features
 
 
 def choices(literal: Any) -> tuple[str, ...]:
@@ -117,6 +117,9 @@ class EmbedConfig:
     cpus_per_actor: float = 1.0
     dtype: EmbedDtype = "float32"  # inference
     normalize: bool = False  # unit-length embeddings: k-center, BADGE and Weibull then measure cosine distances
+    # a frozen encoder's pool + test features, shared by runs with the same encoder and pool (keyed by both;
+    # a sweep's trials use SWEEP_DIR/features_cache); "" = the run's own RUN_DIR/frozen_features
+    features_cache: str = ""
 
 
 @dataclass(frozen=True)

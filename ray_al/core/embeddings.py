@@ -172,3 +172,22 @@ def gather(out_uri: str, split: str, column: str, at: np.ndarray) -> np.ndarray:
             out[order[lo:hi]] = matrix(batch.column(column))[wanted[lo:hi] - start]
         start += batch.num_rows
     return out
+
+
+def rows_with_ids(out_uri: str, split: str, column: str, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (n, width) float32) of the split's decodable rows whose id is in `ids`, in the split's order:
+    read batch by batch, so only the matching rows are held (a head-only round's labeled features)."""
+    import pyarrow.compute as pc
+
+    wanted = pa.array(np.asarray(ids))
+    dataset = _dataset(out_uri, split)
+    found_ids, found = [], []
+    for batch in batches(dataset, ["id", column, "corrupt"] if dataset is not None and "corrupt" in
+                         dataset.schema.names else ["id", column]):
+        batch = drop_corrupt(batch.filter(pc.is_in(batch.column("id"), value_set=wanted)))
+        if batch.num_rows:
+            found_ids.append(batch.column("id").to_numpy(zero_copy_only=False))
+            found.append(matrix(batch.column(column)).copy())
+    if not found:
+        return np.asarray(ids)[:0], np.zeros((0, list_width(out_uri, split, column)), dtype=np.float32)
+    return np.concatenate(found_ids), np.concatenate(found)

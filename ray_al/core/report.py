@@ -251,8 +251,53 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def paired_gains(rows: list[dict], grid: dict, key: str = "select.method", reference: str = "random") -> list[dict]:
+    """Per setting other than the reference's: its accuracy minus the reference's at the same seed and the same
+    other grid values, in points, mean and standard error over the seeds both have, at each labelled-set
+    size and as the mean over the sizes (the AUC of ray_al.bench.lowbudget). [] when the grid has no reference."""
+    if reference not in grid.get(key, []):
+        return []
+    keys = setting_keys(grid)
+    acc: dict[tuple, dict[int, float]] = defaultdict(dict)  # (setting, seed) -> labels -> accuracy
+    for r in rows:
+        if r.get("accuracy") is not None:
+            acc[(tuple(json.dumps(r.get(k)) for k in keys), _seed_of(r, grid))][int(r["labels"])] = float(r["accuracy"])
+    at = keys.index(key)
+    diffs: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))  # setting -> size | "mean" -> gains
+    for (setting, seed), curve in acc.items():
+        base = acc.get((setting[:at] + (json.dumps(reference),) + setting[at + 1:], seed))
+        if json.loads(setting[at]) == reference or not base:
+            continue
+        sizes = sorted(set(curve) & set(base))
+        for n in sizes:
+            diffs[setting][n].append(100.0 * (curve[n] - base[n]))
+        diffs[setting]["mean"].append(100.0 * float(np.mean([curve[n] - base[n] for n in sizes])))
+    return [{**{k: json.loads(v) for k, v in zip(keys, setting)}, "reference": reference,
+             "gains": {n: (_mean(g), _se(g), len(g)) for n, g in by_size.items()}}
+            for setting, by_size in sorted(diffs.items())]
+
+
+def format_paired_gains(gains: list[dict], grid: dict) -> str:
+    """Settings as rows, sizes then their mean as columns: gain on the reference, mean +- SE in points."""
+    keys = setting_keys(grid)
+    columns = sorted({n for g in gains for n in g["gains"] if n != "mean"}) + ["mean"]
+    names = [" / ".join(str(g.get(k)) for k in keys) for g in gains]
+    width = max([len(n) for n in names] + [len(" / ".join(keys))])
+    lines = [f"gain on {gains[0]['reference']} in points of accuracy, paired by seed (mean +- SE); mean = over the sizes:",
+             f"{' / '.join(keys):<{width}}  " + "  ".join(f"{c!s:>11}" for c in columns)]
+    lines.append("-" * len(lines[-1]))
+    for name, g in zip(names, gains):
+        cells = [f"{g['gains'][c][0]:+.1f}+-{g['gains'][c][1]:.1f}" if c in g["gains"] else "-" for c in columns]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
+
+
 def sweep_summary(rows: list[dict], grid: dict) -> tuple[str, str]:
-    """(summary.txt: the per-trial, per-setting and per-budget tables; summary.csv: the per-setting rows)."""
+    """(summary.txt: the per-trial, per-setting and per-budget tables, and the paired gains on random when
+    the grid runs it; summary.csv: the per-setting rows)."""
     per_trial, per_setting = summarize(rows, grid)
     text = format_summary(per_trial, per_setting, grid) + "\n\n" + format_per_budget(per_budget(rows, grid), grid)
+    gains = paired_gains(rows, grid)
+    if gains:
+        text += "\n\n" + format_paired_gains(gains, grid)
     return text, csv_text(per_setting)

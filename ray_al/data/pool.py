@@ -8,6 +8,7 @@ split holds in-class images only.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,25 @@ def labelled_ids(uri: str) -> pa.ChunkedArray:
     one buffer (a numpy array of them holds a Python object per id: 81 MB against 37 at a million paths)."""
     column = _dataset(uri).to_table(columns=["id"], filter=pc.field("label").is_valid()).column("id")
     return column.take(pc.sort_indices(column))
+
+
+def fingerprint(pool: PoolSpec) -> str:
+    """A digest of what a frozen encoder's stored features depend on besides the encoder: the input geometry
+    and normalisation, the classes, and the pool's and test split's ids (and image URIs, for a pool of paths),
+    read a row group at a time. Images replaced under the same ids and URIs are not seen: clear the
+    features cache after such an edit."""
+    import hashlib
+
+    spec = {k: v for k, v in pool.to_dict().items() if k not in ("pool_uri", "test_uri")}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode())
+    for uri in (pool.pool_uri, pool.test_uri):
+        columns = ["id", "path"] if pool.image_column == "path" else ["id"]
+        for batch in _dataset(uri).to_batches(columns=columns) if uri else ():
+            for column in batch.columns:
+                values = column.to_numpy(zero_copy_only=False)
+                digest.update(values.tobytes() if values.dtype.kind in "iu" else "".join(f"{v}\n" for v in values).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
 
 
 def _estimate_stats(uri: str, image_column: str, image_size: int, channels: int) -> tuple[tuple, tuple]:

@@ -7,7 +7,8 @@
 
 * `PerRoundBackend`: a Ray Train fit per round (ray_al.workers.train.fit) and a Ray Data actor pool per
   embedding (ray_al.workers.embed); a run whose rounds train only the head embeds the encoder's features
-  once (RunFeatures.frozen_features) and runs only the head per round.
+  once (RunFeatures.frozen_features), fits the head on the labeled rows' stored features in this process
+  (ray_al.models.headfit: no worker group, no image decoded) and runs only the head per embedding.
 * `ResidentBackend`: one Ray Train worker group serves every round (ray_al.workers.resident).
 * `EmbeddingsBackend`: selection-only rounds on the user's own embeddings (data.embeddings): nothing to
   train (`trains` is False), and a round's embeddings are the user's rows split by the ledger.
@@ -70,7 +71,7 @@ def open_backend(cfg: Config, run: RunDir, pool: PoolSpec, features: RunFeatures
 
     if cfg.data.embeddings:
         return EmbeddingsBackend(pool)
-    if resident.wanted(cfg, pool):
+    if resident.wanted(cfg, pool) and not (head_only(cfg) and cfg.train.resident == "auto"):
         return ResidentBackend(cfg, pool, run.path("ray_train"))
     return PerRoundBackend(cfg, pool, run.path("ray_train"), features)
 
@@ -84,7 +85,38 @@ class PerRoundBackend(Backend):
     def train(self, request: TrainRequest) -> TrainOutcome:
         from ray_al.workers.train import fit
 
+        if request.head_only and head_only(self.cfg) and request.fault_injection is None:
+            return self.fit_head(request)
         return fit(self.cfg, self.pool, request, storage_uri=self.storage_uri)
+
+    def fit_head(self, request: TrainRequest) -> TrainOutcome:
+        """The head of a frozen encoder, trained on the labeled rows' stored features (ray_al.models.headfit);
+        seconds include the one-off features when this is the run's first round."""
+        import time
+
+        import torch
+
+        from ray_al.core.embeddings import rows_with_ids
+        from ray_al.data.reader import FROZEN_POOL
+        from ray_al.models.headfit import fit_linear_head
+        from ray_al.models.weights import build_learner, learner_kwargs
+        from ray_al.workers.train import TrainOutcome
+
+        started = time.perf_counter()
+        features_uri, _ = self.features.frozen_features(request.init_state)
+        ids, features = rows_with_ids(features_uri, FROZEN_POOL, "features", request.labeled_ids)
+        by_id = np.argsort(ids, kind="stable")  # the rows in id order, as a Ray Train worker holds them
+        ids, features = ids[by_id], features[by_id]
+        order = np.argsort(request.labeled_ids, kind="stable")
+        at = order[np.searchsorted(np.asarray(request.labeled_ids)[order], ids)]
+        torch.manual_seed(request.seed)  # the head's initial weights, as a Ray Train fit draws them
+        learner = build_learner(learner_kwargs(self.cfg, self.pool))
+        learner.load_state_dict(request.init_state, strict=False)
+        history = fit_linear_head(learner, features, np.asarray(request.labeled_labels)[at], request.seed,
+                                  request.epochs, self.cfg.train)
+        metrics = {**history[-1], "start_epoch": 0, "images": len(ids)} if history else {}
+        return TrainOutcome(state_dict=learner.state_dict(), metrics=metrics, seconds=time.perf_counter() - started,
+                            history=history)
 
     def embed(self, state: dict, labeled_ids: np.ndarray, out_uri: str) -> None:
         import dataclasses

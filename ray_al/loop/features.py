@@ -5,13 +5,16 @@
   at RUN_DIR/pretrain/model.pt; train.mode=frozen, or train.checkpoint: the given checkpoint);
 * `pool_features`: RUN_DIR/pool_features, the whole pool embedded once by that encoder, for al.initial and
   select.features=pretrained (`pool_uri` once computed);
-* `frozen_features`: RUN_DIR/frozen_features, the pool's and the test split's encoder features of a run whose
-  rounds train only the head, so the per-round backend runs only the head per round.
+* `frozen_features`: RUN_DIR/frozen_features (or a folder of embed.features_cache, shared by runs with the
+  same encoder and pool), the pool's and the test split's encoder features of a run whose rounds train only
+  the head, so the per-round backend runs only the head per round.
 Each is computed at most once per run (a marker file says it is done) and found again after a resume.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -20,8 +23,12 @@ from ray_al.core import storage
 from ray_al.core.config import Config, ConfigError
 from ray_al.data.pool import PoolSpec
 from ray_al.loop import selection
-from ray_al.loop.backend import train_seed
+from ray_al.loop.backend import head_only, train_seed
 from ray_al.run.rundir import RunDir
+
+# Bump when what a stored feature row means changes (the crop, the columns): older cache folders stop matching.
+FEATURES_FORMAT = 1
+
 
 def wants_pool_features(cfg: Config) -> bool:
     """Whether selection reads the self-supervised features of the whole pool."""
@@ -103,29 +110,79 @@ class RunFeatures:
             state = init_state if init_state is not None else self.checkpoint_state()
             started = time.perf_counter()
             options = dataclasses.replace(selection.embed_options(self.cfg), committee_size=0)
-            embed_splits(tag_split(read_split(self.pool.pool_uri, columns=pool_columns(self.pool)), "unlabeled"),
-                         state_to_bytes(state), learner_kwargs(self.cfg, self.pool), self.pool, options, uri)
+            if head_only(self.cfg):  # the rounds' frozen encoder: its stored features, only the head run
+                self.pool_features_from_frozen(state, options, uri)
+            else:
+                embed_splits(tag_split(read_split(self.pool.pool_uri, columns=pool_columns(self.pool)), "unlabeled"),
+                             state_to_bytes(state), learner_kwargs(self.cfg, self.pool), self.pool, options, uri)
             storage.write_json_atomic(done, {"seconds": time.perf_counter() - started})
         self.pool_uri = uri
         return uri
 
+    def pool_features_from_frozen(self, state: dict, options, uri: str) -> None:
+        """pool_features of a run whose encoder stays frozen: the stored encoder features (frozen_features,
+        shared between runs) through the head, so the images are not embedded a second time."""
+        from ray_al.data.reader import features_input
+        from ray_al.models.weights import learner_kwargs, state_to_bytes
+        from ray_al.workers.embed import embed_heads
+
+        features_uri, digest = self.frozen_features(state)
+        no_ids = np.zeros(0, np.int64) if self.pool.id_type == "int64" else np.zeros(0, dtype=str)
+        embed_heads(features_input(features_uri, no_ids), state_to_bytes(state), learner_kwargs(self.cfg, self.pool),
+                    dataclasses.replace(options, gpus_per_actor=0.0), uri, digest)
+
     def frozen_features(self, state: dict) -> tuple[str, str]:
-        """(RUN_DIR/frozen_features, its encoder digest): the pool's and the test split's features by the
-        encoder of a run whose rounds train only the head, computed once and recomputed only for another
-        encoder (the per-round path's counterpart of a resident group's kept features)."""
+        """(where the pool's and the test split's encoder features are, its encoder digest) for a run whose
+        rounds train only the head: RUN_DIR/frozen_features, or a folder of embed.features_cache that runs
+        with the same encoder and pool share (a sweep's trials). Computed once; recomputed only for another
+        encoder. RUN_DIR/frozen_features.json records where they are."""
+        options = dataclasses.replace(selection.embed_options(self.cfg), committee_size=0, features_only=True)
+        digest = encoder_digest_of(state, options.dtype)
+        done = self.run.path("frozen_features.json")
+        if storage.exists(done) and storage.read_json(done).get("digest") == digest:
+            return storage.read_json(done).get("uri") or self.run.path("frozen_features"), digest
+        started = time.perf_counter()
+        if self.cfg.embed.features_cache:
+            uri, shared = self.shared_features(state, digest, options)
+        else:
+            uri, shared = self.compute_features(state, options, self.run.path("frozen_features")), False
+        seconds = time.perf_counter() - started
+        storage.write_json_atomic(done, {"seconds": seconds, "digest": digest, "uri": uri, "shared": shared})
+        where = "found in the shared cache" if shared else "stored once for the run"
+        self.log(f"encoder features of the pool and test split {where} ({uri}, {seconds:.1f} s); rounds run "
+                 "only the head")
+        return uri, digest
+
+    def shared_features(self, state: dict, digest: str, options) -> tuple[str, bool]:
+        """(folder, found): the features in embed.features_cache under a key of the encoder and the pool
+        (data.pool.fingerprint). The first run to finish publishes its folder by creating KEY.json; a run
+        that finishes after it drops its own copy."""
+        import uuid
+
+        from ray_al.data.pool import fingerprint
+
+        cache = self.cfg.embed.features_cache
+        key = hashlib.sha256(f"{digest}|{fingerprint(self.pool)}|{FEATURES_FORMAT}".encode()).hexdigest()[:24]
+        marker = storage.join(cache, f"{key}.json")
+        if storage.exists(marker):
+            return storage.join(cache, storage.read_json(marker)["folder"]), True
+        folder = f"{key}-{uuid.uuid4().hex[:8]}"
+        uri = self.compute_features(state, options, storage.join(cache, folder))
+        if storage.create_exclusive(marker, json.dumps({"folder": folder, "digest": digest}).encode()):
+            return uri, False
+        storage.remove_tree(uri)  # another run published the same features first
+        return storage.join(cache, storage.read_json(marker)["folder"]), True
+
+    def compute_features(self, state: dict, options, uri: str) -> str:
         from ray_al.data.reader import frozen_input
-        from ray_al.models.weights import encoder_digest, learner_kwargs, state_to_bytes
+        from ray_al.models.weights import learner_kwargs, state_to_bytes
         from ray_al.workers.embed import embed_splits
 
-        uri, done = self.run.path("frozen_features"), self.run.path("frozen_features.json")
-        options = dataclasses.replace(selection.embed_options(self.cfg), committee_size=0, features_only=True)
-        digest = encoder_digest(state, options.dtype)
-        if storage.exists(done) and storage.read_json(done).get("digest") == digest:
-            return uri, digest
-        started = time.perf_counter()
-        embed_splits(frozen_input(self.pool), state_to_bytes(state), learner_kwargs(self.cfg, self.pool), self.pool,
-                     options, uri)
-        storage.write_json_atomic(done, {"seconds": time.perf_counter() - started, "digest": digest})
-        self.log(f"encoder features of the pool and test split stored once for the run "
-                 f"({time.perf_counter() - started:.1f} s); rounds run only the head")
-        return uri, digest
+        return embed_splits(frozen_input(self.pool), state_to_bytes(state), learner_kwargs(self.cfg, self.pool),
+                            self.pool, options, uri)
+
+
+def encoder_digest_of(state: dict, dtype: str) -> str:
+    from ray_al.models.weights import encoder_digest
+
+    return encoder_digest(state, dtype)

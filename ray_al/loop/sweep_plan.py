@@ -67,6 +67,8 @@ class SweepPlan:
             raise ConfigError(f"al.oracle={cfg.al.oracle}: a sweep needs al.oracle=simulated (nobody answers "
                               "file-oracle queries inside a Tune trial).")
         cfg = config_mod.replace(cfg, run={"dir": self.trial_run_dir(values)})
+        if not cfg.embed.features_cache:  # trials on one frozen encoder and pool embed it once between them
+            cfg = config_mod.replace(cfg, embed={"features_cache": storage.join(self.dir, "features_cache")})
         check_config(cfg)
         return cfg
 

@@ -129,7 +129,7 @@ def steps_per_epoch(n_labeled: int, n_ssl: int, batch_size: int, ssl_batch_size:
     return max(n, 1)
 
 
-def _cycling_batches(n: int, batch: int, gen: torch.Generator, world: int = 1, rank: int = 0) -> Iterator[torch.Tensor]:
+def cycling_batches(n: int, batch: int, gen: torch.Generator, world: int = 1, rank: int = 0) -> Iterator[torch.Tensor]:
     """Endless index batches: permute n, cut global batches of world*batch (the last partial one is
     dropped unless n is smaller than a global batch), yield this rank's contiguous slice."""
     if n < 1:
@@ -232,12 +232,12 @@ def _streams(data: TrainTensors, plan: EpochPlan, epoch: int) -> tuple[Iterator 
     labeled = ssl = None
     if plan.use_ce and len(data.labeled_x):
         gen = epoch_generator(plan.seed, epoch, 0, 0)
-        labeled = _cycling_batches(len(data.labeled_x), plan.batch_size, gen, plan.world, plan.rank)
+        labeled = cycling_batches(len(data.labeled_x), plan.batch_size, gen, plan.world, plan.rank)
     if plan.use_ssl:
         ssl_x, ssl_keys = data.ssl_source(plan.world, plan.rank, plan.ssl_global)
         gen = epoch_generator(plan.seed, epoch, 0 if plan.ssl_global else plan.rank, 1)
         split = (plan.world, plan.rank) if plan.ssl_global else (1, 0)
-        ssl = (ssl_x, ssl_keys, _cycling_batches(len(ssl_x), plan.unlabeled_batch_size, gen, *split))
+        ssl = (ssl_x, ssl_keys, cycling_batches(len(ssl_x), plan.unlabeled_batch_size, gen, *split))
     return labeled, ssl
 
 
