@@ -264,7 +264,7 @@ def test_a_frozen_encoders_stored_features_and_a_new_head_give_the_full_embeddin
     from dataclasses import replace
 
     from ray_al.data.reader import features_input, frozen_input
-    from ray_al.workers.embed import embed_heads
+    from ray_al.workers.embed import apply_heads_here, embed_heads
     from ray_al.models.weights import encoder_digest
 
     e = embedded
@@ -285,6 +285,10 @@ def test_a_frozen_encoders_stored_features_and_a_new_head_give_the_full_embeddin
                 encoder_digest(e.state))
     embed_splits(embedding_input(e.spec, labeled), state_to_bytes(round_state), e.kwargs, e.spec, options, full)
     _same_embeddings(heads, full)
+    here = str(tmp_path / "here")  # the same head applied in this process, committee and all
+    apply_heads_here(features, labeled, state_to_bytes(round_state), e.kwargs, options, here, encoder_digest(e.state))
+    _same_embeddings(here, heads)
+    assert read_embeddings(here, "labeled").column("committee").type == pa.list_(pa.float32(), 3 * CLASSES)
     assert np.abs(matrix(read_embeddings(heads, "test").column("probs"))
                   - matrix(read_embeddings(e.out, "test").column("probs"))).max() > 1e-3  # the new head ran
     with pytest.raises(Exception) as info:

@@ -77,11 +77,11 @@ def test_round_splits_hold_every_row_once_in_the_contract(tmp_path, probs):
 
 
 def test_round_splits_are_cut_into_files_that_shard_actors_share(tmp_path, monkeypatch):
-    import ray_al.data.user_embeddings as user_embeddings
+    import ray_al.core.embeddings as embeddings
     from ray_al.core.embeddings import split_files
     from ray_al.workers.kcenter_shards import load_embeddings, partition_files
 
-    monkeypatch.setattr(user_embeddings, "FILE_ROWS", 10)
+    monkeypatch.setattr(embeddings, "FILE_ROWS", 10)
     emb = _write(tmp_path / "e.parquet", probs=False)
     counts = write_round_splits(check_user_embeddings(str(tmp_path / "e.parquet")), pa.array([100, 117, 149]),
                                 str(tmp_path / "round"))

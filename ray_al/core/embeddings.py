@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from ray_al.core import storage
 
 BATCH_ROWS = 8192  # rows a streaming read holds at once
+FILE_ROWS = 131_072  # rows per file of a split written here: 8 files at 1,000,000 rows, for k-center's shards
 
 
 def fixed_list(matrix: np.ndarray) -> pa.Array:
@@ -34,7 +35,7 @@ def read_embeddings(out_uri: str, split: str, columns: list[str] | None = None) 
 
 def split_rows(out_uri: str, split: str) -> int:
     """The split's row count, undecodable rows included, from the files' footers (0 without the split)."""
-    dataset = _dataset(out_uri, split)
+    dataset = split_dataset(out_uri, split)
     return 0 if dataset is None else dataset.count_rows()
 
 
@@ -94,7 +95,7 @@ def decodable(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     return pc.fill_null(pc.invert(table.column("corrupt")), False).to_numpy(zero_copy_only=False)
 
 
-def _dataset(out_uri: str, split: str) -> ds.Dataset | None:
+def split_dataset(out_uri: str, split: str) -> ds.Dataset | None:
     """The split's files as pq.read_table (read_embeddings) finds them, in the same order; None if absent."""
     uri = storage.join(out_uri, f"split={split}")
     if not storage.exists(uri):
@@ -104,14 +105,14 @@ def _dataset(out_uri: str, split: str) -> ds.Dataset | None:
 
 
 def split_columns(out_uri: str, split: str) -> list[str]:
-    dataset = _dataset(out_uri, split)
+    dataset = split_dataset(out_uri, split)
     return dataset.schema.names if dataset is not None else ["id"]
 
 
 def list_width(out_uri: str, split: str, column: str) -> int:
     """The width of a fixed-size-list column of the split (0 when the split has no files or no such column:
     a user's embeddings may come without `probs`)."""
-    dataset = _dataset(out_uri, split)
+    dataset = split_dataset(out_uri, split)
     if dataset is None or column not in dataset.schema.names:
         return 0
     return dataset.schema.field(column).type.list_size
@@ -138,7 +139,7 @@ def read_decodable(out_uri: str, split: str, columns: list[str]) -> tuple[pa.Chu
     fixed-size-list column of `columns`, same rows and order as matrix(drop_corrupt(read_embeddings(...))):
     each matrix is allocated once and filled batch by batch, so the peak is the result plus one batch.
     The split's files are listed once (on S3 a listing is a LIST request)."""
-    dataset = _dataset(out_uri, split)
+    dataset = split_dataset(out_uri, split)
     if dataset is None:
         return pa.chunked_array([], pa.int64()), {c: np.zeros((0, 0), dtype=np.float32) for c in columns}
     marks = [c for c in ("id", "corrupt") if c in dataset.schema.names]
@@ -163,7 +164,7 @@ def gather(out_uri: str, split: str, column: str, at: np.ndarray) -> np.ndarray:
         return np.zeros((0, 0), dtype=np.float32)
     order = np.argsort(at, kind="stable")
     wanted = np.asarray(at)[order]
-    dataset = _dataset(out_uri, split)
+    dataset = split_dataset(out_uri, split)
     out = np.empty((len(at), dataset.schema.field(column).type.list_size), dtype=np.float32)
     start = 0
     for batch in batches(dataset, [column]):
@@ -180,7 +181,7 @@ def rows_with_ids(out_uri: str, split: str, column: str, ids) -> tuple[np.ndarra
     import pyarrow.compute as pc
 
     wanted = pa.array(np.asarray(ids))
-    dataset = _dataset(out_uri, split)
+    dataset = split_dataset(out_uri, split)
     found_ids, found = [], []
     for batch in batches(dataset, ["id", column, "corrupt"] if dataset is not None and "corrupt" in
                          dataset.schema.names else ["id", column]):
@@ -191,3 +192,30 @@ def rows_with_ids(out_uri: str, split: str, column: str, ids) -> tuple[np.ndarra
     if not found:
         return np.asarray(ids)[:0], np.zeros((0, list_width(out_uri, split, column)), dtype=np.float32)
     return np.concatenate(found_ids), np.concatenate(found)
+
+
+class SplitFiles:
+    """One split's Parquet files under a round's embeddings folder, part-00000.parquet, part-00001.parquet, ...,
+    FILE_ROWS rows each, written a batch at a time (close() when done)."""
+
+    def __init__(self, fs, root: str, split: str):
+        self.fs, self.folder = fs, f"{root.rstrip('/')}/split={split}"
+        self.rows, self.writer, self.in_file, self.files = 0, None, 0, 0
+
+    def write(self, part: pa.RecordBatch) -> None:
+        while part.num_rows:
+            if self.writer is None:
+                self.fs.create_dir(self.folder, recursive=True)
+                self.writer = pq.ParquetWriter(f"{self.folder}/part-{self.files:05d}.parquet", part.schema,
+                                               filesystem=self.fs)
+            room = FILE_ROWS - self.in_file
+            self.writer.write_batch(part.slice(0, room))
+            taken = min(room, part.num_rows)
+            self.rows, self.in_file, part = self.rows + taken, self.in_file + taken, part.slice(taken)
+            if self.in_file == FILE_ROWS:
+                self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.in_file, self.files = None, 0, self.files + 1

@@ -15,15 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from ray_al.acquisition.base import PROB_SUM_ATOL
 from ray_al.core import storage
-from ray_al.core.embeddings import batches
+from ray_al.core.embeddings import SplitFiles, batches
 from ray_al.core.ids import duplicated
 
 REQUIRED = ("id", "embedding")
-FILE_ROWS = 131_072  # rows per file of a round's split: 8 files at 1,000,000 rows, for k-center's shards
 
 
 class EmbeddingsError(ValueError):
@@ -155,7 +153,7 @@ def write_round_splits(user: UserEmbeddings, labeled_ids: pa.Array, out_uri: str
     dataset = _dataset(user.uri)
     columns = ["id", "embedding"] + (["probs"] if user.num_classes else [])
     fs, root = storage.pyarrow_fs(out_uri)
-    files = {"unlabeled": _SplitFiles(fs, root, "unlabeled"), "labeled": _SplitFiles(fs, root, "labeled")}
+    files = {"unlabeled": SplitFiles(fs, root, "unlabeled"), "labeled": SplitFiles(fs, root, "labeled")}
     labeled = pa.array(labeled_ids).cast(dataset.schema.field("id").type)
     try:
         for batch in batches(dataset, columns):
@@ -167,32 +165,6 @@ def write_round_splits(user: UserEmbeddings, labeled_ids: pa.Array, out_uri: str
         for split in files.values():
             split.close()
     return {name: split.rows for name, split in files.items()}
-
-
-class _SplitFiles:
-    """One split's Parquet files, part-00000.parquet, part-00001.parquet, ..., FILE_ROWS rows each."""
-
-    def __init__(self, fs, root: str, split: str):
-        self.fs, self.folder = fs, f"{root.rstrip('/')}/split={split}"
-        self.rows, self.writer, self.in_file, self.files = 0, None, 0, 0
-
-    def write(self, part: pa.RecordBatch) -> None:
-        while part.num_rows:
-            if self.writer is None:
-                self.fs.create_dir(self.folder, recursive=True)
-                self.writer = pq.ParquetWriter(f"{self.folder}/part-{self.files:05d}.parquet", part.schema,
-                                               filesystem=self.fs)
-            room = FILE_ROWS - self.in_file
-            self.writer.write_batch(part.slice(0, room))
-            taken = min(room, part.num_rows)
-            self.rows, self.in_file, part = self.rows + taken, self.in_file + taken, part.slice(taken)
-            if self.in_file == FILE_ROWS:
-                self.close()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer, self.in_file, self.files = None, 0, self.files + 1
 
 
 def has_probs(uri: str) -> bool:

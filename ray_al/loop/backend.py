@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 # train.seed_offset moves the training seeds by this much: far above seed * 1000 + round of any
 # realistic al.seed, so offsets never reuse another run's seed, and small enough for torch's 64-bit seeds.
 SEED_OFFSET_STRIDE = 1_000_000
+# A frozen encoder's head is applied to the stored features in the driver up to this many pool rows (a
+# stream of 1280-wide float32 rows: ~1.3 GB read a round at this size); larger pools use an actor pool, whose
+# start cost ~13 s a round at 12,000 rows (configs/sweep_pretrained_cifar10.yaml, 2026-12-06).
+LOCAL_HEAD_ROWS = 250_000
 
 
 def train_seed(cfg: Config, r: int | None) -> int:
@@ -46,6 +50,25 @@ def train_seed(cfg: Config, r: int | None) -> int:
 def head_only(cfg: Config) -> bool:
     """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
     return cfg.train.mode not in ("joint", "finetune") and not cfg.train.finetune
+
+
+def apply_heads(cfg: Config, pool: PoolSpec, features_uri: str, labeled_ids, state: dict, options, out_uri: str,
+                digest: str) -> None:
+    """A round's embeddings from a frozen encoder's stored features (RunFeatures.frozen_features) and the
+    round's head (`options`: embed_options' committee and normalisation): in this process for pools up to
+    LOCAL_HEAD_ROWS rows, else in a Ray Data actor pool."""
+    import dataclasses
+
+    from ray_al.data.reader import features_input
+    from ray_al.models.weights import learner_kwargs, state_to_bytes
+    from ray_al.workers.embed import apply_heads_here, embed_heads
+
+    weights, kwargs = state_to_bytes(state), learner_kwargs(cfg, pool)
+    options = dataclasses.replace(options, gpus_per_actor=0.0)  # a linear head: no GPU actor is worth its start
+    if pool.pool_rows <= LOCAL_HEAD_ROWS:
+        apply_heads_here(features_uri, labeled_ids, weights, kwargs, options, out_uri, digest)
+    else:
+        embed_heads(features_input(features_uri, labeled_ids), weights, kwargs, options, out_uri, digest)
 
 
 class Backend(ABC):
@@ -121,16 +144,15 @@ class PerRoundBackend(Backend):
     def embed(self, state: dict, labeled_ids: np.ndarray, out_uri: str) -> None:
         import dataclasses
 
-        from ray_al.data.reader import embedding_input, features_input
+        from ray_al.data.reader import embedding_input
         from ray_al.loop.selection import embed_options
         from ray_al.models.weights import learner_kwargs, state_to_bytes
-        from ray_al.workers.embed import embed_heads, embed_splits
+        from ray_al.workers.embed import embed_splits
 
         weights, kwargs, options = state_to_bytes(state), learner_kwargs(self.cfg, self.pool), embed_options(self.cfg)
         if head_only(self.cfg):  # the encoder's features, computed once for the run; the head per round
             features_uri, digest = self.features.frozen_features(state)
-            embed_heads(features_input(features_uri, labeled_ids), weights, kwargs,
-                        dataclasses.replace(options, gpus_per_actor=0.0), out_uri, digest)
+            apply_heads(self.cfg, self.pool, features_uri, labeled_ids, state, options, out_uri, digest)
         else:
             embed_splits(embedding_input(self.pool, labeled_ids), weights, kwargs, self.pool, options, out_uri)
 

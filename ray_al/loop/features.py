@@ -122,14 +122,11 @@ class RunFeatures:
     def pool_features_from_frozen(self, state: dict, options, uri: str) -> None:
         """pool_features of a run whose encoder stays frozen: the stored encoder features (frozen_features,
         shared between runs) through the head, so the images are not embedded a second time."""
-        from ray_al.data.reader import features_input
-        from ray_al.models.weights import learner_kwargs, state_to_bytes
-        from ray_al.workers.embed import embed_heads
+        from ray_al.loop.backend import apply_heads
 
         features_uri, digest = self.frozen_features(state)
         no_ids = np.zeros(0, np.int64) if self.pool.id_type == "int64" else np.zeros(0, dtype=str)
-        embed_heads(features_input(features_uri, no_ids), state_to_bytes(state), learner_kwargs(self.cfg, self.pool),
-                    dataclasses.replace(options, gpus_per_actor=0.0), uri, digest)
+        apply_heads(self.cfg, self.pool, features_uri, no_ids, state, options, uri, digest)
 
     def frozen_features(self, state: dict) -> tuple[str, str]:
         """(where the pool's and the test split's encoder features are, its encoder digest) for a run whose

@@ -228,6 +228,50 @@ def embed_heads(dataset, weights: bytes, learner_kwargs: dict, options: EmbedOpt
                                   weights, options, out_uri, batch_format="pyarrow")
 
 
+def apply_heads_here(features_uri: str, labeled_ids, weights: bytes, learner_kwargs: dict, options: EmbedOptions,
+                     out_uri: str, digest: str) -> str:
+    """`embed_heads` in this process, with no actor pool: the stored features streamed a batch at a time
+    through the head (FeatureModel.table_from_features, as HeadEmbedder runs it) into out_uri's splits, in
+    files of core.embeddings.FILE_ROWS rows. For pools where an actor pool's start (~13 s a round on 12,000
+    rows of a 2-core machine, configs/sweep_pretrained_cifar10.yaml) costs more than the head itself."""
+    import pyarrow.compute as pc
+
+    from ray_al.core.embeddings import SplitFiles, batches, matrix, split_dataset
+    from ray_al.data.reader import FROZEN_POOL
+
+    model = FeatureModel(weights, learner_kwargs, options)
+    if model.encoder_digest() != digest:
+        raise RuntimeError("the stored encoder features were computed by another encoder than this round's "
+                           "model: delete the run's frozen_features.json to recompute them")
+    if storage.exists(out_uri):
+        storage.remove_tree(out_uri)
+    fs, root = storage.pyarrow_fs(out_uri)
+    files = {name: SplitFiles(fs, root, name) for name in ("labeled", "unlabeled", "test")}
+    try:
+        for source in (FROZEN_POOL, "test"):
+            dataset = split_dataset(features_uri, source)
+            if dataset is None:  # a run without a test split
+                continue
+            columns = [c for c in ("id", "features", "corrupt", "label") if c in dataset.schema.names]
+            labeled = pa.array(np.asarray(labeled_ids)).cast(dataset.schema.field("id").type)
+            for batch in batches(dataset, columns):
+                decoded = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in ("id", "corrupt")}
+                if "label" in columns:
+                    decoded["label"] = batch.column("label").to_pylist()
+                table = model.table_from_features(decoded, matrix(batch.column("features")))
+                for part in table.to_batches():
+                    if source == "test":
+                        files["test"].write(part)
+                        continue
+                    inside = pc.is_in(part.column("id"), value_set=labeled)
+                    files["labeled"].write(part.filter(inside))
+                    files["unlabeled"].write(part.filter(pc.invert(inside)))
+    finally:
+        for split in files.values():
+            split.close()
+    return out_uri
+
+
 def _actor_pool_to_parquet(dataset, callable_class, ctor_kwargs: dict, weights: bytes, options: EmbedOptions,
                            out_uri: str, batch_format: str) -> str:
     import ray
