@@ -219,3 +219,12 @@ class SplitFiles:
         if self.writer is not None:
             self.writer.close()
             self.writer, self.in_file, self.files = None, 0, self.files + 1
+
+
+def write_by_ids(files: dict[str, SplitFiles], rows: pa.RecordBatch, labeled: pa.Array) -> None:
+    """`rows` into files["labeled"] where their id is in `labeled`, the others into files["unlabeled"]."""
+    import pyarrow.compute as pc
+
+    inside = pc.is_in(rows.column("id"), value_set=labeled)
+    files["labeled"].write(rows.filter(inside))
+    files["unlabeled"].write(rows.filter(pc.invert(inside)))

@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 
 from ray_al.acquisition.base import PROB_SUM_ATOL
 from ray_al.core import storage
-from ray_al.core.embeddings import SplitFiles, batches
+from ray_al.core.embeddings import SplitFiles, batches, write_by_ids
 from ray_al.core.ids import duplicated
 
 REQUIRED = ("id", "embedding")
@@ -157,10 +157,7 @@ def write_round_splits(user: UserEmbeddings, labeled_ids: pa.Array, out_uri: str
     labeled = pa.array(labeled_ids).cast(dataset.schema.field("id").type)
     try:
         for batch in batches(dataset, columns):
-            rows = _contract_batch(batch, user)
-            is_labeled = pc.is_in(rows.column("id"), value_set=labeled)
-            files["labeled"].write(rows.filter(is_labeled))
-            files["unlabeled"].write(rows.filter(pc.invert(is_labeled)))
+            write_by_ids(files, _contract_batch(batch, user), labeled)
     finally:
         for split in files.values():
             split.close()

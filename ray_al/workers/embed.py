@@ -234,9 +234,7 @@ def apply_heads_here(features_uri: str, labeled_ids, weights: bytes, learner_kwa
     through the head (FeatureModel.table_from_features, as HeadEmbedder runs it) into out_uri's splits, in
     files of core.embeddings.FILE_ROWS rows. For pools where an actor pool's start (~13 s a round on 12,000
     rows of a 2-core machine, configs/sweep_pretrained_cifar10.yaml) costs more than the head itself."""
-    import pyarrow.compute as pc
-
-    from ray_al.core.embeddings import SplitFiles, batches, matrix, split_dataset
+    from ray_al.core.embeddings import SplitFiles, batches, matrix, split_dataset, write_by_ids
     from ray_al.data.reader import FROZEN_POOL
 
     model = FeatureModel(weights, learner_kwargs, options)
@@ -262,10 +260,8 @@ def apply_heads_here(features_uri: str, labeled_ids, weights: bytes, learner_kwa
                 for part in table.to_batches():
                     if source == "test":
                         files["test"].write(part)
-                        continue
-                    inside = pc.is_in(part.column("id"), value_set=labeled)
-                    files["labeled"].write(part.filter(inside))
-                    files["unlabeled"].write(part.filter(pc.invert(inside)))
+                    else:
+                        write_by_ids(files, part, labeled)
     finally:
         for split in files.values():
             split.close()
