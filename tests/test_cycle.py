@@ -142,8 +142,12 @@ def test_pretrain_then_frozen_zero_shot(rotnet_checkpoint, tmp_path):
     checkpoint = rotnet_checkpoint
     frozen_dir = tmp_path / "frozen"
     frozen = cycle(*SMOKE, "train.method=rotnet", "train.mode=frozen", f"train.checkpoint={checkpoint}",
-                   "select.zero_shot=true", "al.initial=typiclust", f"run.dir={frozen_dir}")
+                   "select.zero_shot=true", "al.initial=typiclust", "run.keep_embeddings=last",
+                   f"run.dir={frozen_dir}")
     assert frozen.returncode == 0, frozen.stdout[-3000:] + frozen.stderr[-3000:]
+    # run.keep_embeddings=last: round 0's embeddings went when round 1 committed; round 1's stay
+    assert not (frozen_dir / "rounds" / "0000" / "embeddings").exists()
+    assert (frozen_dir / "rounds" / "0001" / "embeddings" / "split=test").is_dir()
     assert "pre-training" not in frozen.stdout  # the given checkpoint, not a new pre-training
     # al.initial=typiclust: the seed set is TypiClust's cold-start pick on the checkpoint's pool features
     assert "seed set: 20 images by typiclust" in frozen.stdout

@@ -37,6 +37,7 @@ EmbedDtype = Literal["float32", "bfloat16"]
 Committee = Literal["mc_dropout", "heads"]  # MC-dropout passes in the embed step | bagged linear heads at selection
 Features = Literal["model", "pretrained"]  # the round's model | the self-supervised encoder's, once per run
 Oracle = Literal["simulated", "file"]
+KeepEmbeddings = Literal["all", "last"]
 InitialMethod = Literal["random", "typiclust", "probcover", "kcenter", "auto"]  # all but random: on SSL features
 
 
@@ -157,6 +158,9 @@ class RunConfig:
     dir: str = "runs/default"  # run directory, local or s3://
     overwrite: bool = False  # start over in an existing run directory
     ray_num_cpus: int = 0  # local Ray only: 0 = all cores
+    # all: every round's embeddings stay in RUN_DIR/rounds/NNNN/embeddings; last: a round's are deleted once
+    # the next round commits (a resume needs only the current round's; 12,000 x 1280 floats are 61 MB a round)
+    keep_embeddings: KeepEmbeddings = "all"
 
 
 @dataclass(frozen=True)

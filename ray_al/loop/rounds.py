@@ -186,6 +186,8 @@ class Cycle:
             seconds["label"] = self.run.step_payload(r, "label").get("seconds", 0.0)  # an import has no timing
         row = round_row(self.cfg, r, len(ledger), embedded, chosen, seconds)
         self.run.commit_round(r, row)
+        if self.cfg.run.keep_embeddings == "last":
+            self.run.drop_embeddings_before(r)
         faults.kill_point("round.committed")
         if self.on_round_committed is not None:
             self.on_round_committed(row)

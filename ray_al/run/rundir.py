@@ -216,6 +216,12 @@ class RunDir:
                              {"round": int(r), "committed": _now(), "steps": self.done_steps(r),
                               "result": _plain(result_row)})
 
+    def drop_embeddings_before(self, r: int) -> None:
+        """Delete the rounds' embeddings before round r (run.keep_embeddings=last: a resume reads only r's)."""
+        for q in self.rounds():
+            if q < r and storage.exists(self.round_uri(q, "embeddings")):
+                storage.remove_tree(self.round_uri(q, "embeddings"))
+
     def is_round_committed(self, r: int) -> bool:
         return storage.exists(self.round_uri(r, ROUND_MANIFEST))
 
