@@ -256,7 +256,7 @@ def apply_heads_here(features_uri: str, labeled_ids, weights: bytes, learner_kwa
                 decoded = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in ("id", "corrupt")}
                 if "label" in columns:
                     decoded["label"] = batch.column("label").to_pylist()
-                table = model.table_from_features(decoded, matrix(batch.column("features")))
+                table = model.table_from_features(decoded, matrix(batch.column("features")).copy())  # writable
                 for part in table.to_batches():
                     if source == "test":
                         files["test"].write(part)
