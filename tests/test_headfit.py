@@ -95,3 +95,13 @@ def test_the_pool_fingerprint_follows_the_ids_and_the_input_not_the_file(tmp_pat
     assert fingerprint(dataclasses.replace(spec, pool_uri=pool_file("c.parquet", range(1, 51)))) != fingerprint(spec)
     assert fingerprint(dataclasses.replace(spec, image_size=64)) != fingerprint(spec)
     assert fingerprint(dataclasses.replace(spec, test_uri="")) != fingerprint(spec)
+
+
+def test_string_ids_are_read_by_id_whatever_the_files_string_type(tmp_path):
+    split = tmp_path / "features" / "split=pool"
+    split.mkdir(parents=True)
+    ids = pa.array([f"s3://b/img{i}.jpg" for i in range(20)], pa.large_string())
+    pq.write_table(pa.table({"id": ids, "features": fixed_list(np.arange(40, dtype=np.float32).reshape(20, 2))}),
+                   split / "0.parquet")
+    got, rows = rows_with_ids(str(tmp_path / "features"), "pool", "features", ["s3://b/img3.jpg", "s3://b/img11.jpg"])
+    assert list(got) == ["s3://b/img3.jpg", "s3://b/img11.jpg"] and rows.tolist() == [[6.0, 7.0], [22.0, 23.0]]

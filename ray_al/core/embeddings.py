@@ -180,8 +180,10 @@ def rows_with_ids(out_uri: str, split: str, column: str, ids) -> tuple[np.ndarra
     read batch by batch, so only the matching rows are held (a head-only round's labeled features)."""
     import pyarrow.compute as pc
 
-    wanted = pa.array(np.asarray(ids))
     dataset = split_dataset(out_uri, split)
+    wanted = pa.array(np.asarray(ids))
+    if dataset is not None:  # string ids: the file's string type, whichever width
+        wanted = wanted.cast(dataset.schema.field("id").type)
     found_ids, found = [], []
     for batch in batches(dataset, ["id", column, "corrupt"] if dataset is not None and "corrupt" in
                          dataset.schema.names else ["id", column]):
