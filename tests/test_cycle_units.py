@@ -206,7 +206,7 @@ def test_train_seed_offset_reaches_training(tmp_path, monkeypatch):
     for offset in (0, 1):
         seeds: list = []
         monkeypatch.setattr("ray_al.workers.train.fit", _fake_fit(seeds))
-        cfg = config.load(None, ["al.seed=2", "train.method=simsiam", "train.mode=pretrain",
+        cfg = config.load(None, ["al.seed=2", "train.method=simsiam", "train.mode=pretrain", "train.finetune=true",
                                  f"train.seed_offset={offset}", "train.resident=never"])
         run = RunDir.create(str(tmp_path / f"offset{offset}"), {"num_classes": 10, "id_type": "int64"})
         cyc = Cycle(cfg, run, PoolSpec(*GREY), log=lambda _m: None)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ray_al.core import config
+from ray_al.core import config, storage
 from ray_al.core.config import ConfigError
 from ray_al.loop.sweep_plan import load_plan, trial_name
 from ray_al.sweep import main
@@ -51,8 +51,12 @@ def test_smoke_test_shrinks_every_trial(tmp_path):
     plan = load_plan(path, smoke=True)
     cfg = plan.trial_config({"al.seed": 1})
     assert cfg == config.replace(config.smoke(config.from_dict({"al": {"budget": 50, "rounds": 6, "seed": 1}})),
-                                 run={"dir": cfg.run.dir})
+                                 run={"dir": cfg.run.dir}, embed={"features_cache": cfg.embed.features_cache})
     assert plan.dir.endswith("-smoke")  # default dir: never mixed with the full sweep's trials
+    # the trials share one frozen-features cache in the sweep directory, unless the base config names one
+    assert cfg.embed.features_cache == storage.join(plan.dir, "features_cache")
+    own = load_plan(write_sweep(tmp_path, {"grid": {"al.seed": [0, 1]}}, {"embed": {"features_cache": "/x/cache"}}))
+    assert own.trial_config({"al.seed": 0}).embed.features_cache == "/x/cache"
 
 
 @pytest.mark.parametrize("sweep, base, match", [
