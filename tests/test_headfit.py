@@ -1,5 +1,5 @@
 """A frozen encoder's head trained on stored features (ray_al.models.headfit), the labeled rows read by id
-(core.embeddings.rows_with_ids), and the pool fingerprint that keys a shared features cache. No Ray."""
+(loop.backend.labeled_features), and the pool fingerprint that keys a shared features cache. No Ray."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,8 @@ import torch
 
 from ray_al.core.augment import to_model_input
 from ray_al.core.config import TrainConfig
-from ray_al.core.embeddings import fixed_list, rows_with_ids
+from ray_al.loop.backend import labeled_features
+from ray_al.core.embeddings import fixed_list, matrix
 from ray_al.models import trainloop
 from ray_al.models.headfit import fit_linear_head
 from ray_al.models.weights import build_learner
@@ -73,11 +74,12 @@ def test_labeled_rows_are_read_by_id_without_the_undecodable_ones(tmp_path):
         pq.write_table(pa.table({"id": ids, "features": fixed_list(np.stack([ids, -ids], 1).astype(np.float32)),
                                  "corrupt": ids % 7 == 0}), split / f"{part}.parquet", row_group_size=30)
     wanted = np.array([250, 3, 14, 99, 100, 7, 1000])
-    ids, rows = rows_with_ids(str(tmp_path / "features"), "pool", "features", wanted)
+    found = labeled_features(str(tmp_path / "features"), wanted)
+    ids = found.column("id").to_numpy()
     assert ids.tolist() == [3, 99, 100, 250]  # 7 and 14 undecodable, 1000 absent; in the split's order
-    np.testing.assert_array_equal(rows, np.stack([ids, -ids], 1))
-    none_ids, none = rows_with_ids(str(tmp_path / "features"), "pool", "features", np.array([7]))
-    assert len(none_ids) == 0 and none.shape == (0, 2)
+    np.testing.assert_array_equal(matrix(found.column("features")), np.stack([ids, -ids], 1))
+    none = labeled_features(str(tmp_path / "features"), np.array([7]))
+    assert none.num_rows == 0 and none.schema.field("features").type.list_size == 2
 
 
 def test_the_pool_fingerprint_follows_the_ids_and_the_input_not_the_file(tmp_path):
@@ -103,5 +105,6 @@ def test_string_ids_are_read_by_id_whatever_the_files_string_type(tmp_path):
     ids = pa.array([f"s3://b/img{i}.jpg" for i in range(20)], pa.large_string())
     pq.write_table(pa.table({"id": ids, "features": fixed_list(np.arange(40, dtype=np.float32).reshape(20, 2))}),
                    split / "0.parquet")
-    got, rows = rows_with_ids(str(tmp_path / "features"), "pool", "features", ["s3://b/img3.jpg", "s3://b/img11.jpg"])
-    assert list(got) == ["s3://b/img3.jpg", "s3://b/img11.jpg"] and rows.tolist() == [[6.0, 7.0], [22.0, 23.0]]
+    found = labeled_features(str(tmp_path / "features"), ["s3://b/img3.jpg", "s3://b/img11.jpg"])
+    assert found.column("id").to_pylist() == ["s3://b/img3.jpg", "s3://b/img11.jpg"]
+    assert matrix(found.column("features")).tolist() == [[6.0, 7.0], [22.0, 23.0]]

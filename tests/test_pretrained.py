@@ -314,7 +314,7 @@ def test_every_image_reaches_the_model_at_the_weights_input_size(tmp_path):
 def test_modes_on_pretrained_weights_pass_the_config_checks():
     from ray_al.core import config
     from ray_al.core.config import ConfigError
-    from ray_al.loop.backend import head_only as _head_only
+    from ray_al.core.config import head_only as _head_only
     from ray_al.loop.rules import check_config
 
     base = ["model.backbone=efficientnet_lite0", "train.method=none"]

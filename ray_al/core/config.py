@@ -356,6 +356,11 @@ def smoke(cfg: Config) -> Config:
     )
 
 
+def head_only(cfg: Config) -> bool:
+    """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
+    return cfg.train.mode not in ("joint", "finetune") and not cfg.train.finetune
+
+
 def round_budget(cfg: Config, r: int) -> int:
     """Labels queried in round r: al.budgets[r] when a schedule is given, else al.budget."""
     return int(cfg.al.budgets[r]) if cfg.al.budgets else cfg.al.budget

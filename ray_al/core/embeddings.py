@@ -175,27 +175,6 @@ def gather(out_uri: str, split: str, column: str, at: np.ndarray) -> np.ndarray:
     return out
 
 
-def rows_with_ids(out_uri: str, split: str, column: str, ids) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, (n, width) float32) of the split's decodable rows whose id is in `ids`, in the split's order:
-    read batch by batch, so only the matching rows are held (a head-only round's labeled features)."""
-    import pyarrow.compute as pc
-
-    dataset = split_dataset(out_uri, split)
-    wanted = pa.array(np.asarray(ids))
-    if dataset is not None:  # string ids: the file's string type, whichever width
-        wanted = wanted.cast(dataset.schema.field("id").type)
-    found_ids, found = [], []
-    for batch in batches(dataset, ["id", column, "corrupt"] if dataset is not None and "corrupt" in
-                         dataset.schema.names else ["id", column]):
-        batch = drop_corrupt(batch.filter(pc.is_in(batch.column("id"), value_set=wanted)))
-        if batch.num_rows:
-            found_ids.append(batch.column("id").to_numpy(zero_copy_only=False))
-            found.append(matrix(batch.column(column)).copy())
-    if not found:
-        return np.asarray(ids)[:0], np.zeros((0, list_width(out_uri, split, column)), dtype=np.float32)
-    return np.concatenate(found_ids), np.concatenate(found)
-
-
 class SplitFiles:
     """One split's Parquet files under a round's embeddings folder, part-00000.parquet, part-00001.parquet, ...,
     FILE_ROWS rows each, written a batch at a time (close() when done)."""

@@ -137,8 +137,8 @@ def fingerprint(pool: PoolSpec) -> str:
 
     spec = {k: v for k, v in pool.to_dict().items() if k not in ("pool_uri", "test_uri")}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode())
+    columns = ["id", "path"] if pool.image_column == "path" else ["id"]
     for uri in (pool.pool_uri, pool.test_uri):
-        columns = ["id", "path"] if pool.image_column == "path" else ["id"]
         for batch in _dataset(uri).to_batches(columns=columns) if uri else ():
             for column in batch.columns:
                 values = column.to_numpy(zero_copy_only=False)

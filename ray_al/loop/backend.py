@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ray_al.core.config import Config
+from ray_al.core.config import Config, head_only
 from ray_al.data.pool import PoolSpec
 
 if TYPE_CHECKING:
@@ -47,11 +47,6 @@ def train_seed(cfg: Config, r: int | None) -> int:
     return base + cfg.train.seed_offset * SEED_OFFSET_STRIDE
 
 
-def head_only(cfg: Config) -> bool:
-    """Rounds train only the head: the encoder stays as pre-trained (or given) for the whole run."""
-    return cfg.train.mode not in ("joint", "finetune") and not cfg.train.finetune
-
-
 def apply_heads(cfg: Config, pool: PoolSpec, features_uri: str, labeled_ids, state: dict, options, out_uri: str,
                 digest: str) -> None:
     """A round's embeddings from a frozen encoder's stored features (RunFeatures.frozen_features) and the
@@ -69,6 +64,19 @@ def apply_heads(cfg: Config, pool: PoolSpec, features_uri: str, labeled_ids, sta
         apply_heads_here(features_uri, labeled_ids, weights, kwargs, options, out_uri, digest)
     else:
         embed_heads(features_input(features_uri, labeled_ids), weights, kwargs, options, out_uri, digest)
+
+
+def labeled_features(features_uri: str, ids):
+    """The decodable rows (`id`, `features`) of a frozen encoder's stored pool features whose id is in `ids`,
+    in file order: data.lookup.rows_by_id, which reads only the row groups whose id statistics admit one."""
+    from ray_al.core import storage
+    from ray_al.core.embeddings import drop_corrupt
+    from ray_al.data.lookup import rows_by_id
+    from ray_al.data.reader import FROZEN_POOL
+
+    split = storage.join(features_uri, f"split={FROZEN_POOL}")
+    rows, _ = rows_by_id(split, ids, columns=["id", "features", "corrupt"])
+    return drop_corrupt(rows).select(["id", "features"])
 
 
 class Backend(ABC):
@@ -94,7 +102,7 @@ def open_backend(cfg: Config, run: RunDir, pool: PoolSpec, features: RunFeatures
 
     if cfg.data.embeddings:
         return EmbeddingsBackend(pool)
-    if resident.wanted(cfg, pool) and not (head_only(cfg) and cfg.train.resident == "auto"):
+    if resident.wanted(cfg, pool):
         return ResidentBackend(cfg, pool, run.path("ray_train"))
     return PerRoundBackend(cfg, pool, run.path("ray_train"), features)
 
@@ -119,42 +127,38 @@ class PerRoundBackend(Backend):
 
         import torch
 
-        from ray_al.core.embeddings import rows_with_ids
-        from ray_al.data.reader import FROZEN_POOL
+        from ray_al.core.embeddings import matrix
         from ray_al.models.headfit import fit_linear_head
         from ray_al.models.weights import build_learner, learner_kwargs
         from ray_al.workers.train import TrainOutcome
 
         started = time.perf_counter()
         features_uri, _ = self.features.frozen_features(request.init_state)
-        ids, features = rows_with_ids(features_uri, FROZEN_POOL, "features", request.labeled_ids)
-        by_id = np.argsort(ids, kind="stable")  # the rows in id order, as a Ray Train worker holds them
-        ids, features = ids[by_id], features[by_id]
-        order = np.argsort(request.labeled_ids, kind="stable")
-        at = order[np.searchsorted(np.asarray(request.labeled_ids)[order], ids)]
+        rows = labeled_features(features_uri, request.labeled_ids).sort_by("id")  # as a Ray Train worker holds them
+        labels_by_id = dict(zip(request.labeled_ids.tolist(), request.labeled_labels.tolist()))
         torch.manual_seed(request.seed)  # the head's initial weights, as a Ray Train fit draws them
         learner = build_learner(learner_kwargs(self.cfg, self.pool))
         learner.load_state_dict(request.init_state, strict=False)
-        history = fit_linear_head(learner, features, np.asarray(request.labeled_labels)[at], request.seed,
-                                  request.epochs, self.cfg.train)
-        metrics = {**history[-1], "start_epoch": 0, "images": len(ids)} if history else {}
+        history = fit_linear_head(learner, matrix(rows.column("features")),
+                                  np.asarray([labels_by_id[i] for i in rows.column("id").to_pylist()], np.int64),
+                                  request.seed, request.epochs, self.cfg.train)
+        metrics = {**history[-1], "start_epoch": 0, "images": rows.num_rows} if history else {}
         return TrainOutcome(state_dict=learner.state_dict(), metrics=metrics, seconds=time.perf_counter() - started,
                             history=history)
 
     def embed(self, state: dict, labeled_ids: np.ndarray, out_uri: str) -> None:
-        import dataclasses
-
         from ray_al.data.reader import embedding_input
         from ray_al.loop.selection import embed_options
         from ray_al.models.weights import learner_kwargs, state_to_bytes
         from ray_al.workers.embed import embed_splits
 
-        weights, kwargs, options = state_to_bytes(state), learner_kwargs(self.cfg, self.pool), embed_options(self.cfg)
+        options = embed_options(self.cfg)
         if head_only(self.cfg):  # the encoder's features, computed once for the run; the head per round
             features_uri, digest = self.features.frozen_features(state)
             apply_heads(self.cfg, self.pool, features_uri, labeled_ids, state, options, out_uri, digest)
         else:
-            embed_splits(embedding_input(self.pool, labeled_ids), weights, kwargs, self.pool, options, out_uri)
+            embed_splits(embedding_input(self.pool, labeled_ids), state_to_bytes(state),
+                         learner_kwargs(self.cfg, self.pool), self.pool, options, out_uri)
 
 
 class ResidentBackend(Backend):

@@ -20,10 +20,10 @@ import time
 import numpy as np
 
 from ray_al.core import storage
-from ray_al.core.config import Config, ConfigError
+from ray_al.core.config import Config, ConfigError, head_only
 from ray_al.data.pool import PoolSpec
 from ray_al.loop import selection
-from ray_al.loop.backend import head_only, train_seed
+from ray_al.loop.backend import train_seed
 from ray_al.run.rundir import RunDir
 
 # Bump when what a stored feature row means changes (the crop, the columns): older cache folders stop matching.
@@ -133,11 +133,14 @@ class RunFeatures:
         rounds train only the head: RUN_DIR/frozen_features, or a folder of embed.features_cache that runs
         with the same encoder and pool share (a sweep's trials). Computed once; recomputed only for another
         encoder. RUN_DIR/frozen_features.json records where they are."""
+        from ray_al.models.weights import encoder_digest
+
         options = dataclasses.replace(selection.embed_options(self.cfg), committee_size=0, features_only=True)
-        digest = encoder_digest_of(state, options.dtype)
+        digest = encoder_digest(state, options.dtype)
         done = self.run.path("frozen_features.json")
-        if storage.exists(done) and storage.read_json(done).get("digest") == digest:
-            return storage.read_json(done).get("uri") or self.run.path("frozen_features"), digest
+        stored = storage.read_json(done) if storage.exists(done) else {}
+        if stored.get("digest") == digest:
+            return stored.get("uri") or self.run.path("frozen_features"), digest
         started = time.perf_counter()
         if self.cfg.embed.features_cache:
             uri, shared = self.shared_features(state, digest, options)
@@ -177,9 +180,3 @@ class RunFeatures:
 
         return embed_splits(frozen_input(self.pool), state_to_bytes(state), learner_kwargs(self.cfg, self.pool),
                             self.pool, options, uri)
-
-
-def encoder_digest_of(state: dict, dtype: str) -> str:
-    from ray_al.models.weights import encoder_digest
-
-    return encoder_digest(state, dtype)

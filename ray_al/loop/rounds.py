@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 
 from ray_al.core import config as config_mod
 from ray_al.core import faults, storage
-from ray_al.core.config import BudgetError, Config, ConfigError
+from ray_al.core.config import BudgetError, Config, ConfigError, head_only
 from ray_al.data.pool import PoolError, PoolSpec, labelled_ids
 from ray_al.loop import selection
-from ray_al.loop.backend import Backend, head_only, open_backend, train_seed
+from ray_al.loop.backend import Backend, open_backend, train_seed
 from ray_al.loop.features import RunFeatures, wants_pool_features
 from ray_al.loop.rules import check_budget, check_embeddings_run
 from ray_al.run.ledger import Ledger

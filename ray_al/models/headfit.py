@@ -63,7 +63,6 @@ def _epoch(run: _HeadRun, epoch: int) -> dict:
         run.optimizer.step()
         run.scheduler.step()
         total += float(loss.detach())
-    n_steps = run.n_steps
-    mean = total / n_steps
-    return {"loss": mean, "ce": mean, "ssl": 0.0, "epoch": epoch, "steps": n_steps,
+    mean = total / run.n_steps
+    return {"loss": mean, "ce": mean, "ssl": 0.0, "epoch": epoch, "steps": run.n_steps,
             "train_seconds": time.perf_counter() - started}

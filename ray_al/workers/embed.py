@@ -158,26 +158,37 @@ class Embedder:
 
 class HeadEmbedder:
     """Ray Data callable class: the contract's columns from stored encoder features (a frozen encoder's
-    run: `features_only` once, then only the head per round). Refuses weights whose encoder is not the
-    one that computed the features (`digest`)."""
+    run: `features_only` once, then only the head per round); `head_model` and `head_table` do the work."""
 
     def __init__(self, weights_box: list, learner_kwargs: dict, options: EmbedOptions, digest: str):
         import ray
 
         _actor_threads(options)
-        self.model = FeatureModel(ray.get(weights_box[0]), learner_kwargs, options)
-        if self.model.encoder_digest() != digest:
-            raise RuntimeError("the stored encoder features were computed by another encoder than this round's "
-                               "model: delete the run's frozen_features.json to recompute them")
+        self.model = head_model(ray.get(weights_box[0]), learner_kwargs, options, digest)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from ray_al.core.embeddings import matrix
+        return head_table(self.model, batch).append_column("split", batch.column("split"))
 
-        decoded = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("id", "corrupt")}
-        if "label" in batch.column_names:
-            decoded["label"] = batch.column("label").to_pylist()
-        table = self.model.table_from_features(decoded, matrix(batch.column("features")))
-        return table.append_column("split", batch.column("split"))
+
+def head_model(weights: bytes, learner_kwargs: dict, options: EmbedOptions, digest: str) -> FeatureModel:
+    """The round's model for stored encoder features: refuses weights whose encoder is not the one that
+    computed them (`digest`)."""
+    model = FeatureModel(weights, learner_kwargs, options)
+    if model.encoder_digest() != digest:
+        raise RuntimeError("the stored encoder features were computed by another encoder than this round's "
+                           "model: delete the run's frozen_features.json to recompute them")
+    return model
+
+
+def head_table(model: FeatureModel, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+    """The contract's columns (all but `split`) of a batch of stored features: `id`, `features`, `corrupt`
+    and, for test rows, `label`."""
+    from ray_al.core.embeddings import matrix
+
+    decoded = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("id", "corrupt")}
+    if "label" in batch.schema.names:
+        decoded["label"] = batch.column("label").to_pylist()
+    return model.table_from_features(decoded, matrix(batch.column("features")).copy())  # torch wants it writable
 
 
 def _hash_uniform(ids, members: int, width: int) -> np.ndarray:
@@ -231,16 +242,14 @@ def embed_heads(dataset, weights: bytes, learner_kwargs: dict, options: EmbedOpt
 def apply_heads_here(features_uri: str, labeled_ids, weights: bytes, learner_kwargs: dict, options: EmbedOptions,
                      out_uri: str, digest: str) -> str:
     """`embed_heads` in this process, with no actor pool: the stored features streamed a batch at a time
-    through the head (FeatureModel.table_from_features, as HeadEmbedder runs it) into out_uri's splits, in
+    through the head (`head_table`, as HeadEmbedder runs it) into out_uri's splits, in
     files of core.embeddings.FILE_ROWS rows. For pools where an actor pool's start (~13 s a round on 12,000
     rows of a 2-core machine, configs/sweep_pretrained_cifar10.yaml) costs more than the head itself."""
-    from ray_al.core.embeddings import SplitFiles, batches, matrix, split_dataset, write_by_ids
+    from ray_al.core.embeddings import SplitFiles, batches, split_dataset, write_by_ids
+    from ray_al.data.lookup import value_set
     from ray_al.data.reader import FROZEN_POOL
 
-    model = FeatureModel(weights, learner_kwargs, options)
-    if model.encoder_digest() != digest:
-        raise RuntimeError("the stored encoder features were computed by another encoder than this round's "
-                           "model: delete the run's frozen_features.json to recompute them")
+    model = head_model(weights, learner_kwargs, options, digest)
     if storage.exists(out_uri):
         storage.remove_tree(out_uri)
     fs, root = storage.pyarrow_fs(out_uri)
@@ -251,13 +260,9 @@ def apply_heads_here(features_uri: str, labeled_ids, weights: bytes, learner_kwa
             if dataset is None:  # a run without a test split
                 continue
             columns = [c for c in ("id", "features", "corrupt", "label") if c in dataset.schema.names]
-            labeled = pa.array(np.asarray(labeled_ids)).cast(dataset.schema.field("id").type)
+            labeled = value_set(labeled_ids, dataset.schema.field("id").type, features_uri)
             for batch in batches(dataset, columns):
-                decoded = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in ("id", "corrupt")}
-                if "label" in columns:
-                    decoded["label"] = batch.column("label").to_pylist()
-                table = model.table_from_features(decoded, matrix(batch.column("features")).copy())  # writable
-                for part in table.to_batches():
+                for part in head_table(model, batch).to_batches():
                     if source == "test":
                         files["test"].write(part)
                     else:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from ray_al.core import storage
-from ray_al.core.config import Config
+from ray_al.core.config import Config, head_only
 from ray_al.core.ids import seeded_sample
 from ray_al.data.pool import PoolSpec
 
@@ -43,6 +43,8 @@ def wanted(cfg: Config, pool: PoolSpec) -> bool:
     """Whether this run's rounds go to a resident group (train.resident; module docstring)."""
     if cfg.train.resident != "auto":
         return cfg.train.resident == "always"
+    if head_only(cfg):  # a fixed encoder's heads train on its stored features in the driver (loop.backend)
+        return False
     # sharded k-center's actors and GPU embedding actors need resources the group would hold
     if cfg.select.shards > 1 or (cfg.embed.gpus_per_actor > 0 and not cfg.train.use_gpu):
         return False
