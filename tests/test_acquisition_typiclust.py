@@ -53,7 +53,7 @@ def most_typical(x, ids, rows, extra=None, skip=()):
 
 def test_cold_start_densest_point_of_each_cluster_largest_first() -> None:
     x, y, ids = planted()
-    pos, info = typiclust_select(view_of(x, ids), 4, seed=0, max_clusters=4)
+    pos, info = typiclust_select(view_of(x, ids), 4, seed=0, scaling="none", max_clusters=4)
     assert y[pos].tolist() == [0, 1, 2, 3]  # one per cluster, by size
     for c, p in zip(range(4), pos):
         assert ids[p] == most_typical(x, ids, np.flatnonzero(y == c))
@@ -64,7 +64,7 @@ def test_cold_start_densest_point_of_each_cluster_largest_first() -> None:
 def test_k_sets_the_number_of_clusters_on_a_cold_start() -> None:
     """K = min(|labeled| + k, max_clusters): k = 4 with the default max_clusters finds the 4 clusters."""
     x, y, ids = planted()
-    pos, info = typiclust_select(view_of(x, ids), 4, seed=0)
+    pos, info = typiclust_select(view_of(x, ids), 4, seed=0, scaling="none")
     assert info["clusters"] == 4
     assert y[pos].tolist() == [0, 1, 2, 3]
 
@@ -73,10 +73,10 @@ def test_cluster_with_labeled_points_is_visited_later() -> None:
     x, y, ids = planted()
     labeled = x[y == 0][:1] + np.float32(0.01)  # one labeled point in the largest cluster
     # K = min(1 + 3, 4) = 4: the three clusters without labels come first, by size
-    pos, _ = typiclust_select(view_of(x, ids, labeled), 3, seed=0, max_clusters=4)
+    pos, _ = typiclust_select(view_of(x, ids, labeled), 3, seed=0, scaling="none", max_clusters=4)
     assert y[pos].tolist() == [1, 2, 3]
     # with one more pick every cluster holds one label; the largest comes next
-    pos, info = typiclust_select(view_of(x, ids, labeled), 4, seed=0, max_clusters=4)
+    pos, info = typiclust_select(view_of(x, ids, labeled), 4, seed=0, scaling="none", max_clusters=4)
     assert y[pos].tolist() == [1, 2, 3, 0]
     assert info["labeled"] == 1
     # the pick in cluster 0 is its most typical unlabeled point, the labeled point counting as a neighbour
@@ -85,7 +85,7 @@ def test_cluster_with_labeled_points_is_visited_later() -> None:
 
 def test_more_picks_than_clusters_go_round_robin_by_typicality() -> None:
     x, y, ids = planted()
-    pos, info = typiclust_select(view_of(x, ids), 9, seed=0, max_clusters=4)
+    pos, info = typiclust_select(view_of(x, ids), 9, seed=0, scaling="none", max_clusters=4)
     assert y[pos].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0]
     assert np.unique(pos).shape[0] == 9
     rows0 = np.flatnonzero(y == 0)
@@ -98,7 +98,7 @@ def test_more_picks_than_clusters_go_round_robin_by_typicality() -> None:
 def test_clusters_of_five_or_fewer_points_are_ignored() -> None:
     centers = np.vstack([CENTERS, [[200.0, 200.0]]])
     x, y, ids = planted(sizes=(*SIZES, 5), sigmas=(*SIGMAS, 0.1), centers=centers)
-    pos, info = typiclust_select(view_of(x, ids), 5, seed=0, max_clusters=5)
+    pos, info = typiclust_select(view_of(x, ids), 5, seed=0, scaling="none", max_clusters=5)
     assert info["clusters"] == 5 and info["eligible_clusters"] == 4
     assert y[pos].tolist() == [0, 1, 2, 3, 0]  # never the 5-point cluster
     assert not info["small_clusters_used"]
@@ -106,7 +106,7 @@ def test_clusters_of_five_or_fewer_points_are_ignored() -> None:
 
 def test_only_small_clusters_still_gives_k_distinct_picks() -> None:
     x, y, ids = planted(sizes=(4, 4, 4), sigmas=(0.1, 0.1, 0.1), centers=CENTERS[:3])
-    pos, info = typiclust_select(view_of(x, ids), 6, seed=0, max_clusters=3)
+    pos, info = typiclust_select(view_of(x, ids), 6, seed=0, scaling="none", max_clusters=3)
     assert info["eligible_clusters"] == 0 and info["small_clusters_used"]
     assert np.unique(pos).shape[0] == 6
     assert sorted(y[pos[:3]].tolist()) == [0, 1, 2]  # equal sizes: round robin over the three
@@ -118,13 +118,13 @@ def test_ties_by_id_with_duplicated_points() -> None:
     x = np.concatenate([x, x[best : best + 1]])  # a second copy of the most typical point, with a lower id
     y = np.concatenate([y, [0]])
     ids = np.concatenate([ids, [5]])
-    pos, _ = typiclust_select(view_of(x, ids), 4, seed=0, max_clusters=4)
+    pos, _ = typiclust_select(view_of(x, ids), 4, seed=0, scaling="none", max_clusters=4)
     assert ids[pos[0]] == 5  # both copies tie; the lower id wins
     assert ids[pos[0]] == most_typical(x, ids, np.flatnonzero(y == 0))
     # and with the ids the other way round, the original wins
     ids2 = ids.copy()
     ids2[-1] = ids[best] + 1
-    pos2, _ = typiclust_select(view_of(x, ids2), 4, seed=0, max_clusters=4)
+    pos2, _ = typiclust_select(view_of(x, ids2), 4, seed=0, scaling="none", max_clusters=4)
     assert pos2[0] == best
     assert mean_knn_distance(x[-1:].repeat(6, axis=0), 2).tolist() == [0.0] * 6  # exact zeros tie
 
@@ -136,12 +136,12 @@ def test_independent_of_row_order() -> None:
 
 def test_deterministic_for_a_seed_and_cold_start_forms_agree() -> None:
     x, _, ids = planted()
-    a, ia = typiclust_select(view_of(x, ids), 7, seed=11, max_clusters=5)
-    b, ib = typiclust_select(view_of(x, ids), 7, seed=11, max_clusters=5)
-    c, ic = typiclust_select(view_of(x, ids, np.empty((0, 2), np.float32)), 7, seed=11, max_clusters=5)
+    a, ia = typiclust_select(view_of(x, ids), 7, seed=11, scaling="none", max_clusters=5)
+    b, ib = typiclust_select(view_of(x, ids), 7, seed=11, scaling="none", max_clusters=5)
+    c, ic = typiclust_select(view_of(x, ids, np.empty((0, 2), np.float32)), 7, seed=11, scaling="none", max_clusters=5)
     assert a.tolist() == b.tolist() == c.tolist() and ia == ib == ic
     for seed in range(3):  # any seed: distinct valid positions
-        p, _ = typiclust_select(view_of(x, ids), 7, seed=seed, max_clusters=5)
+        p, _ = typiclust_select(view_of(x, ids), 7, seed=seed, scaling="none", max_clusters=5)
         assert np.unique(p).shape[0] == 7 and p.min() >= 0 and p.max() < x.shape[0]
 
 

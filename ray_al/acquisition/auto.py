@@ -17,20 +17,23 @@ import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
 from ray_al.acquisition.dispatch import select
+from ray_al.acquisition.geometry import SCALING
 from ray_al.acquisition.policy import AUTO, EARLY_METHOD, LATE_METHOD, decide, labeled_in_class, rule_signals
 
 
-def auto_select(view: PoolView, k: int, seed: int, switch_per_class: float | None = None
-                ) -> tuple[np.ndarray, dict[str, Any]]:
-    """((k,) positions, record): the record holds the method run, why, and the signals it read."""
+def auto_select(view: PoolView, k: int, seed: int, switch_per_class: float | None = None,
+                scaling: str = SCALING) -> tuple[np.ndarray, dict[str, Any]]:
+    """((k,) positions, record): the record holds the method run, why, and the signals it read.
+    scaling: typiclust's geometry (geometry.PoolRows)."""
     n_classes = 0 if view.probs is None else int(np.shape(view.probs)[1])
     choice, signals = decide(labeled_in_class(view), n_classes, switch_per_class, lambda: rule_signals(view))
-    positions = select(choice.method, view, k, seed)
+    options = {"scaling": scaling} if choice.method == EARLY_METHOD else {}
+    positions = select(choice.method, view, k, seed, **options)
     return positions, {"method": choice.method, "why": choice.why, "signals": signals}
 
 
 STRATEGY = register(Strategy(
     AUTO, "select", recording(auto_select), required=frozenset({"embeddings"}),
     optional=frozenset({"probs", "labeled_embeddings", "labeled_labels"}),
-    options=frozenset({"switch_per_class", "info"}),
+    options=frozenset({"switch_per_class", "scaling", "info"}),
     summary=f"{EARLY_METHOD} until the data say {LATE_METHOD} pays (ray_al.acquisition.policy)"))

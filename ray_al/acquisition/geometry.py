@@ -133,14 +133,28 @@ def row_order(x: np.ndarray) -> np.ndarray:
     return np.argsort(h, kind="stable")
 
 
+SCALINGS = ("standardize", "unit", "none")
+SCALING = "standardize"  # typiclust's and probcover's default (docs/RESULTS.md, "Selection geometry")
+
+
 class PoolRows:
     """The whole pool as rows P = [unlabeled in ascending-id order (n), labeled in value-hash order (L)].
 
     Row p < n is the unlabeled candidate at position `canon[p]` of the view (so p is its id rank);
     nothing is copied up front: `gather` and `chunks` return float32 copies of the rows asked for.
+
+    scaling: the geometry the selectors measure distances in. "none": the features as given; "unit": each
+    row scaled to length 1 (cosine geometry, what TypiClust and ProbCover's authors ran on their
+    SSL features); "standardize": every dimension centred and scaled to unit variance over the whole pool
+    (labeled rows included), then each row to length 1. A few high-variance dimensions of a pretrained
+    encoder's pooled features otherwise decide every distance (docs/RESULTS.md, "Selection geometry").
+    Applied row by row in `gather` (a pure function of the row and two pool-wide vectors), never to a copy
+    of the pool.
     """
 
-    def __init__(self, view: PoolView) -> None:
+    def __init__(self, view: PoolView, scaling: str = "none") -> None:
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
         self.emb = np.asarray(view.embeddings)  # (n, d)
         self.canon = canonical_order(view.ids)  # (n,) view position of row p
         lab = view.labeled_embeddings
@@ -154,6 +168,23 @@ class PoolRows:
         self.N = self.n + self.L
         self.d = int(self.emb.shape[1])
         self.shift: np.ndarray | None = None  # (d,) float32 subtracted from every row gathered (centering)
+        self.standard: tuple[np.ndarray, np.ndarray] | None = None  # (d,) float32 mean and 1 / std
+        self.unit = False
+        if scaling == "standardize":
+            self.standard = self._moments()
+        self.unit = scaling != "none"
+
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, 1 / std) float32 of each dimension over the pool, two passes in P order (float64 sums:
+        the same bits for any row order); a constant dimension keeps scale 1 (it is 0 once centred)."""
+        mean = self.mean()
+        sq = np.zeros(self.d, dtype=np.float64)
+        for _, _, x in self.chunks(rows=max(1, PAIR_VALUES // self.d)):  # float64 temporaries of 8 MB
+            diff = x.astype(np.float64) - mean
+            sq += np.einsum("ij,ij->j", diff, diff)
+        std = np.sqrt(sq / max(self.N, 1))
+        inv = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0)
+        return mean.astype(np.float32), inv.astype(np.float32)
 
     def mean(self) -> np.ndarray:
         """(d,) float64 mean of all pool rows (one pass in P order: the same bits for any row order)."""
@@ -170,6 +201,15 @@ class PoolRows:
         out[unl] = self.emb[self.canon[rows[unl]]]
         if not unl.all():
             out[~unl] = self.lab[self.lab_order[rows[~unl] - self.n]]
+        if self.standard is not None:
+            out -= self.standard[0]
+            out *= self.standard[1]
+        if self.unit:
+            step = max(1, PAIR_VALUES // self.d)  # float64 temporaries of 8 MB
+            for lo in range(0, out.shape[0], step):
+                block = out[lo : lo + step]
+                norms = np.sqrt(np.square(block, dtype=np.float64).sum(axis=1))  # (b,) float64, per row
+                block /= np.where(norms > 0, norms, 1.0).astype(np.float32)[:, None]  # a zero row stays zero
         if self.shift is not None:
             out -= self.shift
         return out

@@ -22,7 +22,9 @@ Paper defaults and rules:
   labeled), and the record says so: info["fallback_used"], info["fallback_count"], and a log warning.
 
 Scale (never an n x n or n x |labeled| matrix):
-- Distances are those of the mean-centred float32 features: an edge is decided on fl32 of the exact
+- Distances are those of the features scaled by `scaling` (geometry.PoolRows; default "standardize": each
+  dimension to unit variance over the pool, then each row to length 1; "none": the features as given),
+  mean-centred, in float32: an edge is decided on fl32 of the exact
   (float64) squared distance of the pair, so the graph is exactly symmetric and independent of row order;
   float32 BLAS blocks only screen the pairs (error bounded by `error_bound`), near-boundary pairs are
   recomputed exactly.
@@ -56,7 +58,7 @@ import numpy as np
 
 from ray_al.acquisition.base import ACQUISITIONS, PoolView, Strategy, recording, register
 from ray_al.acquisition.geometry import (
-    CHUNK_ROWS, PAIR_VALUES, U32, PoolRows, cluster_members, error_bound, exact_min_sqdist, exact_sqdist_pairs,
+    CHUNK_ROWS, PAIR_VALUES, SCALING, U32, PoolRows, cluster_members, error_bound, exact_min_sqdist, exact_sqdist_pairs,
     seeded_kmeans, sq_block, sqnorms32,
 )
 
@@ -365,6 +367,7 @@ class ProbCoverOptions:
     view.probs, else DEFAULT_NUM_CLASSES). delta: the radius by hand (None: by purity). fallback: the method
     that fills the batch once coverage saturates. purity_sample: points whose purity is measured.
     max_edges: stored edges before delta is lowered. niter: Lloyd iterations of the pseudo-label k-means.
+    scaling: the geometry (geometry.PoolRows; delta, given or found, is a radius in it).
     """
 
     alpha: float = ALPHA
@@ -374,6 +377,7 @@ class ProbCoverOptions:
     purity_sample: int = PURITY_SAMPLE
     max_edges: int = MAX_EDGES
     niter: int = KMEANS_NITER
+    scaling: str = SCALING
 
 
 def _check_options(o: ProbCoverOptions) -> None:
@@ -451,7 +455,7 @@ def probcover_select(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """((k,) positions into view.ids in selection order, info).
 
-    info: delta, delta_rule ("purity", "given", "capped_by_max_edges"), delta_purity (the purity-rule
+    info: scaling, delta, delta_rule ("purity", "given", "capped_by_max_edges"), delta_purity (the purity-rule
     radius before any cap), purity (estimated purity at delta; None when delta is given), alpha,
     num_classes, purity_sample, edges, mean_degree, cells, coverage_before / coverage (covered share of the
     whole pool, labeled included, before and after the picks), covering_picks, fallback, fallback_used,
@@ -463,11 +467,12 @@ def probcover_select(
         options = replace(options, num_classes=num_classes)
     _check_options(options)
     alpha, num_classes, delta, fallback = options.alpha, options.num_classes, options.delta, options.fallback
-    k, pool = int(k), PoolRows(view)
+    k, pool = int(k), PoolRows(view, options.scaling)
     n, N = pool.n, pool.N
     if k > n:
         raise ValueError(f"asked for k={k} points but the pool has only n={n} unlabeled candidates")
-    info: dict[str, Any] = {"delta": None, "delta_rule": None, "delta_purity": None, "purity": None,
+    info: dict[str, Any] = {"scaling": options.scaling, "delta": None, "delta_rule": None, "delta_purity": None,
+                            "purity": None,
                             "alpha": float(alpha), "num_classes": int(num_classes), "purity_sample": 0,
                             "edges": 0, "mean_degree": 0.0, "cells": 0, "coverage_before": 0.0,
                             "coverage": 0.0, "covering_picks": 0, "fallback": fallback,

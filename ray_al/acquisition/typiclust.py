@@ -15,7 +15,9 @@ The low-budget answer to "uncertainty and CoreSet spend the first labels on outl
   with the neighbours searched among all members of the cluster, labeled ones included (typicality is a
   density of the data; the authors' code drops labeled and already picked points from the neighbour set).
 
-Our choices, documented: k-means is one run of faiss Lloyd (niter = 25, faiss' default) from a seeded
+Our choices, documented: distances are measured on the features scaled by `scaling` (geometry.PoolRows;
+default "standardize": each dimension to unit variance over the pool, then each row to length 1; "none" is
+the paper's raw features). k-means is one run of faiss Lloyd (niter = 25, faiss' default) from a seeded
 k-means++ initialisation, trained on a seeded sample of at most 256 points per centroid (faiss' default
 max_points_per_centroid), then every pool point is assigned to its nearest centroid (the authors use
 scikit-learn KMeans for K <= 50 and MiniBatchKMeans above). Neighbours are found by float32 faiss; the
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ray_al.acquisition.base import PoolView, Strategy, recording, register
-from ray_al.acquisition.geometry import KMEANS_NITER, PAIR_VALUES, PoolRows, cluster_members, seeded_kmeans
+from ray_al.acquisition.geometry import KMEANS_NITER, PAIR_VALUES, SCALING, PoolRows, cluster_members, seeded_kmeans
 from ray_al.core.optional import require_faiss
 
 MAX_CLUSTERS = 500  # the authors' MAX_NUM_CLUSTERS
@@ -149,10 +151,11 @@ def typiclust_select(
     min_cluster_size: int = MIN_CLUSTER_SIZE,
     knn: int = KNN,
     niter: int = KMEANS_NITER,
+    scaling: str = SCALING,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """((k,) positions into view.ids in selection order, info).
 
-    info: clusters (K), eligible_clusters (clusters with more than min_cluster_size points), picks_cluster
+    info: scaling, clusters (K), eligible_clusters (clusters with more than min_cluster_size points), picks_cluster
     (cluster of each pick), picks_cluster_size, small_clusters_used (True when the eligible clusters ran out
     of unlabeled points and smaller ones were used), labeled (|labeled|).
     """
@@ -161,11 +164,11 @@ def typiclust_select(
     knn = _check_int("knn", knn, 1)
     niter = _check_int("niter", niter, 0)
     k = int(k)
-    pool = PoolRows(view)
+    pool = PoolRows(view, scaling)
     if k > pool.n:
         raise ValueError(f"asked for k={k} points but the pool has only n={pool.n} unlabeled candidates")
     K = max(1, min(pool.L + k, max_clusters, pool.N))
-    info: dict[str, Any] = {"clusters": K, "eligible_clusters": 0, "picks_cluster": [],
+    info: dict[str, Any] = {"scaling": scaling, "clusters": K, "eligible_clusters": 0, "picks_cluster": [],
                             "picks_cluster_size": [], "small_clusters_used": False, "labeled": pool.L}
     if k == 0:
         return np.empty(0, dtype=np.int64), info
@@ -177,5 +180,5 @@ def typiclust_select(
 STRATEGY = register(Strategy(
     "typiclust", "select", recording(typiclust_select), required=frozenset({"embeddings"}),
     optional=frozenset({"labeled_embeddings"}),
-    options=frozenset({"max_clusters", "min_cluster_size", "knn", "niter", "info"}),
+    options=frozenset({"max_clusters", "min_cluster_size", "knn", "niter", "scaling", "info"}),
     summary="TypiClust (TPC-RP): most typical point of the largest clusters without labels (Hacohen et al. 2022)"))

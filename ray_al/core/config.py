@@ -36,6 +36,7 @@ Resident = Literal["auto", "always", "never"]  # one worker group for every roun
 EmbedDtype = Literal["float32", "bfloat16"]
 Committee = Literal["mc_dropout", "heads"]  # MC-dropout passes in the embed step | bagged linear heads at selection
 Features = Literal["model", "pretrained"]  # the round's model | the self-supervised encoder's, once per run
+Scaling = Literal["standardize", "unit", "none"]  # typiclust's and probcover's geometry (acquisition.geometry)
 Oracle = Literal["simulated", "file"]
 KeepEmbeddings = Literal["all", "last"]
 InitialMethod = Literal["random", "typiclust", "probcover", "kcenter", "auto"]  # all but random: on SSL features
@@ -140,6 +141,9 @@ class SelectConfig:
     # for pretrained features (docs/auto_rule.md; configs/*pretrained*.yaml and ray_al.select use it)
     auto_switch_per_class: float = 3.0
     features: Features = "model"  # what selection measures distances on
+    # typiclust / probcover (auto's typiclust too): each dimension to unit variance, then each row to length 1;
+    # unit = rows to length 1 only; none = the raw features (docs/RESULTS.md, "Selection geometry")
+    scaling: Scaling = "standardize"
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,13 @@ def selection_seed(cfg: Config, r: int) -> int:
 
 def strategy_options(cfg: Config, method: str | None = None) -> dict:
     """Options of `method` (default select.method): prefilter_factor wherever the strategy takes it
-    (hybrids such as entropy_kcenter too, so one config key sets every pre-filter), prefilter when one is
-    set, and an `info` record for the strategies that fill one."""
+    (hybrids such as entropy_kcenter too, so one config key sets every pre-filter), select.scaling for the
+    geometric methods, prefilter when one is set, and an `info` record for the strategies that fill one."""
     method = method or cfg.select.method
     accepted = acquisition.get(method).options
     options = {"prefilter_factor": cfg.select.prefilter_factor} if "prefilter_factor" in accepted else {}
+    if "scaling" in accepted:
+        options["scaling"] = cfg.select.scaling
     if cfg.select.prefilter and "prefilter" in accepted:
         options["prefilter"] = cfg.select.prefilter
     if "info" in accepted:
