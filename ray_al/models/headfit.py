@@ -25,7 +25,7 @@ def fit_linear_head(learner: torch.nn.Module, features: np.ndarray, labels: np.n
     Returns per-epoch metrics (loss, ce, epoch, steps, train_seconds)."""
     if len(features) != len(labels):
         raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    x = torch.from_numpy(np.array(features, dtype=np.float32, order="C"))  # a copy: stored features are read-only
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     params = list(learner.classifier.parameters())
     n_steps = trainloop.steps_per_epoch(len(x), 0, train.batch_size, train.unlabeled_batch_size, False)
