@@ -410,6 +410,10 @@ def test_seed_set_by_typiclust_on_features_takes_one_typical_point_per_cluster(t
     cfg = config.load(None, ["al.initial=typiclust", "al.initial_size=3", "train.mode=pretrain"])
     chosen = seed_set(cfg, str(tmp_path / "features"), ids, seed=0)
     assert sorted(int(i) % 3 for i in chosen) == [0, 1, 2]  # one per cluster
+    # typicality in the planted coordinates (select.scaling=none; the default measures it on unit rows)
+    raw = config.load(None, ["al.initial=typiclust", "al.initial_size=3", "train.mode=pretrain", "select.scaling=none"])
+    chosen = seed_set(raw, str(tmp_path / "features"), ids, seed=0)
+    assert sorted(int(i) % 3 for i in chosen) == [0, 1, 2]
     assert np.linalg.norm(feats[chosen] - centers[chosen % 3], axis=1).max() < 1.0  # near each centre
 
 

@@ -66,6 +66,13 @@ def _wandb_callback(project: str, group: str, trial_config: Callable[..., Config
     from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
 
     class ResultsActor(_WandbLoggingActor):
+        def run(self):
+            super().run()  # ends with wandb.finish()
+            # Tune kills this actor as soon as run() returns; W&B's service writes the run's last records (its
+            # exit code) after finish() returns, so wait for it to shut down (an offline run of a CI sweep
+            # under load was left without its exit record)
+            self._wandb.teardown()
+
         def _handle_checkpoint(self, checkpoint_path: str) -> None:  # here: the trial's results directory
             name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self._trial_name}-results")  # W&B's allowed characters
             artifact = self._wandb.Artifact(name=name, type="results")
