@@ -9,6 +9,7 @@ import argparse
 import sys
 
 import ray_al.core.arrow_pool  # noqa: F401  first: before anything loads pyarrow (core/arrow_pool.py says why)
+import ray_al.core.malloc_arenas  # noqa: F401  first too: the driver's glibc arenas (core/malloc_arenas.py)
 from ray_al.core import config as config_mod
 from ray_al.cli import experiment_parser, run_main
 from ray_al.core.config import Config, ConfigError

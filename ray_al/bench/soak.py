@@ -16,6 +16,7 @@ against the round number: a leak shows as a slope that is not flat.
 from __future__ import annotations
 
 import ray_al.core.arrow_pool  # noqa: F401  first, as in `python -m ray_al.cycle`: the driver's Arrow pool
+import ray_al.core.malloc_arenas  # noqa: F401  first too: the driver's glibc arenas (core/malloc_arenas.py)
 import argparse
 import gc
 import json
