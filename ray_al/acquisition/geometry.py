@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from ray_al.acquisition.base import PoolView
+from ray_al.core.config import Scaling, choices
 from ray_al.core.ids import canonical_order, splitmix64
 from ray_al.core.optional import require_faiss
 
@@ -133,8 +134,8 @@ def row_order(x: np.ndarray) -> np.ndarray:
     return np.argsort(h, kind="stable")
 
 
-SCALINGS = ("standardize", "unit", "none")
-SCALING = "standardize"  # typiclust's and probcover's default (docs/RESULTS.md, "Selection geometry")
+SCALINGS = choices(Scaling)  # select.scaling's values
+SCALING = "standardize"  # typiclust's and probcover's default; must equal select.scaling's (a test checks)
 
 
 class PoolRows:
@@ -168,6 +169,8 @@ class PoolRows:
         self.N = self.n + self.L
         self.d = int(self.emb.shape[1])
         self.shift: np.ndarray | None = None  # (d,) float32 subtracted from every row gathered (centering)
+        self.block_rows = max(1, PAIR_VALUES // self.d)  # rows per float64 temporary of 8 MB
+        # the raw rows until the scaling's moments are known (they are the raw rows' moments)
         self.standard: tuple[np.ndarray, np.ndarray] | None = None  # (d,) float32 mean and 1 / std
         self.unit = False
         if scaling == "standardize":
@@ -179,7 +182,7 @@ class PoolRows:
         the same bits for any row order); a constant dimension keeps scale 1 (it is 0 once centred)."""
         mean = self.mean()
         sq = np.zeros(self.d, dtype=np.float64)
-        for _, _, x in self.chunks(rows=max(1, PAIR_VALUES // self.d)):  # float64 temporaries of 8 MB
+        for _, _, x in self.chunks(rows=self.block_rows):
             diff = x.astype(np.float64) - mean
             sq += np.einsum("ij,ij->j", diff, diff)
         std = np.sqrt(sq / max(self.N, 1))
@@ -205,9 +208,8 @@ class PoolRows:
             out -= self.standard[0]
             out *= self.standard[1]
         if self.unit:
-            step = max(1, PAIR_VALUES // self.d)  # float64 temporaries of 8 MB
-            for lo in range(0, out.shape[0], step):
-                block = out[lo : lo + step]
+            for lo in range(0, out.shape[0], self.block_rows):
+                block = out[lo : lo + self.block_rows]
                 norms = np.sqrt(np.square(block, dtype=np.float64).sum(axis=1))  # (b,) float64, per row
                 block /= np.where(norms > 0, norms, 1.0).astype(np.float32)[:, None]  # a zero row stays zero
         if self.shift is not None:
