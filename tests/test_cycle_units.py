@@ -449,14 +449,14 @@ def test_a_fallback_that_needs_labels_per_class_is_refused_and_others_pass():
 
 
 def test_auto_from_the_data_reads_the_probes_confidence_not_the_heads(tmp_path):
-    """auto from the data (select.auto_switch_per_class=0, the pretrained configs' rule) reads pool_conf
+    """auto from the data (select.auto_switch_per_class=0, the cycle's default) reads pool_conf
     through the rule's own probe on the round's features (policy.probe_confidence): separated classes
     switch to margin, overlapping ones keep typiclust, whatever the head's probabilities (`top`) say; each
     says so with the probe's value."""
     from ray_al.acquisition.policy import probe_confidence
 
-    cfg = config.load(None, ["select.auto_switch_per_class=0"])
-    assert cfg.select.method == "auto" and config.load(None, []).select.auto_switch_per_class == 3
+    cfg = config.load(None, [])
+    assert cfg.select.method == "auto" and cfg.select.auto_switch_per_class == 0
     emb_dir, ledger = _two_class_round(tmp_path, labels_per_class=3, top=0.55)  # an unsure head
     sure = choose_queries(cfg, emb_dir, ledger, 4, 0)
     lab, unl = (read_embeddings(emb_dir, split) for split in ("labeled", "unlabeled"))

@@ -80,7 +80,7 @@ def test_the_s3_to_label_studio_walkthrough_in_order(s3, tmp_path):
     run = f"{root}/runs/first"
     first = _run(s3, "ray_al.cycle", "data.dataset=parquet", f"data.pool={root}/pool/",
                  f"data.classes=[{','.join(CLASSES)}]", "model.backbone=efficientnet_lite0", "model.weights=imagenet",
-                 "train.mode=frozen", "train.epochs=5", "select.auto_switch_per_class=0", "al.initial=typiclust",
+                 "train.mode=frozen", "train.epochs=5", "al.initial=typiclust",
                  f"al.initial_size={FIRST}", f"al.budget={FIRST}", "al.rounds=1", "al.oracle=file", f"run.dir={run}")
     assert f"the seed set: {FIRST} images await labels" in first.stdout
     assert len(Ledger.load(run)) == 0

@@ -16,6 +16,7 @@ the cycle reads pool_conf through that probe (`probe_confidence`, on the round's
 round's own head: a frozen EfficientNet-Lite0 head trained 30 epochs on 10 CIFAR-10 labels gave
 pool_conf=0.956 at 18.8% accuracy, and auto ran margin from the first round
 (`configs/cifar10_pretrained.yaml` at 64 px on 1,000 images, 2026-12-06).
+The cycle's default since 2026-12-07 (the from-scratch SimCLR sweeps of digits and CIFAR-10, docs/auto_rule.md);
 `switch_per_class` (select.auto_switch_per_class > 0) keeps the fixed rule of commit 059c831.
 """
 from __future__ import annotations

@@ -126,7 +126,7 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    # typiclust at few labels per class, then margin (docs/RESULTS.md, "`select.method=auto` becomes the
+    # typiclust while the model is unsure, then margin (docs/RESULTS.md, "`select.method=auto` becomes the
     # embedded default"); the switch: auto_switch_per_class below
     method: str = "auto"
     shards: int = 1  # plain k-center's shards (method=kcenter); > 1 runs Ray actors
@@ -136,10 +136,10 @@ class SelectConfig:
     committee_size: int = 5  # members, >= 2
     zero_shot: bool = False  # one k-center ordering of the whole pool (round 0 features); rounds take prefixes
     fallback: str = "typiclust"  # run when the method cannot yet (weibull before 3 labels in a class); recorded
-    # method=auto: N > 0 = typiclust below N labels per class, then margin (commit 059c831; measured on the
-    # from-scratch features); 0 = margin once the model's mean top-class probability reaches 0.8, the rule
-    # for pretrained features (docs/auto_rule.md; configs/*pretrained*.yaml and ray_al.select use it)
-    auto_switch_per_class: float = 3.0
+    # method=auto: 0 = margin once a probe's mean top-class probability over the pool reaches 0.8, typiclust
+    # before (docs/auto_rule.md: pretrained and from-scratch features); N > 0 = the fixed rule of commit
+    # 059c831, typiclust below N labels per class
+    auto_switch_per_class: float = 0.0
     features: Features = "model"  # what selection measures distances on
     # typiclust / probcover (auto's typiclust too): each dimension to unit variance, then each row to length 1;
     # unit = rows to length 1 only; none = the raw features (docs/RESULTS.md, "Selection geometry")

@@ -89,7 +89,8 @@ class FeatureModel:
         """The contract's columns for `decoded` (its pixels unused) from its encoder `features`: the head's
         probabilities, the committee and the (normalised) embeddings."""
         torch = self.torch
-        feats = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device)
+        # stored features arrive read-only from Arrow: a batch-sized copy, which torch may write
+        feats = torch.from_numpy(np.array(features, dtype=np.float32, order="C")).to(self.device)
         with torch.no_grad(), self._autocast():
             logits = self.learner.classifier(feats)
             committee = self._mc_dropout(feats, decoded["id"]) if self.options.committee_size else None
