@@ -126,7 +126,7 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class SelectConfig:
-    # typiclust while the model is unsure, then margin (docs/RESULTS.md, "`select.method=auto` becomes the
+    # typiclust, then margin once a probe is confident (docs/RESULTS.md, "`select.method=auto` becomes the
     # embedded default"); the switch: auto_switch_per_class below
     method: str = "auto"
     shards: int = 1  # plain k-center's shards (method=kcenter); > 1 runs Ray actors
