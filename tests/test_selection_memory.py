@@ -121,6 +121,19 @@ def test_a_method_that_reads_only_probabilities_never_loads_the_embeddings(tmp_p
     early = _select_peak(uri, "select.auto_switch_per_class=100")  # typiclust, on the embeddings
     assert (late["method"], early["method"]) == ("margin", "typiclust") and late["k"] == early["k"] == 20
     assert late["peak"] < 0.25 * matrix_bytes < matrix_bytes < early["peak"], (late, early, matrix_bytes)
-    # the default, from the data: where the probe is confident the round is margin, decided on a sample
-    sure = _select_peak(_write_pool(tmp_path / "sure", 20_000, sharpen=30.0, gap=4.0))
-    assert sure["method"] == "margin" and sure["peak"] < 0.25 * matrix_bytes, (sure, matrix_bytes)
+
+
+def test_the_data_rule_decides_on_a_sample_whatever_the_pool(tmp_path, monkeypatch):
+    """The default `auto` reads its switch from a probe fitted on the labeled rows and scored on a seeded sample
+    of PROBE_SAMPLE unlabeled rows (gathered file by file); where the probe is confident the round is margin.
+    A 10x pool adds its n x C probabilities and little else: not its n x d matrix. (The first call also
+    imports scikit-learn, the same at both sizes.)"""
+    monkeypatch.setattr(sys.modules[__name__], "D", 256)
+    peaks, matrices = [], []
+    for n in (20_000, 200_000):
+        sure = _select_peak(_write_pool(tmp_path / f"sure{n}", n, sharpen=30.0, gap=4.0))
+        assert sure["method"] == "margin" and sure["k"] == 20, sure
+        peaks.append(sure["peak"])
+        matrices.append(n * D * 4)
+    assert peaks[1] - peaks[0] < 0.25 * (matrices[1] - matrices[0]), (peaks, matrices)
+    assert peaks[1] < 0.6 * matrices[1], (peaks, matrices)
